@@ -1,0 +1,125 @@
+# mtasts: build, test and tooling. `make help` lists the targets.
+# Every path variable can be overridden (that is how the rockspec drives it).
+PKG_CONFIG ?= pkg-config
+LUA        ?= lua5.4
+LUA_PC     ?= lua5.4
+LUA_INCDIR ?=
+BDB_INCDIR ?= /usr/include
+BDB_LIBDIR ?= /usr/lib
+BDB_LIB    ?= db-5.3
+CFLAGS     ?= -O2 -fPIC -g
+LIBFLAG    ?= -shared
+INST_LIBDIR ?= /usr/local/lib/lua/5.4
+INST_LUADIR ?= /usr/local/share/lua/5.4
+INST_BINDIR ?= /usr/local/bin
+# Installs missing Debian packages for a group (build, test, fuzz, rock). The rockspec sets
+# DEPS=true: luarocks users bring their own libraries.
+DEPS       ?= scripts/deps
+FUZZ_SECONDS ?= 60
+FUZZ_CC    ?= clang
+BUSTED     ?= $(LUA) /usr/bin/busted
+
+LUA_CFLAGS := $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
+DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libidn2 2>/dev/null)
+DEP_LIBS   := -lidn2
+XCFLAGS    := -std=c99 -D_DEFAULT_SOURCE -fvisibility=hidden -MMD \
+              -Wall -Wextra -Wmissing-prototypes -Wstrict-prototypes -Wshadow
+SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+
+SRCS := $(wildcard module/*.c)
+OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
+ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
+# the pure C parts (no Lua header): what the fuzz harnesses link
+PURE := module/parse.c module/domain.c
+HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+
+all: build/mtasts/core.so
+
+build/obj/%.o: module/%.c | deps-build
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(XCFLAGS) $(LUA_CFLAGS) -I$(BDB_INCDIR) $(DEP_CFLAGS) -c -o $@ $<
+
+build/mtasts/core.so: $(OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(LIBFLAG) -o $@ $(OBJS) -L$(BDB_LIBDIR) $(DEP_LIBS)
+
+# --- sanitizer build: the same module with ASan and UBSan, for `make asan` ---
+build/asan/obj/%.o: module/%.c | deps-build
+	@mkdir -p $(@D)
+	$(CC) -O1 -g -fPIC $(SAN_FLAGS) $(XCFLAGS) $(LUA_CFLAGS) -I$(BDB_INCDIR) $(DEP_CFLAGS) -c -o $@ $<
+
+build/asan/mtasts/core.so: $(ASAN_OBJS)
+	@mkdir -p $(@D)
+	$(CC) -shared $(SAN_FLAGS) -o $@ $(ASAN_OBJS) -L$(BDB_LIBDIR) $(DEP_LIBS)
+
+# --- fuzz harnesses: libFuzzer builds, and replay builds (gcc, ASan/UBSan) for `make test` ---
+build/fuzz/%: fuzz/fuzz_%.c $(PURE) module/mtasts.h | deps-fuzz
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -Imodule $(DEP_CFLAGS) -o $@ $< $(PURE) $(DEP_LIBS)
+
+build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
+	@mkdir -p $(@D)
+	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 -D_DEFAULT_SOURCE -Wall -Wextra \
+	  -Imodule $(DEP_CFLAGS) -o $@ $< fuzz/replay.c $(PURE) $(DEP_LIBS)
+
+build/fuzz/seeds/.stamp: fuzz/seeds.lua $(wildcard spec/cases/*.lua) | deps-build
+	$(LUA) fuzz/seeds.lua build/fuzz/seeds
+	@touch $@
+
+deps-%:
+	@$(DEPS) $*
+
+test: deps-test all $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+	@scripts/test all
+
+unit: deps-test all
+	@scripts/test unit
+
+lint: deps-test
+	luacheck lua spec fuzz bench
+
+asan: deps-test build/asan/mtasts/core.so $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
+	  scripts/test all
+
+fuzz: $(addprefix build/fuzz/,$(HARNESSES)) build/fuzz/seeds/.stamp
+	@set -e; for h in $(HARNESSES); do \
+	  mkdir -p build/fuzz/work/$$h fuzz/corpus/$$h; \
+	  echo "== fuzz $$h for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/$$h -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=70000 \
+	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=build/fuzz/crash-$$h- \
+	    build/fuzz/work/$$h build/fuzz/seeds/$$h fuzz/corpus/$$h 2>&1 \
+	    | grep -E '^(stat::|#[0-9]+ *DONE|==|SUMMARY|INFO: seed)' ; \
+	done
+
+# Minimise what `make fuzz` found into the committed corpora (fuzz/corpus/<harness>/).
+fuzz-merge: $(addprefix build/fuzz/,$(HARNESSES))
+	@for h in $(HARNESSES); do mkdir -p fuzz/corpus/$$h; \
+	  build/fuzz/$$h -merge=1 fuzz/corpus/$$h build/fuzz/work/$$h 2>&1 | tail -1; done
+
+bench: deps-build all
+	$(LUA) bench/parse.lua
+
+demo: deps-test all
+	@$(LUA) examples/parse_demo.lua
+
+install: all
+	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts
+	install -m 755 build/mtasts/core.so $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
+	install -m 644 lua/mtasts/*.lua $(DESTDIR)$(INST_LUADIR)/mtasts/
+
+clean:
+	rm -rf build
+
+help:
+	@echo "make          build build/mtasts/core.so"
+	@echo "make test     every suite (lint, specs, C replay under ASan); last line 'N passed, N failed'"
+	@echo "make unit     the specs that start no servers"
+	@echo "make asan     the specs against an ASan/UBSan build of the module"
+	@echo "make fuzz     each libFuzzer harness for FUZZ_SECONDS (default 60)"
+	@echo "make bench    benchmarks"
+	@echo "make demo     the demo"
+
+-include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
+.PHONY: all test unit lint asan fuzz fuzz-merge bench demo install clean help

@@ -1,0 +1,31 @@
+--- mtasts: MTA-STS (RFC 8461) and SMTP TLS Reporting (RFC 8460) for Lua 5.4.
+-- This facade is what applications require. The parsers are pure functions; the client,
+-- delivery decisions and reports come in their own modules. Reference: docs/parsing.md.
+local core = require("mtasts.core")
+local tlsrpt = require("mtasts.tlsrpt")
+
+local _M = {
+  _VERSION = core.version,
+  limits = core.limits,
+  tlsrpt = tlsrpt,
+}
+
+--- Parse an MTA-STS TXT record (the strings of one record, concatenated).
+-- Returns {version="STSv1", id=, extensions={{key=,value=},...}} or nil, msg, "record-syntax".
+_M.parse_record = core.parse_record
+
+--- Parse a policy file body.
+-- Returns {version="STSv1", mode=, max_age=, mx={...}, extensions={...}}
+-- or nil, msg, "policy-syntax".
+_M.parse_policy = core.parse_policy
+
+--- True when `host` is covered by one of the policy's mx patterns (RFC 8461 §4.1).
+_M.matches = core.matches
+
+--- A domain name as lower-case A-labels and as U-labels, or nil, msg, "domain-syntax".
+_M.domain = core.domain
+
+--- True when a TXT string is an MTA-STS record candidate ("v=STSv1" and a delimiter).
+_M.is_record = core.is_sts_record
+
+return _M

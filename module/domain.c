@@ -1,0 +1,149 @@
+/* domain.c: domain names to lower-case A-labels and back (IDNA2008 through libidn2).
+ * Pure C, no Lua. ASCII names are checked as LDH host names here (so real names with
+ * "--" in the third and fourth position still work); xn-- labels and non-ASCII names go
+ * through libidn2 with UTS #46 non-transitional mapping and an A-label round trip. */
+#include "mtasts.h"
+
+#include <idn2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IDN_FLAGS (IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL | IDN2_ALABEL_ROUNDTRIP)
+
+static int errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int errf(char *err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, MTASTS_ERR_MAX, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static int is_xn(const char *p, size_t n) {
+  return n >= 4 && (p[0] | 0x20) == 'x' && (p[1] | 0x20) == 'n' && p[2] == '-' && p[3] == '-';
+}
+
+/* Validate a lower-case ASCII name of n <= MTASTS_NAME_MAX octets, label by label. */
+static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
+  size_t start = 0, i;
+  char q[4 * 40 + 8], qn[4 * 40 + 8];
+  mtasts_quote(qn, sizeof qn, name, n, 40);
+  if (n > MTASTS_NAME_MAX)
+    return errf(err, "domain name is %zu octets, more than %d", n, MTASTS_NAME_MAX);
+  while (start <= n) {
+    const char *dot = memchr(name + start, '.', n - start);
+    size_t end = dot ? (size_t)(dot - name) : n, len = end - start;
+    const char *l = name + start;
+    int digits = 1;
+    mtasts_quote(q, sizeof q, l, len, 20);
+    if (len == 0) return errf(err, "domain name '%s' has an empty label", qn);
+    if (len > MTASTS_LABEL_MAX)
+      return errf(err, "domain name '%s': label '%s' is %zu octets, more than %d", qn, q, len,
+                  MTASTS_LABEL_MAX);
+    for (i = 0; i < len; i++) {
+      unsigned char c = (unsigned char)l[i];
+      if (c >= '0' && c <= '9') continue;
+      digits = 0;
+      if ((c >= 'a' && c <= 'z') || c == '-') continue;
+      return errf(err, "domain name '%s': label '%s' has a character other than letters, "
+                  "digits and '-'", qn, q);
+    }
+    if (l[0] == '-' || l[len - 1] == '-')
+      return errf(err, "domain name '%s': label '%s' starts or ends with '-'", qn, q);
+    if (!dot && digits)
+      return errf(err, "'%s' ends in a numeric label: an IP address is not a domain name", qn);
+    if (check_xn && is_xn(l, len)) {
+      char label[MTASTS_LABEL_MAX + 1];
+      uint8_t *out = NULL;
+      int rc;
+      memcpy(label, l, len);
+      label[len] = '\0';
+      rc = idn2_lookup_u8((const uint8_t *)label, &out, IDN_FLAGS);
+      idn2_free(out);
+      if (rc != IDN2_OK)
+        return errf(err, "domain name '%s': label '%s' is not a valid A-label: %s", qn, q,
+                    idn2_strerror(rc));
+    }
+    if (!dot) break;
+    start = end + 1;
+  }
+  return 0;
+}
+
+int mtasts_domain_ascii(const char *s, size_t n, char *ascii, char *err) {
+  char q[4 * 40 + 8];
+  size_t i;
+  int nonascii = 0;
+  if (n == 0) return errf(err, "domain name is empty");
+  mtasts_quote(q, sizeof q, s, n, 40);
+  if (memchr(s, '\0', n)) return errf(err, "domain name '%s' contains a NUL byte", q);
+  if (n >= MTASTS_UNAME_MAX) return errf(err, "domain name is %zu bytes, too long", n);
+  if (s[0] == '[' || memchr(s, ':', n))
+    return errf(err, "'%s' is an address literal, not a domain name", q);
+  if (s[n - 1] == '.') n--;  /* one trailing dot is accepted and dropped */
+  if (n == 0) return errf(err, "domain name is empty");
+  for (i = 0; i < n; i++)
+    if ((unsigned char)s[i] >= 0x80) nonascii = 1;
+  if (!nonascii) {
+    if (n > MTASTS_NAME_MAX)
+      return errf(err, "domain name is %zu octets, more than %d", n, MTASTS_NAME_MAX);
+    for (i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)s[i];
+      ascii[i] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+    }
+    ascii[n] = '\0';
+    return check_ldh(ascii, n, 1, err);
+  } else {
+    char in[MTASTS_UNAME_MAX];
+    uint8_t *out = NULL;
+    size_t len;
+    int rc;
+    memcpy(in, s, n);
+    in[n] = '\0';
+    rc = idn2_lookup_u8((const uint8_t *)in, &out, IDN_FLAGS);
+    if (rc != IDN2_OK) {
+      idn2_free(out);
+      return errf(err, "'%s' is not a valid IDNA2008 domain name: %s", q, idn2_strerror(rc));
+    }
+    len = strlen((const char *)out);
+    if (len > 0 && out[len - 1] == '.') len--;
+    if (len > MTASTS_NAME_MAX) {
+      idn2_free(out);
+      return errf(err, "domain name '%s' is %zu octets as A-labels, more than %d", q, len,
+                  MTASTS_NAME_MAX);
+    }
+    memcpy(ascii, out, len);
+    ascii[len] = '\0';
+    idn2_free(out);
+    return check_ldh(ascii, len, 0, err);
+  }
+}
+
+int mtasts_domain_unicode(const char *ascii, char *uni, char *err) {
+  size_t n = strlen(ascii), start = 0;
+  int any_xn = 0;
+  char *out = NULL;
+  int rc;
+  while (start < n) {
+    const char *dot = memchr(ascii + start, '.', n - start);
+    size_t end = dot ? (size_t)(dot - ascii) : n;
+    if (is_xn(ascii + start, end - start)) any_xn = 1;
+    start = end + 1;
+  }
+  if (!any_xn) {
+    if (n >= MTASTS_UNAME_MAX) return errf(err, "domain name is too long");
+    memcpy(uni, ascii, n + 1);
+    return 0;
+  }
+  rc = idn2_to_unicode_8z8z(ascii, &out, 0);
+  if (rc != IDN2_OK || strlen(out) >= MTASTS_UNAME_MAX) {
+    idn2_free(out);
+    return errf(err, "cannot convert '%s' to U-labels: %s", ascii,
+                rc != IDN2_OK ? idn2_strerror(rc) : "too long");
+  }
+  memcpy(uni, out, strlen(out) + 1);
+  idn2_free(out);
+  return 0;
+}

@@ -1,0 +1,91 @@
+/* mtasts.h: internal header of mtasts.core. Shared structs and helper prototypes.
+ *
+ * The parse and domain parts below include no Lua header: they are used by the Lua bindings,
+ * the fuzz harnesses and any C test alike. Everything here is hidden (-fvisibility=hidden);
+ * the only exported symbol is luaopen_mtasts_core. */
+#ifndef MTASTS_H
+#define MTASTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MTASTS_EXPORT __attribute__((visibility("default")))
+#define MTASTS_VERSION "0.1.0"
+
+/* Limits (REFERENCE.md §1-§3). */
+#define MTASTS_RECORD_MAX 4096        /* a TXT record (strings concatenated) */
+#define MTASTS_POLICY_MAX 65536       /* a policy body */
+#define MTASTS_MAX_AGE_MAX 31557600u  /* larger max_age values are clamped to this */
+#define MTASTS_NAME_MAX 253           /* a domain name in A-label form, no trailing dot */
+#define MTASTS_LABEL_MAX 63
+#define MTASTS_UNAME_MAX 1024         /* a domain name in U-label form (UTF-8) + NUL */
+#define MTASTS_ERR_MAX 256
+
+/* A byte range inside the caller's input. Never NUL-terminated. */
+typedef struct { const char *p; size_t n; } mtasts_span;
+typedef struct { mtasts_span key, value; } mtasts_kv;
+
+/* A growable array of spans or key/value pairs, owned by the struct that holds it. */
+typedef struct { mtasts_kv *v; size_t n, cap; } mtasts_kvs;
+typedef struct { mtasts_span *v; size_t n, cap; } mtasts_spans;
+
+/* --- MTA-STS TXT record (RFC 8461 §3.1) --- */
+typedef struct {
+  mtasts_span id;
+  mtasts_kvs ext;      /* extensions in record order */
+} mtasts_record;
+
+/* --- MTA-STS policy (RFC 8461 §3.2) --- */
+enum { MTASTS_MODE_NONE = 0, MTASTS_MODE_TESTING = 1, MTASTS_MODE_ENFORCE = 2 };
+typedef struct {
+  int mode;
+  uint32_t max_age;    /* clamped to MTASTS_MAX_AGE_MAX */
+  mtasts_spans mx;     /* patterns as in the text (ASCII, any case, trailing dot dropped) */
+  mtasts_kvs ext;
+} mtasts_policy;
+
+/* --- TLSRPT TXT record (RFC 8460 §3) --- */
+typedef struct {
+  mtasts_spans rua;    /* URIs in record order */
+  mtasts_kvs ext;
+} mtasts_tlsrpt_record;
+
+/* Parsers. Each returns 0 on success or -1 with a message in err (MTASTS_ERR_MAX bytes,
+ * always NUL-terminated). Output spans point into the input, which must outlive them.
+ * The output struct must be zeroed before the call and released with its _free function
+ * whatever the result (it may hold memory after a failure). -2 means out of memory. */
+int mtasts_parse_record(const char *s, size_t n, mtasts_record *out, char *err);
+void mtasts_record_free(mtasts_record *r);
+int mtasts_parse_policy(const char *s, size_t n, mtasts_policy *out, char *err);
+void mtasts_policy_free(mtasts_policy *p);
+int mtasts_parse_tlsrpt_record(const char *s, size_t n, mtasts_tlsrpt_record *out, char *err);
+void mtasts_tlsrpt_record_free(mtasts_tlsrpt_record *r);
+
+/* 1 when a TXT string is an MTA-STS (or TLSRPT) record candidate: starts with the version
+ * tag followed by a delimiter (space, tab or ';'). Used to pick records out of a TXT set. */
+int mtasts_is_sts_record(const char *s, size_t n);
+int mtasts_is_tlsrpt_record(const char *s, size_t n);
+
+/* RFC 8461 §4.1: 1 when host matches pattern. Both are compared case-insensitively, a
+ * trailing dot on either is ignored; host must already be in A-label form. */
+int mtasts_match(const char *pattern, size_t pn, const char *host, size_t hn);
+
+const char *mtasts_mode_name(int mode);
+
+/* Quote untrusted bytes for an error message: printable ASCII as is, everything else as
+ * \xNN, cut at max input bytes with "...". out must hold 4*max+4 bytes. */
+void mtasts_quote(char *out, size_t outlen, const char *p, size_t n, size_t max);
+
+/* --- domain names (domain.c) --- */
+/* Convert a domain name (A-labels, U-labels, any case, optional trailing dot) to its
+ * lower-case A-label form. ascii must hold MTASTS_NAME_MAX+1 bytes. 0 or -1 with err. */
+int mtasts_domain_ascii(const char *s, size_t n, char *ascii, char *err);
+/* The U-label form of a valid A-label name (as produced by mtasts_domain_ascii).
+ * uni must hold MTASTS_UNAME_MAX bytes. 0 or -1 with err. */
+int mtasts_domain_unicode(const char *ascii, char *uni, char *err);
+
+/* --- Lua bindings (lua_*.c); the prototypes need no Lua header --- */
+struct lua_State;
+void mtasts_open_parse(struct lua_State *L);   /* adds the parse functions to the table on top */
+
+#endif
