@@ -84,13 +84,15 @@ asan: deps-test build/asan/mtasts/core.so $(addprefix build/replay/,$(HARNESSES)
 	  scripts/test all
 
 fuzz: $(addprefix build/fuzz/,$(HARNESSES)) build/fuzz/seeds/.stamp
-	@set -e; for h in $(HARNESSES); do \
+	@for h in $(HARNESSES); do \
 	  mkdir -p build/fuzz/work/$$h fuzz/corpus/$$h; \
-	  echo "== fuzz $$h for $(FUZZ_SECONDS) s"; \
+	  echo "== fuzz $$h for $(FUZZ_SECONDS) s (log: build/fuzz/$$h.log)"; \
 	  build/fuzz/$$h -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=70000 \
 	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=build/fuzz/crash-$$h- \
-	    build/fuzz/work/$$h build/fuzz/seeds/$$h fuzz/corpus/$$h 2>&1 \
-	    | grep -E '^(stat::|#[0-9]+ *DONE|==|SUMMARY|INFO: seed)' ; \
+	    build/fuzz/work/$$h build/fuzz/seeds/$$h fuzz/corpus/$$h > build/fuzz/$$h.log 2>&1; \
+	  rc=$$?; grep -E '^(stat::(number_of_executed|average_exec|new_units|peak_rss)|SUMMARY)' \
+	    build/fuzz/$$h.log; \
+	  if [ $$rc -ne 0 ]; then tail -n 40 build/fuzz/$$h.log; echo "fuzz $$h FAILED"; exit 1; fi; \
 	done
 
 # Minimise what `make fuzz` found into the committed corpora (fuzz/corpus/<harness>/).

@@ -1,6 +1,6 @@
 /* domain.c: domain names to lower-case A-labels and back (IDNA2008 through libidn2).
- * Pure C, no Lua. ASCII names are checked as LDH host names here (so real names with
- * "--" in the third and fourth position still work); xn-- labels and non-ASCII names go
+ * Pure C, no Lua. ASCII labels are checked as LDH host names here (so real names with
+ * "--" in the third and fourth position still work); xn-- labels and non-ASCII labels go
  * through libidn2 with UTS #46 non-transitional mapping and an A-label round trip. */
 #include "mtasts.h"
 
@@ -72,53 +72,101 @@ static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
   return 0;
 }
 
+/* Length of a label separator at p: '.' or one of the full stops UTS #46 maps to it
+ * (U+3002, U+FF0E, U+FF61), else 0. */
+static size_t separator(const char *p, size_t n) {
+  const unsigned char *u = (const unsigned char *)p;
+  if (u[0] == '.') return 1;
+  if (n >= 3 && ((u[0] == 0xe3 && u[1] == 0x80 && u[2] == 0x82) ||
+                 (u[0] == 0xef && u[1] == 0xbc && u[2] == 0x8e) ||
+                 (u[0] == 0xef && u[1] == 0xbd && u[2] == 0xa1)))
+    return 3;
+  return 0;
+}
+
+/* Non-ASCII names are converted label by label, so that an ASCII label is judged by the
+ * same LDH rules whether or not its neighbours are U-labels (and the U-label form of any
+ * accepted name converts back to the same A-labels). */
+static int ascii_from_unicode(const char *s, size_t n, char *ascii, const char *q, char *err) {
+  size_t pos = 0, out = 0;
+  for (;;) {
+    size_t end = pos, sep = 0, len, i;
+    int nonascii = 0;
+    while (end < n && (sep = separator(s + end, n - end)) == 0) {
+      if ((unsigned char)s[end] >= 0x80) nonascii = 1;
+      end++;
+    }
+    len = end - pos;
+    if (len == 0 && !(end == n && out > 0))  /* an empty label, but for a trailing dot */
+      return errf(err, "domain name '%s' has an empty label", q);
+    if (len == 0) break;
+    if (out > 0) ascii[out++] = '.';
+    if (!nonascii) {
+      if (out + len > MTASTS_NAME_MAX) goto too_long;
+      for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[pos + i];
+        ascii[out + i] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+      }
+      out += len;
+    } else {
+      char label[MTASTS_UNAME_MAX];
+      uint8_t *a = NULL;
+      size_t alen;
+      int rc;
+      memcpy(label, s + pos, len);
+      label[len] = '\0';
+      rc = idn2_lookup_u8((const uint8_t *)label, &a, IDN_FLAGS);
+      if (rc != IDN2_OK) {
+        char ql[4 * 20 + 8];
+        idn2_free(a);
+        mtasts_quote(ql, sizeof ql, s + pos, len, 20);
+        if (rc == IDN2_TOO_BIG_DOMAIN || rc == IDN2_TOO_BIG_LABEL ||
+            rc == IDN2_PUNYCODE_BIG_OUTPUT)
+          return errf(err, "domain name '%s': label '%s' is more than %d octets as an A-label",
+                      q, ql, MTASTS_LABEL_MAX);
+        return errf(err, "'%s' is not a valid IDNA2008 domain name: label '%s': %s", q, ql,
+                    idn2_strerror(rc));
+      }
+      alen = strlen((const char *)a);
+      if (memchr(a, '.', alen)) {  /* a compatibility character that maps to a dot */
+        idn2_free(a);
+        return errf(err, "'%s' is not a valid IDNA2008 domain name: a character maps to '.'", q);
+      }
+      if (out + alen > MTASTS_NAME_MAX) { idn2_free(a); goto too_long; }
+      memcpy(ascii + out, a, alen);
+      out += alen;
+      idn2_free(a);
+    }
+    if (end == n) break;
+    pos = end + sep;
+  }
+  ascii[out] = '\0';
+  return check_ldh(ascii, out, 1, err);
+too_long:
+  return errf(err, "domain name '%s' is more than %d octets as A-labels", q, MTASTS_NAME_MAX);
+}
+
 int mtasts_domain_ascii(const char *s, size_t n, char *ascii, char *err) {
   char q[4 * 40 + 8];
   size_t i;
-  int nonascii = 0;
   if (n == 0) return errf(err, "domain name is empty");
   mtasts_quote(q, sizeof q, s, n, 40);
   if (memchr(s, '\0', n)) return errf(err, "domain name '%s' contains a NUL byte", q);
   if (n >= MTASTS_UNAME_MAX) return errf(err, "domain name is %zu bytes, too long", n);
   if (s[0] == '[' || memchr(s, ':', n))
     return errf(err, "'%s' is an address literal, not a domain name", q);
+  for (i = 0; i < n; i++)
+    if ((unsigned char)s[i] >= 0x80) return ascii_from_unicode(s, n, ascii, q, err);
   if (s[n - 1] == '.') n--;  /* one trailing dot is accepted and dropped */
   if (n == 0) return errf(err, "domain name is empty");
-  for (i = 0; i < n; i++)
-    if ((unsigned char)s[i] >= 0x80) nonascii = 1;
-  if (!nonascii) {
-    if (n > MTASTS_NAME_MAX)
-      return errf(err, "domain name is %zu octets, more than %d", n, MTASTS_NAME_MAX);
-    for (i = 0; i < n; i++) {
-      unsigned char c = (unsigned char)s[i];
-      ascii[i] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
-    }
-    ascii[n] = '\0';
-    return check_ldh(ascii, n, 1, err);
-  } else {
-    char in[MTASTS_UNAME_MAX];
-    uint8_t *out = NULL;
-    size_t len;
-    int rc;
-    memcpy(in, s, n);
-    in[n] = '\0';
-    rc = idn2_lookup_u8((const uint8_t *)in, &out, IDN_FLAGS);
-    if (rc != IDN2_OK) {
-      idn2_free(out);
-      return errf(err, "'%s' is not a valid IDNA2008 domain name: %s", q, idn2_strerror(rc));
-    }
-    len = strlen((const char *)out);
-    if (len > 0 && out[len - 1] == '.') len--;
-    if (len > MTASTS_NAME_MAX) {
-      idn2_free(out);
-      return errf(err, "domain name '%s' is %zu octets as A-labels, more than %d", q, len,
-                  MTASTS_NAME_MAX);
-    }
-    memcpy(ascii, out, len);
-    ascii[len] = '\0';
-    idn2_free(out);
-    return check_ldh(ascii, len, 0, err);
+  if (n > MTASTS_NAME_MAX)
+    return errf(err, "domain name is %zu octets, more than %d", n, MTASTS_NAME_MAX);
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    ascii[i] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
   }
+  ascii[n] = '\0';
+  return check_ldh(ascii, n, 1, err);
 }
 
 int mtasts_domain_unicode(const char *ascii, char *uni, char *err) {
