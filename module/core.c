@@ -22,5 +22,6 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   lua_setfield(L, -2, "name_max");
   lua_setfield(L, -2, "limits");
   mtasts_open_parse(L);
+  mtasts_open_cache(L);
   return 1;
 }

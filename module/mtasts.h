@@ -19,7 +19,7 @@
 #define MTASTS_NAME_MAX 253           /* a domain name in A-label form, no trailing dot */
 #define MTASTS_LABEL_MAX 63
 #define MTASTS_UNAME_MAX 1024         /* a domain name in U-label form (UTF-8) + NUL */
-#define MTASTS_ERR_MAX 256
+#define MTASTS_ERR_MAX 512
 
 /* A byte range inside the caller's input. Never NUL-terminated. */
 typedef struct { const char *p; size_t n; } mtasts_span;
@@ -87,5 +87,6 @@ int mtasts_domain_unicode(const char *ascii, char *uni, char *err);
 /* --- Lua bindings (lua_*.c); the prototypes need no Lua header --- */
 struct lua_State;
 void mtasts_open_parse(struct lua_State *L);   /* adds the parse functions to the table on top */
+void mtasts_open_cache(struct lua_State *L);   /* adds cache_open and the mtasts.cache class */
 
 #endif

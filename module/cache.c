@@ -1,0 +1,676 @@
+/* cache.c: the MTA-STS policy cache on a transactional Berkeley DB 5.3 environment.
+ * Pure C, no Lua. Semantics: REFERENCE.md §5; operations: module/cache.h.
+ *
+ * Many processes share one environment directory. The environment is opened with
+ * DB_REGISTER | DB_RECOVER | DB_FAILCHK: a process that opens it and finds that a registered
+ * process died runs failchk (release the dead one's locks, abort its transactions) and goes
+ * on; only if that fails (it died inside BDB holding a mutex) is the environment recovered,
+ * and then the survivors see DB_RUNRECOVERY, reopen and retry, once, without the caller
+ * noticing. Lock requests time out (DB_LOCK_NOTGRANTED); a timed-out operation runs failchk
+ * itself and is retried a bounded number of times, like a deadlocked one.
+ *
+ * DB_REGISTER allows one DB_ENV handle per process and directory, so handles are shared by
+ * every cache object of a process (any number of Lua states, in any threads) through a small
+ * process-wide registry: the one mutable global of the module, guarded by a mutex. An entry
+ * remembers the process that opened it; a forked child never uses its parent's handles. */
+#include "cache.h"
+
+#include <db.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DB_FILE "policies.db"
+#define LOCK_TIMEOUT_US 200000     /* one lock wait, before failchk and a retry */
+#define MAX_RETRIES 6              /* deadlocks and lock timeouts, per operation */
+#define THREAD_COUNT 4096          /* thread control blocks: processes x threads, roughly */
+
+typedef struct shared_env {
+  struct shared_env *next;
+  char path[PATH_MAX];
+  pid_t pid;              /* the process that opened it */
+  int refs;               /* cache handles using it */
+  unsigned gen;           /* bumped by every reopen */
+  pthread_rwlock_t rw;    /* operations hold it shared; a reopen holds it exclusive */
+  DB_ENV *env;            /* NULL after a failed reopen: the next operation tries again */
+  DB *db;
+} shared_env;
+
+struct mtasts_cache { shared_env *s; };
+
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static shared_env *registry;
+
+/* The text of the last BDB error in this thread (set by errcall, read right after). */
+static __thread char bdb_msg[MTASTS_ERR_MAX];
+
+static void errcall(const DB_ENV *e, const char *pfx, const char *msg) {
+  (void)e; (void)pfx;
+  snprintf(bdb_msg, sizeof bdb_msg, "%s", msg);
+}
+
+/* A process is dead when kill() says so, or when it is a zombie nobody reaped yet. */
+static int is_alive(DB_ENV *e, pid_t pid, db_threadid_t tid, u_int32_t flags) {
+  char path[64], buf[256], *p;
+  FILE *f;
+  (void)e; (void)tid; (void)flags;
+  if (pid == getpid()) return 1;
+  if (kill(pid, 0) != 0 && errno != EPERM) return 0;
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  if (!(f = fopen(path, "r"))) return 1;
+  p = fgets(buf, sizeof buf, f);
+  fclose(f);
+  if (p && (p = strrchr(buf, ')')) != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
+    return 0;
+  return 1;
+}
+
+const char *mtasts_code_name(int rc) {
+  switch (rc) {
+  case DB_NOTFOUND: return "DB_NOTFOUND";
+  case DB_LOCK_DEADLOCK: return "DB_LOCK_DEADLOCK";
+  case DB_LOCK_NOTGRANTED: return "DB_LOCK_NOTGRANTED";
+  case DB_RUNRECOVERY: return "DB_RUNRECOVERY";
+  case DB_VERIFY_BAD: return "DB_VERIFY_BAD";
+  case DB_OLD_VERSION: return "DB_OLD_VERSION";
+  case DB_VERSION_MISMATCH: return "DB_VERSION_MISMATCH";
+  case DB_PAGE_NOTFOUND: return "DB_PAGE_NOTFOUND";
+  case MTASTS_ECORRUPT: return "CORRUPT";
+  case MTASTS_EPOLICY: return "policy-syntax";
+  case MTASTS_EDOMAIN: return "domain-syntax";
+  case ENOENT: return "ENOENT";
+  case EACCES: return "EACCES";
+  case EPERM: return "EPERM";
+  case ENOSPC: return "ENOSPC";
+  case EDQUOT: return "EDQUOT";
+  case EFBIG: return "EFBIG";
+  case EROFS: return "EROFS";
+  case EIO: return "EIO";
+  case ENOMEM: return "ENOMEM";
+  case EINVAL: return "EINVAL";
+  case ENOTDIR: return "ENOTDIR";
+  case EEXIST: return "EEXIST";
+  case EAGAIN: return "EAGAIN";
+  case EBUSY: return "EBUSY";
+  case ENAMETOOLONG: return "ENAMETOOLONG";
+  default: return "BDB_ERROR";
+  }
+}
+
+/* "cache <path>: <what>: <library text>[; <hint>]" */
+static int fail(char *err, int rc, const char *path, const char *what) {
+  const char *text = bdb_msg[0] ? bdb_msg : db_strerror(rc), *hint = "";
+  if (rc == EACCES || rc == EPERM || rc == EROFS)
+    hint = "; the directory and its files must be writable by this user";
+  else if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG)
+    hint = "; the rows stored before stay readable: free some space";
+  else if (rc == EINVAL || rc == DB_VERIFY_BAD || rc == DB_OLD_VERSION || rc == DB_RUNRECOVERY ||
+           rc == DB_PAGE_NOTFOUND || rc == MTASTS_ECORRUPT)
+    hint = "; if the files are damaged, run `mtasts cache rebuild` or move the directory "
+           "aside (the cache refills itself)";
+  snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %s: %.150s%s", path, what, text, hint);
+  bdb_msg[0] = '\0';
+  return rc;
+}
+
+static int mkdirs(const char *path) {
+  char tmp[PATH_MAX];
+  size_t i, n = strlen(path);
+  if (n == 0 || n >= sizeof tmp) return ENAMETOOLONG;
+  memcpy(tmp, path, n + 1);
+  for (i = 1; i <= n; i++) {
+    if (tmp[i] == '/' || tmp[i] == '\0') {
+      char c = tmp[i];
+      tmp[i] = '\0';
+      if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return errno;
+      tmp[i] = c;
+    }
+  }
+  return 0;
+}
+
+static int open_env(shared_env *s, char *err) {
+  DB_ENV *env = NULL;
+  DB *db = NULL;
+  int rc;
+  u_int32_t flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL |
+                    DB_THREAD | DB_REGISTER | DB_RECOVER | DB_FAILCHK;
+  bdb_msg[0] = '\0';
+  if ((rc = db_env_create(&env, 0)) != 0) return fail(err, rc, s->path, "db_env_create");
+  env->set_errcall(env, errcall);
+  if ((rc = env->set_thread_count(env, THREAD_COUNT)) != 0 ||
+      (rc = env->set_isalive(env, is_alive)) != 0 ||
+      (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
+      (rc = env->set_timeout(env, LOCK_TIMEOUT_US, DB_SET_LOCK_TIMEOUT)) != 0 ||
+      (rc = env->set_flags(env, DB_TIME_NOTGRANTED, 1)) != 0 ||
+      (rc = env->set_cachesize(env, 0, 4u << 20, 1)) != 0 ||
+      (rc = env->set_lg_max(env, 1u << 20)) != 0 ||
+      (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0) {
+    fail(err, rc, s->path, "configure");
+    env->close(env, 0);
+    return rc;
+  }
+  if ((rc = env->open(env, s->path, flags, 0600)) != 0) {
+    fail(err, rc, s->path, "open environment");
+    env->close(env, 0);
+    return rc;
+  }
+  /* DB_CHKSUM: every page read is checked, so a damaged file gives an error instead of
+   * letting libdb walk garbage (without it, a corrupted btree page can crash the process) */
+  if ((rc = db_create(&db, env, 0)) != 0 || (rc = db->set_flags(db, DB_CHKSUM)) != 0 ||
+      (rc = db->open(db, NULL, DB_FILE, NULL, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT | DB_THREAD,
+                     0600)) != 0) {
+    fail(err, rc, s->path, "open " DB_FILE);
+    if (db) db->close(db, 0);
+    env->close(env, 0);
+    return rc;
+  }
+  s->env = env;
+  s->db = db;
+  return 0;
+}
+
+static void close_env(shared_env *s) {
+  if (s->db) s->db->close(s->db, 0);
+  if (s->env) s->env->close(s->env, 0);
+  s->db = NULL;
+  s->env = NULL;
+}
+
+int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
+  char real[PATH_MAX];
+  shared_env *s;
+  mtasts_cache *c;
+  int rc;
+  if ((rc = mkdirs(path)) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: create directory: %s", path, strerror(rc));
+    return rc;
+  }
+  if (!realpath(path, real)) {
+    rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
+    return rc;
+  }
+  if (!(c = calloc(1, sizeof *c))) return ENOMEM;
+  pthread_mutex_lock(&registry_mu);
+  for (s = registry; s; s = s->next)
+    if (s->pid == getpid() && strcmp(s->path, real) == 0) break;
+  if (s) {
+    s->refs++;
+  } else if (!(s = calloc(1, sizeof *s))) {
+    rc = ENOMEM;
+  } else {
+    memcpy(s->path, real, strlen(real) + 1);
+    s->pid = getpid();
+    pthread_rwlock_init(&s->rw, NULL);
+    if ((rc = open_env(s, err)) != 0) {
+      pthread_rwlock_destroy(&s->rw);
+      free(s);
+      s = NULL;
+    } else {
+      s->refs = 1;
+      s->next = registry;
+      registry = s;
+    }
+  }
+  pthread_mutex_unlock(&registry_mu);
+  if (!s) {
+    free(c);
+    if (rc == ENOMEM) snprintf(err, MTASTS_ERR_MAX, "cache %.200s: out of memory", path);
+    return rc;
+  }
+  c->s = s;
+  *out = c;
+  return 0;
+}
+
+int mtasts_cache_close(mtasts_cache *c, char *err) {
+  shared_env *s = c->s, **pp;
+  int rc = 0;
+  free(c);
+  pthread_mutex_lock(&registry_mu);
+  if (--s->refs == 0) {
+    for (pp = &registry; *pp; pp = &(*pp)->next)
+      if (*pp == s) { *pp = s->next; break; }
+    if (s->pid == getpid()) {    /* a forked child must not touch its parent's handles */
+      bdb_msg[0] = '\0';
+      if (s->db && (rc = s->db->close(s->db, 0)) != 0) fail(err, rc, s->path, "close");
+      if (s->env) {
+        int r2 = s->env->close(s->env, 0);
+        if (r2 != 0 && rc == 0) rc = fail(err, r2, s->path, "close");
+      }
+    }
+    pthread_rwlock_destroy(&s->rw);
+    free(s);
+  }
+  pthread_mutex_unlock(&registry_mu);
+  return rc;
+}
+
+const char *mtasts_cache_path(const mtasts_cache *c) { return c->s->path; }
+
+/* Replace the environment after a panic, unless another thread already did. */
+static int reopen(shared_env *s, unsigned seen_gen, char *err) {
+  int rc = 0;
+  pthread_rwlock_wrlock(&s->rw);
+  if (s->gen == seen_gen || !s->env) {
+    close_env(s);
+    rc = open_env(s, err);
+    s->gen++;
+  }
+  pthread_rwlock_unlock(&s->rw);
+  return rc;
+}
+
+typedef int (*op_fn)(DB_ENV *env, DB *db, void *ctx);
+
+/* Run one operation with the retry rules of the file comment. */
+static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err) {
+  shared_env *s = c->s;
+  int attempt, rc = 0, reopened = 0;
+  for (attempt = 0;; attempt++) {
+    unsigned gen;
+    bdb_msg[0] = '\0';
+    pthread_rwlock_rdlock(&s->rw);
+    gen = s->gen;
+    rc = s->env ? fn(s->env, s->db, ctx) : DB_RUNRECOVERY;
+    if (rc == DB_LOCK_NOTGRANTED && s->env) {
+      int f = s->env->failchk(s->env, 0);   /* locks held by a dead process are released */
+      if (f == DB_RUNRECOVERY) rc = f;
+    }
+    pthread_rwlock_unlock(&s->rw);
+    if ((rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED) && attempt < MAX_RETRIES) continue;
+    if (rc == DB_RUNRECOVERY && !reopened) {
+      int r2;
+      reopened = 1;
+      if ((r2 = reopen(s, gen, err)) != 0) return r2;
+      continue;
+    }
+    break;
+  }
+  return rc ? fail(err, rc, s->path, what) : 0;
+}
+
+static void set_key(DBT *k, const char *key) {
+  memset(k, 0, sizeof *k);
+  k->data = (void *)key;
+  k->size = (u_int32_t)strlen(key);
+}
+
+/* Read a row into b; *found is 0 when there is none. */
+static int get_row(DB *db, DB_TXN *t, const char *key, mtasts_buf *b, u_int32_t flags,
+                   int *found) {
+  DBT k, d;
+  int rc;
+  set_key(&k, key);
+  for (;;) {
+    memset(&d, 0, sizeof d);
+    d.flags = DB_DBT_USERMEM;
+    d.data = b->p;
+    d.ulen = (u_int32_t)b->cap;
+    rc = db->get(db, t, &k, &d, flags);
+    if (rc != DB_BUFFER_SMALL) break;
+    if (mtasts_buf_reserve(b, d.size) != 0) return ENOMEM;
+  }
+  *found = rc == 0;
+  if (rc == DB_NOTFOUND) return 0;
+  if (rc == 0) b->n = d.size;
+  return rc;
+}
+
+static int put_row(DB *db, DB_TXN *t, const char *key, const mtasts_buf *b) {
+  DBT k, d;
+  set_key(&k, key);
+  memset(&d, 0, sizeof d);
+  d.data = b->p;
+  d.size = (u_int32_t)b->n;
+  return db->put(db, t, &k, &d, 0);
+}
+
+static void patch_i64(unsigned char *o, int64_t v) {
+  uint64_t u = (uint64_t)v;
+  int i;
+  for (i = 7; i >= 0; i--) { o[i] = (unsigned char)u; u >>= 8; }
+}
+
+static int64_t read_i64(const unsigned char *p) {
+  uint64_t u = 0;
+  int i;
+  for (i = 0; i < 8; i++) u = u << 8 | p[i];
+  return (int64_t)u;
+}
+
+static int normalise(const char *domain, char *key, char *err) {
+  char why[MTASTS_ERR_MAX];
+  if (mtasts_domain_ascii(domain, strlen(domain), key, why) != 0) {
+    memcpy(err, why, MTASTS_ERR_MAX);
+    return MTASTS_EDOMAIN;
+  }
+  return 0;
+}
+
+/* --- lookup --- */
+
+typedef struct {
+  const char *key;
+  int64_t now;
+  mtasts_buf *b;
+  int found, touch;
+} lookup_ctx;
+
+static int op_lookup(DB_ENV *env, DB *db, void *vctx) {
+  lookup_ctx *x = vctx;
+  (void)env;
+  return get_row(db, NULL, x->key, x->b, 0, &x->found);
+}
+
+/* Best effort, never waits for a lock: a lost touch only delays pruning. */
+static int op_touch(DB_ENV *env, DB *db, void *vctx) {
+  lookup_ctx *x = vctx;
+  DB_TXN *t;
+  int rc, found;
+  if ((rc = env->txn_begin(env, NULL, &t, DB_TXN_NOWAIT)) != 0) return rc;
+  rc = get_row(db, t, x->key, x->b, DB_RMW, &found);
+  if (rc == 0 && found && x->b->n > MTASTS_ROW_LAST_USE_OFFSET + 8 &&
+      x->b->p[0] == MTASTS_ROW_FORMAT &&
+      read_i64(x->b->p + MTASTS_ROW_LAST_USE_OFFSET) + MTASTS_TOUCH_SECONDS <= x->now) {
+    patch_i64(x->b->p + MTASTS_ROW_LAST_USE_OFFSET, x->now);
+    rc = put_row(db, t, x->key, x->b);
+  }
+  if (rc != 0) { t->abort(t); return rc; }
+  return t->commit(t, DB_TXN_NOSYNC);
+}
+
+int mtasts_cache_lookup(mtasts_cache *c, const char *domain, int64_t now, mtasts_buf *b,
+                        mtasts_row *row, int *found, char *key, char *err) {
+  char why[MTASTS_ERR_MAX];
+  lookup_ctx x;
+  int rc;
+  *found = 0;
+  if ((rc = normalise(domain, key, err)) != 0) return rc;
+  x.key = key; x.now = now; x.b = b; x.found = 0; x.touch = 0;
+  if ((rc = run(c, op_lookup, &x, "lookup", err)) != 0) return rc;
+  if (!x.found) return 0;
+  if (mtasts_row_decode(b->p, b->n, row, why) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %.120s: %.100s; run `mtasts cache rebuild` "
+             "or upsert it again", c->s->path, key, why);
+    return MTASTS_ECORRUPT;
+  }
+  if (now >= row->valid_end) return 0;
+  if (row->last_use + MTASTS_TOUCH_SECONDS <= now) {
+    char ignored[MTASTS_ERR_MAX];
+    mtasts_buf tb = { NULL, 0, 0 };
+    lookup_ctx t = x;
+    t.b = &tb;
+    (void)run(c, op_touch, &t, "touch", ignored);
+    mtasts_buf_free(&tb);
+    row->last_use = now;
+  }
+  *found = 1;
+  return 0;
+}
+
+/* --- upsert --- */
+
+typedef struct {
+  const char *key;
+  int64_t now;
+  const mtasts_row *meta;
+  const mtasts_policy *p;
+  mtasts_span text;
+  mtasts_buf *b;
+} upsert_ctx;
+
+static int op_upsert(DB_ENV *env, DB *db, void *vctx) {
+  upsert_ctx *x = vctx;
+  mtasts_row meta = *x->meta;
+  DB_TXN *t;
+  int rc, found;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = get_row(db, t, x->key, x->b, DB_RMW, &found)) != 0) goto abort;
+  /* keep the insertion time of an existing row; a row that does not decode is replaced */
+  meta.inserted = x->now;
+  if (found && x->b->n >= 10 && x->b->p[0] == MTASTS_ROW_FORMAT)
+    meta.inserted = read_i64(x->b->p + 2);
+  if ((rc = mtasts_row_encode(x->b, &meta, x->p, x->text)) != 0) goto abort;
+  if ((rc = put_row(db, t, x->key, x->b)) != 0) goto abort;
+  if ((rc = t->commit(t, 0)) != 0) return rc;
+  (void)env->txn_checkpoint(env, 256, 5, 0);   /* lets old log files be removed */
+  return 0;
+abort:
+  t->abort(t);
+  return rc;
+}
+
+int mtasts_cache_upsert(mtasts_cache *c, const char *domain, const char *record_id,
+                        const char *text, size_t text_len, int64_t now, mtasts_buf *b,
+                        char *err) {
+  char key[MTASTS_NAME_MAX + 1], why[MTASTS_ERR_MAX];
+  mtasts_policy p;
+  mtasts_row meta;
+  upsert_ctx x;
+  int rc;
+  if ((rc = normalise(domain, key, err)) != 0) return rc;
+  memset(&p, 0, sizeof p);
+  memset(&meta, 0, sizeof meta);
+  meta.record_id.p = record_id;
+  meta.record_id.n = strlen(record_id);
+  if (meta.record_id.n > 255) {
+    snprintf(err, MTASTS_ERR_MAX, "record id is %zu bytes, more than 255", meta.record_id.n);
+    return EINVAL;
+  }
+  if (text) {
+    rc = mtasts_parse_policy(text, text_len, &p, why);
+    if (rc != 0) {
+      mtasts_policy_free(&p);
+      if (rc == -2) return ENOMEM;
+      memcpy(err, why, MTASTS_ERR_MAX);
+      return MTASTS_EPOLICY;
+    }
+    meta.max_age = p.max_age;
+  } else {
+    meta.backoff = 1;
+    meta.max_age = MTASTS_BACKOFF_SECONDS;
+  }
+  meta.valid_end = now + (int64_t)meta.max_age;
+  meta.last_update = now;
+  meta.last_use = now;
+  x.key = key; x.now = now; x.meta = &meta; x.p = text ? &p : NULL; x.b = b;
+  x.text.p = text ? text : ""; x.text.n = text ? text_len : 0;
+  rc = run(c, op_upsert, &x, "upsert", err);
+  mtasts_policy_free(&p);
+  return rc;
+}
+
+/* --- mark_checked, delete --- */
+
+typedef struct {
+  const char *key;
+  int64_t now;
+  int extend, found;
+  mtasts_buf *b;
+} mark_ctx;
+
+static int op_mark(DB_ENV *env, DB *db, void *vctx) {
+  mark_ctx *x = vctx;
+  mtasts_row row;
+  char why[MTASTS_ERR_MAX];
+  DB_TXN *t;
+  int rc;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = get_row(db, t, x->key, x->b, DB_RMW, &x->found)) != 0 || !x->found) goto abort;
+  if (mtasts_row_decode(x->b->p, x->b->n, &row, why) != 0) { rc = MTASTS_ECORRUPT; goto abort; }
+  patch_i64(x->b->p + 18, x->now);                                  /* last_update */
+  if (x->extend && !row.backoff)
+    patch_i64(x->b->p + 10, x->now + (int64_t)row.max_age);        /* valid_end */
+  if ((rc = put_row(db, t, x->key, x->b)) != 0) goto abort;
+  return t->commit(t, DB_TXN_WRITE_NOSYNC);
+abort:
+  t->abort(t);
+  return rc;
+}
+
+int mtasts_cache_mark_checked(mtasts_cache *c, const char *domain, int64_t now, int extend,
+                              int *found, mtasts_buf *b, char *err) {
+  char key[MTASTS_NAME_MAX + 1];
+  mark_ctx x;
+  int rc;
+  *found = 0;
+  if ((rc = normalise(domain, key, err)) != 0) return rc;
+  x.key = key; x.now = now; x.extend = extend; x.found = 0; x.b = b;
+  rc = run(c, op_mark, &x, "mark_checked", err);
+  *found = x.found;
+  return rc;
+}
+
+typedef struct { const char *key; int found; } del_ctx;
+
+static int op_delete(DB_ENV *env, DB *db, void *vctx) {
+  del_ctx *x = vctx;
+  DBT k;
+  DB_TXN *t;
+  int rc;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  set_key(&k, x->key);
+  rc = db->del(db, t, &k, 0);
+  x->found = rc == 0;
+  if (rc == DB_NOTFOUND) rc = 0;
+  if (rc != 0) { t->abort(t); return rc; }
+  return t->commit(t, 0);
+}
+
+int mtasts_cache_delete(mtasts_cache *c, const char *domain, int *found, char *err) {
+  char key[MTASTS_NAME_MAX + 1];
+  del_ctx x;
+  int rc;
+  *found = 0;
+  if ((rc = normalise(domain, key, err)) != 0) return rc;
+  x.key = key; x.found = 0;
+  rc = run(c, op_delete, &x, "delete", err);
+  *found = x.found;
+  return rc;
+}
+
+/* --- scans --- */
+
+enum { SCAN_ALL, SCAN_DUE, SCAN_UNUSED };
+typedef struct {
+  int kind;
+  int64_t cutoff;
+  mtasts_buf *b;
+  size_t count;
+} scan_ctx;
+
+static int append(mtasts_buf *b, const void *key, size_t kn, const void *row, size_t rn) {
+  unsigned char *o;
+  if (mtasts_buf_reserve(b, b->n + 6 + kn + rn) != 0) return ENOMEM;
+  o = b->p + b->n;
+  o[0] = (unsigned char)(kn >> 8); o[1] = (unsigned char)kn;
+  memcpy(o + 2, key, kn);
+  o += 2 + kn;
+  o[0] = (unsigned char)(rn >> 24); o[1] = (unsigned char)(rn >> 16);
+  o[2] = (unsigned char)(rn >> 8); o[3] = (unsigned char)rn;
+  if (rn) memcpy(o + 4, row, rn);
+  b->n += 6 + kn + rn;
+  return 0;
+}
+
+static int op_scan(DB_ENV *env, DB *db, void *vctx) {
+  scan_ctx *x = vctx;
+  DBC *cur;
+  DBT k, d;
+  int rc, r2;
+  (void)env;
+  x->b->n = 0;
+  x->count = 0;
+  if ((rc = db->cursor(db, NULL, &cur, DB_READ_COMMITTED)) != 0) return rc;
+  memset(&k, 0, sizeof k);
+  memset(&d, 0, sizeof d);
+  k.flags = DB_DBT_REALLOC;
+  d.flags = DB_DBT_REALLOC;
+  while ((rc = cur->get(cur, &k, &d, DB_NEXT)) == 0) {
+    const unsigned char *row = d.data;
+    int keep = 1;
+    if (k.size == 0 || k.size > MTASTS_NAME_MAX) continue;  /* not a key of ours */
+    if (x->kind != SCAN_ALL) {
+      if (d.size < 34 || row[0] != MTASTS_ROW_FORMAT) continue;
+      if (x->kind == SCAN_DUE) keep = read_i64(row + 18) <= x->cutoff;
+      else keep = read_i64(row + MTASTS_ROW_LAST_USE_OFFSET) < x->cutoff;
+    }
+    if (!keep) continue;
+    if ((rc = append(x->b, k.data, k.size, row, x->kind == SCAN_ALL ? d.size : 0)) != 0) break;
+    x->count++;
+  }
+  if (rc == DB_NOTFOUND) rc = 0;
+  if ((r2 = cur->close(cur)) != 0 && rc == 0) rc = r2;
+  free(k.data);
+  free(d.data);
+  return rc;
+}
+
+int mtasts_cache_scan(mtasts_cache *c, mtasts_buf *b, size_t *count, char *err) {
+  scan_ctx x = { SCAN_ALL, 0, b, 0 };
+  int rc = run(c, op_scan, &x, "list", err);
+  *count = x.count;
+  return rc;
+}
+
+int mtasts_cache_due(mtasts_cache *c, int64_t now, int64_t older_than, mtasts_buf *b,
+                     size_t *count, char *err) {
+  scan_ctx x = { SCAN_DUE, now - older_than, b, 0 };
+  int rc = run(c, op_scan, &x, "due_for_refresh", err);
+  *count = x.count;
+  return rc;
+}
+
+typedef struct { const char *key; int64_t cutoff; int deleted; mtasts_buf *b; } prune_ctx;
+
+/* Delete one row if it is still unused since cutoff (another process may have used it). */
+static int op_prune_one(DB_ENV *env, DB *db, void *vctx) {
+  prune_ctx *x = vctx;
+  DBT k;
+  DB_TXN *t;
+  int rc, found;
+  x->deleted = 0;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = get_row(db, t, x->key, x->b, DB_RMW, &found)) != 0) goto abort;
+  if (found && x->b->n >= 34 && x->b->p[0] == MTASTS_ROW_FORMAT &&
+      read_i64(x->b->p + MTASTS_ROW_LAST_USE_OFFSET) < x->cutoff) {
+    set_key(&k, x->key);
+    if ((rc = db->del(db, t, &k, 0)) != 0) goto abort;
+    x->deleted = 1;
+  }
+  return t->commit(t, 0);
+abort:
+  t->abort(t);
+  return rc;
+}
+
+int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t *deleted,
+                       mtasts_buf *b, char *err) {
+  scan_ctx x = { SCAN_UNUSED, now - unused_for, b, 0 };
+  mtasts_buf rb = { NULL, 0, 0 };
+  size_t i, pos = 0;
+  int rc;
+  *deleted = 0;
+  if ((rc = run(c, op_scan, &x, "prune", err)) != 0) return rc;
+  for (i = 0; i < x.count && rc == 0; i++) {
+    char key[MTASTS_NAME_MAX + 1];
+    size_t kn = (size_t)b->p[pos] << 8 | b->p[pos + 1];
+    prune_ctx p;
+    memcpy(key, b->p + pos + 2, kn);
+    key[kn] = '\0';
+    pos += 2 + kn + 4;     /* the row part is empty in this scan */
+    p.key = key; p.cutoff = x.cutoff; p.deleted = 0; p.b = &rb;
+    rc = run(c, op_prune_one, &p, "prune", err);
+    *deleted += (size_t)p.deleted;
+  }
+  mtasts_buf_free(&rb);
+  return rc;
+}

@@ -1,0 +1,87 @@
+/* cache.h: the MTA-STS policy cache (cache.c) and its row encoding (row.c). Pure C, no Lua.
+ * Included by the binding (lua_cache.c), the fuzz harness of the row decoder and C tools. */
+#ifndef MTASTS_CACHE_H
+#define MTASTS_CACHE_H
+
+#include "mtasts.h"
+
+#define MTASTS_ROW_FORMAT 1            /* first byte of every encoded row */
+#define MTASTS_BACKOFF_SECONDS 300     /* a failed fetch is not retried for this long */
+#define MTASTS_TOUCH_SECONDS 60        /* last_use is written at most this often per row */
+
+/* A growable byte buffer, owned by whoever holds it (a Lua userdata in the binding). */
+typedef struct { unsigned char *p; size_t n, cap; } mtasts_buf;
+int mtasts_buf_reserve(mtasts_buf *b, size_t need);   /* 0, or ENOMEM */
+void mtasts_buf_free(mtasts_buf *b);
+
+/* A decoded row. Spans and sections point into the encoded bytes, which must outlive it. */
+typedef struct {
+  int64_t inserted, valid_end, last_update, last_use;
+  int backoff, mode;
+  uint32_t max_age;
+  mtasts_span record_id, policy_text;
+  const unsigned char *mx, *ext;   /* encoded sections, read with mtasts_row_next_* */
+  uint32_t n_mx, n_ext;
+} mtasts_row;
+
+typedef struct { const unsigned char *p; uint32_t left; } mtasts_row_iter;
+
+/* Encode a row into b (replacing its contents). p may be NULL for a backoff row. */
+int mtasts_row_encode(mtasts_buf *b, const mtasts_row *meta, const mtasts_policy *p,
+                      mtasts_span text);
+/* Decode and fully validate an encoded row: 0, or -1 with a message in err. */
+int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *err);
+void mtasts_row_mx_iter(const mtasts_row *row, mtasts_row_iter *it);
+void mtasts_row_ext_iter(const mtasts_row *row, mtasts_row_iter *it);
+int mtasts_row_next_mx(mtasts_row_iter *it, mtasts_span *mx);            /* 1 or 0 at end */
+int mtasts_row_next_ext(mtasts_row_iter *it, mtasts_span *k, mtasts_span *v);
+/* Offset of last_use inside an encoded row (patched in place by a touch). */
+#define MTASTS_ROW_LAST_USE_OFFSET 26
+
+/* --- the cache --- */
+
+/* Error codes of our own (BDB codes and errno values are passed through as they are). */
+#define MTASTS_ECORRUPT (-40001)        /* a row that does not decode */
+#define MTASTS_EPOLICY  (-40002)        /* upsert given a policy text that does not parse */
+#define MTASTS_EDOMAIN  (-40003)        /* a key that is not a domain name */
+
+typedef struct mtasts_cache mtasts_cache;
+
+/* Open (creating if needed, mode 0700/0600) the cache environment in directory path.
+ * 0, or an error code with a message in err. *out is set only on success. */
+int mtasts_cache_open(const char *path, mtasts_cache **out, char *err);
+/* Close the handle; the environment closes when the last handle of the process closes.
+ * Returns 0 or an error code (the handle is gone either way). */
+int mtasts_cache_close(mtasts_cache *c, char *err);
+const char *mtasts_cache_path(const mtasts_cache *c);
+
+/* Look a domain up. *found is 1 with the row decoded from b when a row exists and
+ * now < valid_end; 0 otherwise. Writes last_use when it is MTASTS_TOUCH_SECONDS old.
+ * key (MTASTS_NAME_MAX + 1 bytes) receives the domain as the cache keys it (A-labels). */
+int mtasts_cache_lookup(mtasts_cache *c, const char *domain, int64_t now, mtasts_buf *b,
+                        mtasts_row *row, int *found, char *key, char *err);
+/* Insert or replace the row of a domain: a policy (text parsed here), or a backoff row
+ * when text is NULL. Committed durably before it returns 0. */
+int mtasts_cache_upsert(mtasts_cache *c, const char *domain, const char *record_id,
+                        const char *text, size_t text_len, int64_t now, mtasts_buf *b,
+                        char *err);
+/* The record id was seen unchanged: last_update = now, and with extend also
+ * valid_end = now + max_age (not for backoff rows). *found = 0 when there is no row. */
+int mtasts_cache_mark_checked(mtasts_cache *c, const char *domain, int64_t now, int extend,
+                              int *found, mtasts_buf *b, char *err);
+int mtasts_cache_delete(mtasts_cache *c, const char *domain, int *found, char *err);
+
+/* Scans copy what they find into b as records: u16 domain length, domain, u32 row length,
+ * row (the row is empty for mtasts_cache_due). *count is the number of records. */
+int mtasts_cache_scan(mtasts_cache *c, mtasts_buf *b, size_t *count, char *err);
+/* Domains whose last_update <= now - older_than (oldest first is not guaranteed). */
+int mtasts_cache_due(mtasts_cache *c, int64_t now, int64_t older_than, mtasts_buf *b,
+                     size_t *count, char *err);
+/* Delete rows whose last_use < now - unused_for; *deleted is how many. */
+int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t *deleted,
+                       mtasts_buf *b, char *err);
+
+/* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
+const char *mtasts_code_name(int rc);
+
+#endif

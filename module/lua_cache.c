@@ -1,0 +1,334 @@
+/* lua_cache.c: the mtasts.cache class, binding cache.c. Translate, and do nothing else.
+ * Contract: docs/cache.md; errors: docs/errors.md. */
+#include "cache.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CACHE_MT "mtasts.cache"
+#define SCRATCH_MT "mtasts.scratch"
+
+typedef struct {
+  mtasts_cache *c;        /* NULL once closed */
+  mtasts_buf buf;         /* rows read and written; owned here, freed in release */
+  mtasts_buf scan;        /* what scans copy out */
+} lcache;
+
+static int cache_release(lcache *u, char *err) {
+  int rc = 0;
+  if (u->c) rc = mtasts_cache_close(u->c, err);
+  u->c = NULL;
+  mtasts_buf_free(&u->buf);
+  mtasts_buf_free(&u->scan);
+  return rc;
+}
+
+static lcache *cache_check(lua_State *L, int idx) {
+  lcache *u = luaL_checkudata(L, idx, CACHE_MT);
+  if (!u->c) luaL_error(L, "attempt to use a closed " CACHE_MT);
+  return u;
+}
+
+static int fail(lua_State *L, int rc, const char *msg) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, mtasts_code_name(rc));
+  return 3;
+}
+
+/* A domain argument: a string without NUL bytes (a NUL is a domain-syntax failure). */
+static const char *check_domain(lua_State *L, int idx, int *bad) {
+  size_t n;
+  const char *s;
+  luaL_checktype(L, idx, LUA_TSTRING);
+  s = lua_tolstring(L, idx, &n);
+  *bad = strlen(s) != n;
+  return s;
+}
+
+static int64_t check_time(lua_State *L, int idx) {
+  return (int64_t)luaL_checkinteger(L, idx);
+}
+
+static void push_span(lua_State *L, mtasts_span s) { lua_pushlstring(L, s.p, s.n); }
+
+/* The row table of docs/cache.md. */
+static void push_row(lua_State *L, const char *domain, size_t dn, const mtasts_row *r) {
+  mtasts_row_iter it;
+  mtasts_span a, b;
+  int i;
+  lua_createtable(L, 0, 10);
+  lua_pushlstring(L, domain, dn);
+  lua_setfield(L, -2, "domain");
+  lua_pushinteger(L, (lua_Integer)r->inserted);
+  lua_setfield(L, -2, "inserted");
+  lua_pushinteger(L, (lua_Integer)r->valid_end);
+  lua_setfield(L, -2, "valid_end");
+  lua_pushinteger(L, (lua_Integer)r->last_update);
+  lua_setfield(L, -2, "last_update");
+  lua_pushinteger(L, (lua_Integer)r->last_use);
+  lua_setfield(L, -2, "last_use");
+  lua_pushboolean(L, r->backoff);
+  lua_setfield(L, -2, "backoff");
+  push_span(L, r->record_id);
+  lua_setfield(L, -2, "record_id");
+  if (!r->backoff) {
+    push_span(L, r->policy_text);
+    lua_setfield(L, -2, "policy_text");
+  }
+  lua_createtable(L, 0, 5);
+  lua_pushliteral(L, "STSv1");
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, mtasts_mode_name(r->mode));
+  lua_setfield(L, -2, "mode");
+  lua_pushinteger(L, (lua_Integer)r->max_age);
+  lua_setfield(L, -2, "max_age");
+  lua_createtable(L, (int)r->n_mx, 0);
+  mtasts_row_mx_iter(r, &it);
+  for (i = 1; mtasts_row_next_mx(&it, &a); i++) {
+    push_span(L, a);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setfield(L, -2, "mx");
+  lua_createtable(L, (int)r->n_ext, 0);
+  mtasts_row_ext_iter(r, &it);
+  for (i = 1; mtasts_row_next_ext(&it, &a, &b); i++) {
+    lua_createtable(L, 0, 2);
+    push_span(L, a);
+    lua_setfield(L, -2, "key");
+    push_span(L, b);
+    lua_setfield(L, -2, "value");
+    lua_rawseti(L, -2, i);
+  }
+  lua_setfield(L, -2, "extensions");
+  lua_setfield(L, -2, "policy");
+}
+
+/* --- mtasts.cache --- */
+
+/* cache_open(path) -> cache | fail */
+static int cache_open(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char err[MTASTS_ERR_MAX];
+  lcache *u = lua_newuserdatauv(L, sizeof *u, 0);
+  int rc;
+  memset(u, 0, sizeof *u);
+  luaL_setmetatable(L, CACHE_MT);
+  if ((rc = mtasts_cache_open(path, &u->c, err)) != 0) return fail(L, rc, err);
+  return 1;
+}
+
+/* cache:lookup(domain, now) -> row | nil | fail */
+static int cache_lookup(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int bad, found, rc;
+  const char *domain = check_domain(L, 2, &bad);
+  int64_t now = check_time(L, 3);
+  char err[MTASTS_ERR_MAX], key[MTASTS_NAME_MAX + 1];
+  mtasts_row row;
+  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  rc = mtasts_cache_lookup(u->c, domain, now, &u->buf, &row, &found, key, err);
+  if (rc != 0) return fail(L, rc, err);
+  if (!found) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_row(L, key, strlen(key), &row);
+  return 1;
+}
+
+/* cache:upsert(domain, record_id, policy_text | nil, now) -> true | fail */
+static int cache_upsert(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int bad, rc;
+  const char *domain = check_domain(L, 2, &bad);
+  size_t idn, tn = 0;
+  const char *id = luaL_checklstring(L, 3, &idn), *text = NULL;
+  int64_t now = check_time(L, 5);
+  char err[MTASTS_ERR_MAX];
+  if (!lua_isnil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TSTRING);
+    text = lua_tolstring(L, 4, &tn);
+  }
+  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  if (strlen(id) != idn) return luaL_argerror(L, 3, "record id contains a NUL byte");
+  rc = mtasts_cache_upsert(u->c, domain, id, text, tn, now, &u->buf, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* cache:mark_checked(domain, now [, extend]) -> true | false (no row) | fail */
+static int cache_mark_checked(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int bad, found, rc;
+  const char *domain = check_domain(L, 2, &bad);
+  int64_t now = check_time(L, 3);
+  int extend = lua_toboolean(L, 4);
+  char err[MTASTS_ERR_MAX];
+  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  rc = mtasts_cache_mark_checked(u->c, domain, now, extend, &found, &u->buf, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushboolean(L, found);
+  return 1;
+}
+
+/* cache:delete(domain) -> true | false (no row) | fail */
+static int cache_delete(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int bad, found, rc;
+  const char *domain = check_domain(L, 2, &bad);
+  char err[MTASTS_ERR_MAX];
+  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  rc = mtasts_cache_delete(u->c, domain, &found, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushboolean(L, found);
+  return 1;
+}
+
+typedef struct {
+  int64_t last_use;
+  const char *key;
+  size_t kn;
+  const unsigned char *row;
+  size_t rn;
+} entry;
+
+static int by_use(const void *a, const void *b) {
+  const entry *x = a, *y = b;
+  size_t n = x->kn < y->kn ? x->kn : y->kn;
+  int c;
+  if (x->last_use != y->last_use) return x->last_use > y->last_use ? -1 : 1;
+  if ((c = memcmp(x->key, y->key, n)) != 0) return c;
+  return x->kn < y->kn ? -1 : x->kn > y->kn;
+}
+
+/* Walk a scan buffer: record i -> key, row. */
+static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
+  e->kn = (size_t)b->p[pos] << 8 | b->p[pos + 1];
+  e->key = (const char *)b->p + pos + 2;
+  pos += 2 + e->kn;
+  e->rn = (size_t)b->p[pos] << 24 | (size_t)b->p[pos + 1] << 16 | (size_t)b->p[pos + 2] << 8 |
+          b->p[pos + 3];
+  e->row = b->p + pos + 4;
+  return pos + 4 + e->rn;
+}
+
+/* cache:list() -> { row, ... } most recently used first | fail */
+static int cache_list(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  char err[MTASTS_ERR_MAX];
+  size_t count, i, pos = 0, n = 0;
+  entry *v;
+  int rc = mtasts_cache_scan(u->c, &u->scan, &count, err);
+  if (rc != 0) return fail(L, rc, err);
+  /* the index lives in a userdata, so nothing is lost if a push below raises */
+  v = lua_newuserdatauv(L, (count ? count : 1) * sizeof *v, 0);
+  for (i = 0; i < count; i++) {
+    pos = next_record(&u->scan, pos, &v[n]);
+    if (v[n].rn < 34 || v[n].row[0] != MTASTS_ROW_FORMAT) continue;  /* rebuild reports them */
+    v[n].last_use = 0;
+    for (rc = 0; rc < 8; rc++) v[n].last_use = v[n].last_use << 8 | v[n].row[26 + rc];
+    n++;
+  }
+  qsort(v, n, sizeof *v, by_use);
+  lua_createtable(L, (int)n, 0);
+  for (i = 0; i < n; i++) {
+    mtasts_row row;
+    if (mtasts_row_decode(v[i].row, v[i].rn, &row, err) != 0) continue;
+    push_row(L, v[i].key, v[i].kn, &row);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  }
+  return 1;
+}
+
+/* cache:due_for_refresh(now, older_than) -> { domain, ... } | fail */
+static int cache_due(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int64_t now = check_time(L, 2), older = check_time(L, 3);
+  char err[MTASTS_ERR_MAX];
+  size_t count, i, pos = 0;
+  int rc = mtasts_cache_due(u->c, now, older, &u->scan, &count, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_createtable(L, (int)count, 0);
+  for (i = 0; i < count; i++) {
+    entry e;
+    pos = next_record(&u->scan, pos, &e);
+    lua_pushlstring(L, e.key, e.kn);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+/* cache:prune(now, unused_for) -> count deleted | fail */
+static int cache_prune(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int64_t now = check_time(L, 2), unused = check_time(L, 3);
+  char err[MTASTS_ERR_MAX];
+  size_t deleted;
+  int rc = mtasts_cache_prune(u->c, now, unused, &deleted, &u->scan, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushinteger(L, (lua_Integer)deleted);
+  return 1;
+}
+
+/* cache:path() -> the directory, resolved */
+static int cache_path(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  lua_pushstring(L, mtasts_cache_path(u->c));
+  return 1;
+}
+
+/* cache:close() -> true | fail; a second close returns true */
+static int cache_close(lua_State *L) {
+  lcache *u = luaL_checkudata(L, 1, CACHE_MT);
+  char err[MTASTS_ERR_MAX];
+  int rc = cache_release(u, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int cache__gc(lua_State *L) {
+  char err[MTASTS_ERR_MAX];
+  (void)cache_release(luaL_checkudata(L, 1, CACHE_MT), err);
+  return 0;
+}
+
+static int cache__tostring(lua_State *L) {
+  lcache *u = luaL_checkudata(L, 1, CACHE_MT);
+  if (u->c) lua_pushfstring(L, CACHE_MT " (%p)", (void *)u);
+  else lua_pushliteral(L, CACHE_MT " (closed)");
+  return 1;
+}
+
+void mtasts_open_cache(lua_State *L) {
+  static const luaL_Reg meta[] = {
+    { "__gc", cache__gc },
+    { "__close", cache__gc },
+    { "__tostring", cache__tostring },
+    { NULL, NULL }
+  };
+  static const luaL_Reg methods[] = {
+    { "lookup", cache_lookup },
+    { "upsert", cache_upsert },
+    { "mark_checked", cache_mark_checked },
+    { "delete", cache_delete },
+    { "list", cache_list },
+    { "due_for_refresh", cache_due },
+    { "prune", cache_prune },
+    { "path", cache_path },
+    { "close", cache_close },
+    { NULL, NULL }
+  };
+  if (luaL_newmetatable(L, CACHE_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, cache_open);
+  lua_setfield(L, -2, "cache_open");
+}
