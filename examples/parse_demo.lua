@@ -15,7 +15,8 @@ end
 
 print("mtasts " .. mtasts._VERSION .. ": parsers (the end-to-end demo arrives with the client)")
 print("\nMTA-STS TXT records at _mta-sts.<domain>:")
-local rec = show("v=STSv1; id=20160831085700Z;", mtasts.parse_record("v=STSv1; id=20160831085700Z;"))
+local rec = show("v=STSv1; id=20160831085700Z;",
+  mtasts.parse_record("v=STSv1; id=20160831085700Z;"))
 print("    id = " .. rec.id)
 show("v=STSv1; id=2016-08-31", mtasts.parse_record("v=STSv1; id=2016-08-31"))
 

@@ -92,7 +92,7 @@ describe("mtasts.cache", function()
         assert.is_nil(r)
         assert.equal("domain-syntax", code, bad)
         assert.is_string(msg)
-        r, msg, code = cache:upsert(bad, "id", TESTING, 1)
+        r, _, code = cache:upsert(bad, "id", TESTING, 1)
         assert.is_nil(r)
         assert.equal("domain-syntax", code)
       end
