@@ -1,44 +1,61 @@
 /* cache.c: the MTA-STS policy cache on a transactional Berkeley DB 5.3 environment.
  * Pure C, no Lua. Semantics: REFERENCE.md §5; operations: module/cache.h.
  *
- * Many processes share one environment directory. The environment is opened with
- * DB_REGISTER | DB_RECOVER | DB_FAILCHK: a process that opens it and finds that a registered
- * process died runs failchk (release the dead one's locks, abort its transactions) and goes
- * on; only if that fails (it died inside BDB holding a mutex) is the environment recovered,
- * and then the survivors see DB_RUNRECOVERY, reopen and retry, once, without the caller
- * noticing. Lock requests time out (DB_LOCK_NOTGRANTED); a timed-out operation runs failchk
- * itself and is retried a bounded number of times, like a deadlocked one.
+ * Many processes share one environment directory. Berkeley DB 5.3 as Debian builds it uses
+ * plain process-shared pthread mutexes: a process killed inside a BDB call (during a
+ * commit's fsync, say) leaves a mutex locked forever, and every other process blocks on it
+ * for good; DB_REGISTER and failchk cannot wake a process already waiting. So every BDB call
+ * runs inside a gate: a robust, process-shared pthread mutex in the file mtasts.gate of the
+ * directory. Only one thread of one process is inside BDB at a time, and when a holder dies
+ * the next one to lock the gate is told (EOWNERDEAD) while nobody else is inside BDB: it runs
+ * recovery (DB_RECOVER) then and there, and bumps a generation number in the gate, which
+ * makes the other processes drop their stale handles and join the recovered environment.
+ * A process that dies outside the gate holds nothing. The gate also remembers the boot it
+ * was made in: the first opener after a reboot re-creates it and recovers the environment.
+ * Waiting for the gate is bounded (GATE_TIMEOUT_S): a holder that hangs gives an error.
  *
- * DB_REGISTER allows one DB_ENV handle per process and directory, so handles are shared by
- * every cache object of a process (any number of Lua states, in any threads) through a small
- * process-wide registry: the one mutable global of the module, guarded by a mutex. An entry
- * remembers the process that opened it; a forked child never uses its parent's handles. */
+ * Environment handles are shared by every cache object of a process (any number of Lua
+ * states, in any threads) through a small process-wide registry: the one mutable global of
+ * the module, guarded by a mutex. An entry remembers the process that opened it; a forked
+ * child never uses its parent's handles. */
 #include "cache.h"
 
 #include <db.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DB_FILE "policies.db"
-#define LOCK_TIMEOUT_US 200000     /* one lock wait, before failchk and a retry */
-#define MAX_RETRIES 6              /* deadlocks and lock timeouts, per operation */
-#define THREAD_COUNT 4096          /* thread control blocks: processes x threads, roughly */
+#define GATE_FILE "mtasts.gate"
+#define GATE_MAGIC 0x6d747367u     /* "mtsg" */
+#define GATE_VERSION 1
+#define GATE_TIMEOUT_S 5           /* longest wait for the gate before giving up */
+#define MAX_RETRIES 6              /* deadlocks between threads of a process, per operation */
+
+typedef struct {
+  uint32_t magic, version;
+  char boot_id[40];               /* /proc/sys/kernel/random/boot_id when made */
+  uint64_t generation;            /* bumped by every recovery */
+  uint32_t need_recover;          /* set when the gate is made: the next opener recovers */
+  pthread_mutex_t mu;             /* robust, process-shared */
+} gate_t;
 
 typedef struct shared_env {
   struct shared_env *next;
   char path[PATH_MAX];
   pid_t pid;              /* the process that opened it */
   int refs;               /* cache handles using it */
-  unsigned gen;           /* bumped by every reopen */
-  pthread_rwlock_t rw;    /* operations hold it shared; a reopen holds it exclusive */
-  DB_ENV *env;            /* NULL after a failed reopen: the next operation tries again */
+  gate_t *gate;           /* mapped mtasts.gate */
+  uint64_t gen;           /* the gate generation the handles below belong to */
+  DB_ENV *env;            /* NULL when (re)joining failed: the next operation tries again */
   DB *db;
 } shared_env;
 
@@ -53,22 +70,6 @@ static __thread char bdb_msg[MTASTS_ERR_MAX];
 static void errcall(const DB_ENV *e, const char *pfx, const char *msg) {
   (void)e; (void)pfx;
   snprintf(bdb_msg, sizeof bdb_msg, "%s", msg);
-}
-
-/* A process is dead when kill() says so, or when it is a zombie nobody reaped yet. */
-static int is_alive(DB_ENV *e, pid_t pid, db_threadid_t tid, u_int32_t flags) {
-  char path[64], buf[256], *p;
-  FILE *f;
-  (void)e; (void)tid; (void)flags;
-  if (pid == getpid()) return 1;
-  if (kill(pid, 0) != 0 && errno != EPERM) return 0;
-  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-  if (!(f = fopen(path, "r"))) return 1;
-  p = fgets(buf, sizeof buf, f);
-  fclose(f);
-  if (p && (p = strrchr(buf, ')')) != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
-    return 0;
-  return 1;
 }
 
 const char *mtasts_code_name(int rc) {
@@ -99,6 +100,7 @@ const char *mtasts_code_name(int rc) {
   case EAGAIN: return "EAGAIN";
   case EBUSY: return "EBUSY";
   case ENAMETOOLONG: return "ENAMETOOLONG";
+  case ETIMEDOUT: return "ETIMEDOUT";
   default: return "BDB_ERROR";
   }
 }
@@ -135,20 +137,79 @@ static int mkdirs(const char *path) {
   return 0;
 }
 
-static int open_env(shared_env *s, char *err) {
+static void gate_boot_id(char out[40]) {
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  memset(out, 0, 40);
+  if (!f) return;    /* no /proc: the gate is then only re-made when it is missing */
+  if (!fgets(out, 40, f)) memset(out, 0, 40);
+  fclose(f);
+}
+
+/* Map the gate file, making (or re-making, after a reboot) it under an fcntl lock. */
+static int gate_map(shared_env *s, char *err) {
+  char file[PATH_MAX + sizeof GATE_FILE + 1], boot[40];
+  struct flock fl;
+  struct stat st;
+  gate_t *g;
+  int fd, rc = 0;
+  snprintf(file, sizeof file, "%s/%s", s->path, GATE_FILE);
+  if ((fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+    rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: open %s: %s%s", s->path, GATE_FILE,
+             strerror(rc), rc == EACCES || rc == EROFS ?
+             "; the directory and its files must be writable by this user" : "");
+    return rc;
+  }
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_len = 1;
+  while (fcntl(fd, F_SETLKW, &fl) != 0)
+    if (errno != EINTR) { rc = errno; goto done; }
+  if (fstat(fd, &st) != 0) { rc = errno; goto done; }
+  if ((size_t)st.st_size < sizeof *g && ftruncate(fd, (off_t)sizeof *g) != 0) {
+    rc = errno;
+    goto done;
+  }
+  g = mmap(NULL, sizeof *g, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (g == MAP_FAILED) { rc = errno; goto done; }
+  gate_boot_id(boot);
+  if (g->magic != GATE_MAGIC || g->version != GATE_VERSION || memcmp(g->boot_id, boot, 40)) {
+    pthread_mutexattr_t a;
+    uint64_t gen = g->magic == GATE_MAGIC ? g->generation : 0;
+    memset(g, 0, sizeof *g);
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    rc = pthread_mutex_init(&g->mu, &a);
+    pthread_mutexattr_destroy(&a);
+    memcpy(g->boot_id, boot, 40);
+    g->generation = gen + 1;
+    g->need_recover = 1;      /* whatever was there before was not shut down by us */
+    g->version = GATE_VERSION;
+    g->magic = GATE_MAGIC;
+    if (msync(g, sizeof *g, MS_SYNC) != 0 && rc == 0) rc = errno;
+  }
+  if (rc == 0) s->gate = g;
+  else munmap(g, sizeof *g);
+done:
+  if (rc != 0 && !err[0])
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %s: %s", s->path, GATE_FILE, strerror(rc));
+  close(fd);   /* drops the fcntl lock; the mapping stays */
+  return rc;
+}
+
+/* Open (join) the environment; with recover, run recovery first. Call inside the gate. */
+static int open_env(shared_env *s, int recover, char *err) {
   DB_ENV *env = NULL;
   DB *db = NULL;
   int rc;
   u_int32_t flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL |
-                    DB_THREAD | DB_REGISTER | DB_RECOVER | DB_FAILCHK;
+                    DB_THREAD | (recover ? DB_RECOVER : 0);
   bdb_msg[0] = '\0';
   if ((rc = db_env_create(&env, 0)) != 0) return fail(err, rc, s->path, "db_env_create");
   env->set_errcall(env, errcall);
-  if ((rc = env->set_thread_count(env, THREAD_COUNT)) != 0 ||
-      (rc = env->set_isalive(env, is_alive)) != 0 ||
-      (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
-      (rc = env->set_timeout(env, LOCK_TIMEOUT_US, DB_SET_LOCK_TIMEOUT)) != 0 ||
-      (rc = env->set_flags(env, DB_TIME_NOTGRANTED, 1)) != 0 ||
+  if ((rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
       (rc = env->set_cachesize(env, 0, 4u << 20, 1)) != 0 ||
       (rc = env->set_lg_max(env, 1u << 20)) != 0 ||
       (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0) {
@@ -157,7 +218,7 @@ static int open_env(shared_env *s, char *err) {
     return rc;
   }
   if ((rc = env->open(env, s->path, flags, 0600)) != 0) {
-    fail(err, rc, s->path, "open environment");
+    fail(err, rc, s->path, recover ? "recover environment" : "open environment");
     env->close(env, 0);
     return rc;
   }
@@ -176,18 +237,58 @@ static int open_env(shared_env *s, char *err) {
   return 0;
 }
 
-static void close_env(shared_env *s) {
-  if (s->db) s->db->close(s->db, 0);
-  if (s->env) s->env->close(s->env, 0);
-  s->db = NULL;
+/* Handles of an environment that was recovered under us are dropped, not closed: closing
+ * would touch regions whose mutexes a dead process may hold. This leaks a little memory and
+ * a mapping, once per recovery. */
+static void abandon_env(shared_env *s) {
   s->env = NULL;
+  s->db = NULL;
 }
+
+/* Lock the gate and make sure s holds current handles. On success the gate is held. */
+static int enter(shared_env *s, char *err) {
+  gate_t *g = s->gate;
+  struct timespec until;
+  int rc, recover = 0;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += GATE_TIMEOUT_S;
+  rc = pthread_mutex_timedlock(&g->mu, &until);
+  if (rc == EOWNERDEAD) {          /* a holder died inside BDB: recover, nobody else is in */
+    pthread_mutex_consistent(&g->mu);
+    recover = 1;
+  } else if (rc == ETIMEDOUT) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: another process has held the cache for over "
+             "%d s", s->path, GATE_TIMEOUT_S);
+    return ETIMEDOUT;
+  } else if (rc != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: gate: %s; remove %s when no process uses "
+             "the cache", s->path, strerror(rc), GATE_FILE);
+    return rc;
+  }
+  if (g->need_recover) recover = 1;
+  if (recover || s->gen != g->generation || !s->env) {
+    abandon_env(s);
+    if ((rc = open_env(s, recover, err)) != 0) {
+      pthread_mutex_unlock(&g->mu);
+      return rc;
+    }
+    if (recover) {
+      g->generation++;
+      g->need_recover = 0;
+    }
+    s->gen = g->generation;
+  }
+  return 0;
+}
+
+static void leave(shared_env *s) { pthread_mutex_unlock(&s->gate->mu); }
 
 int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
   char real[PATH_MAX];
   shared_env *s;
   mtasts_cache *c;
-  int rc;
+  int rc = 0;
+  err[0] = '\0';
   if ((rc = mkdirs(path)) != 0) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: create directory: %s", path, strerror(rc));
     return rc;
@@ -208,9 +309,9 @@ int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
   } else {
     memcpy(s->path, real, strlen(real) + 1);
     s->pid = getpid();
-    pthread_rwlock_init(&s->rw, NULL);
-    if ((rc = open_env(s, err)) != 0) {
-      pthread_rwlock_destroy(&s->rw);
+    if ((rc = gate_map(s, err)) == 0 && (rc = enter(s, err)) == 0) leave(s);
+    if (rc != 0) {
+      if (s->gate) munmap(s->gate, sizeof *s->gate);
       free(s);
       s = NULL;
     } else {
@@ -234,19 +335,22 @@ int mtasts_cache_close(mtasts_cache *c, char *err) {
   shared_env *s = c->s, **pp;
   int rc = 0;
   free(c);
+  err[0] = '\0';
   pthread_mutex_lock(&registry_mu);
   if (--s->refs == 0) {
     for (pp = &registry; *pp; pp = &(*pp)->next)
       if (*pp == s) { *pp = s->next; break; }
-    if (s->pid == getpid()) {    /* a forked child must not touch its parent's handles */
+    /* a forked child must not touch its parent's handles */
+    if (s->pid == getpid() && s->env && enter(s, err) == 0) {
       bdb_msg[0] = '\0';
-      if (s->db && (rc = s->db->close(s->db, 0)) != 0) fail(err, rc, s->path, "close");
-      if (s->env) {
+      if ((rc = s->db->close(s->db, 0)) != 0) fail(err, rc, s->path, "close");
+      {
         int r2 = s->env->close(s->env, 0);
         if (r2 != 0 && rc == 0) rc = fail(err, r2, s->path, "close");
       }
+      leave(s);
     }
-    pthread_rwlock_destroy(&s->rw);
+    if (s->pid == getpid()) munmap(s->gate, sizeof *s->gate);
     free(s);
   }
   pthread_mutex_unlock(&registry_mu);
@@ -255,43 +359,28 @@ int mtasts_cache_close(mtasts_cache *c, char *err) {
 
 const char *mtasts_cache_path(const mtasts_cache *c) { return c->s->path; }
 
-/* Replace the environment after a panic, unless another thread already did. */
-static int reopen(shared_env *s, unsigned seen_gen, char *err) {
-  int rc = 0;
-  pthread_rwlock_wrlock(&s->rw);
-  if (s->gen == seen_gen || !s->env) {
-    close_env(s);
-    rc = open_env(s, err);
-    s->gen++;
-  }
-  pthread_rwlock_unlock(&s->rw);
-  return rc;
-}
+uint64_t mtasts_cache_generation(const mtasts_cache *c) { return c->s->gate->generation; }
 
 typedef int (*op_fn)(DB_ENV *env, DB *db, void *ctx);
 
-/* Run one operation with the retry rules of the file comment. */
+/* Run one operation inside the gate. Deadlocks (possible only between threads of one
+ * process) are retried; a panic (DB_RUNRECOVERY) makes the next holder recover, once. */
 static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err) {
   shared_env *s = c->s;
-  int attempt, rc = 0, reopened = 0;
+  int attempt, rc = 0, recovered = 0;
+  err[0] = '\0';
   for (attempt = 0;; attempt++) {
-    unsigned gen;
     bdb_msg[0] = '\0';
-    pthread_rwlock_rdlock(&s->rw);
-    gen = s->gen;
-    rc = s->env ? fn(s->env, s->db, ctx) : DB_RUNRECOVERY;
-    if (rc == DB_LOCK_NOTGRANTED && s->env) {
-      int f = s->env->failchk(s->env, 0);   /* locks held by a dead process are released */
-      if (f == DB_RUNRECOVERY) rc = f;
-    }
-    pthread_rwlock_unlock(&s->rw);
-    if ((rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED) && attempt < MAX_RETRIES) continue;
-    if (rc == DB_RUNRECOVERY && !reopened) {
-      int r2;
-      reopened = 1;
-      if ((r2 = reopen(s, gen, err)) != 0) return r2;
+    if ((rc = enter(s, err)) != 0) return rc;
+    rc = fn(s->env, s->db, ctx);
+    if (rc == DB_RUNRECOVERY && !recovered) {
+      s->gate->need_recover = 1;
+      recovered = 1;
+      leave(s);
       continue;
     }
+    leave(s);
+    if ((rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED) && attempt < MAX_RETRIES) continue;
     break;
   }
   return rc ? fail(err, rc, s->path, what) : 0;
@@ -673,4 +762,26 @@ int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t 
   }
   mtasts_buf_free(&rb);
   return rc;
+}
+
+/* --- verify --- */
+
+static int op_checkpoint(DB_ENV *env, DB *db, void *ctx) {
+  (void)ctx;
+  (void)db;
+  return env->txn_checkpoint(env, 0, 0, DB_FORCE);
+}
+
+int mtasts_cache_verify(mtasts_cache *c, char *err) {
+  char file[PATH_MAX + sizeof DB_FILE + 1];
+  DB *v;
+  int rc;
+  if ((rc = run(c, op_checkpoint, NULL, "checkpoint", err)) != 0) return rc;
+  snprintf(file, sizeof file, "%s/%s", c->s->path, DB_FILE);
+  bdb_msg[0] = '\0';
+  if ((rc = db_create(&v, NULL, 0)) != 0) return fail(err, rc, c->s->path, "verify");
+  v->set_errcall(v, errcall);
+  /* DB->verify reads the file itself and always discards the handle */
+  if ((rc = v->verify(v, file, NULL, NULL, 0)) != 0) return fail(err, rc, c->s->path, "verify");
+  return 0;
 }

@@ -81,6 +81,13 @@ int mtasts_cache_due(mtasts_cache *c, int64_t now, int64_t older_than, mtasts_bu
 int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err);
 
+/* Flush everything to the database file (a forced checkpoint), then verify the file's
+ * structure with DB->verify. 0, DB_VERIFY_BAD, or another error code. */
+int mtasts_cache_verify(mtasts_cache *c, char *err);
+
+/* The gate's generation: 1 for a new cache, plus one for every recovery since. */
+uint64_t mtasts_cache_generation(const mtasts_cache *c);
+
 /* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
 const char *mtasts_code_name(int rc);
 

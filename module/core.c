@@ -5,6 +5,16 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <time.h>
+
+/* monotonic() -> seconds (float) on a clock that never jumps: for measuring durations in
+ * tests and benchmarks. Policy logic takes its time from the client's clock instead. */
+static int monotonic(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
 
 MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L);
 MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
@@ -21,6 +31,8 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   lua_pushinteger(L, MTASTS_NAME_MAX);
   lua_setfield(L, -2, "name_max");
   lua_setfield(L, -2, "limits");
+  lua_pushcfunction(L, monotonic);
+  lua_setfield(L, -2, "monotonic");
   mtasts_open_parse(L);
   mtasts_open_cache(L);
   return 1;

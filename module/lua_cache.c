@@ -274,6 +274,27 @@ static int cache_prune(lua_State *L) {
   return 1;
 }
 
+/* cache:verify() -> true | fail (DB_VERIFY_BAD when the file is damaged) */
+static int cache_verify(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  char err[MTASTS_ERR_MAX];
+  int rc = mtasts_cache_verify(u->c, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* cache:stats() -> { path =, generation = } */
+static int cache_stats(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, mtasts_cache_path(u->c));
+  lua_setfield(L, -2, "path");
+  lua_pushinteger(L, (lua_Integer)mtasts_cache_generation(u->c));
+  lua_setfield(L, -2, "generation");
+  return 1;
+}
+
 /* cache:path() -> the directory, resolved */
 static int cache_path(lua_State *L) {
   lcache *u = cache_check(L, 1);
@@ -319,6 +340,8 @@ void mtasts_open_cache(lua_State *L) {
     { "list", cache_list },
     { "due_for_refresh", cache_due },
     { "prune", cache_prune },
+    { "verify", cache_verify },
+    { "stats", cache_stats },
     { "path", cache_path },
     { "close", cache_close },
     { NULL, NULL }

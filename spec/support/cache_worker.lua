@@ -1,0 +1,62 @@
+-- A cache worker for spec/cache_processes_spec.lua: mixed lookups and upserts until a
+-- deadline. usage: cache_worker.lua DIR WORKER LOG DEADLINE(monotonic seconds)
+-- After each committed upsert it appends "ack <domain> <seq>" to LOG; every 20 operations
+-- it appends "maxwait <seconds>", the longest single operation so far. A restarted worker
+-- continues its sequence above anything its log shows, so sequences only grow.
+local core = require("mtasts.core")
+local dir, worker, logpath, deadline = arg[1], arg[2], arg[3], tonumber(arg[4])
+
+local seq = 0
+do
+  local f = io.open(logpath, "r")
+  if f then
+    for line in f:lines() do
+      local n = tonumber(line:match("^ack %S+ (%d+)$"))
+      if n and n > seq then seq = n end
+    end
+    f:close()
+  end
+end
+seq = seq + 100000     -- past anything committed but not acknowledged before a kill
+
+local log = assert(io.open(logpath, "a"))
+log:setvbuf("line")
+local clock = core.monotonic
+math.randomseed(math.floor(clock() * 1e6) + #worker)
+
+local t0 = clock()
+local cache, err, code = core.cache_open(dir)
+local maxwait = clock() - t0
+if not cache then
+  io.stderr:write("open failed: ", tostring(code), " ", tostring(err), "\n")
+  os.exit(3)
+end
+
+local POLICY = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 86400\n"
+local ops = 0
+while clock() < deadline do
+  local r = math.random()
+  local t = clock()
+  local ok, msg, c
+  if r < 0.5 then
+    ok, msg, c = cache:lookup(("s%d.example"):format(math.random(50)), 1000)
+    if ok == nil and msg == nil then ok = true end
+  else
+    seq = seq + 1
+    local domain = r < 0.8 and ("w%s-%d.example"):format(worker, math.random(200))
+      or ("s%d.example"):format(math.random(50))
+    ok, msg, c = cache:upsert(domain, tostring(seq), POLICY, 1000)
+    if ok then log:write("ack ", domain, " ", seq, "\n") end
+  end
+  local took = clock() - t
+  if took > maxwait then maxwait = took end
+  if not ok then
+    io.stderr:write("operation failed: ", tostring(c), " ", tostring(msg), "\n")
+    log:write("error ", tostring(c), "\n")
+  end
+  ops = ops + 1
+  if ops % 20 == 0 then log:write("maxwait ", maxwait, "\n") end
+end
+log:write("maxwait ", maxwait, "\n")
+log:write("done ", ops, "\n")
+cache:close()
