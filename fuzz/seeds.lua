@@ -35,3 +35,27 @@ for harness, modules in pairs(sets) do
   end
   print(string.format("%s: %d seeds", harness, n))
 end
+
+-- cache rows (module/row.c format 1), built with string.pack
+do
+  local dir = out .. "/row"
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local function row(flags, mode, max_age, id, mx, ext, text)
+    local parts = { string.pack(">BBi8i8i8i8BI4s1", 1, flags, 1000, 87400, 1000, 1060, mode,
+      max_age, id), string.pack(">I2", #mx) }
+    for _, m in ipairs(mx) do parts[#parts + 1] = string.pack(">s1", m) end
+    parts[#parts + 1] = string.pack(">I2", #ext)
+    for _, e in ipairs(ext) do parts[#parts + 1] = string.pack(">s1s2", e[1], e[2]) end
+    parts[#parts + 1] = string.pack(">s4", text)
+    return table.concat(parts)
+  end
+  local rows = {
+    row(0, 2, 86400, "20160831085700Z", { "mail.example.com", "*.example.net" },
+      { { "note", "kept" } }, "version: STSv1\nmode: enforce\nmax_age: 86400\n"),
+    row(1, 0, 300, "id", {}, {}, ""),
+    row(0, 1, 600, "", { "a.example" }, {}, "x"),
+    row(0, 0, 31557600, string.rep("i", 32), {}, { { "a", "" }, { "b", "c" } }, ""),
+  }
+  for i, r in ipairs(rows) do write(dir, i, r) end
+  print(string.format("row: %d seeds", #rows))
+end

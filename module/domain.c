@@ -55,12 +55,18 @@ static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
     if (!dot && digits)
       return errf(err, "'%s' ends in a numeric label: an IP address is not a domain name", qn);
     if (check_xn && is_xn(l, len)) {
-      char label[MTASTS_LABEL_MAX + 1];
+      /* an A-label is valid when its U-label converts back to exactly it: libidn2's own
+       * check accepts some that decode to disallowed code points ("xn--6a" is U+00A0) */
+      char label[MTASTS_LABEL_MAX + 1], *u = NULL;
       uint8_t *out = NULL;
       int rc;
       memcpy(label, l, len);
       label[len] = '\0';
-      rc = idn2_lookup_u8((const uint8_t *)label, &out, IDN_FLAGS);
+      rc = idn2_to_unicode_8z8z(label, &u, 0);
+      if (rc == IDN2_OK) rc = idn2_lookup_u8((const uint8_t *)u, &out, IDN_FLAGS);
+      if (rc == IDN2_OK && strcmp((const char *)out, label) != 0)
+        rc = IDN2_ALABEL_ROUNDTRIP_FAILED;
+      idn2_free(u);
       idn2_free(out);
       if (rc != IDN2_OK)
         return errf(err, "domain name '%s': label '%s' is not a valid A-label: %s", qn, q,

@@ -50,6 +50,8 @@ return {
   { "a label ending with '-'", "example-.com", fails("starts or ends with '-'") },
   { "an invalid A-label", "xn--abc.example", fails("is not a valid A-label") },
   { "a non-canonical A-label", "xn--bcher-kvb.example", fails("is not a valid A-label") },
+  { "an A-label of a disallowed code point (U+00A0)", "xn--6a.example",
+    fails("is not a valid A-label") },
   { "an empty punycode label", "xn--.example", fails("label 'xn--' starts or ends with '-'") },
   { "a U-label of more than 63 octets as an A-label",
     "\xc3\xbc" .. string.rep("a", 60) .. ".example", fails("more than 63 octets as an A-label") },
