@@ -18,6 +18,7 @@
  * states, in any threads) through a small process-wide registry: the one mutable global of
  * the module, guarded by a mutex. An entry remembers the process that opened it; a forked
  * child never uses its parent's handles. */
+#define _GNU_SOURCE 1  /* fallocate */
 #include "cache.h"
 
 #include <db.h>
@@ -44,6 +45,7 @@ typedef struct {
   uint32_t magic, version;
   char boot_id[40];               /* /proc/sys/kernel/random/boot_id when made */
   uint64_t generation;            /* bumped by every recovery */
+  uint64_t recoveries;            /* recoveries after a death or a panic, since made */
   uint32_t need_recover;          /* set when the gate is made: the next opener recovers */
   pthread_mutex_t mu;             /* robust, process-shared */
 } gate_t;
@@ -167,16 +169,27 @@ static int gate_map(shared_env *s, char *err) {
   while (fcntl(fd, F_SETLKW, &fl) != 0)
     if (errno != EINTR) { rc = errno; goto done; }
   if (fstat(fd, &st) != 0) { rc = errno; goto done; }
-  if ((size_t)st.st_size < sizeof *g && ftruncate(fd, (off_t)sizeof *g) != 0) {
-    rc = errno;
-    goto done;
+  if ((size_t)st.st_size < sizeof *g) {
+    /* written, not ftruncated: a sparse page of a mapping faults with SIGBUS on a full disk */
+    char zero[sizeof *g];
+    memset(zero, 0, sizeof zero);
+    if (pwrite(fd, zero, sizeof zero, 0) != (ssize_t)sizeof zero) {
+      rc = errno ? errno : ENOSPC;
+      goto done;
+    }
   }
   g = mmap(NULL, sizeof *g, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (g == MAP_FAILED) { rc = errno; goto done; }
   gate_boot_id(boot);
   if (g->magic != GATE_MAGIC || g->version != GATE_VERSION || memcmp(g->boot_id, boot, 40)) {
     pthread_mutexattr_t a;
-    uint64_t gen = g->magic == GATE_MAGIC ? g->generation : 0;
+    /* continue the count; from an unknown state start far from any earlier count, so a
+     * stale handle can never mistake the new generation for its own */
+    struct timespec now;
+    uint64_t gen;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gen = g->magic == GATE_MAGIC ? g->generation
+                                 : ((uint64_t)now.tv_sec << 20) ^ (uint64_t)now.tv_nsec;
     memset(g, 0, sizeof *g);
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
@@ -199,6 +212,8 @@ done:
   return rc;
 }
 
+static int reserve_regions(shared_env *s, char *err);
+
 /* Open (join) the environment; with recover, run recovery first. Call inside the gate. */
 static int open_env(shared_env *s, int recover, char *err) {
   DB_ENV *env = NULL;
@@ -209,8 +224,11 @@ static int open_env(shared_env *s, int recover, char *err) {
   bdb_msg[0] = '\0';
   if ((rc = db_env_create(&env, 0)) != 0) return fail(err, rc, s->path, "db_env_create");
   env->set_errcall(env, errcall);
-  if ((rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
-      (rc = env->set_cachesize(env, 0, 4u << 20, 1)) != 0 ||
+  /* DB_REGION_INIT: region files are written out when made, so a full disk is an error
+   * now, not a SIGBUS when libdb first touches a sparse page of the mapping */
+  if ((rc = env->set_flags(env, DB_REGION_INIT, 1)) != 0 ||
+      (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
+      (rc = env->set_cachesize(env, 0, 2u << 20, 1)) != 0 ||
       (rc = env->set_lg_max(env, 1u << 20)) != 0 ||
       (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0) {
     fail(err, rc, s->path, "configure");
@@ -234,7 +252,44 @@ static int open_env(shared_env *s, int recover, char *err) {
   }
   s->env = env;
   s->db = db;
-  return 0;
+  if ((rc = reserve_regions(s, err)) != 0) {
+    db->close(db, 0);
+    env->close(env, 0);
+    s->env = NULL;
+    s->db = NULL;
+  }
+  return rc;
+}
+
+/* Reserve disk space for the whole mapped length of each region file of this environment.
+ * libdb maps a region at its largest size and grows the file into the mapping sparsely; on
+ * a full disk the first touch of such a page kills the process with SIGBUS. With the space
+ * reserved (fallocate, KEEP_SIZE) a full disk is ENOSPC here, at open. Filesystems without
+ * fallocate keep libdb's behaviour. */
+static int reserve_regions(shared_env *s, char *err) {
+  char line[PATH_MAX + 128], prefix[PATH_MAX + 8];
+  FILE *maps = fopen("/proc/self/maps", "r");
+  int rc = 0;
+  if (!maps) return 0;
+  snprintf(prefix, sizeof prefix, "%s/__db.", s->path);
+  while (rc == 0 && fgets(line, sizeof line, maps)) {
+    unsigned long lo, hi;
+    char *file = strstr(line, prefix);
+    int fd;
+    if (!file || sscanf(line, "%lx-%lx", &lo, &hi) != 2) continue;
+    file[strcspn(file, "\n")] = '\0';
+    if ((fd = open(file, O_RDWR | O_CLOEXEC)) < 0) continue;
+    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)(hi - lo)) != 0 &&
+        errno != EOPNOTSUPP && errno != ENOSYS) {
+      rc = errno;
+      snprintf(err, MTASTS_ERR_MAX, "cache %.160s: reserve %zu KiB for the shared regions: "
+               "%s; the rows stored before stay readable: free some space", s->path,
+               (size_t)((hi - lo) >> 10), strerror(rc));
+    }
+    close(fd);
+  }
+  fclose(maps);
+  return rc;
 }
 
 /* Handles of an environment that was recovered under us are dropped, not closed: closing
@@ -255,6 +310,7 @@ static int enter(shared_env *s, char *err) {
   rc = pthread_mutex_timedlock(&g->mu, &until);
   if (rc == EOWNERDEAD) {          /* a holder died inside BDB: recover, nobody else is in */
     pthread_mutex_consistent(&g->mu);
+    g->recoveries++;
     recover = 1;
   } else if (rc == ETIMEDOUT) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: another process has held the cache for over "
@@ -361,6 +417,8 @@ const char *mtasts_cache_path(const mtasts_cache *c) { return c->s->path; }
 
 uint64_t mtasts_cache_generation(const mtasts_cache *c) { return c->s->gate->generation; }
 
+uint64_t mtasts_cache_recoveries(const mtasts_cache *c) { return c->s->gate->recoveries; }
+
 typedef int (*op_fn)(DB_ENV *env, DB *db, void *ctx);
 
 /* Run one operation inside the gate. Deadlocks (possible only between threads of one
@@ -375,6 +433,7 @@ static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err
     rc = fn(s->env, s->db, ctx);
     if (rc == DB_RUNRECOVERY && !recovered) {
       s->gate->need_recover = 1;
+      s->gate->recoveries++;
       recovered = 1;
       leave(s);
       continue;

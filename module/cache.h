@@ -85,8 +85,10 @@ int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t 
  * structure with DB->verify. 0, DB_VERIFY_BAD, or another error code. */
 int mtasts_cache_verify(mtasts_cache *c, char *err);
 
-/* The gate's generation: 1 for a new cache, plus one for every recovery since. */
+/* The gate's generation (changes with every recovery), and how many recoveries a death
+ * inside the cache or a panic caused since the gate was made. */
 uint64_t mtasts_cache_generation(const mtasts_cache *c);
+uint64_t mtasts_cache_recoveries(const mtasts_cache *c);
 
 /* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
 const char *mtasts_code_name(int rc);

@@ -284,10 +284,12 @@ static int cache_verify(lua_State *L) {
   return 1;
 }
 
-/* cache:stats() -> { path =, generation = } */
+/* cache:stats() -> { path =, generation =, recoveries = } */
 static int cache_stats(lua_State *L) {
   lcache *u = cache_check(L, 1);
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)mtasts_cache_recoveries(u->c));
+  lua_setfield(L, -2, "recoveries");
   lua_pushstring(L, mtasts_cache_path(u->c));
   lua_setfield(L, -2, "path");
   lua_pushinteger(L, (lua_Integer)mtasts_cache_generation(u->c));

@@ -291,6 +291,65 @@ describe("mtasts.cache", function()
         assert.is_true(status == 0 or status == 1, "exit " .. tostring(status) .. ": " .. out)
       end
     end)
+    it("reports ENOSPC on a full disk and keeps the rows stored before", function()
+      -- a 6 MiB tmpfs in a private mount namespace (the shared regions reserve about 4 MiB of
+      -- it when the cache opens): nothing stays mounted afterwards
+      util.write(dir .. "/full.lua", [[
+        local core = require("mtasts.core")
+        local c = assert(core.cache_open(arg[1]))
+        local big = "version: STSv1\nmode: enforce\nmax_age: 86400\nmx: mx.example.com\n" ..
+          "c: " .. string.rep("x", 60000) .. "\n"
+        local stored, code, msg = 0, nil, nil
+        for i = 1, 200 do
+          local ok, m, cd = c:upsert(("d%d.example"):format(i), "id" .. i, big, 1000)
+          if not ok then code, msg = cd, m break end
+          stored = i
+        end
+        local first = c:lookup("d1.example", 1000)
+        local last = c:lookup(("d%d.example"):format(stored), 1000)
+        c:close()
+        local again = assert(core.cache_open(arg[1]))
+        local reread = again:lookup("d1.example", 1000)
+        io.write(stored, "|", tostring(code), "|", tostring(first and first.record_id), "|",
+          tostring(last and last.record_id), "|", tostring(reread and reread.record_id), "|",
+          tostring(msg))
+      ]])
+      util.write(dir .. "/full.sh", "mkdir -p " .. dir .. "/full && mount -t tmpfs -o size=6m " ..
+        "tmpfs " .. dir .. "/full && " .. util.lua_cmd() .. " " .. dir .. "/full.lua " .. dir ..
+        "/full/cache")
+      local out, status = util.run("unshare -m sh " .. dir .. "/full.sh")
+      assert.equal(0, status, out)
+      local stored, code, first, last, reread, msg =
+        out:match("^(%d+)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")
+      assert.equal("ENOSPC", code, out)
+      assert.is_true(tonumber(stored) >= 1)
+      assert.equal("id1", first)
+      assert.equal("id" .. stored, last)
+      assert.equal("id1", reread)
+      assert.matches("free some space", msg, 1, true)
+    end)
+    it("re-makes a damaged gate file, recovers, and keeps the rows", function()
+      cache:upsert("example.com", "id1", ENFORCE, 1000)
+      local before = cache:stats().generation
+      cache:close()
+      util.write(dir .. "/cache/mtasts.gate", "garbage")
+      cache = assert(core.cache_open(dir .. "/cache"))
+      assert.equal("id1", cache:lookup("example.com", 1000).record_id)
+      assert.is_true(cache:stats().generation ~= before)
+      assert.is_true(cache:verify())
+    end)
+    it("recovers when the gate was made in another boot", function()
+      cache:upsert("example.com", "id1", ENFORCE, 1000)
+      local before = cache:stats().generation
+      cache:close()
+      local f = assert(io.open(dir .. "/cache/mtasts.gate", "r+b"))
+      f:seek("set", 8)                    -- the boot id
+      f:write(string.rep("0", 36))
+      f:close()
+      cache = assert(core.cache_open(dir .. "/cache"))
+      assert.equal(before + 2, cache:stats().generation)   -- re-made, then recovered
+      assert.equal("id1", cache:lookup("example.com", 1000).record_id)
+    end)
     it("reports a directory it may not write with the path and the cause", function()
       util.run("mkdir -m 700 '" .. dir .. "/locked'")
       local script = dir .. "/perm.lua"
