@@ -83,6 +83,13 @@ asan: deps-test build/asan/mtasts/core.so $(addprefix build/replay/,$(HARNESSES)
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
 	  scripts/test all
 
+# The unit specs in one lua5.4 process under memcheck (--ignore-lua: busted would re-exec
+# itself outside valgrind). Any error or definite leak fails.
+valgrind: deps-test all
+	valgrind -q --suppressions=scripts/valgrind.supp --error-exitcode=9 --leak-check=full \
+	  --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	  $(LUA) /usr/bin/busted --ignore-lua --run=unit
+
 fuzz: $(addprefix build/fuzz/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@for h in $(HARNESSES); do \
 	  mkdir -p build/fuzz/work/$$h fuzz/corpus/$$h; \
@@ -100,7 +107,7 @@ fuzz-merge: $(addprefix build/fuzz/,$(HARNESSES))
 	@for h in $(HARNESSES); do mkdir -p fuzz/corpus/$$h; \
 	  build/fuzz/$$h -merge=1 fuzz/corpus/$$h build/fuzz/work/$$h 2>&1 | tail -1; done
 
-bench: deps-build all
+bench: deps-test all
 	$(LUA) bench/parse.lua
 	$(LUA) bench/cache.lua
 
@@ -120,9 +127,10 @@ help:
 	@echo "make test     every suite (lint, specs, C replay under ASan); last line 'N passed, N failed'"
 	@echo "make unit     the specs that start no servers"
 	@echo "make asan     the specs against an ASan/UBSan build of the module"
+	@echo "make valgrind the unit specs under valgrind memcheck"
 	@echo "make fuzz     each libFuzzer harness for FUZZ_SECONDS (default 60)"
 	@echo "make bench    benchmarks"
 	@echo "make demo     the demo"
 
 -include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
-.PHONY: all test unit lint asan fuzz fuzz-merge bench demo install clean help
+.PHONY: all test unit lint asan valgrind fuzz fuzz-merge bench demo install clean help

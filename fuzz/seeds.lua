@@ -41,8 +41,8 @@ do
   local dir = out .. "/row"
   assert(os.execute("mkdir -p '" .. dir .. "'"))
   local function row(flags, mode, max_age, id, mx, ext, text)
-    local parts = { string.pack(">BBi8i8i8i8BI4s1", 1, flags, 1000, 87400, 1000, 1060, mode,
-      max_age, id), string.pack(">I2", #mx) }
+    local parts = { string.pack(">BBi8i8i8i8BI4s1s1", 1, flags, 1000, 87400, 1000, 1060, mode,
+      max_age, "example.com", id), string.pack(">I2", #mx) }
     for _, m in ipairs(mx) do parts[#parts + 1] = string.pack(">s1", m) end
     parts[#parts + 1] = string.pack(">I2", #ext)
     for _, e in ipairs(ext) do parts[#parts + 1] = string.pack(">s1s2", e[1], e[2]) end

@@ -56,6 +56,7 @@ typedef struct shared_env {
   pid_t pid;              /* the process that opened it */
   int refs;               /* cache handles using it */
   gate_t *gate;           /* mapped mtasts.gate */
+  int gate_fd;            /* kept open with a shared fcntl lock on byte 1: "in use" */
   uint64_t gen;           /* the gate generation the handles below belong to */
   DB_ENV *env;            /* NULL when (re)joining failed: the next operation tries again */
   DB *db;
@@ -203,12 +204,23 @@ static int gate_map(shared_env *s, char *err) {
     g->magic = GATE_MAGIC;
     if (msync(g, sizeof *g, MS_SYNC) != 0 && rc == 0) rc = errno;
   }
+  if (rc == 0) {
+    /* byte 1, shared, for as long as this process has the cache open (the kernel drops it
+     * when the process dies): rebuild takes it exclusively to know nobody uses the cache */
+    fl.l_type = F_RDLCK;
+    fl.l_start = 1;
+    if (fcntl(fd, F_SETLK, &fl) != 0) rc = errno;
+  }
   if (rc == 0) s->gate = g;
   else munmap(g, sizeof *g);
 done:
   if (rc != 0 && !err[0])
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %s: %s", s->path, GATE_FILE, strerror(rc));
-  close(fd);   /* drops the fcntl lock; the mapping stays */
+  fl.l_type = F_UNLCK;      /* the make-or-join lock on byte 0 */
+  fl.l_start = 0;
+  (void)fcntl(fd, F_SETLK, &fl);
+  if (rc == 0) s->gate_fd = fd;
+  else close(fd);
   return rc;
 }
 
@@ -367,7 +379,10 @@ int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
     s->pid = getpid();
     if ((rc = gate_map(s, err)) == 0 && (rc = enter(s, err)) == 0) leave(s);
     if (rc != 0) {
-      if (s->gate) munmap(s->gate, sizeof *s->gate);
+      if (s->gate) {
+        munmap(s->gate, sizeof *s->gate);
+        close(s->gate_fd);
+      }
       free(s);
       s = NULL;
     } else {
@@ -406,7 +421,10 @@ int mtasts_cache_close(mtasts_cache *c, char *err) {
       }
       leave(s);
     }
-    if (s->pid == getpid()) munmap(s->gate, sizeof *s->gate);
+    if (s->pid == getpid()) {
+      munmap(s->gate, sizeof *s->gate);
+      close(s->gate_fd);
+    }
     free(s);
   }
   pthread_mutex_unlock(&registry_mu);
@@ -539,13 +557,18 @@ int mtasts_cache_lookup(mtasts_cache *c, const char *domain, int64_t now, mtasts
                         mtasts_row *row, int *found, char *key, char *err) {
   char why[MTASTS_ERR_MAX];
   lookup_ctx x;
-  int rc;
+  int rc, bad_row;
   *found = 0;
   if ((rc = normalise(domain, key, err)) != 0) return rc;
   x.key = key; x.now = now; x.b = b; x.found = 0; x.touch = 0;
   if ((rc = run(c, op_lookup, &x, "lookup", err)) != 0) return rc;
   if (!x.found) return 0;
-  if (mtasts_row_decode(b->p, b->n, row, why) != 0) {
+  bad_row = mtasts_row_decode(b->p, b->n, row, why) != 0;
+  if (!bad_row && (row->domain.n != strlen(key) || memcmp(row->domain.p, key, row->domain.n))) {
+    snprintf(why, sizeof why, "row names another domain");
+    bad_row = 1;
+  }
+  if (bad_row) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %.120s: %.100s; run `mtasts cache rebuild` "
              "or upsert it again", c->s->path, key, why);
     return MTASTS_ECORRUPT;
@@ -607,6 +630,8 @@ int mtasts_cache_upsert(mtasts_cache *c, const char *domain, const char *record_
   if ((rc = normalise(domain, key, err)) != 0) return rc;
   memset(&p, 0, sizeof p);
   memset(&meta, 0, sizeof meta);
+  meta.domain.p = key;
+  meta.domain.n = strlen(key);
   meta.record_id.p = record_id;
   meta.record_id.n = strlen(record_id);
   if (meta.record_id.n > 255) {
@@ -843,4 +868,206 @@ int mtasts_cache_verify(mtasts_cache *c, char *err) {
   /* DB->verify reads the file itself and always discards the handle */
   if ((rc = v->verify(v, file, NULL, NULL, 0)) != 0) return fail(err, rc, c->s->path, "verify");
   return 0;
+}
+
+/* --- rebuild --- */
+
+static int hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* A dump line " 6b6579..." into b; 0, or -1 when it is not one. */
+static int unhex(const char *line, mtasts_buf *b) {
+  size_t n = strcspn(line, "\n"), i;
+  if (n < 1 || line[0] != ' ' || (n - 1) % 2 != 0) return -1;
+  if (mtasts_buf_reserve(b, (n - 1) / 2 + 1) != 0) return -1;
+  for (i = 1; i < n; i += 2) {
+    int h = hexval((unsigned char)line[i]), l = hexval((unsigned char)line[i + 1]);
+    if (h < 0 || l < 0) return -1;
+    b->p[(i - 1) / 2] = (unsigned char)(h << 4 | l);
+  }
+  b->n = (n - 1) / 2;
+  return 0;
+}
+
+/* Copy a database file with its page checksums switched off in the copy's meta page (the
+ * DBMETA_CHKSUM bit of byte 26), so that the salvager reads damaged pages as they are and
+ * keeps what it can: with checksums on, the first bad page panics it and nothing comes out.
+ * Only a btree meta page (magic 0x053162 at byte 12) is touched. */
+static int unchecked_copy(const char *from, const char *to, char *err) {
+  unsigned char buf[65536];
+  ssize_t n;
+  int in, out = -1, rc = 0, first = 1;
+  if ((in = open(from, O_RDONLY | O_CLOEXEC)) < 0) rc = errno;
+  else if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+    rc = errno;
+    close(in);
+  }
+  if (rc != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", from, strerror(rc));
+    return rc;
+  }
+  while ((n = read(in, buf, sizeof buf)) > 0) {
+    if (first && n >= 27 && ((buf[12] == 0x62 && buf[13] == 0x31 && buf[14] == 0x05) ||
+                             (buf[15] == 0x62 && buf[14] == 0x31 && buf[13] == 0x05)))
+      buf[26] &= (unsigned char)~1u;
+    first = 0;
+    if (write(out, buf, (size_t)n) != n) { rc = errno ? errno : EIO; break; }
+  }
+  if (n < 0) rc = errno;
+  close(in);
+  if (close(out) != 0 && rc == 0) rc = errno;
+  if (rc != 0) {
+    unlink(to);
+    snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", from, strerror(rc));
+  }
+  return rc;
+}
+
+typedef struct { const char *key; const mtasts_buf *row; } raw_ctx;
+
+static int op_put_raw(DB_ENV *env, DB *db, void *vctx) {
+  raw_ctx *x = vctx;
+  DB_TXN *t;
+  int rc;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = put_row(db, t, x->key, x->row)) != 0) { t->abort(t); return rc; }
+  return t->commit(t, DB_TXN_WRITE_NOSYNC);
+}
+
+/* Read every salvageable row of dir's policies.db into the cache c; keeps the newest row
+ * (by last_update) when the salvage shows a domain twice. */
+static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size_t *skipped,
+                        char *err) {
+  char file[PATH_MAX + sizeof DB_FILE + 1], copy[PATH_MAX + 32], *line = NULL;
+  size_t cap = 0;
+  mtasts_buf d = { NULL, 0, 0 }, old = { NULL, 0, 0 };
+  FILE *out;
+  DB *v;
+  int rc = 0, in_data = 0;
+  struct stat st;
+  snprintf(copy, sizeof copy, "%s/salvage-%ld.db", mtasts_cache_path(c), (long)getpid());
+  snprintf(file, sizeof file, "%s/%s", dir, DB_FILE);
+  if (stat(file, &st) != 0) return 0;           /* nothing to salvage */
+  if ((rc = unchecked_copy(file, copy, err)) != 0) return rc;
+  if (!(out = tmpfile())) { rc = errno; unlink(copy); return rc; }
+  bdb_msg[0] = '\0';
+  if ((rc = db_create(&v, NULL, 0)) != 0) {
+    fclose(out);
+    unlink(copy);
+    return fail(err, rc, dir, "salvage");
+  }
+  v->set_errcall(v, errcall);
+  /* the result is what was written out; a damaged file makes verify itself fail */
+  (void)v->verify(v, copy, NULL, out, DB_SALVAGE | DB_AGGRESSIVE);
+  unlink(copy);
+  rewind(out);
+  /* Rows name their own domain, so salvage needs no key: aggressive salvage does not keep
+   * keys and data in strict turns, and pairing them by position could give one domain
+   * another's policy. Every line that decodes as a row is taken under the domain it names. */
+  while (getline(&line, &cap, out) > 0) {
+    char key[MTASTS_NAME_MAX + 1], ascii[MTASTS_NAME_MAX + 1], why[MTASTS_ERR_MAX];
+    mtasts_row row, cur;
+    int found;
+    if (strncmp(line, "HEADER=END", 10) == 0) { in_data = 1; continue; }
+    if (strncmp(line, "DATA=END", 8) == 0) { in_data = 0; continue; }
+    if (!in_data || unhex(line, &d) != 0 || d.n < 1 || d.p[0] != MTASTS_ROW_FORMAT) continue;
+    if (mtasts_row_decode(d.p, d.n, &row, why) != 0 || memchr(row.domain.p, 0, row.domain.n)) {
+      (*skipped)++;
+      continue;
+    }
+    memcpy(key, row.domain.p, row.domain.n);
+    key[row.domain.n] = '\0';
+    if (mtasts_domain_ascii(key, row.domain.n, ascii, why) != 0 || strcmp(ascii, key) != 0) {
+      (*skipped)++;
+      continue;
+    }
+    {
+      lookup_ctx x = { key, 0, &old, 0, 0 };
+      if ((rc = run(c, op_lookup, &x, "rebuild", err)) != 0) break;
+      found = x.found && mtasts_row_decode(old.p, old.n, &cur, why) == 0;
+    }
+    if (found && cur.last_update >= row.last_update) continue;   /* a newer copy won */
+    {
+      raw_ctx x = { key, &d };
+      if ((rc = run(c, op_put_raw, &x, "rebuild", err)) != 0) break;
+    }
+    if (!found) (*salvaged)++;
+  }
+  free(line);
+  fclose(out);
+  mtasts_buf_free(&d);
+  mtasts_buf_free(&old);
+  return rc;
+}
+
+int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, size_t *skipped,
+                         char *err) {
+  char real[PATH_MAX], fresh[PATH_MAX + 32], gate[PATH_MAX + sizeof GATE_FILE + 1];
+  struct flock fl;
+  shared_env *s;
+  mtasts_cache *c = NULL;
+  struct tm tm;
+  time_t now = time(NULL);
+  int fd, rc;
+  *salvaged = *skipped = 0;
+  err[0] = '\0';
+  if (!realpath(path, real)) {
+    rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
+    return rc;
+  }
+  pthread_mutex_lock(&registry_mu);
+  for (s = registry; s; s = s->next)
+    if (s->pid == getpid() && strcmp(s->path, real) == 0) break;
+  pthread_mutex_unlock(&registry_mu);
+  if (s) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: this process has it open; close it first",
+             real);
+    return EBUSY;
+  }
+  snprintf(gate, sizeof gate, "%s/%s", real, GATE_FILE);
+  if ((fd = open(gate, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+    rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: open %s: %s", real, GATE_FILE, strerror(rc));
+    return rc;
+  }
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 1;
+  fl.l_len = 1;
+  if (fcntl(fd, F_SETLK, &fl) != 0) {
+    (void)fcntl(fd, F_GETLK, &fl);
+    close(fd);
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: in use by process %ld; stop the processes "
+             "that use it first", real, (long)fl.l_pid);
+    return EBUSY;
+  }
+  snprintf(fresh, sizeof fresh, "%s.rebuild-%ld", real, (long)getpid());
+  if ((rc = mtasts_cache_open(fresh, &c, err)) == 0) {
+    rc = salvage_into(real, c, salvaged, skipped, err);
+    if (rc == 0) rc = mtasts_cache_verify(c, err);
+    {
+      char e2[MTASTS_ERR_MAX];
+      int r2 = mtasts_cache_close(c, e2);
+      if (rc == 0 && r2 != 0) { rc = r2; memcpy(err, e2, MTASTS_ERR_MAX); }
+    }
+  }
+  if (rc == 0) {
+    char stamp[32];
+    gmtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    snprintf(moved_to, PATH_MAX, "%.*s.broken-%s", PATH_MAX - 48, real, stamp);
+    if (rename(real, moved_to) != 0 || rename(fresh, real) != 0) {
+      rc = errno;
+      snprintf(err, MTASTS_ERR_MAX, "cache %.160s: move the rebuilt cache into place: %s "
+               "(it is in %.160s)", real, strerror(rc), fresh);
+    }
+  }
+  close(fd);
+  return rc;
 }

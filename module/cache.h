@@ -19,7 +19,7 @@ typedef struct {
   int64_t inserted, valid_end, last_update, last_use;
   int backoff, mode;
   uint32_t max_age;
-  mtasts_span record_id, policy_text;
+  mtasts_span domain, record_id, policy_text;
   const unsigned char *mx, *ext;   /* encoded sections, read with mtasts_row_next_* */
   uint32_t n_mx, n_ext;
 } mtasts_row;
@@ -89,6 +89,12 @@ int mtasts_cache_verify(mtasts_cache *c, char *err);
  * inside the cache or a panic caused since the gate was made. */
 uint64_t mtasts_cache_generation(const mtasts_cache *c);
 uint64_t mtasts_cache_recoveries(const mtasts_cache *c);
+
+/* Salvage every readable row of the cache in path into a new cache, and swap them: the old
+ * directory is kept as <path>.broken-<UTC time> (moved_to, PATH_MAX bytes). Fails with EBUSY
+ * while any process has the cache open. */
+int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, size_t *skipped,
+                         char *err);
 
 /* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
 const char *mtasts_code_name(int rc);

@@ -3,6 +3,7 @@
 #include "cache.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <stdlib.h>
 #include <string.h>
@@ -327,6 +328,23 @@ static int cache__tostring(lua_State *L) {
   return 1;
 }
 
+/* cache_rebuild(path) -> { salvaged =, skipped =, moved_to = } | fail */
+static int cache_rebuild(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char err[MTASTS_ERR_MAX], moved[PATH_MAX];
+  size_t salvaged, skipped;
+  int rc = mtasts_cache_rebuild(path, moved, &salvaged, &skipped, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)salvaged);
+  lua_setfield(L, -2, "salvaged");
+  lua_pushinteger(L, (lua_Integer)skipped);
+  lua_setfield(L, -2, "skipped");
+  lua_pushstring(L, moved);
+  lua_setfield(L, -2, "moved_to");
+  return 1;
+}
+
 void mtasts_open_cache(lua_State *L) {
   static const luaL_Reg meta[] = {
     { "__gc", cache__gc },
@@ -356,4 +374,6 @@ void mtasts_open_cache(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, cache_open);
   lua_setfield(L, -2, "cache_open");
+  lua_pushcfunction(L, cache_rebuild);
+  lua_setfield(L, -2, "cache_rebuild");
 }

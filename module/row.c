@@ -3,7 +3,10 @@
  * Layout (integers big-endian), format 1:
  *   0  u8  format (MTASTS_ROW_FORMAT)     1  u8  flags (bit 0: backoff)
  *   2  i64 inserted   10 i64 valid_end   18 i64 last_update   26 i64 last_use
- *   34 u8  mode       35 u32 max_age     39 u8  record id length, record id
+ *   34 u8  mode       35 u32 max_age
+ *   39 u8  domain length, domain (the key, lower-case A-labels: a row names its own domain,
+ *          so a misplaced row is detected and a salvage needs no key)
+ *   u8  record id length, record id
  *   u16 mx count,  each: u8 length, pattern (lower-case A-labels)
  *   u16 extension count, each: u8 key length, key, u16 value length, value
  *   u32 policy text length, policy text (as received)
@@ -67,9 +70,10 @@ static int64_t get_i64(const unsigned char *p) {
 
 int mtasts_row_encode(mtasts_buf *b, const mtasts_row *m, const mtasts_policy *p,
                       mtasts_span text) {
-  size_t need = 39 + 1 + m->record_id.n + 2 + 2 + 4 + text.n, i;
+  size_t need = 39 + 1 + m->domain.n + 1 + m->record_id.n + 2 + 2 + 4 + text.n, i;
   unsigned char *o;
-  if (m->record_id.n > 255 || text.n > UINT32_MAX) return EINVAL;
+  if (m->domain.n == 0 || m->domain.n > 255 || m->record_id.n > 255 || text.n > UINT32_MAX)
+    return EINVAL;
   if (p) {
     if (p->mx.n > 0xffff || p->ext.n > 0xffff) return EINVAL;
     for (i = 0; i < p->mx.n; i++) {
@@ -91,6 +95,8 @@ int mtasts_row_encode(mtasts_buf *b, const mtasts_row *m, const mtasts_policy *p
   o = put_i64(o, m->last_use);
   o = put_u8(o, p ? (unsigned)p->mode : MTASTS_MODE_NONE);
   o = put_u32(o, p ? p->max_age : m->max_age);
+  o = put_u8(o, (unsigned)m->domain.n);
+  o = put_bytes(o, m->domain.p, m->domain.n);
   o = put_u8(o, (unsigned)m->record_id.n);
   o = put_bytes(o, m->record_id.p, m->record_id.n);
   o = put_u16(o, p ? (unsigned)p->mx.n : 0);
@@ -143,6 +149,14 @@ int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *e
   if (row->max_age > MTASTS_MAX_AGE_MAX) return bad(err, "max_age out of range", 35);
   len = s[39];
   pos = 40;
+  if (len == 0 || len > MTASTS_NAME_MAX) return bad(err, "domain length out of range", 39);
+  if (n - pos < len) return bad(err, "truncated domain", pos);
+  row->domain.p = (const char *)s + pos;
+  row->domain.n = len;
+  pos += len;
+  if (n - pos < 1) return bad(err, "truncated record id", pos);
+  len = s[pos];
+  pos += 1;
   if (n - pos < len) return bad(err, "truncated record id", pos);
   row->record_id.p = (const char *)s + pos;
   row->record_id.n = len;

@@ -368,3 +368,104 @@ describe("mtasts.cache", function()
     end)
   end)
 end)
+
+describe("mtasts.core.cache_rebuild", function()
+  local where, remove
+  before_each(function() where, remove = util.tmpdir() end)
+  after_each(function() remove() end)
+
+  local function fill(path, n)
+    local c = assert(core.cache_open(path))
+    for i = 1, n do
+      assert(c:upsert(("d%d.example"):format(i), "id" .. i, i % 2 == 0 and ENFORCE or TESTING,
+        1000 + i))
+    end
+    c:upsert("backoff.example", "b", nil, 1000)
+    assert(c:close())
+  end
+
+  local function ls(path) return (util.run("ls '" .. path .. "'")) end
+
+  it("copies every row of a healthy cache and keeps the old directory", function()
+    local path = where .. "/cache"
+    fill(path, 20)
+    local r = assert(core.cache_rebuild(path))
+    assert.equal(21, r.salvaged)
+    assert.equal(0, r.skipped)
+    assert.matches("^" .. where:gsub("%p", "%%%0") .. "/cache%.broken%-%d+T%d+Z$", r.moved_to)
+    assert.matches("policies.db", ls(r.moved_to), 1, true)
+    local c = assert(core.cache_open(path))
+    for i = 1, 20 do
+      local row = assert(c:lookup(("d%d.example"):format(i), 1100))
+      assert.equal("id" .. i, row.record_id)
+      assert.equal(1000 + i, row.inserted)
+      assert.equal(i % 2 == 0 and ENFORCE or TESTING, row.policy_text)
+    end
+    assert.is_true(c:lookup("backoff.example", 1100).backoff)
+    assert.is_true(c:verify())
+    c:close()
+  end)
+
+  it("salvages what a damaged page left, each row under its own domain", function()
+    local path = where .. "/cache"
+    fill(path, 60)
+    util.run("dd if=/dev/urandom of=" .. path .. "/policies.db bs=4096 seek=2 count=1 " ..
+      "conv=notrunc 2>/dev/null; rm -f " .. path .. "/__db.0*")
+    local r = assert(core.cache_rebuild(path))
+    assert.is_true(r.salvaged >= 1 and r.salvaged < 61, "salvaged " .. r.salvaged)
+    local c = assert(core.cache_open(path))
+    local rows = c:list()
+    assert.equal(r.salvaged, #rows)
+    for _, row in ipairs(rows) do
+      local n = row.domain:match("^d(%d+)%.example$")
+      if n then assert.equal("id" .. n, row.record_id) end
+    end
+    assert.is_true(c:verify())
+    c:close()
+  end)
+
+  it("gives an empty working cache for a file of garbage", function()
+    local path = where .. "/cache"
+    fill(path, 5)
+    util.run("head -c 20000 /dev/urandom > " .. path .. "/policies.db; rm -f " .. path ..
+      "/__db.0*")
+    local r = assert(core.cache_rebuild(path))
+    assert.equal(0, r.salvaged)
+    local c = assert(core.cache_open(path))
+    assert.is_true(c:upsert("example.com", "id", TESTING, 1))
+    c:close()
+  end)
+
+  it("refuses while this process has the cache open", function()
+    local path = where .. "/cache"
+    local c = assert(core.cache_open(path))
+    local r, msg, code = core.cache_rebuild(path)
+    assert.is_nil(r)
+    assert.equal("EBUSY", code)
+    assert.matches("close it first", msg, 1, true)
+    c:close()
+  end)
+
+  it("refuses while another process has the cache open, and names it", function()
+    local path = where .. "/cache"
+    fill(path, 1)
+    util.write(where .. "/holder.lua", [[
+      local c = assert(require("mtasts.core").cache_open(arg[1]))
+      io.write("open\n"); io.flush()
+      io.read("l")
+      c:close()
+    ]])
+    local holder = io.popen(util.lua_cmd() .. " " .. where .. "/holder.lua " .. path ..
+      " > " .. where .. "/holder.out", "w")
+    local deadline = core.monotonic() + 10
+    while not ((io.open(where .. "/holder.out") or { read = function() end }):read("a") or "")
+      :find("open") and core.monotonic() < deadline do end
+    local r, msg, code = core.cache_rebuild(path)
+    holder:write("\n")
+    holder:close()
+    assert.is_nil(r)
+    assert.equal("EBUSY", code)
+    assert.matches("in use by process %d+", msg)
+    assert.is_table(core.cache_rebuild(path))   -- and works once it closed
+  end)
+end)
