@@ -438,6 +438,8 @@ uint64_t mtasts_cache_generation(const mtasts_cache *c) { return c->s->gate->gen
 uint64_t mtasts_cache_recoveries(const mtasts_cache *c) { return c->s->gate->recoveries; }
 
 typedef int (*op_fn)(DB_ENV *env, DB *db, void *ctx);
+static int op_lookup(DB_ENV *env, DB *db, void *vctx);   /* the read-only operations */
+static int op_scan(DB_ENV *env, DB *db, void *vctx);
 
 /* Run one operation inside the gate. Deadlocks (possible only between threads of one
  * process) are retried; a panic (DB_RUNRECOVERY) makes the next holder recover, once. */
@@ -449,6 +451,10 @@ static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err
     bdb_msg[0] = '\0';
     if ((rc = enter(s, err)) != 0) return rc;
     rc = fn(s->env, s->db, ctx);
+    if (rc == 0 && fn != op_lookup && fn != op_scan)
+      /* after 256 KiB of log or 5 minutes: lets old log files be removed, so the directory
+       * stays small whatever the mix of writes */
+      (void)s->env->txn_checkpoint(s->env, 256, 5, 0);
     if (rc == DB_RUNRECOVERY && !recovered) {
       s->gate->need_recover = 1;
       s->gate->recoveries++;
@@ -611,9 +617,7 @@ static int op_upsert(DB_ENV *env, DB *db, void *vctx) {
     meta.inserted = read_i64(x->b->p + 2);
   if ((rc = mtasts_row_encode(x->b, &meta, x->p, x->text)) != 0) goto abort;
   if ((rc = put_row(db, t, x->key, x->b)) != 0) goto abort;
-  if ((rc = t->commit(t, 0)) != 0) return rc;
-  (void)env->txn_checkpoint(env, 256, 5, 0);   /* lets old log files be removed */
-  return 0;
+  return t->commit(t, 0);
 abort:
   t->abort(t);
   return rc;

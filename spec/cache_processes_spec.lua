@@ -81,11 +81,14 @@ describe("mtasts.cache under many processes #slow", function()
         end
       end
       assert.is_true(cache:verify())
+      -- old log files are removed: regions (~4 MiB), a log file or two, the rows
+      local kib = tonumber((util.run("du -sk " .. cachedir):match("^(%d+)")))
+      assert.is_true(kib < 12 * 1024, ("the cache directory holds %d KiB"):format(kib))
       -- each kill inside the gate makes the next process recover the environment
       local recoveries = cache:stats().recoveries
       assert.is_true(recoveries >= 1, "no kill landed inside the gate")
       cache:close()
-      print(("\n    %d kills, %d recoveries, %d acknowledged upserts, longest operation %.3f s")
-        :format(kills, recoveries, acks, maxwait))
+      print(("\n    %d kills, %d recoveries, %d acknowledged upserts, longest operation %.3f s, " ..
+        "directory %d KiB"):format(kills, recoveries, acks, maxwait, kib))
     end)
 end)
