@@ -533,7 +533,7 @@ typedef struct {
   const char *key;
   int64_t now;
   mtasts_buf *b;
-  int found, touch;
+  int found;
 } lookup_ctx;
 
 static int op_lookup(DB_ENV *env, DB *db, void *vctx) {
@@ -566,7 +566,7 @@ int mtasts_cache_lookup(mtasts_cache *c, const char *domain, int64_t now, mtasts
   int rc, bad_row;
   *found = 0;
   if ((rc = normalise(domain, key, err)) != 0) return rc;
-  x.key = key; x.now = now; x.b = b; x.found = 0; x.touch = 0;
+  x.key = key; x.now = now; x.b = b; x.found = 0;
   if ((rc = run(c, op_lookup, &x, "lookup", err)) != 0) return rc;
   if (!x.found) return 0;
   bad_row = mtasts_row_decode(b->p, b->n, row, why) != 0;
@@ -854,6 +854,35 @@ int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t 
 
 /* --- verify --- */
 
+/* Every row decodes and names its own key: 0, or MTASTS_ECORRUPT with a count. */
+static int verify_rows(mtasts_cache *c, char *err) {
+  mtasts_buf b = { NULL, 0, 0 };
+  size_t count, i, pos = 0, bad = 0;
+  char why[MTASTS_ERR_MAX], first[MTASTS_NAME_MAX + 1] = "";
+  int rc = mtasts_cache_scan(c, &b, &count, err);
+  for (i = 0; rc == 0 && i < count; i++) {
+    size_t kn = (size_t)b.p[pos] << 8 | b.p[pos + 1], rn;
+    const unsigned char *key = b.p + pos + 2, *row;
+    mtasts_row r;
+    pos += 2 + kn;
+    rn = (size_t)b.p[pos] << 24 | (size_t)b.p[pos + 1] << 16 | (size_t)b.p[pos + 2] << 8 |
+         b.p[pos + 3];
+    row = b.p + pos + 4;
+    pos += 4 + rn;
+    if (mtasts_row_decode(row, rn, &r, why) != 0 || r.domain.n != kn ||
+        memcmp(r.domain.p, key, kn) != 0) {
+      if (bad++ == 0 && kn <= MTASTS_NAME_MAX) { memcpy(first, key, kn); first[kn] = '\0'; }
+    }
+  }
+  mtasts_buf_free(&b);
+  if (rc == 0 && bad) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %zu of %zu rows are corrupt (the first: "
+             "%.100s); run `mtasts cache rebuild`", c->s->path, bad, count, first);
+    rc = MTASTS_ECORRUPT;
+  }
+  return rc;
+}
+
 static int op_checkpoint(DB_ENV *env, DB *db, void *ctx) {
   (void)ctx;
   (void)db;
@@ -871,7 +900,7 @@ int mtasts_cache_verify(mtasts_cache *c, char *err) {
   v->set_errcall(v, errcall);
   /* DB->verify reads the file itself and always discards the handle */
   if ((rc = v->verify(v, file, NULL, NULL, 0)) != 0) return fail(err, rc, c->s->path, "verify");
-  return 0;
+  return verify_rows(c, err);
 }
 
 /* --- rebuild --- */
@@ -990,7 +1019,7 @@ static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size
       continue;
     }
     {
-      lookup_ctx x = { key, 0, &old, 0, 0 };
+      lookup_ctx x = { key, 0, &old, 0 };
       if ((rc = run(c, op_lookup, &x, "rebuild", err)) != 0) break;
       found = x.found && mtasts_row_decode(old.p, old.n, &cur, why) == 0;
     }

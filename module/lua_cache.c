@@ -190,23 +190,23 @@ static int cache_delete(lua_State *L) {
 }
 
 typedef struct {
-  int64_t last_use;
   const char *key;
   size_t kn;
   const unsigned char *row;
   size_t rn;
+  mtasts_row r;   /* decoded */
 } entry;
 
 static int by_use(const void *a, const void *b) {
   const entry *x = a, *y = b;
   size_t n = x->kn < y->kn ? x->kn : y->kn;
   int c;
-  if (x->last_use != y->last_use) return x->last_use > y->last_use ? -1 : 1;
+  if (x->r.last_use != y->r.last_use) return x->r.last_use > y->r.last_use ? -1 : 1;
   if ((c = memcmp(x->key, y->key, n)) != 0) return c;
   return x->kn < y->kn ? -1 : x->kn > y->kn;
 }
 
-/* Walk a scan buffer: record i -> key, row. */
+/* Walk a scan buffer: record at pos -> key, row; returns the next position. */
 static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
   e->kn = (size_t)b->p[pos] << 8 | b->p[pos + 1];
   e->key = (const char *)b->p + pos + 2;
@@ -217,7 +217,8 @@ static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
   return pos + 4 + e->rn;
 }
 
-/* cache:list() -> { row, ... } most recently used first | fail */
+/* cache:list() -> { row, ... } most recently used first | fail. Rows that do not decode or
+ * name another domain are left out (cache:verify() counts them). */
 static int cache_list(lua_State *L) {
   lcache *u = cache_check(L, 1);
   char err[MTASTS_ERR_MAX];
@@ -229,18 +230,15 @@ static int cache_list(lua_State *L) {
   v = lua_newuserdatauv(L, (count ? count : 1) * sizeof *v, 0);
   for (i = 0; i < count; i++) {
     pos = next_record(&u->scan, pos, &v[n]);
-    if (v[n].rn < 34 || v[n].row[0] != MTASTS_ROW_FORMAT) continue;  /* rebuild reports them */
-    v[n].last_use = 0;
-    for (rc = 0; rc < 8; rc++) v[n].last_use = v[n].last_use << 8 | v[n].row[26 + rc];
-    n++;
+    if (mtasts_row_decode(v[n].row, v[n].rn, &v[n].r, err) == 0 && v[n].r.domain.n == v[n].kn &&
+        memcmp(v[n].r.domain.p, v[n].key, v[n].kn) == 0)
+      n++;
   }
   qsort(v, n, sizeof *v, by_use);
   lua_createtable(L, (int)n, 0);
   for (i = 0; i < n; i++) {
-    mtasts_row row;
-    if (mtasts_row_decode(v[i].row, v[i].rn, &row, err) != 0) continue;
-    push_row(L, v[i].key, v[i].kn, &row);
-    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    push_row(L, v[i].key, v[i].kn, &v[i].r);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
 }

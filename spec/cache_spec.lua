@@ -436,6 +436,44 @@ describe("mtasts.core.cache_rebuild", function()
     c:close()
   end)
 
+  it("skips rows that do not decode; rows naming another domain go under their own", function()
+    local path = where .. "/cache"
+    fill(path, 3)
+    -- plant a truncated row and a row filed under the wrong key with db5.3_load
+    local function hex(b) return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
+    local row = string.pack(">BBi8i8i8i8BI4s1s1", 1, 0, 1000, 99999999, 1000, 1000, 2, 86400,
+      "other.example", "id") .. string.pack(">I2s1I2s4", 1, "mx.example.com", 0, "text")
+    util.write(where .. "/load.txt", "VERSION=3\nformat=bytevalue\ntype=btree\nHEADER=END\n " ..
+      hex("bad.example") .. "\n 01ff\n " .. hex("misplaced.example") .. "\n " .. hex(row) ..
+      "\nDATA=END\n")
+    local out, status = util.run("db5.3_load -h " .. path .. " policies.db < " .. where ..
+      "/load.txt")
+    assert.equal(0, status, out)
+    local c = assert(core.cache_open(path))
+    local r, msg, code = c:lookup("bad.example", 1000)
+    assert.is_nil(r)
+    assert.equal("CORRUPT", code)
+    assert.matches("bad.example: row is corrupt", msg, 1, true)
+    r, msg, code = c:lookup("misplaced.example", 1000)
+    assert.is_nil(r)
+    assert.equal("CORRUPT", code)
+    assert.matches("row names another domain", msg, 1, true)
+    assert.equal(4, #c:list())
+    r, msg, code = c:verify()
+    assert.is_nil(r)
+    assert.equal("CORRUPT", code)
+    assert.matches("2 of 6 rows are corrupt", msg, 1, true)
+    c:close()
+    r = assert(core.cache_rebuild(path))
+    assert.equal(5, r.salvaged)
+    assert.equal(1, r.skipped)
+    c = assert(core.cache_open(path))
+    assert.equal("id", c:lookup("other.example", 1000).record_id)
+    assert.is_nil(c:lookup("misplaced.example", 1000))
+    assert.is_true(c:verify())
+    c:close()
+  end)
+
   it("refuses while this process has the cache open", function()
     local path = where .. "/cache"
     local c = assert(core.cache_open(path))
