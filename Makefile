@@ -77,7 +77,7 @@ unit: deps-test all
 	@scripts/test unit
 
 lint: deps-test
-	luacheck lua spec fuzz bench
+	luacheck lua spec fuzz bench examples
 
 asan: deps-test build/asan/mtasts/core.so $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \

@@ -12,13 +12,14 @@ description = {
 }
 dependencies = { "lua >= 5.4, < 5.5" }
 external_dependencies = {
+  BDB = { header = "db.h", library = "db-5.3" },
   IDN2 = { header = "idn2.h", library = "idn2" },
 }
 build = {
   type = "make",
   build_variables = {
     CFLAGS = "$(CFLAGS)", LIBFLAG = "$(LIBFLAG)", LUA_INCDIR = "$(LUA_INCDIR)",
-    DEPS = "true",
+    BDB_INCDIR = "$(BDB_INCDIR)", BDB_LIBDIR = "$(BDB_LIBDIR)", DEPS = "true",
   },
   install_variables = {
     INST_LIBDIR = "$(LIBDIR)", INST_LUADIR = "$(LUADIR)", INST_BINDIR = "$(BINDIR)",
