@@ -21,7 +21,7 @@ BUSTED     ?= $(LUA) /usr/bin/busted
 
 LUA_CFLAGS := $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
 DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libidn2 2>/dev/null)
-DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lpthread
+DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lunbound -lpthread
 XCFLAGS    := -std=c99 -D_DEFAULT_SOURCE -fvisibility=hidden -MMD \
               -Wall -Wextra -Wmissing-prototypes -Wstrict-prototypes -Wshadow
 SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -30,7 +30,7 @@ SRCS := $(wildcard module/*.c)
 OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
 ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 # the pure C parts (no Lua header): what the fuzz harnesses link
-PURE := module/parse.c module/domain.c module/row.c
+PURE := module/parse.c module/domain.c module/row.c module/rdata.c
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 
 all: build/mtasts/core.so

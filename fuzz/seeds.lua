@@ -36,6 +36,27 @@ for harness, modules in pairs(sets) do
   print(string.format("%s: %d seeds", harness, n))
 end
 
+-- DNS rdata: first byte picks the decoder (0 TXT, 1 MX, 2 name, 3 TLSA)
+do
+  local dir = out .. "/rdata"
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local function name(n)
+    local t = {}
+    for label in n:gmatch("[^.]+") do t[#t + 1] = string.pack("s1", label) end
+    return table.concat(t) .. "\0"
+  end
+  local seeds = {
+    "\0" .. string.pack("s1s1", "v=STSv1; ", "id=1;"),
+    "\0" .. string.pack("s1", string.rep("x", 255)),
+    "\1" .. string.pack(">I2", 10) .. name("mx1.example.com"),
+    "\2" .. name("_mta-sts.example.com"),
+    "\2\0",
+    "\3\3\1\1" .. string.rep("\171", 32),
+  }
+  for i, s in ipairs(seeds) do write(dir, i, s) end
+  print(string.format("rdata: %d seeds", #seeds))
+end
+
 -- cache rows (module/row.c format 1), built with string.pack
 do
   local dir = out .. "/row"

@@ -3,9 +3,37 @@
  * use the Lua modules in lua/mtasts/. */
 #include "mtasts.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <poll.h>
+#include <string.h>
 #include <time.h>
+
+/* poll(fd, events, timeout) -> true (ready) | false (timed out) | fail. events is "r", "w"
+ * or "rw"; timeout in seconds, nil for none. The blocking default of the client's `wait`. */
+static int core_poll(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  const char *ev = luaL_checkstring(L, 2);
+  struct pollfd p;
+  int ms = -1, rc;
+  if (!lua_isnoneornil(L, 3)) {
+    lua_Number t = luaL_checknumber(L, 3);
+    ms = t <= 0 ? 0 : t > 86400 ? 86400000 : (int)(t * 1000 + 0.999);
+  }
+  p.fd = fd;
+  p.events = (short)((strchr(ev, 'r') ? POLLIN : 0) | (strchr(ev, 'w') ? POLLOUT : 0));
+  p.revents = 0;
+  do rc = poll(&p, 1, ms); while (rc < 0 && errno == EINTR);
+  if (rc < 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "poll: %s", strerror(errno));
+    lua_pushliteral(L, "EPOLL");
+    return 3;
+  }
+  lua_pushboolean(L, rc > 0);
+  return 1;
+}
 
 /* monotonic() -> seconds (float) on a clock that never jumps: for measuring durations in
  * tests and benchmarks. Policy logic takes its time from the client's clock instead. */
@@ -33,7 +61,10 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   lua_setfield(L, -2, "limits");
   lua_pushcfunction(L, monotonic);
   lua_setfield(L, -2, "monotonic");
+  lua_pushcfunction(L, core_poll);
+  lua_setfield(L, -2, "poll");
   mtasts_open_parse(L);
   mtasts_open_cache(L);
+  mtasts_open_resolver(L);
   return 1;
 }

@@ -88,5 +88,6 @@ int mtasts_domain_unicode(const char *ascii, char *uni, char *err);
 struct lua_State;
 void mtasts_open_parse(struct lua_State *L);   /* adds the parse functions to the table on top */
 void mtasts_open_cache(struct lua_State *L);   /* adds cache_open and the mtasts.cache class */
+void mtasts_open_resolver(struct lua_State *L); /* adds resolver_new and mtasts.resolver */
 
 #endif

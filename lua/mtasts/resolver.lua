@@ -1,0 +1,94 @@
+--- mtasts.resolver: DNS lookups through libunbound that never block the host's loop.
+-- The C object (mtasts.core.resolver_new) runs queries on libunbound's thread and exposes a
+-- descriptor and a step; the lookups here wait on that descriptor with the `wait` function
+-- they were given (the default blocks in poll), so a host with its own event loop passes a
+-- `wait` that yields to it. Reference: docs/resolver.md.
+local core = require("mtasts.core")
+
+local type, pairs, error, setmetatable = type, pairs, error, setmetatable
+
+local _M = { DEFAULT_TIMEOUT = 5 }
+
+local methods = core.resolver_methods
+-- Lua-side state of each resolver: wait function, timeout, answers not yet claimed.
+local state = setmetatable({}, { __mode = "k" })
+
+local OPTIONS = { nameserver = true, trust_anchor = true, timeout = true, wait = true }
+
+--- Create a resolver. opts: nameserver ("IP@PORT" or a list), trust_anchor (a file, or
+-- false for no DNSSEC validation), timeout (seconds, default 5), wait(fd, events, timeout).
+function _M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error("bad argument #1 to 'new' (unknown option '" .. k .. "')", 2) end
+  end
+  local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
+  if type(timeout) ~= "number" or timeout <= 0 then
+    error("bad argument #1 to 'new' (timeout must be a positive number)", 2)
+  end
+  if opts.wait ~= nil and type(opts.wait) ~= "function" then
+    error("bad argument #1 to 'new' (wait must be a function)", 2)
+  end
+  local r, err, code = core.resolver_new{ nameserver = opts.nameserver,
+    trust_anchor = opts.trust_anchor }
+  if not r then return nil, err, code end
+  state[r] = { wait = opts.wait or core.poll, timeout = timeout, answers = {} }
+  return r
+end
+
+--- Wait for the answer to query `id`; returns the raw answer table of r:done().
+local function await(r, id)
+  local st = state[r]
+  while true do
+    local ok, err, code = r:step()
+    if not ok then return nil, err, code end
+    for _, a in ipairs(r:done()) do st.answers[a.id] = a end
+    local a = st.answers[id]
+    if a then
+      st.answers[id] = nil
+      return a
+    end
+    st.wait(r:fd(), "r", r:timeout())
+  end
+end
+
+--- Look `name` up for records of `rrtype` ("TXT", "MX", "A", "AAAA", "TLSA", "CNAME").
+-- Returns the records (an array; .secure says whether DNSSEC validated them, .canonname
+-- where CNAMEs led), or nil, message, code with code nxdomain, nodata, servfail, timeout
+-- or bogus.
+function methods:lookup(name, rrtype)
+  local st = state[self]
+  if not st then error("resolver not made by mtasts.resolver.new", 2) end
+  local id, err, code = self:query(name, rrtype, st.timeout)
+  if not id then return nil, err, code end
+  local a
+  a, err, code = await(self, id)
+  if not a then return nil, err, code end
+  if a.status == "ok" then
+    local records = a.records
+    records.secure = a.secure
+    records.canonname = a.canonname
+    return records
+  end
+  local what = name .. " " .. rrtype
+  local msg = a.status == "nxdomain" and what .. ": no such domain"
+    or a.status == "nodata" and what .. ": no records of this type"
+    or a.status == "timeout" and what .. ": no answer within " .. st.timeout .. " s"
+    or what .. ": " .. (a.why or a.status)
+  return nil, msg, a.status
+end
+
+--- r:txt(name): the TXT records, each record's strings concatenated.
+function methods:txt(name) return self:lookup(name, "TXT") end
+--- r:mx(name): { { preference =, host = }, ... }
+function methods:mx(name) return self:lookup(name, "MX") end
+--- r:a(name), r:aaaa(name): addresses as text.
+function methods:a(name) return self:lookup(name, "A") end
+function methods:aaaa(name) return self:lookup(name, "AAAA") end
+--- r:tlsa(name): { { usage =, selector =, mtype =, data = }, ... }
+function methods:tlsa(name) return self:lookup(name, "TLSA") end
+
+return _M

@@ -1,0 +1,326 @@
+/* lua_resolver.c: the mtasts.resolver class, binding resolver.c and rdata.c. Translate, and
+ * do nothing else. Contract: docs/resolver.md. */
+#include "rdata.h"
+
+#include <arpa/inet.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unbound.h>
+
+#define RESOLVER_MT "mtasts.resolver"
+
+typedef struct {
+  mtasts_resolver *r;     /* NULL once closed */
+  mtasts_buf txt;         /* scratch for TXT strings; freed in release */
+} lresolver;
+
+static void resolver_release(lresolver *u) {
+  mtasts_resolver_free(u->r);
+  u->r = NULL;
+  mtasts_buf_free(&u->txt);
+}
+
+static lresolver *resolver_check(lua_State *L, int idx) {
+  lresolver *u = luaL_checkudata(L, idx, RESOLVER_MT);
+  if (!u->r) luaL_error(L, "attempt to use a closed " RESOLVER_MT);
+  return u;
+}
+
+static int fail(lua_State *L, const char *msg, const char *code) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, code);
+  return 3;
+}
+
+static const struct { const char *name; int type; } rrtypes[] = {
+  { "A", 1 }, { "CNAME", 5 }, { "MX", 15 }, { "TXT", 16 }, { "AAAA", 28 }, { "TLSA", 52 },
+  { NULL, 0 }
+};
+
+static const char *type_name(int t) {
+  int i;
+  for (i = 0; rrtypes[i].name; i++)
+    if (rrtypes[i].type == t) return rrtypes[i].name;
+  return "?";
+}
+
+/* resolver_new{ nameserver = "IP@PORT" | { ... }, trust_anchor = file | false }
+ *   -> resolver | fail */
+static int resolver_new(lua_State *L) {
+  mtasts_resolver_opts o;
+  const char *ns[16];
+  char err[MTASTS_ERR_MAX];
+  lresolver *u;
+  memset(&o, 0, sizeof o);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {   /* unknown keys raise */
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    if (strcmp(k, "nameserver") != 0 && strcmp(k, "trust_anchor") != 0)
+      return luaL_error(L, "bad argument #1 to 'resolver_new' (unknown option '%s')", k);
+    lua_pop(L, 1);
+  }
+  switch (lua_getfield(L, 1, "nameserver")) {
+  case LUA_TNIL: break;
+  case LUA_TSTRING: ns[0] = lua_tostring(L, -1); o.n_nameservers = 1; break;
+  case LUA_TTABLE: {
+    lua_Integer i, n = luaL_len(L, -1);
+    if (n > 16) return luaL_error(L, "bad argument #1 to 'resolver_new' (over 16 nameservers)");
+    for (i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+        return luaL_error(L, "bad argument #1 to 'resolver_new' (nameserver must be strings)");
+      ns[o.n_nameservers++] = lua_tostring(L, -1);
+      lua_pop(L, 1);   /* still anchored by the table */
+    }
+    break;
+  }
+  default:
+    return luaL_error(L, "bad argument #1 to 'resolver_new' (nameserver must be a string or "
+                         "a table of strings)");
+  }
+  o.nameservers = ns;
+  switch (lua_getfield(L, 1, "trust_anchor")) {
+  case LUA_TNIL: break;
+  case LUA_TBOOLEAN:
+    if (lua_toboolean(L, -1))
+      return luaL_error(L, "bad argument #1 to 'resolver_new' (trust_anchor is a file or false)");
+    o.no_trust_anchor = 1;
+    break;
+  case LUA_TSTRING: o.trust_anchor = lua_tostring(L, -1); break;
+  default:
+    return luaL_error(L, "bad argument #1 to 'resolver_new' (trust_anchor is a file or false)");
+  }
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  memset(u, 0, sizeof *u);
+  luaL_setmetatable(L, RESOLVER_MT);
+  if (mtasts_resolver_new(&o, &u->r, err) != 0) return fail(L, err, "resolver");
+  return 1;
+}
+
+/* r:query(name, type, timeout) -> id | fail */
+static int resolver_query(lua_State *L) {
+  lresolver *u = resolver_check(L, 1);
+  size_t n;
+  const char *name = luaL_checklstring(L, 2, &n), *tn = luaL_checkstring(L, 3);
+  double timeout = luaL_checknumber(L, 4);
+  char err[MTASTS_ERR_MAX];
+  int i, id;
+  for (i = 0; rrtypes[i].name; i++)
+    if (strcmp(rrtypes[i].name, tn) == 0) break;
+  if (!rrtypes[i].name) return luaL_argerror(L, 3, "type is A, AAAA, CNAME, MX, TXT or TLSA");
+  if (timeout <= 0) return luaL_argerror(L, 4, "timeout must be positive");
+  if (n == 0 || n > 255 || strlen(name) != n)
+    return fail(L, "resolver: the name is empty, over 255 bytes or has a NUL byte", "servfail");
+  if (mtasts_resolver_query(u->r, name, rrtypes[i].type, timeout, &id, err) != 0)
+    return fail(L, err, "servfail");
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+/* r:fd() -> descriptor that becomes readable when answers are waiting */
+static int resolver_fd(lua_State *L) {
+  lua_pushinteger(L, mtasts_resolver_fd(resolver_check(L, 1)->r));
+  return 1;
+}
+
+/* r:timeout() -> seconds until the next deadline, or nil when nothing is pending */
+static int resolver_timeout(lua_State *L) {
+  double t = mtasts_resolver_timeout(resolver_check(L, 1)->r);
+  if (t < 0) lua_pushnil(L);
+  else lua_pushnumber(L, t);
+  return 1;
+}
+
+/* r:step() -> true | fail. Processes arrived answers and expires late queries. */
+static int resolver_step(lua_State *L) {
+  lresolver *u = resolver_check(L, 1);
+  char err[MTASTS_ERR_MAX];
+  if (mtasts_resolver_step(u->r, err) != 0) return fail(L, err, "servfail");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const char *status_code(int s) {
+  switch (s) {
+  case MTASTS_DNS_OK: return "ok";
+  case MTASTS_DNS_NXDOMAIN: return "nxdomain";
+  case MTASTS_DNS_NODATA: return "nodata";
+  case MTASTS_DNS_TIMEOUT: return "timeout";
+  case MTASTS_DNS_BOGUS: return "bogus";
+  default: return "servfail";
+  }
+}
+
+/* The records of an answer into the table on top, or a decoding error into q. */
+static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
+  struct ub_result *res = q->result;
+  char err[MTASTS_ERR_MAX];
+  int i, n = 0;
+  lua_newtable(L);
+  for (i = 0; res && res->data[i]; i++) {
+    const unsigned char *p = (const unsigned char *)res->data[i];
+    size_t len = (size_t)res->len[i];
+    switch (q->rrtype) {
+    case 16:
+      if (mtasts_rdata_txt(p, len, &u->txt, err) != 0) goto bad;
+      lua_pushlstring(L, (const char *)u->txt.p, u->txt.n);
+      break;
+    case 15: {
+      char host[MTASTS_NAME_MAX + 1];
+      unsigned pref;
+      if (mtasts_rdata_mx(p, len, &pref, host, err) != 0) goto bad;
+      lua_createtable(L, 0, 2);
+      lua_pushinteger(L, pref);
+      lua_setfield(L, -2, "preference");
+      lua_pushstring(L, host);
+      lua_setfield(L, -2, "host");
+      break;
+    }
+    case 52: {
+      unsigned usage, selector, mtype;
+      mtasts_span data;
+      if (mtasts_rdata_tlsa(p, len, &usage, &selector, &mtype, &data, err) != 0) goto bad;
+      lua_createtable(L, 0, 4);
+      lua_pushinteger(L, usage);
+      lua_setfield(L, -2, "usage");
+      lua_pushinteger(L, selector);
+      lua_setfield(L, -2, "selector");
+      lua_pushinteger(L, mtype);
+      lua_setfield(L, -2, "mtype");
+      lua_pushlstring(L, data.p, data.n);
+      lua_setfield(L, -2, "data");
+      break;
+    }
+    case 1: case 28: {
+      char addr[64];
+      if (len != (q->rrtype == 1 ? 4u : 16u) ||
+          !inet_ntop(q->rrtype == 1 ? AF_INET : AF_INET6, p, addr, sizeof addr)) {
+        snprintf(err, sizeof err, "%s rdata of %zu bytes", type_name(q->rrtype), len);
+        goto bad;
+      }
+      lua_pushstring(L, addr);
+      break;
+    }
+    case 5: {
+      char name[MTASTS_NAME_MAX + 1];
+      size_t used;
+      if (mtasts_rdata_name(p, len, &used, name, err) != 0) goto bad;
+      lua_pushstring(L, name);
+      break;
+    }
+    default:
+      lua_pushlstring(L, (const char *)p, len);
+    }
+    lua_rawseti(L, -2, ++n);
+  }
+  return 0;
+bad:
+  lua_pop(L, 1);
+  q->status = MTASTS_DNS_ERROR;
+  snprintf(q->why, sizeof q->why, "%.255s %s: %.200s", res && res->qname ? res->qname : "?",
+           type_name(q->rrtype), err);
+  return -1;
+}
+
+/* r:done() -> { { id =, status =, secure =, records =, canonname =, why = }, ... }
+ * Every query answered (or timed out) since the last call, in order. */
+static int resolver_done(lua_State *L) {
+  lresolver *u = resolver_check(L, 1);
+  mtasts_dns_query *q;
+  int n = 0;
+  lua_newtable(L);
+  while ((q = mtasts_resolver_done(u->r)) != NULL) {
+    /* the query stays owned by the resolver until its table is complete */
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, q->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, type_name(q->rrtype));
+    lua_setfield(L, -2, "type");
+    if (q->status == MTASTS_DNS_OK && push_records(L, u, q) == 0)
+      lua_setfield(L, -2, "records");
+    lua_pushstring(L, status_code(q->status));
+    lua_setfield(L, -2, "status");
+    lua_pushboolean(L, q->result && q->result->secure);
+    lua_setfield(L, -2, "secure");
+    if (q->result && q->result->canonname) {
+      lua_pushstring(L, q->result->canonname);
+      lua_setfield(L, -2, "canonname");
+    }
+    if (q->result && q->result->qname) {
+      lua_pushstring(L, q->result->qname);
+      lua_setfield(L, -2, "name");
+    }
+    if (q->why[0]) {
+      lua_pushstring(L, q->why);
+      lua_setfield(L, -2, "why");
+    }
+    lua_rawseti(L, -2, ++n);
+    mtasts_resolver_pop(u->r);
+  }
+  return 1;
+}
+
+/* r:cancel(id) */
+static int resolver_cancel(lua_State *L) {
+  mtasts_resolver_cancel(resolver_check(L, 1)->r, (int)luaL_checkinteger(L, 2));
+  return 0;
+}
+
+/* r:pending() -> queries asked and not answered */
+static int resolver_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)mtasts_resolver_pending(resolver_check(L, 1)->r));
+  return 1;
+}
+
+/* r:close() -> true; a second close returns true */
+static int resolver_close(lua_State *L) {
+  resolver_release(luaL_checkudata(L, 1, RESOLVER_MT));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int resolver__gc(lua_State *L) {
+  resolver_release(luaL_checkudata(L, 1, RESOLVER_MT));
+  return 0;
+}
+
+static int resolver__tostring(lua_State *L) {
+  lresolver *u = luaL_checkudata(L, 1, RESOLVER_MT);
+  if (u->r) lua_pushfstring(L, RESOLVER_MT " (%p)", (void *)u);
+  else lua_pushliteral(L, RESOLVER_MT " (closed)");
+  return 1;
+}
+
+void mtasts_open_resolver(lua_State *L) {
+  static const luaL_Reg meta[] = {
+    { "__gc", resolver__gc },
+    { "__close", resolver__gc },
+    { "__tostring", resolver__tostring },
+    { NULL, NULL }
+  };
+  static const luaL_Reg methods[] = {
+    { "query", resolver_query },
+    { "fd", resolver_fd },
+    { "timeout", resolver_timeout },
+    { "step", resolver_step },
+    { "done", resolver_done },
+    { "cancel", resolver_cancel },
+    { "pending", resolver_pending },
+    { "close", resolver_close },
+    { NULL, NULL }
+  };
+  if (luaL_newmetatable(L, RESOLVER_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  /* the method table, so that lua/mtasts/resolver.lua can add the blocking lookups */
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "resolver_methods");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, resolver_new);
+  lua_setfield(L, -2, "resolver_new");
+}

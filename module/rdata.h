@@ -1,0 +1,62 @@
+/* rdata.h: DNS rdata decoding (rdata.c) and the resolver (resolver.c). No Lua. */
+#ifndef MTASTS_RDATA_H
+#define MTASTS_RDATA_H
+
+#include "cache.h"   /* mtasts_buf */
+
+/* TXT: the strings of one record, concatenated into out. 0 or -1 with err. */
+int mtasts_rdata_txt(const unsigned char *p, size_t n, mtasts_buf *out, char *err);
+/* A wire-format name (no compression) at p: name gets it lower-cased with dots and no
+ * trailing dot ("" for the root); *used the bytes it took. 0 or -1 with err. */
+int mtasts_rdata_name(const unsigned char *p, size_t n, size_t *used, char *name, char *err);
+/* MX: preference and exchange. host holds MTASTS_NAME_MAX + 1 bytes. */
+int mtasts_rdata_mx(const unsigned char *p, size_t n, unsigned *pref, char *host, char *err);
+/* TLSA: usage, selector, matching type and the association data (a span into p). */
+int mtasts_rdata_tlsa(const unsigned char *p, size_t n, unsigned *usage, unsigned *selector,
+                      unsigned *mtype, mtasts_span *data, char *err);
+
+/* --- resolver (libunbound) --- */
+
+enum {
+  MTASTS_DNS_PENDING = 0, MTASTS_DNS_OK, MTASTS_DNS_NXDOMAIN, MTASTS_DNS_NODATA,
+  MTASTS_DNS_SERVFAIL, MTASTS_DNS_TIMEOUT, MTASTS_DNS_BOGUS, MTASTS_DNS_ERROR
+};
+
+struct ub_result;
+typedef struct mtasts_dns_query {
+  struct mtasts_dns_query *next;
+  struct mtasts_resolver *r;
+  int id, async_id, rrtype, status;
+  double deadline;              /* monotonic seconds */
+  struct ub_result *result;     /* owned; NULL for timeouts and errors */
+  char why[MTASTS_ERR_MAX];     /* error text for SERVFAIL, BOGUS, ERROR */
+} mtasts_dns_query;
+
+typedef struct mtasts_resolver mtasts_resolver;
+
+typedef struct {
+  const char **nameservers;     /* "IP@PORT" or "IP"; NULL/empty: /etc/resolv.conf */
+  size_t n_nameservers;
+  const char *trust_anchor;     /* a file; NULL: Debian's dns-root-data when present */
+  int no_trust_anchor;          /* 1: no DNSSEC validation at all */
+} mtasts_resolver_opts;
+
+int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, char *err);
+void mtasts_resolver_free(mtasts_resolver *r);
+/* Start a query; *id names it. timeout in seconds from now. */
+int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, double timeout,
+                          int *id, char *err);
+/* The descriptor that becomes readable when answers wait to be processed. */
+int mtasts_resolver_fd(mtasts_resolver *r);
+/* Seconds until the next query deadline (0 when one passed), or -1 with none pending. */
+double mtasts_resolver_timeout(mtasts_resolver *r);
+/* Process answers that arrived and expire queries past their deadline. Never blocks. */
+int mtasts_resolver_step(mtasts_resolver *r, char *err);
+/* The first finished query (still owned by r), or NULL; mtasts_resolver_pop frees it. */
+mtasts_dns_query *mtasts_resolver_done(mtasts_resolver *r);
+void mtasts_resolver_pop(mtasts_resolver *r);
+void mtasts_resolver_cancel(mtasts_resolver *r, int id);
+size_t mtasts_resolver_pending(mtasts_resolver *r);
+double mtasts_monotonic(void);
+
+#endif

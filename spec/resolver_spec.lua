@@ -1,0 +1,131 @@
+-- mtasts.resolver against a real authoritative server (NSD) on loopback.
+local resolver = require("mtasts.resolver")
+local dns = require("support.dns")
+local proc = require("support.proc")
+local core = require("mtasts.core")
+
+describe("mtasts.resolver #fixture", function()
+  local server, r
+  setup(function()
+    server = dns.start({
+      ["example."] = {
+        '_mta-sts.enforce IN TXT "v=STSv1; id=20240101T000000;"',
+        'enforce IN MX 10 mx1.enforce', 'enforce IN MX 20 mx2.enforce',
+        'mx1.enforce IN A 127.0.0.1', 'mx1.enforce IN AAAA ::1',
+        '_mta-sts.split IN TXT "v=STSv1; " "id=split1;"',
+        '_mta-sts.two IN TXT "v=STSv1; id=1;"', '_mta-sts.two IN TXT "v=spf1 -all"',
+        '_mta-sts.alias IN CNAME _mta-sts.enforce',
+        'nodata IN A 127.0.0.1',
+        '_25._tcp.mx1.enforce IN TLSA 3 1 1 ' ..
+          '0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef',
+        'big IN TXT "' .. string.rep("a", 255) .. '" "' .. string.rep("b", 255) .. '"',
+      },
+      ["broken.example."] = "BROKEN",
+    })
+    r = assert(resolver.new{ nameserver = server.nameserver, trust_anchor = false, timeout = 5 })
+  end)
+  teardown(function()
+    if r then r:close() end
+    if server then server.stop() end
+    proc.stop_all()
+  end)
+
+  it("returns a TXT record", function()
+    local txt = assert(r:txt("_mta-sts.enforce.example"))
+    assert.same({ "v=STSv1; id=20240101T000000;" }, { txt[1] })
+    assert.equal(1, #txt)
+    assert.is_false(txt.secure)
+  end)
+  it("concatenates the strings of one TXT record", function()
+    assert.equal("v=STSv1; id=split1;", r:txt("_mta-sts.split.example")[1])
+    local big = r:txt("big.example")[1]
+    assert.equal(510, #big)
+  end)
+  it("returns every TXT record of a name", function()
+    local txt = assert(r:txt("_mta-sts.two.example"))
+    table.sort(txt)
+    assert.same({ "v=STSv1; id=1;", "v=spf1 -all" }, { txt[1], txt[2] })
+  end)
+  it("follows a CNAME and says where it led", function()
+    local txt = assert(r:txt("_mta-sts.alias.example"))
+    assert.equal("v=STSv1; id=20240101T000000;", txt[1])
+    assert.equal("_mta-sts.enforce.example.", txt.canonname)
+  end)
+  it("returns MX records with their preference", function()
+    local mx = assert(r:mx("enforce.example"))
+    table.sort(mx, function(a, b) return a.preference < b.preference end)
+    assert.same({ preference = 10, host = "mx1.enforce.example" }, mx[1])
+    assert.same({ preference = 20, host = "mx2.enforce.example" }, mx[2])
+  end)
+  it("returns A and AAAA addresses", function()
+    assert.equal("127.0.0.1", r:a("mx1.enforce.example")[1])
+    assert.equal("::1", r:aaaa("mx1.enforce.example")[1])
+  end)
+  it("returns TLSA records", function()
+    local t = assert(r:tlsa("_25._tcp.mx1.enforce.example"))
+    assert.equal(3, t[1].usage)
+    assert.equal(1, t[1].selector)
+    assert.equal(1, t[1].mtype)
+    assert.equal(32, #t[1].data)
+  end)
+  it("says nxdomain for a name that does not exist", function()
+    local res, msg, code = r:txt("_mta-sts.nothere.example")
+    assert.is_nil(res)
+    assert.equal("nxdomain", code)
+    assert.matches("no such domain", msg, 1, true)
+  end)
+  it("says nodata for a name without records of that type", function()
+    local res, _, code = r:txt("nodata.example")
+    assert.is_nil(res)
+    assert.equal("nodata", code)
+  end)
+  it("says servfail when the zone cannot be served", function()
+    local res, msg, code = r:txt("_mta-sts.x.broken.example")
+    assert.is_nil(res)
+    assert.equal("servfail", code)
+    assert.is_string(msg)
+  end)
+  it("says timeout when the server never answers, within the timeout", function()
+    -- a port nothing listens on: libunbound keeps retrying until our deadline
+    local hole = proc.free_port()
+    local slow = assert(resolver.new{ nameserver = "127.0.0.1@" .. hole, trust_anchor = false,
+      timeout = 0.5 })
+    local t0 = core.monotonic()
+    local res, msg, code = slow:txt("_mta-sts.enforce.example")
+    local took = core.monotonic() - t0
+    slow:close()
+    assert.is_nil(res)
+    assert.equal("timeout", code)
+    assert.equal("_mta-sts.enforce.example TXT: no answer within 0.5 s", msg)
+    assert.is_true(took < 2, "took " .. took)
+  end)
+  it("runs many queries at once on one resolver", function()
+    local ids = {}
+    for i = 1, 50 do
+      ids[i] = assert(r:query(i % 2 == 0 and "enforce.example" or "_mta-sts.enforce.example",
+        i % 2 == 0 and "MX" or "TXT", 5))
+    end
+    local got = {}
+    local deadline = core.monotonic() + 10
+    while #got < 50 and core.monotonic() < deadline do
+      core.poll(r:fd(), "r", r:timeout())
+      assert(r:step())
+      for _, a in ipairs(r:done()) do got[#got + 1] = a end
+    end
+    assert.equal(50, #got)
+    for _, a in ipairs(got) do assert.equal("ok", a.status) end
+  end)
+  it("raises on misuse", function()
+    assert.has_error(function() resolver.new{ bogus = 1 } end,
+      "bad argument #1 to 'new' (unknown option 'bogus')")
+    assert.has_error(function() r:query("a.example", "SPF", 1) end)
+    assert.has_error(function() r:query("a.example", "TXT", 0) end)
+  end)
+  it("closes twice and raises the exact message after close", function()
+    local x = assert(resolver.new{ nameserver = server.nameserver, trust_anchor = false })
+    assert.is_true(x:close())
+    assert.is_true(x:close())
+    assert.equal("mtasts.resolver (closed)", tostring(x))
+    assert.has_error(function() x:fd() end, "attempt to use a closed mtasts.resolver")
+  end)
+end)

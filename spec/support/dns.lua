@@ -1,0 +1,67 @@
+-- An authoritative DNS server for specs: NSD from Debian, on a free loopback port, serving
+-- the zones a spec declares. The resolver reaches it with nameserver = server.nameserver.
+--
+--   local server = dns.start({ ["example."] = { "_mta-sts.a IN TXT \"v=STSv1; id=1\"" } })
+--   ... server.nameserver == "127.0.0.1@<port>" ...
+--   server:stop()
+--
+-- A zone whose records are the string "BROKEN" fails to load, so NSD answers SERVFAIL for
+-- it. Names outside every zone are REFUSED (the resolver reports servfail).
+local util = require("support.util")
+local proc = require("support.proc")
+
+local _M = {}
+
+local function zone_file(name, records)
+  local lines = { "$ORIGIN " .. name, "$TTL 60",
+    "@ IN SOA ns." .. name .. " hostmaster." .. name .. " 1 3600 600 86400 60",
+    "@ IN NS ns." .. name, "ns IN A 127.0.0.1" }
+  if records == "BROKEN" then
+    lines[#lines + 1] = "this is not a resource record"
+  else
+    for _, r in ipairs(records) do lines[#lines + 1] = r end
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+--- Start NSD with zones { [origin] = { record lines } | "BROKEN" }; returns a server.
+function _M.start(zones)
+  local dir = util.tmpdir()
+  local names = {}
+  for name in pairs(zones) do names[#names + 1] = name end
+  table.sort(names)
+  for attempt = 1, 5 do
+    local port = proc.free_port()
+    local conf = { "server:", "  ip-address: 127.0.0.1@" .. port, "  port: " .. port,
+      '  username: ""', '  chroot: ""', '  zonesdir: "' .. dir .. '"',
+      '  pidfile: "' .. dir .. '/nsd.pid"', '  xfrdfile: "' .. dir .. '/xfrd.state"',
+      '  zonelistfile: "' .. dir .. '/zone.list"', '  database: ""',
+      "  verbosity: 1", "  server-count: 1", "  do-ip6: no", "  hide-version: yes",
+      "  tcp-count: 20", "remote-control:", "  control-enable: no" }
+    for i, name in ipairs(names) do
+      local file = "zone" .. i .. ".zone"
+      util.write(dir .. "/" .. file, zone_file(name, zones[name]))
+      conf[#conf + 1] = "zone:"
+      conf[#conf + 1] = "  name: " .. name
+      conf[#conf + 1] = "  zonefile: " .. file
+    end
+    util.write(dir .. "/nsd.conf", table.concat(conf, "\n") .. "\n")
+    local log = dir .. "/nsd.log"
+    local pid = proc.spawn("nsd", "nsd -d -c " .. dir .. "/nsd.conf", log)
+    if proc.poll(function() return proc.tcp_open(port) or not proc.alive(pid) end, 10)
+      and proc.alive(pid) then
+      local server = { port = port, nameserver = "127.0.0.1@" .. port, dir = dir, pid = pid }
+      function server.stop()
+        proc.stop(pid)
+        util.run("rm -rf '" .. dir .. "'")
+      end
+      return server
+    end
+    proc.stop(pid)
+    if attempt == 5 then
+      error("nsd did not start: " .. (util.run("tail -5 " .. log)))
+    end
+  end
+end
+
+return _M

@@ -1,0 +1,71 @@
+-- Starting and stopping the fixture world's servers: free loopback ports, background
+-- processes that never outlive the test run, readiness polled with a deadline.
+local util = require("support.util")
+local core = require("mtasts.core")
+
+local _M = {}
+local running = {}   -- pid -> name, for stop_all
+
+--- Ports in use on this machine (TCP and UDP), from ss.
+local function used_ports()
+  local used = {}
+  for port in util.run("ss -Htuan"):gmatch("[%d%.%*%]]:(%d+)%s") do used[tonumber(port)] = true end
+  return used
+end
+
+--- A port that nothing listens on now (20000-59999).
+function _M.free_port()
+  local used = used_ports()
+  for _ = 1, 100 do
+    local p = math.random(20000, 59999)
+    if not used[p] then return p end
+  end
+  error("no free port found")
+end
+
+--- Start a command in the background; returns its pid. It is killed by stop_all at the
+-- latest, and `timeout` ends it after `limit` seconds (default 900) whatever happens.
+function _M.spawn(name, cmd, log, limit)
+  local out = util.run("timeout -s KILL " .. (limit or 900) .. " " .. cmd .. " >>" .. log ..
+    " 2>&1 & echo $!")
+  local pid = assert(tonumber(out:match("(%d+)%s*$")), out)
+  running[pid] = name
+  return pid
+end
+
+function _M.alive(pid)
+  local _, status = util.run("kill -0 " .. pid .. " 2>/dev/null")
+  return status == 0
+end
+
+--- Poll until fn() is true or the deadline passes; fn is tried at least once.
+function _M.poll(fn, seconds)
+  local deadline = core.monotonic() + (seconds or 10)
+  repeat
+    if fn() then return true end
+    core.poll(-1, "", 0.02)   -- 20 ms between tries (poll ignores fd -1)
+  until core.monotonic() > deadline
+  return false
+end
+
+--- True when something accepts TCP connections on 127.0.0.1:port.
+function _M.tcp_open(port)
+  local _, status = util.run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" .. port .. "' 2>/dev/null")
+  return status == 0
+end
+
+--- Stop a process (TERM, then KILL) and wait until it is gone.
+function _M.stop(pid)
+  if not running[pid] then return end
+  os.execute("kill -TERM " .. pid .. " 2>/dev/null; pkill -TERM -P " .. pid .. " 2>/dev/null")
+  if not _M.poll(function() return not _M.alive(pid) end, 5) then
+    os.execute("pkill -KILL -P " .. pid .. " 2>/dev/null; kill -KILL " .. pid .. " 2>/dev/null")
+  end
+  running[pid] = nil
+end
+
+function _M.stop_all()
+  for pid in pairs(running) do _M.stop(pid) end
+end
+
+return _M
