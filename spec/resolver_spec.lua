@@ -113,7 +113,14 @@ describe("mtasts.resolver #fixture", function()
       for _, a in ipairs(r:done()) do got[#got + 1] = a end
     end
     assert.equal(50, #got)
-    for _, a in ipairs(got) do assert.equal("ok", a.status) end
+    local asked = {}
+    for _, id in ipairs(ids) do asked[id] = true end
+    for _, a in ipairs(got) do
+      assert.equal("ok", a.status)
+      assert.is_true(asked[a.id])
+      asked[a.id] = nil
+    end
+    assert.same({}, asked)
   end)
   it("raises on misuse", function()
     assert.has_error(function() resolver.new{ bogus = 1 } end,
