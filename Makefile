@@ -20,8 +20,8 @@ FUZZ_CC    ?= clang
 BUSTED     ?= $(LUA) /usr/bin/busted
 
 LUA_CFLAGS := $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
-DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libidn2 2>/dev/null)
-DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lunbound -lpthread
+DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libidn2 libcurl openssl 2>/dev/null)
+DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lunbound $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
 XCFLAGS    := -std=c99 -D_DEFAULT_SOURCE -fvisibility=hidden -MMD \
               -Wall -Wextra -Wmissing-prototypes -Wstrict-prototypes -Wshadow
 SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -63,6 +63,11 @@ build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
 	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 -D_DEFAULT_SOURCE -Wall -Wextra \
 	  -Imodule $(DEP_CFLAGS) -o $@ $< fuzz/replay.c $(PURE) $(DEP_LIBS)
 
+# fixture helpers the specs start (spec/support/*.c)
+build/support/%: spec/support/%.c
+	@mkdir -p $(@D)
+	$(CC) -O1 -g -Wall -Wextra -o $@ $<
+
 build/fuzz/seeds/.stamp: fuzz/seeds.lua $(wildcard spec/cases/*.lua) | deps-build
 	$(LUA) fuzz/seeds.lua build/fuzz/seeds
 	@touch $@
@@ -70,16 +75,18 @@ build/fuzz/seeds/.stamp: fuzz/seeds.lua $(wildcard spec/cases/*.lua) | deps-buil
 deps-%:
 	@$(DEPS) $*
 
-test: deps-test all $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+SUPPORT := $(patsubst spec/support/%.c,build/support/%,$(wildcard spec/support/*.c))
+
+test: deps-test all $(SUPPORT) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@scripts/test all
 
-unit: deps-test all
+unit: deps-test all $(SUPPORT)
 	@scripts/test unit
 
 lint: deps-test
 	luacheck lua spec fuzz bench examples
 
-asan: deps-test build/asan/mtasts/core.so $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+asan: deps-test build/asan/mtasts/core.so $(SUPPORT) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
 	  scripts/test all
 

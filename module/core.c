@@ -66,5 +66,6 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   mtasts_open_parse(L);
   mtasts_open_cache(L);
   mtasts_open_resolver(L);
+  mtasts_open_fetch(L);
   return 1;
 }

@@ -89,5 +89,6 @@ struct lua_State;
 void mtasts_open_parse(struct lua_State *L);   /* adds the parse functions to the table on top */
 void mtasts_open_cache(struct lua_State *L);   /* adds cache_open and the mtasts.cache class */
 void mtasts_open_resolver(struct lua_State *L); /* adds resolver_new and mtasts.resolver */
+void mtasts_open_fetch(struct lua_State *L);    /* adds fetcher_new and mtasts.fetcher */
 
 #endif

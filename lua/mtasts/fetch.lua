@@ -1,0 +1,198 @@
+--- mtasts.fetch: fetching MTA-STS policies (and POSTing reports) over HTTPS without blocking
+-- the host. The C object (mtasts.core.fetcher_new) runs transfers on a curl multi handle and
+-- returns raw facts; this module resolves the policy host through mtasts.resolver, waits
+-- with the injected `wait`, and classifies failures into the codes of DESIGN.md §3 and the
+-- TLSRPT failure reasons of docs/errors.md. Reference: docs/fetch.md.
+local core = require("mtasts.core")
+
+local type, pairs, ipairs, error, tostring = type, pairs, ipairs, error, tostring
+local setmetatable, concat = setmetatable, table.concat
+
+local _M = { MAX_SIZE = 65536, DEFAULT_TIMEOUT = 60 }
+
+local methods = core.fetcher_methods
+local state = setmetatable({}, { __mode = "k" })
+
+local OPTIONS = { resolver = true, cafile = true, capath = true, proxy = true,
+  connect_to = true, timeout = true, connect_timeout = true, max_size = true, wait = true }
+
+--- Create a fetcher. opts: resolver (an mtasts.resolver for the policy host; without one
+-- curl resolves it), cafile, capath, proxy, connect_to (curl CONNECT_TO entries), timeout
+-- (total, seconds, default 60), connect_timeout, max_size (default 65536), wait.
+function _M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error("bad argument #1 to 'new' (unknown option '" .. k .. "')", 2) end
+  end
+  if opts.wait ~= nil and type(opts.wait) ~= "function" then
+    error("bad argument #1 to 'new' (wait must be a function)", 2)
+  end
+  local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
+  local f, err, code = core.fetcher_new{ cafile = opts.cafile, capath = opts.capath,
+    proxy = opts.proxy, connect_to = opts.connect_to, timeout = timeout,
+    connect_timeout = opts.connect_timeout, max_size = opts.max_size or _M.MAX_SIZE }
+  if not f then return nil, err, code end
+  state[f] = { resolver = opts.resolver, wait = opts.wait or core.poll, answers = {},
+    timeout = timeout, max_size = opts.max_size or _M.MAX_SIZE }
+  return f
+end
+
+local function await(f, id)
+  local st = state[f]
+  while true do
+    local ok, err, code = f:step()
+    if not ok then return nil, err, code end
+    for _, t in ipairs(f:done()) do st.answers[t.id] = t end
+    local t = st.answers[id]
+    if t then
+      st.answers[id] = nil
+      return t
+    end
+    st.wait(f:fd(), "r", f:timeout())
+  end
+end
+
+-- OpenSSL verify results (X509_V_ERR_*) -> TLSRPT failure reasons (REFERENCE.md §2).
+local VERIFY = {
+  [10] = "certificate-expired",        -- CERT_HAS_EXPIRED
+  [62] = "certificate-host-mismatch",  -- HOSTNAME_MISMATCH
+  [2] = "certificate-not-trusted",     -- UNABLE_TO_GET_ISSUER_CERT
+  [18] = "certificate-not-trusted",    -- DEPTH_ZERO_SELF_SIGNED_CERT
+  [19] = "certificate-not-trusted",    -- SELF_SIGNED_CERT_IN_CHAIN
+  [20] = "certificate-not-trusted",    -- UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+  [21] = "certificate-not-trusted",    -- UNABLE_TO_VERIFY_LEAF_SIGNATURE
+}
+
+-- curl results without a certificate problem -> reasons.
+local CURL = {
+  CURLE_OPERATION_TIMEDOUT = "timeout",
+  CURLE_COULDNT_CONNECT = "connection-failed",
+  CURLE_COULDNT_RESOLVE_HOST = "policy-host-not-found",
+  CURLE_SSL_CONNECT_ERROR = "tls-handshake-failed",
+  CURLE_SSL_CIPHER = "tls-handshake-failed",
+  CURLE_PEER_FAILED_VERIFICATION = "validation-failure",
+  CURLE_GOT_NOTHING = "empty-response",
+  CURLE_RECV_ERROR = "connection-reset",
+  CURLE_SEND_ERROR = "connection-reset",
+  CURLE_PARTIAL_FILE = "truncated-response",
+  CURLE_WEIRD_SERVER_REPLY = "bad-http-response",
+  CURLE_HTTP2 = "bad-http-response",
+  CURLE_HTTP2_STREAM = "bad-http-response",
+}
+
+-- The verify result means something only when the transfer failed on TLS; otherwise it is
+-- curl's initial X509_V_ERR_UNSPECIFIED (1) or X509_V_OK (0).
+local TLS_FAILURE = { CURLE_PEER_FAILED_VERIFICATION = true, CURLE_SSL_CONNECT_ERROR = true }
+
+local function cert_reason(t)
+  if TLS_FAILURE[t.curl_code] and t.verify_result ~= 0 and t.verify_result ~= 1 then
+    return VERIFY[t.verify_result] or "validation-failure"
+  end
+end
+
+local WEBPKI = { ["certificate-expired"] = true, ["certificate-host-mismatch"] = true,
+  ["certificate-not-trusted"] = true, ["validation-failure"] = true }
+
+--- The TLSRPT result type of a fetch failure: sts-webpki-invalid, sts-policy-invalid or
+-- sts-policy-fetch-error.
+function _M.result_type(code, reason)
+  if code == "policy-syntax" then return "sts-policy-invalid" end
+  if WEBPKI[reason] then return "sts-webpki-invalid" end
+  return "sts-policy-fetch-error"
+end
+
+--- Is this Content-Type text/plain (parameters allowed)?
+function _M.is_text_plain(ct)
+  return type(ct) == "string" and ct:lower():match("^%s*text/plain%s*;?") ~= nil
+end
+
+-- Addresses of the policy host: the resolve entries for curl, or a failure.
+local function addresses(r, host)
+  local a, aerr, acode = r:a(host)
+  local aaaa, _, aaaacode = r:aaaa(host)
+  local list = {}
+  for _, x in ipairs(a or {}) do list[#list + 1] = x end
+  for _, x in ipairs(aaaa or {}) do list[#list + 1] = "[" .. x .. "]" end
+  if #list > 0 then return { host .. ":443:" .. concat(list, ",") } end
+  if acode == "nxdomain" or aaaacode == "nxdomain" then
+    return nil, host .. ": no such host", "no-policy", "policy-host-not-found"
+  end
+  if acode == "nodata" and aaaacode == "nodata" then
+    return nil, host .. ": the host has no address", "no-policy", "policy-host-not-found"
+  end
+  return nil, host .. ": " .. tostring(aerr), "policy-fetch", "dns-" .. tostring(acode)
+end
+
+--- Run one transfer to the end: the raw result table of f:done(), or nil, msg, code.
+function methods:transfer(req)
+  local st = state[self]
+  if not st then error("fetcher not made by mtasts.fetch.new", 2) end
+  local id, err, code = self:add(req)
+  if not id then return nil, err, code end
+  return await(self, id)
+end
+
+--- Fetch the policy of `domain` (lower-case A-labels). Returns the text and
+-- { content_type =, content_type_ok = }, or nil, message, code, reason: code no-policy
+-- (404, no such host), policy-fetch (network, HTTP, TLS) or policy-syntax (too large).
+function methods:fetch(domain)
+  local st = state[self]
+  if not st then error("fetcher not made by mtasts.fetch.new", 2) end
+  local host = "mta-sts." .. domain
+  local resolve
+  if st.resolver then
+    local r, msg, code, reason = addresses(st.resolver, host)
+    if not r then return nil, msg, code, reason end
+    resolve = r
+  end
+  local t, err, code = self:transfer{ url = "https://" .. host .. "/.well-known/mta-sts.txt",
+    host = host, resolve = resolve }
+  if not t then return nil, err, code, "fetch-failed" end
+  if t.too_large or t.curl_code == "CURLE_FILESIZE_EXCEEDED" then
+    return nil, ("%s: the policy is larger than %d bytes"):format(host, st.max_size),
+      "policy-syntax", "policy-too-large"
+  end
+  if t.curl_code ~= "CURLE_OK" then
+    local reason = cert_reason(t)
+    if reason then
+      return nil, ("%s: certificate: %s"):format(host, t.verify_error), "policy-fetch", reason
+    end
+    return nil, ("%s: %s"):format(host, t.error), "policy-fetch",
+      CURL[t.curl_code] or ("fetch-failed+" .. t.curl_code)
+  end
+  if t.status == 404 then
+    return nil, host .. ": no policy (HTTP 404)", "no-policy", "http-status-404"
+  end
+  if t.status >= 300 and t.status < 400 then
+    return nil, ("%s: HTTP %d: redirects are not followed"):format(host, t.status),
+      "policy-fetch", "redirect-not-allowed"
+  end
+  if t.status ~= 200 then
+    return nil, ("%s: HTTP %d"):format(host, t.status), "policy-fetch",
+      "http-status-" .. t.status
+  end
+  return t.body, { content_type = t.content_type,
+    content_type_ok = _M.is_text_plain(t.content_type) }
+end
+
+--- POST `body` to an https URL with the same safety rules (no redirects, verified TLS,
+-- size limits). Returns the HTTP status and response body, or nil, message, code, reason.
+function methods:post(url, body, content_type)
+  local host = type(url) == "string" and url:match("^https://([^/:?#]+)")
+  if not host then return nil, "only https:// URLs with a host", "policy-fetch", "bad-url" end
+  local t, err, code = self:transfer{ url = url, host = host, body = body,
+    content_type = content_type }
+  if not t then return nil, err, code, "fetch-failed" end
+  if t.curl_code ~= "CURLE_OK" and not t.too_large then
+    local reason = cert_reason(t)
+    local why = reason and t.verify_error or t.error
+    reason = reason or CURL[t.curl_code] or ("fetch-failed+" .. t.curl_code)
+    return nil, ("%s: %s"):format(host, why), "policy-fetch", reason
+  end
+  return t.status, t.body
+end
+
+return _M

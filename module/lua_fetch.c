@@ -1,0 +1,258 @@
+/* lua_fetch.c: the mtasts.fetcher class, binding fetch.c. Translate, and do nothing else.
+ * Contract: docs/fetch.md. */
+#include "fetch.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <string.h>
+
+#define FETCHER_MT "mtasts.fetcher"
+#define MAX_LIST 64
+
+typedef struct { mtasts_fetcher *f; } lfetcher;   /* f NULL once closed */
+
+static void fetcher_release(lfetcher *u) {
+  mtasts_fetcher_free(u->f);
+  u->f = NULL;
+}
+
+static lfetcher *fetcher_check(lua_State *L, int idx) {
+  lfetcher *u = luaL_checkudata(L, idx, FETCHER_MT);
+  if (!u->f) luaL_error(L, "attempt to use a closed " FETCHER_MT);
+  return u;
+}
+
+static int fail(lua_State *L, const char *msg, const char *code) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, code);
+  return 3;
+}
+
+static void check_keys(lua_State *L, int t, const char *fn, const char *const *keys) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    int i, ok = 0;
+    for (i = 0; keys[i]; i++) ok |= strcmp(keys[i], k) == 0;
+    if (!ok) luaL_error(L, "bad argument #1 to '%s' (unknown option '%s')", fn, k);
+    lua_pop(L, 1);
+  }
+}
+
+static const char *opt_string(lua_State *L, int t, const char *k, const char *fn) {
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TNIL) { lua_pop(L, 1); return NULL; }
+  if (ty != LUA_TSTRING) luaL_error(L, "bad argument #1 to '%s' (%s must be a string)", fn, k);
+  return lua_tostring(L, -1);   /* left on the stack: anchored until the function returns */
+}
+
+/* A string or an array of strings at t[k] into v; returns the count. */
+static size_t opt_list(lua_State *L, int t, const char *k, const char **v, const char *fn) {
+  size_t n = 0;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TSTRING) {
+    v[n++] = lua_tostring(L, -1);
+  } else if (ty == LUA_TTABLE) {
+    lua_Integer i, len = luaL_len(L, -1);
+    if (len > MAX_LIST) luaL_error(L, "bad argument #1 to '%s' (%s: over %d)", fn, k, MAX_LIST);
+    for (i = 1; i <= len; i++) {
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+        luaL_error(L, "bad argument #1 to '%s' (%s must be strings)", fn, k);
+      v[n++] = lua_tostring(L, -1);
+      lua_pop(L, 1);   /* anchored by the table */
+    }
+  } else if (ty != LUA_TNIL) {
+    luaL_error(L, "bad argument #1 to '%s' (%s must be a string or a table)", fn, k);
+  }
+  return n;   /* the value stays on the stack */
+}
+
+static double opt_number(lua_State *L, int t, const char *k, double dflt, const char *fn) {
+  double v;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TNIL) v = dflt;
+  else if (ty != LUA_TNUMBER || (v = lua_tonumber(L, -1)) <= 0)
+    return luaL_error(L, "bad argument #1 to '%s' (%s must be a positive number)", fn, k);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* fetcher_new{ cafile=, capath=, proxy=, connect_to=, timeout=, connect_timeout=,
+ *              max_size= } -> fetcher | fail */
+static int fetcher_new(lua_State *L) {
+  static const char *const keys[] = { "cafile", "capath", "proxy", "connect_to", "timeout",
+                                      "connect_timeout", "max_size", NULL };
+  const char *ct[MAX_LIST];
+  char err[MTASTS_ERR_MAX];
+  mtasts_fetch_opts o;
+  lfetcher *u;
+  memset(&o, 0, sizeof o);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  check_keys(L, 1, "fetcher_new", keys);
+  o.cafile = opt_string(L, 1, "cafile", "fetcher_new");
+  o.capath = opt_string(L, 1, "capath", "fetcher_new");
+  o.proxy = opt_string(L, 1, "proxy", "fetcher_new");
+  o.n_connect_to = opt_list(L, 1, "connect_to", ct, "fetcher_new");
+  o.connect_to = ct;
+  o.timeout = opt_number(L, 1, "timeout", 60, "fetcher_new");
+  o.connect_timeout = opt_number(L, 1, "connect_timeout", o.timeout, "fetcher_new");
+  o.max_size = (size_t)opt_number(L, 1, "max_size", MTASTS_POLICY_MAX, "fetcher_new");
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->f = NULL;
+  luaL_setmetatable(L, FETCHER_MT);
+  if (mtasts_fetcher_new(&o, &u->f, err) != 0) return fail(L, err, "policy-fetch");
+  return 1;
+}
+
+/* f:add{ url=, host=, resolve=, body=, content_type= } -> id | fail */
+static int fetcher_add(lua_State *L) {
+  static const char *const keys[] = { "url", "host", "resolve", "body", "content_type", NULL };
+  lfetcher *u = fetcher_check(L, 1);
+  const char *rs[MAX_LIST];
+  char err[MTASTS_ERR_MAX];
+  mtasts_fetch_req r;
+  int id;
+  memset(&r, 0, sizeof r);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  check_keys(L, 2, "add", keys);
+  if (!(r.url = opt_string(L, 2, "url", "add")))
+    return luaL_error(L, "bad argument #1 to 'add' (url required)");
+  if (!(r.host = opt_string(L, 2, "host", "add")))
+    return luaL_error(L, "bad argument #1 to 'add' (host required)");
+  r.n_resolve = opt_list(L, 2, "resolve", rs, "add");
+  r.resolve = rs;
+  if (lua_getfield(L, 2, "body") == LUA_TSTRING) r.body = lua_tolstring(L, -1, &r.body_len);
+  else if (!lua_isnil(L, -1))
+    return luaL_error(L, "bad argument #1 to 'add' (body must be a string)");
+  r.content_type = opt_string(L, 2, "content_type", "add");
+  if (strncmp(r.url, "https://", 8) != 0)
+    return fail(L, "fetcher: only https:// URLs", "policy-fetch");
+  if (mtasts_fetcher_add(u->f, &r, &id, err) != 0) return fail(L, err, "policy-fetch");
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+/* f:fd() -> descriptor that becomes readable when a transfer has work */
+static int fetcher_fd(lua_State *L) {
+  lua_pushinteger(L, mtasts_fetcher_fd(fetcher_check(L, 1)->f));
+  return 1;
+}
+
+/* f:timeout() -> seconds until curl wants to run again, or nil when idle */
+static int fetcher_timeout(lua_State *L) {
+  double t = mtasts_fetcher_timeout(fetcher_check(L, 1)->f);
+  if (t < 0) lua_pushnil(L);
+  else lua_pushnumber(L, t);
+  return 1;
+}
+
+/* f:step() -> true | fail */
+static int fetcher_step(lua_State *L) {
+  lfetcher *u = fetcher_check(L, 1);
+  char err[MTASTS_ERR_MAX];
+  if (mtasts_fetcher_step(u->f, err) != 0) return fail(L, err, "policy-fetch");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* f:done() -> { { id=, curl_code=, error=, status=, verify_result=, verify_error=,
+ *                 content_type=, body=, too_large= }, ... } */
+static int fetcher_done(lua_State *L) {
+  lfetcher *u = fetcher_check(L, 1);
+  mtasts_transfer *t;
+  int n = 0;
+  lua_newtable(L);
+  while ((t = mtasts_fetcher_done(u->f)) != NULL) {
+    /* the transfer stays owned by the fetcher until its table is complete */
+    lua_createtable(L, 0, 9);
+    lua_pushinteger(L, t->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, mtasts_curl_code_name(t->curl_code));
+    lua_setfield(L, -2, "curl_code");
+    if (t->curl_code != 0) {
+      lua_pushstring(L, t->errbuf[0] ? t->errbuf : "transfer failed");
+      lua_setfield(L, -2, "error");
+    }
+    lua_pushinteger(L, t->status);
+    lua_setfield(L, -2, "status");
+    lua_pushinteger(L, t->verify_result);
+    lua_setfield(L, -2, "verify_result");
+    if (t->verify_result != 0) {
+      lua_pushstring(L, mtasts_verify_error_string(t->verify_result));
+      lua_setfield(L, -2, "verify_error");
+    }
+    if (t->content_type[0]) {
+      lua_pushstring(L, t->content_type);
+      lua_setfield(L, -2, "content_type");
+    }
+    lua_pushlstring(L, t->body.p ? (const char *)t->body.p : "", t->body.n);
+    lua_setfield(L, -2, "body");
+    lua_pushboolean(L, t->too_large);
+    lua_setfield(L, -2, "too_large");
+    lua_rawseti(L, -2, ++n);
+    mtasts_fetcher_pop(u->f);
+  }
+  return 1;
+}
+
+/* f:cancel(id) */
+static int fetcher_cancel(lua_State *L) {
+  mtasts_fetcher_cancel(fetcher_check(L, 1)->f, (int)luaL_checkinteger(L, 2));
+  return 0;
+}
+
+/* f:running() -> transfers not finished */
+static int fetcher_running(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)mtasts_fetcher_running(fetcher_check(L, 1)->f));
+  return 1;
+}
+
+/* f:close() -> true; a second close returns true */
+static int fetcher_close(lua_State *L) {
+  fetcher_release(luaL_checkudata(L, 1, FETCHER_MT));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int fetcher__gc(lua_State *L) {
+  fetcher_release(luaL_checkudata(L, 1, FETCHER_MT));
+  return 0;
+}
+
+static int fetcher__tostring(lua_State *L) {
+  lfetcher *u = luaL_checkudata(L, 1, FETCHER_MT);
+  if (u->f) lua_pushfstring(L, FETCHER_MT " (%p)", (void *)u);
+  else lua_pushliteral(L, FETCHER_MT " (closed)");
+  return 1;
+}
+
+void mtasts_open_fetch(lua_State *L) {
+  static const luaL_Reg meta[] = {
+    { "__gc", fetcher__gc },
+    { "__close", fetcher__gc },
+    { "__tostring", fetcher__tostring },
+    { NULL, NULL }
+  };
+  static const luaL_Reg methods[] = {
+    { "add", fetcher_add },
+    { "fd", fetcher_fd },
+    { "timeout", fetcher_timeout },
+    { "step", fetcher_step },
+    { "done", fetcher_done },
+    { "cancel", fetcher_cancel },
+    { "running", fetcher_running },
+    { "close", fetcher_close },
+    { NULL, NULL }
+  };
+  if (luaL_newmetatable(L, FETCHER_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "fetcher_methods");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, fetcher_new);
+  lua_setfield(L, -2, "fetcher_new");
+}

@@ -1,0 +1,245 @@
+-- Policy discovery end to end: mtasts.resolver against NSD, mtasts.fetch against nginx and a
+-- stalling server, all on loopback, with certificates from a test CA (REFERENCE.md §1-§2).
+local resolver = require("mtasts.resolver")
+local fetch = require("mtasts.fetch")
+local sts = require("mtasts.sts")
+local core = require("mtasts.core")
+local util = require("support.util")
+local proc = require("support.proc")
+local dns = require("support.dns")
+local https = require("support.https")
+
+local ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.enforce.example\nmax_age: 86400\n"
+local function policy_of(size)   -- a valid policy of exactly `size` bytes
+  local head = "version: STSv1\nmode: none\nmax_age: 60\nc: "
+  return head .. string.rep("x", size - #head - 1) .. "\n"
+end
+
+-- Domains: the TXT record of each (nil: none), and its policy site (nil: no policy host).
+local DOMAINS = {
+  enforce = { txt = '"v=STSv1; id=e1;"', site = { body = ENFORCE } },
+  testing = { txt = '"v=STSv1; id=t1;"', site = { body =
+    "version: STSv1\nmode: testing\nmx: *.testing.example\nmax_age: 600\n" } },
+  none = { txt = '"v=STSv1; id=n1;"',
+    site = { body = "version: STSv1\nmode: none\nmax_age: 60\n" } },
+  crlf = { txt = '"v=STSv1; id=c1;"', site = { body =
+    "version: STSv1\r\nmode: enforce\r\nmx: mx.crlf.example\r\nmax_age: 86400\r\n" } },
+  ext = { txt = '"v=STSv1; id=x1; ext=value;"', site = { body = ENFORCE .. "note: kept\n" } },
+  split = { txt = '"v=STSv1; " "id=s1;"', site = { body = ENFORCE } },
+  othertxt = { txt = '"v=spf1 -all"', site = { body = ENFORCE } },
+  two = { txt = { '"v=STSv1; id=a;"', '"v=STSv1; id=b;"' }, site = { body = ENFORCE } },
+  badrecord = { txt = '"v=STSv1; id=bad-id;"', site = { body = ENFORCE } },
+  cname = { cname = "_mta-sts.enforce", site = { body = ENFORCE } },
+  notfound = { txt = '"v=STSv1; id=404;"', site = { status = 404 } },
+  err500 = { txt = '"v=STSv1; id=500;"', site = { status = 500 } },
+  redirect = { txt = '"v=STSv1; id=301;"', site = {
+    redirect = "https://mta-sts.enforce.example/.well-known/mta-sts.txt" } },
+  html = { txt = '"v=STSv1; id=h1;"', site = { body = ENFORCE, type = "text/html" } },
+  htmlbad = { txt = '"v=STSv1; id=h2;"',
+    site = { body = "<html>nope</html>", type = "text/html" } },
+  charset = { txt = '"v=STSv1; id=cs;"', site = { body = ENFORCE, charset = "utf-8" } },
+  exact = { txt = '"v=STSv1; id=64k;"', site = { body = policy_of(65536) } },
+  over = { txt = '"v=STSv1; id=64k1;"', site = { body = policy_of(65537) } },
+  chunked = { txt = '"v=STSv1; id=ch;"', site = { nginx =
+    'default_type text/plain; echo_duplicate 65537 "a";' } },
+  endless = { txt = '"v=STSv1; id=inf;"', site = { nginx =
+    'default_type text/plain; echo_duplicate 100000000 "xxxxxxxxxx";' } },
+  trickle = { txt = '"v=STSv1; id=tr;"', site = { nginx = 'default_type text/plain; ' ..
+    'echo "version: STSv1"; echo_flush; echo_sleep 10; echo "mode: none";' } },
+  expired = { txt = '"v=STSv1; id=ex;"', site = { body = ENFORCE, cert = "expired" } },
+  wrongname = { txt = '"v=STSv1; id=wn;"', site = { body = ENFORCE, cert = "wrongname" } },
+  untrusted = { txt = '"v=STSv1; id=un;"', site = { body = ENFORCE, cert = "untrusted" } },
+  badpolicy = { txt = '"v=STSv1; id=bp;"', site = { body = "version: STSv1\nmode: enforcing\n" } },
+  empty = { txt = '"v=STSv1; id=em;"', site = { body = "" } },
+  nohost = { txt = '"v=STSv1; id=nh;"' },
+  stall = { txt = '"v=STSv1; id=st;"' },        -- the policy host stalls the handshake
+  nolistener = { txt = '"v=STSv1; id=nl;"' },   -- nothing listens
+  ["xn--bcher-kva"] = { txt = '"v=STSv1; id=idn;"', site = { body = ENFORCE } },
+}
+
+local world = {}
+
+setup(function()
+  local dir = util.tmpdir()
+  world.dir = dir
+  world.ca = require("support.ca").new(dir .. "/ca")
+  local records, sites = { "nodata._mta-sts IN A 127.0.0.1", "_mta-sts.nodata IN A 127.0.0.1" }, {}
+  for name, d in pairs(DOMAINS) do
+    local txts = type(d.txt) == "table" and d.txt or { d.txt }
+    for _, t in ipairs(txts) do records[#records + 1] = "_mta-sts." .. name .. " IN TXT " .. t end
+    if d.cname then records[#records + 1] = "_mta-sts." .. name .. " IN CNAME " .. d.cname end
+    if name ~= "nohost" then records[#records + 1] = "mta-sts." .. name .. " IN A 127.0.0.1" end
+    if d.site then
+      d.site.host = "mta-sts." .. name .. ".example"
+      sites[#sites + 1] = d.site
+    end
+  end
+  records[#records + 1] = '_mta-sts.x IN TXT "v=STSv1; id=1;"'
+  world.dns = dns.start({ ["example."] = records, ["broken.example."] = "BROKEN" })
+  world.https = https.start(world.ca, sites)
+  world.stall_port = proc.free_port()
+  world.stall = proc.spawn("stall", "build/support/stall " .. world.stall_port .. " 600",
+    dir .. "/stall.log")
+  assert(proc.poll(function() return proc.tcp_open(world.stall_port) end, 10))
+  local connect_to = { "mta-sts.stall.example:443:127.0.0.1:" .. world.stall_port,
+    "mta-sts.nolistener.example:443:127.0.0.1:" .. proc.free_port() }
+  for _, c in ipairs(world.https.connect_to) do connect_to[#connect_to + 1] = c end
+  world.r = assert(resolver.new{ nameserver = world.dns.nameserver, trust_anchor = false,
+    timeout = 2 })
+  world.f = assert(fetch.new{ resolver = world.r, cafile = world.ca.cafile,
+    connect_to = connect_to, timeout = 2 })
+end)
+
+teardown(function()
+  if world.f then world.f:close() end
+  if world.r then world.r:close() end
+  if world.https then world.https.stop() end
+  if world.dns then world.dns.stop() end
+  proc.stop_all()
+  if world.dir then util.run("rm -rf '" .. world.dir .. "'") end
+end)
+
+-- { name, domain, expected } with expected { mode = } for a policy, or { code =, reason = }.
+local CASES = {
+  { "an enforce policy", "enforce.example", { mode = "enforce", id = "e1" } },
+  { "a testing policy", "testing.example", { mode = "testing", id = "t1" } },
+  { "a none policy", "none.example", { mode = "none", id = "n1" } },
+  { "a CRLF policy", "crlf.example", { mode = "enforce", mx = "mx.crlf.example" } },
+  { "extensions in record and policy", "ext.example", { mode = "enforce", record_ext = "ext",
+    policy_ext = "note" } },
+  { "a TXT record split in several strings", "split.example", { mode = "enforce", id = "s1" } },
+  { "a record behind a CNAME, policy from the original domain", "cname.example",
+    { mode = "enforce", id = "e1" } },
+  { "an IDN domain given as U-labels", "b\195\188cher.example", { mode = "enforce", id = "idn" } },
+  { "text/plain with a charset", "charset.example", { mode = "enforce", ct_ok = true } },
+  { "text/html that parses: accepted, the violation noted", "html.example",
+    { mode = "enforce", ct_ok = false } },
+  { "a policy of 64 KiB exactly", "exact.example", { mode = "none" } },
+  { "no record (NXDOMAIN)", "nothing.example", { code = "no-record", reason = "nxdomain" } },
+  { "no record (NODATA)", "nodata.example", { code = "no-record", reason = "nodata" } },
+  { "only other TXT records", "othertxt.example", { code = "no-record", reason = "no-record" } },
+  { "two STS records", "two.example", { code = "multiple-records", reason = "multiple-records" } },
+  { "a record syntax error", "badrecord.example", { code = "record-syntax",
+    reason = "record-syntax" } },
+  { "SERVFAIL", "x.broken.example", { code = "dns", reason = "servfail" } },
+  { "404", "notfound.example", { code = "no-policy", reason = "http-status-404" } },
+  { "500", "err500.example", { code = "policy-fetch", reason = "http-status-500" } },
+  { "301 to a valid policy", "redirect.example", { code = "policy-fetch",
+    reason = "redirect-not-allowed" } },
+  { "text/html that does not parse", "htmlbad.example", { code = "policy-syntax",
+    reason = "content-type-not-text-plain" } },
+  { "64 KiB + 1 with Content-Length", "over.example", { code = "policy-syntax",
+    reason = "policy-too-large" } },
+  { "64 KiB + 1 without Content-Length", "chunked.example", { code = "policy-syntax",
+    reason = "policy-too-large" } },
+  { "a body that never ends", "endless.example", { code = "policy-syntax",
+    reason = "policy-too-large" } },
+  { "a body that trickles past the timeout", "trickle.example", { code = "policy-fetch",
+    reason = "timeout" } },
+  { "a stalled TLS handshake", "stall.example", { code = "policy-fetch", reason = "timeout" } },
+  { "an expired certificate", "expired.example", { code = "policy-fetch",
+    reason = "certificate-expired", type = "sts-webpki-invalid" } },
+  { "a certificate for another name", "wrongname.example", { code = "policy-fetch",
+    reason = "certificate-host-mismatch", type = "sts-webpki-invalid" } },
+  { "a certificate from an untrusted issuer", "untrusted.example", { code = "policy-fetch",
+    reason = "certificate-not-trusted", type = "sts-webpki-invalid" } },
+  { "no listener", "nolistener.example", { code = "policy-fetch", reason = "connection-failed",
+    type = "sts-policy-fetch-error" } },
+  { "a policy host that does not exist", "nohost.example", { code = "no-policy",
+    reason = "policy-host-not-found" } },
+  { "a policy that does not parse", "badpolicy.example", { code = "policy-syntax",
+    reason = "policy-syntax", type = "sts-policy-invalid" } },
+  { "an empty policy", "empty.example", { code = "policy-syntax", reason = "policy-syntax" } },
+  { "a domain that is no domain name", "192.0.2.1", { code = "domain-syntax" } },
+}
+
+describe("policy discovery #fixture", function()
+  for _, case in ipairs(CASES) do
+    local name, domain, want = case[1], case[2], case[3]
+    it(name, function()
+      local t0 = core.monotonic()
+      local record, policy, text, info = sts.get(world.r, world.f, domain)
+      local took = core.monotonic() - t0
+      assert.is_true(took < 5, ("took %.2f s"):format(took))
+      if want.mode then
+        assert.is_table(record, tostring(policy))
+        assert.equal(want.mode, policy.mode)
+        if want.id then assert.equal(want.id, record.id) end
+        if want.mx then assert.equal(want.mx, policy.mx[1]) end
+        if want.record_ext then assert.equal(want.record_ext, record.extensions[1].key) end
+        if want.policy_ext then assert.equal(want.policy_ext, policy.extensions[1].key) end
+        if want.ct_ok ~= nil then assert.equal(want.ct_ok, info.content_type_ok) end
+        assert.is_string(text)
+      else
+        assert.is_nil(record)
+        local msg, code, reason = policy, text, info
+        assert.equal(want.code, code, msg)
+        if want.reason then assert.equal(want.reason, reason, msg) end
+        if want.type then assert.equal(want.type, fetch.result_type(code, reason)) end
+        assert.is_string(msg)
+      end
+    end)
+  end
+
+  it("times a DNS server out that never answers", function()
+    local dead = assert(resolver.new{ nameserver = "127.0.0.1@" .. proc.free_port(),
+      trust_anchor = false, timeout = 0.5 })
+    local record, msg, code, reason = sts.get(dead, world.f, "enforce.example")
+    dead:close()
+    assert.is_nil(record)
+    assert.equal("dns", code)
+    assert.equal("timeout", reason)
+    assert.is_string(msg)
+  end)
+
+  it("runs many fetches at once on one fetcher", function()
+    local ids, want = {}, {}
+    for i = 1, 30 do
+      local d = i % 3 == 0 and "testing" or i % 3 == 1 and "enforce" or "notfound"
+      local host = "mta-sts." .. d .. ".example"
+      ids[i] = assert(world.f:add{ url = "https://" .. host .. "/.well-known/mta-sts.txt",
+        host = host, resolve = { host .. ":443:127.0.0.1" } })
+      want[ids[i]] = d == "notfound" and 404 or 200
+    end
+    local got, deadline = 0, core.monotonic() + 10
+    while got < 30 and core.monotonic() < deadline do
+      core.poll(world.f:fd(), "r", world.f:timeout())
+      assert(world.f:step())
+      for _, t in ipairs(world.f:done()) do
+        assert.equal(want[t.id], t.status)
+        want[t.id] = nil
+        got = got + 1
+      end
+    end
+    assert.equal(30, got)
+  end)
+
+  it("POSTs a body with the same rules and reads the answer", function()
+    local body = string.rep("\0\1\2report", 100)
+    local status, answer = world.f:post("https://mta-sts.enforce.example/report", body,
+      "application/tlsrpt+gzip")
+    assert.equal(200, status)
+    assert.equal(body, answer)
+    local ok, msg, code, reason = world.f:post("https://mta-sts.expired.example/report", body,
+      "application/tlsrpt+gzip")
+    assert.is_nil(ok)
+    assert.equal("policy-fetch", code)
+    assert.equal("certificate-expired", reason)
+    assert.is_string(msg)
+    ok, msg, code = world.f:post("http://mta-sts.enforce.example/report", body, "text/plain")
+    assert.is_nil(ok)
+    assert.equal("policy-fetch", code)
+    assert.equal("only https:// URLs with a host", msg)
+  end)
+
+  it("raises on misuse and closes cleanly", function()
+    assert.has_error(function() fetch.new{ nope = true } end,
+      "bad argument #1 to 'new' (unknown option 'nope')")
+    local f = assert(fetch.new{})
+    assert.has_error(function() f:add{ url = "https://a.example/" } end)
+    assert.is_true(f:close())
+    assert.is_true(f:close())
+    assert.equal("mtasts.fetcher (closed)", tostring(f))
+    assert.has_error(function() f:fd() end, "attempt to use a closed mtasts.fetcher")
+  end)
+end)
