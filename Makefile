@@ -114,9 +114,10 @@ fuzz-merge: $(addprefix build/fuzz/,$(HARNESSES))
 	@for h in $(HARNESSES); do mkdir -p fuzz/corpus/$$h; \
 	  build/fuzz/$$h -merge=1 fuzz/corpus/$$h build/fuzz/work/$$h 2>&1 | tail -1; done
 
-bench: deps-test all
+bench: deps-test all $(SUPPORT)
 	$(LUA) bench/parse.lua
 	$(LUA) bench/cache.lua
+	$(LUA) bench/fetch.lua
 
 demo: deps-test all
 	@$(LUA) examples/parse_demo.lua

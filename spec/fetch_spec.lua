@@ -214,6 +214,51 @@ describe("policy discovery #fixture", function()
     assert.equal(30, got)
   end)
 
+  it("never blocks a host loop: a slow policy host delays no other lookup", function()
+    -- the host's own loop: each lookup is a coroutine, and `wait` yields to the loop
+    local function wait(fd, events, timeout) coroutine.yield(fd, events, timeout) end
+    local r = assert(resolver.new{ nameserver = world.dns.nameserver, trust_anchor = false,
+      timeout = 2, wait = wait })
+    local connect_to = {}
+    for _, c in ipairs(world.https.connect_to) do connect_to[#connect_to + 1] = c end
+    local f = assert(fetch.new{ resolver = r, cafile = world.ca.cafile, timeout = 2,
+      connect_to = connect_to, wait = wait })
+    local domains = { "trickle.example" }
+    for i = 1, 19 do
+      domains[#domains + 1] = ({ "enforce", "testing", "none", "notfound" })[i % 4 + 1] ..
+        ".example"
+    end
+    local tasks, finished = {}, {}
+    local t0 = core.monotonic()
+    for i, d in ipairs(domains) do
+      tasks[i] = coroutine.create(function()
+        local record, _, code = sts.get(r, f, d)
+        finished[i] = { at = core.monotonic() - t0, ok = record ~= nil, code = code }
+      end)
+    end
+    local deadline = t0 + 10
+    repeat
+      local live = 0
+      for _, co in ipairs(tasks) do
+        if coroutine.status(co) == "suspended" then
+          assert(coroutine.resume(co))
+          live = live + 1
+        end
+      end
+      core.poll(f:fd(), "r", 0.005)   -- the loop sleeps on its own terms
+    until live == 0 or core.monotonic() > deadline
+    r:close()
+    f:close()
+    for i = 2, #domains do
+      assert.is_table(finished[i], domains[i])
+      assert.is_true(finished[i].at < 1.0, ("%s took %.2f s"):format(domains[i],
+        finished[i].at))
+    end
+    assert.equal("policy-fetch", finished[1].code)
+    assert.is_true(finished[1].at >= 1.9, ("the slow one took only %.2f s"):format(
+      finished[1].at))
+  end)
+
   it("POSTs a body with the same rules and reads the answer", function()
     local body = string.rep("\0\1\2report", 100)
     local status, answer = world.f:post("https://mta-sts.enforce.example/report", body,

@@ -4,7 +4,9 @@
 --   { host = "mta-sts.a.example",
 --     cert = "valid" | "expired" | "untrusted" | "wrongname",   -- default "valid"
 --     body = "version: STSv1...", type = "text/plain",           -- the policy file, or
---     status = 404 | redirect = "https://..." | nginx = "raw location directives" }
+--     status = 404 | redirect = "https://..." | nginx = "raw location directives",
+--     names = { more host names for the certificate and connect_to },
+--     server_name = "nginx server_name, e.g. a ~regex" }
 --
 -- The server's connect_to list maps every host's port 443 to it (curl CONNECT_TO form).
 local util = require("support.util")
@@ -36,9 +38,10 @@ function _M.start(ca, sites)
     local crt, key
     if kind == "wrongname" then crt, key = ca:issue("wrong-" .. site.host)
     else crt, key = ca:issue(site.host, { expired = kind == "expired",
-      untrusted = kind == "untrusted" }) end
+      untrusted = kind == "untrusted", names = site.names }) end
     servers[#servers + 1] = table.concat({
-      "server {", "  listen 127.0.0.1:PORT ssl;", "  server_name " .. site.host .. ";",
+      "server {", "  listen 127.0.0.1:PORT ssl;",
+      "  server_name " .. (site.server_name or site.host) .. ";",
       "  ssl_certificate " .. crt .. ";", "  ssl_certificate_key " .. key .. ";",
       "  ssl_protocols TLSv1.2 TLSv1.3;",
       "  location = /.well-known/mta-sts.txt { " .. location(dir, i, site) .. " }",
@@ -46,6 +49,7 @@ function _M.start(ca, sites)
         "default_type application/octet-stream; echo_request_body; }",
       "}" }, "\n")
     hosts[#hosts + 1] = site.host
+    for _, n in ipairs(site.names or {}) do hosts[#hosts + 1] = n end
   end
   for attempt = 1, 5 do
     local port = proc.free_port()
