@@ -1,6 +1,7 @@
 --- mtasts: MTA-STS (RFC 8461) and SMTP TLS Reporting (RFC 8460) for Lua 5.4.
--- This facade is what applications require. The parsers are pure functions; the client,
--- delivery decisions and reports come in their own modules. Reference: docs/parsing.md.
+-- This facade is what applications require: the parsers (pure functions) and mtasts.open,
+-- the client. Delivery decisions are in mtasts.delivery, reports in mtasts.tlsrpt.
+-- Reference: docs/parsing.md, docs/client.md.
 local core = require("mtasts.core")
 local tlsrpt = require("mtasts.tlsrpt")
 
@@ -27,5 +28,8 @@ _M.domain = core.domain
 
 --- True when a TXT string is an MTA-STS record candidate ("v=STSv1" and a delimiter).
 _M.is_record = core.is_sts_record
+
+--- Open a client: the policy cache, a resolver and a fetcher (docs/client.md).
+function _M.open(opts) return require("mtasts.client").open(opts) end
 
 return _M

@@ -5,15 +5,10 @@ local core = require("mtasts.core")
 
 local _M = {}
 
---- Look up the record of `domain` with resolver `r` and fetch its policy with fetcher `f`.
--- Returns record, policy, text, info (info from the fetcher: content_type, content_type_ok)
--- or nil, message, code, reason with code:
---   domain-syntax                          the domain is not a domain name
---   no-record, multiple-records, record-syntax, dns (temporary: servfail, timeout, bogus)
---   no-policy, policy-fetch, policy-syntax (from the fetch, or the text does not parse)
-function _M.get(r, f, domain)
-  local ascii, err, code = core.domain(domain)
-  if not ascii then return nil, err, code end
+--- The MTA-STS record of `ascii` (lower-case A-labels) through resolver `r`.
+-- Returns the parsed record, or nil, message, code, reason with code no-record,
+-- multiple-records, record-syntax, or dns (temporary; reason servfail, timeout, bogus).
+function _M.record(r, ascii)
   local name = "_mta-sts." .. ascii
   local txt, terr, tcode = r:txt(name)
   if not txt then
@@ -33,13 +28,33 @@ function _M.get(r, f, domain)
   end
   local record, rerr = core.parse_record(found[1])
   if not record then return nil, name .. ": " .. rerr, "record-syntax", "record-syntax" end
+  return record
+end
+
+--- The policy of `ascii` through fetcher `f`. Returns policy, text, info, or nil, message,
+-- code, reason with code no-policy, policy-fetch or policy-syntax.
+function _M.policy(f, ascii)
   local text, info, fcode, reason = f:fetch(ascii)
   if not text then return nil, info, fcode, reason end
+  info = info or { content_type_ok = true }
   local policy, perr = core.parse_policy(text)
   if not policy then
     return nil, "mta-sts." .. ascii .. ": " .. perr, "policy-syntax",
-      info.content_type_ok and "policy-syntax" or "content-type-not-text-plain"
+      info.content_type_ok == false and "content-type-not-text-plain" or "policy-syntax"
   end
+  return policy, text, info
+end
+
+--- Look up the record of `domain` with resolver `r` and fetch its policy with fetcher `f`.
+-- Returns record, policy, text, info, or nil, message, code, reason: domain-syntax, or a
+-- code of _M.record or _M.policy.
+function _M.get(r, f, domain)
+  local ascii, err, code = core.domain(domain)
+  if not ascii then return nil, err, code end
+  local record, rerr, rcode, rreason = _M.record(r, ascii)
+  if not record then return nil, rerr, rcode, rreason end
+  local policy, text, info, reason = _M.policy(f, ascii)
+  if not policy then return nil, text, info, reason end
   return record, policy, text, info
 end
 

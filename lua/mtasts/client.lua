@@ -1,0 +1,328 @@
+--- mtasts.client: the policy lookup a mail server calls on every delivery (DESIGN.md §3,
+-- REFERENCE.md §5): the cache, the record check, the fetch, and the TLSRPT result of each
+-- branch. Opened with mtasts.open{...}. Reference: docs/client.md.
+local core = require("mtasts.core")
+local sts = require("mtasts.sts")
+local tlsrpt = require("mtasts.tlsrpt")
+
+local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, error, setmetatable,
+  pcall
+local unpack, pack = table.unpack, table.pack
+
+local _M = { DEFAULT_RECHECK = 60, REFRESH_AFTER = 12 * 3600, PRUNE_AFTER = 180 * 86400 }
+local Client = {}
+local client_mt = { __index = Client, __name = "mtasts.client" }
+
+local OPTIONS = { path = true, resolver = true, fetcher = true, clock = true, wait = true,
+  recheck = true, timeouts = true, cafile = true, capath = true, proxy = true,
+  connect_to = true, nameserver = true, trust_anchor = true, log = true }
+
+local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 3) end
+
+--- Open a client. See docs/client.md for the options.
+function _M.open(opts)
+  if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then argerror("unknown option '" .. tostring(k) .. "'") end
+  end
+  if type(opts.path) ~= "string" then argerror("path (the cache directory) is required") end
+  for _, k in ipairs({ "clock", "wait", "log" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror(k .. " must be a function") end
+  end
+  local recheck = opts.recheck or _M.DEFAULT_RECHECK
+  if type(recheck) ~= "number" or recheck < 0 then argerror("recheck must be a number >= 0") end
+  local timeouts = opts.timeouts or {}
+  if type(timeouts) ~= "table" then argerror("timeouts must be a table") end
+
+  local self = setmetatable({ recheck = recheck, clock = opts.clock or os.time,
+    log = opts.log or function() end, negative = {}, inflight = {}, owned = {} }, client_mt)
+  -- the default wait yields inside refresh's own loop, and blocks in poll elsewhere
+  self.wait = opts.wait or function(fd, events, timeout)
+    if self.yielding and coroutine.isyieldable() then
+      coroutine.yield(fd, events, timeout)
+    else
+      core.poll(fd, events, timeout)
+    end
+  end
+  local cache, err, code = core.cache_open(opts.path)
+  if not cache then return nil, err, code end
+  self.cache = cache
+  local wait = function(...) return self.wait(...) end
+  self.resolver = opts.resolver
+  if not self.resolver then
+    local r
+    r, err, code = require("mtasts.resolver").new{ nameserver = opts.nameserver,
+      trust_anchor = opts.trust_anchor, timeout = timeouts.dns, wait = wait }
+    if not r then self:close() return nil, err, code end
+    self.resolver, self.owned.resolver = r, true
+  end
+  self.fetcher = opts.fetcher
+  if not self.fetcher then
+    local f
+    f, err, code = require("mtasts.fetch").new{
+      resolver = type(self.resolver.a) == "function" and self.resolver or nil,
+      cafile = opts.cafile, capath = opts.capath, proxy = opts.proxy,
+      connect_to = opts.connect_to, timeout = timeouts.fetch, wait = wait }
+    if not f then self:close() return nil, err, code end
+    self.fetcher, self.owned.fetcher = f, true
+  end
+  return self
+end
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local c = {}
+  for k, v in pairs(t) do c[k] = copy(v) end
+  return c
+end
+
+-- A result naming an STS policy domain without the policy (failures before a policy).
+local function sts_failure(ascii, result_type, reason)
+  local result = { policy = { type = "sts", domain = ascii },
+    summary = { success = 0, failure = 0 }, failures = {} }
+  tlsrpt.add_failure(result, result_type, reason)
+  return result
+end
+
+local function policy_result(ascii, policy, text, info)
+  local result = policy.mode == "none" and tlsrpt.no_policy_result(ascii)
+    or tlsrpt.sts_result(ascii, text, policy)
+  if info and info.content_type_ok == false and policy.mode ~= "none" then
+    -- RFC 8461 §3.3: the policy SHOULD be text/plain; accepted since it parses, and noted
+    tlsrpt.add_failure(result, "sts-policy-invalid", "content-type-not-text-plain")
+  end
+  return result
+end
+
+-- Record lookup failure reasons for TLSRPT details.
+local function record_reason(code, reason)
+  if code == "dns" then return "dns-" .. tostring(reason) end
+  return code
+end
+
+function Client:_upsert(ascii, record_id, text, now)
+  local ok, err = self.cache:upsert(ascii, record_id, text, now)
+  if not ok then self.log("mtasts: cache: " .. tostring(err)) end
+end
+
+-- No usable row: look the record up and fetch (REFERENCE.md §5, "get, no row").
+function Client:_first(ascii, now)
+  local record, rerr, rcode, rreason = sts.record(self.resolver, ascii)
+  if not record then
+    if rcode == "no-record" then
+      local result = tlsrpt.no_policy_result(ascii)
+      if self.recheck > 0 then
+        self.negative[ascii] = { expires = now + self.recheck, result = result }
+      end
+      return nil, copy(result), true
+    end
+    local result = sts_failure(ascii, "sts-policy-fetch-error", record_reason(rcode, rreason))
+    if rcode == "dns" then return nil, result, false, rerr, "dns" end
+    return nil, result, true   -- multiple records, record syntax: nothing stored
+  end
+  local policy, text, info, reason = sts.policy(self.fetcher, ascii)
+  if not policy then
+    local code = info
+    self:_upsert(ascii, record.id, nil, now)    -- back off for 300 s
+    return nil, sts_failure(ascii, require("mtasts.fetch").result_type(code, reason), reason),
+      true
+  end
+  self:_upsert(ascii, record.id, text, now)
+  return policy, policy_result(ascii, policy, text, info), true
+end
+
+-- The lookup itself, without coalescing.
+function Client:_get(ascii, force)
+  local now = self.clock()
+  local neg = self.negative[ascii]
+  if neg then
+    if not force and now < neg.expires then return nil, copy(neg.result), false end
+    self.negative[ascii] = nil
+  end
+  local row, cerr = self.cache:lookup(ascii, now)
+  if cerr then self.log("mtasts: cache: " .. tostring(cerr)) end  -- carry on without it
+  if not row then return self:_first(ascii, now) end
+  if row.backoff then
+    if force then return self:_first(ascii, now) end
+    return nil, sts_failure(ascii, "sts-policy-fetch-error", "back-off-after-recent-fetch-error"),
+      false
+  end
+  local cached = row.policy
+  if not force and now - row.last_update < self.recheck then
+    return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), false
+  end
+  local record, _, rcode, rreason = sts.record(self.resolver, ascii)
+  if not record then
+    -- keep serving the cached policy: a removed or blocked record never drops it early
+    local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
+    local reason = record_reason(rcode, rreason)
+    if cached.mode ~= "none" then reason = reason .. "+fallback-to-cached-policy" end
+    tlsrpt.add_failure(result, "sts-policy-fetch-error", reason)
+    return cached, result, false
+  end
+  if record.id == row.record_id then
+    local ok, err = self.cache:mark_checked(ascii, now)
+    if ok == nil then self.log("mtasts: cache: " .. tostring(err)) end
+    return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), true
+  end
+  local policy, text, info, reason = sts.policy(self.fetcher, ascii)
+  if not policy then
+    local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
+    tlsrpt.add_failure(result, require("mtasts.fetch").result_type(info, reason),
+      reason .. "+fallback-to-cached-policy")
+    return cached, result, false
+  end
+  self:_upsert(ascii, record.id, text, now)
+  return policy, policy_result(ascii, policy, text, info), true
+end
+
+-- Something to wait on while another coroutine looks the same domain up.
+function Client:_fd()
+  local f = self.fetcher
+  if type(f.fd) == "function" then return f:fd() end
+  return -1
+end
+
+--- Look up the policy of `domain`. Returns policy, result, fresh; policy nil without an
+-- error means no MTA-STS (or backing off). On a temporary error: nil, result, false,
+-- message, code. A domain that is no domain name: nil, message, "domain-syntax".
+-- opts.force re-reads the TXT record whatever recheck says.
+function Client:get(domain, opts)
+  if getmetatable(self) ~= client_mt then error("bad self (mtasts.client expected)", 2) end
+  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  if type(domain) ~= "string" then
+    error("bad argument #1 to 'get' (string expected, got " .. type(domain) .. ")", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'get' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local ascii, err, code = core.domain(domain)
+  if not ascii then return nil, err, code end
+  local force = opts and opts.force or false
+  local key = force and ascii .. " force" or ascii
+  local slot = self.inflight[key]
+  if slot then   -- another caller is looking this domain up: share its answer
+    while not slot.done do self.wait(self:_fd(), "r", 0.05) end
+    if slot.err then error(slot.err, 0) end
+    return unpack(copy(slot.ret), 1, slot.ret.n)
+  end
+  slot = {}
+  self.inflight[key] = slot
+  local ret = pack(pcall(self._get, self, ascii, force))
+  self.inflight[key] = nil
+  slot.done = true
+  if not ret[1] then
+    slot.err = ret[2]
+    error(ret[2], 0)
+  end
+  slot.ret = pack(unpack(ret, 2, ret.n))
+  return unpack(ret, 2, ret.n)
+end
+
+--- Every cached row, most recently used first (docs/cache.md shows a row).
+function Client:records()
+  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  return self.cache:list()
+end
+
+--- Forget a domain: its row and any remembered negative answer.
+function Client:delete(domain)
+  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  local ascii, err, code = core.domain(domain)
+  if not ascii then return nil, err, code end
+  self.negative[ascii] = nil
+  return self.cache:delete(ascii)
+end
+
+-- Refresh one due row (REFERENCE.md §5, proactive refresh); returns the outcome.
+function Client:_refresh_one(ascii, now)
+  local row = self.cache:lookup(ascii, now)
+  local record, _, rcode = sts.record(self.resolver, ascii)
+  if not record then
+    if rcode == "no-record" and (not row or row.backoff or row.policy.mode == "none") then
+      self.cache:delete(ascii)
+      return "deleted"
+    end
+    return rcode == "no-record" and "kept" or "failed"
+  end
+  if row and not row.backoff and record.id == row.record_id then
+    self.cache:mark_checked(ascii, now, true)
+    return "extended"
+  end
+  local policy, text = sts.policy(self.fetcher, ascii)
+  if not policy then return "failed" end
+  self:_upsert(ascii, record.id, text, now)
+  return "updated"
+end
+
+--- One proactive-refresh pass: prune rows unused for 180 days, then refresh rows not
+-- updated for 12 hours, `concurrency` at a time, their starts spread over `window` seconds
+-- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed }.
+function Client:refresh(opts)
+  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  opts = opts or {}
+  local window, concurrency = opts.window or 0, opts.concurrency or 10
+  local now = self.clock()
+  local summary = { due = 0, pruned = 0, extended = 0, updated = 0, deleted = 0, kept = 0,
+    failed = 0 }
+  local pruned, err, code = self.cache:prune(now, opts.unused_for or _M.PRUNE_AFTER)
+  if not pruned then return nil, err, code end
+  summary.pruned = pruned
+  local due
+  due, err, code = self.cache:due_for_refresh(now, opts.older_than or _M.REFRESH_AFTER)
+  if not due then return nil, err, code end
+  summary.due = #due
+  local starts, t0 = {}, core.monotonic()
+  for i = 1, #due do starts[i] = window > 0 and math.random() * window or 0 end
+  local next_i, finished, workers = 1, 0, {}
+  for w = 1, math.min(concurrency, #due) do
+    workers[w] = coroutine.create(function()
+      while next_i <= #due do
+        local i = next_i
+        next_i = next_i + 1
+        while core.monotonic() - t0 < starts[i] do coroutine.yield(-1, "r", 0.05) end
+        local ok, outcome = pcall(self._refresh_one, self, due[i], self.clock())
+        if not ok then
+          self.log("mtasts: refresh " .. due[i] .. ": " .. tostring(outcome))
+          outcome = "failed"
+        end
+        summary[outcome] = summary[outcome] + 1
+        finished = finished + 1
+        if opts.progress then opts.progress(finished, #due, due[i], outcome) end
+      end
+    end)
+  end
+  self.yielding = true
+  local ok, perr = pcall(function()
+    repeat
+      local live, fd, timeout = 0, -1, 0.05
+      for _, co in ipairs(workers) do
+        if coroutine.status(co) == "suspended" then
+          local r, wfd, _, wt = coroutine.resume(co)
+          if not r then error(wfd, 0) end
+          if coroutine.status(co) == "suspended" then
+            live = live + 1
+            if wfd and wfd >= 0 then fd = wfd end
+            if wt and wt < timeout then timeout = wt end
+          end
+        end
+      end
+      if live > 0 then core.poll(fd, "r", timeout) end
+    until live == 0
+  end)
+  self.yielding = false
+  if not ok then error(perr, 0) end
+  return summary
+end
+
+--- Close the cache, and the resolver and fetcher the client made. Returns true.
+function Client:close()
+  if self.owned.fetcher and self.fetcher then self.fetcher:close() end
+  if self.owned.resolver and self.resolver then self.resolver:close() end
+  if self.cache then self.cache:close() end
+  self.cache, self.resolver, self.fetcher = nil, nil, nil
+  return true
+end
+client_mt.__close = Client.close
+
+return _M

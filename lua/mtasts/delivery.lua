@@ -1,0 +1,120 @@
+--- mtasts.delivery: what a sending MTA does with a policy, per MX host (REFERENCE.md §6,
+-- mox queue/direct.go). Pure decisions on tables; nothing here does I/O.
+-- Reference: docs/delivery.md.
+local core = require("mtasts.core")
+local tlsrpt = require("mtasts.tlsrpt")
+
+local type, ipairs, pairs, error = type, ipairs, pairs, error
+
+local _M = {}
+
+local PLAN_KEYS = { domain = true, mx = true, policy = true, result = true,
+  tls_required_no = true, require_tls = true, policy_error = true }
+
+local function host_of(mx)
+  if type(mx) == "table" then return mx.host end
+  return mx
+end
+
+--- Decide, per MX host, how to deliver. opts:
+--   domain            the recipient domain (the policy was looked up there)
+--   mx                the MX hosts in preference order (names, or { host = } tables)
+--   policy, result    what client:get returned (policy may be nil: no MTA-STS)
+--   policy_error      set when client:get failed temporarily (its message)
+--   tls_required_no   the message has "TLS-Required: No" (RFC 8689): policies are ignored
+--   require_tls       the message asks for REQUIRETLS (RFC 8689)
+-- Returns { hosts = { { host =, tls = "required"|"opportunistic", verify_pkix = } },
+--   skipped = { { host =, reason = } }, plaintext_fallback = bool,
+--   defer = reason | nil, fail = reason | nil }. Adds mx-mismatch details to `result`.
+function _M.plan(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'plan' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if not PLAN_KEYS[k] then
+      error("bad argument #1 to 'plan' (unknown option '" .. k .. "')", 2)
+    end
+  end
+  if type(opts.mx) ~= "table" then error("bad argument #1 to 'plan' (mx must be a table)", 2) end
+  local policy, result = opts.policy, opts.result
+  local plan = { hosts = {}, skipped = {}, plaintext_fallback = true }
+
+  if opts.policy_error and not opts.tls_required_no then
+    -- a temporary policy error defers the attempt: delivering now could be a downgrade
+    plan.defer = "mta-sts policy lookup failed: " .. tostring(opts.policy_error)
+    plan.plaintext_fallback = false
+    return plan
+  end
+  local mode = (not opts.tls_required_no and policy and policy.mode) or "none"
+  if opts.require_tls and mode ~= "enforce" then
+    plan.fail = "REQUIRETLS needs an enforced MTA-STS policy, and " .. tostring(opts.domain) ..
+      " has none"
+    plan.plaintext_fallback = false
+    return plan
+  end
+  for _, mx in ipairs(opts.mx) do
+    local host = host_of(mx)
+    if type(host) ~= "string" then error("bad argument #1 to 'plan' (mx entries are names)", 2) end
+    if mode == "none" then
+      plan.hosts[#plan.hosts + 1] = { host = host, tls = "opportunistic", verify_pkix = true }
+    elseif core.matches(policy, host) then
+      plan.hosts[#plan.hosts + 1] = { host = host,
+        tls = mode == "enforce" and "required" or "opportunistic", verify_pkix = true }
+    else
+      if result then
+        tlsrpt.add_failure(result, "validation-failure", "mtasts-policy-mx-mismatch",
+          { receiving_mx_hostname = host })
+      end
+      if mode == "enforce" then
+        plan.skipped[#plan.skipped + 1] = { host = host, reason = "mx-mismatch" }
+      else   -- testing: deliver anyway, the mismatch is reported
+        plan.hosts[#plan.hosts + 1] = { host = host, tls = "opportunistic", verify_pkix = true }
+      end
+    end
+  end
+  -- plaintext after a TLS failure only when nothing is enforced (or TLS-Required: No)
+  plan.plaintext_fallback = mode ~= "enforce" and not opts.require_tls
+  return plan
+end
+
+local DETAIL_KEYS = { "result_type", "failure_reason_code", "receiving_mx_hostname",
+  "receiving_ip", "sending_mta_ip", "receiving_mx_helo", "additional_information" }
+
+--- Record the outcome of one SMTP session with `host` in `result`: { ok = true }, or
+-- { result_type =, failure_reason_code =, receiving_ip =, ... } for a failure. A failure
+-- detail equal in every field but the count to an existing one is merged into it.
+function _M.outcome(result, host, outcome)
+  if type(result) ~= "table" or type(result.summary) ~= "table" then
+    error("bad argument #1 to 'outcome' (a TLSRPT result expected)", 2)
+  end
+  if type(outcome) ~= "table" then
+    error("bad argument #3 to 'outcome' (table expected, got " .. type(outcome) .. ")", 2)
+  end
+  if outcome.ok then
+    result.summary.success = result.summary.success + 1
+    return result
+  end
+  if type(outcome.result_type) ~= "string" then
+    error("bad argument #3 to 'outcome' (result_type required for a failure)", 2)
+  end
+  result.summary.failure = result.summary.failure + 1
+  local detail = { receiving_mx_hostname = host }
+  for _, k in ipairs(DETAIL_KEYS) do
+    if outcome[k] ~= nil then detail[k] = outcome[k] end
+  end
+  for _, d in ipairs(result.failures) do
+    local same = true
+    for _, k in ipairs(DETAIL_KEYS) do
+      if d[k] ~= detail[k] then same = false break end
+    end
+    if same then
+      d.count = (d.count or 0) + 1
+      return result
+    end
+  end
+  detail.count = 1
+  result.failures[#result.failures + 1] = detail
+  return result
+end
+
+return _M

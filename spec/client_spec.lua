@@ -1,0 +1,332 @@
+-- mtasts.open and sts:get with a fake clock, resolver and fetcher: every branch of
+-- REFERENCE.md §5 and the TLSRPT result of each.
+local mtasts = require("mtasts")
+local util = require("support.util")
+
+local ENFORCE = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.example.net\r\n" ..
+  "max_age: 86400\r\n"
+local TESTING = "version: STSv1\nmode: testing\nmx: mx.example.com\nmax_age: 3600\n"
+local NONE = "version: STSv1\nmode: none\nmax_age: 86400\n"
+
+-- A world of TXT records and policies that specs change as they go.
+local function world()
+  local w = { txt = {}, policy = {}, now = 100000, dns_calls = 0, fetch_calls = 0 }
+  w.resolver = { txt = function(_, name)
+    w.dns_calls = w.dns_calls + 1
+    local r = w.txt[name]
+    if r == nil then return nil, name .. " TXT: no such domain", "nxdomain" end
+    if r.err then return nil, name .. " TXT: failed", r.err end
+    return r
+  end }
+  w.fetcher = { fetch = function(_, domain)
+    w.fetch_calls = w.fetch_calls + 1
+    if w.yield_in_fetch then coroutine.yield() end
+    local p = w.policy[domain]
+    if p == nil then return nil, "mta-sts." .. domain .. ": no policy (HTTP 404)", "no-policy",
+      "http-status-404" end
+    if type(p) == "table" then
+      if p.err then return nil, "failed", p.err, p.reason end
+      return p.text, { content_type = p.type, content_type_ok = p.type == "text/plain" }
+    end
+    return p, { content_type = "text/plain", content_type_ok = true }
+  end }
+  w.clock = function() return w.now end
+  return w
+end
+
+describe("mtasts.open", function()
+  local dir, cleanup, w, sts
+  before_each(function()
+    dir, cleanup = util.tmpdir()
+    w = world()
+    sts = assert(mtasts.open{ path = dir .. "/db", resolver = w.resolver, fetcher = w.fetcher,
+      clock = w.clock })
+  end)
+  after_each(function()
+    sts:close()
+    cleanup()
+  end)
+
+  describe("get, no cached row", function()
+    it("fetches, stores and returns the policy with its result", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      local policy, result, fresh = sts:get("Example.COM.")
+      assert.equal("enforce", policy.mode)
+      assert.is_true(fresh)
+      assert.same({ policy = { type = "sts", domain = "example.com",
+          strings = { "version: STSv1", "mode: enforce", "mx: mx1.example.com",
+            "mx: *.example.net", "max_age: 86400" },
+          mx_host = { "mx1.example.com", "*.example.net" } },
+        summary = { success = 0, failure = 0 }, failures = {} }, result)
+      local rows = sts:records()
+      assert.equal(1, #rows)
+      assert.equal("1", rows[1].record_id)
+      assert.equal(w.now + 86400, rows[1].valid_end)
+    end)
+    it("without a record: no policy, a no-policy-found result, nothing stored", function()
+      local policy, result, fresh = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.is_true(fresh)
+      assert.same({ policy = { type = "no-policy-found", domain = "example.com" },
+        summary = { success = 0, failure = 0 }, failures = {} }, result)
+      assert.same({}, sts:records())
+    end)
+    it("remembers a negative answer for recheck seconds, in memory", function()
+      sts:get("example.com")
+      assert.equal(1, w.dns_calls)
+      w.now = w.now + 59
+      assert.is_nil((sts:get("example.com")))
+      assert.equal(1, w.dns_calls)
+      w.now = w.now + 1
+      sts:get("example.com")
+      assert.equal(2, w.dns_calls)
+      sts:get("example.com", { force = true })
+      assert.equal(3, w.dns_calls)
+    end)
+    it("returns a temporary error on a DNS failure, with a result", function()
+      w.txt["_mta-sts.example.com"] = { err = "servfail" }
+      local policy, result, fresh, msg, code = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.is_false(fresh)
+      assert.equal("dns", code)
+      assert.is_string(msg)
+      assert.same({ { result_type = "sts-policy-fetch-error", failure_reason_code = "dns-servfail",
+        count = 1 } }, result.failures)
+      assert.equal("sts", result.policy.type)
+    end)
+    it("reports multiple records and stores nothing", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;", "v=STSv1; id=2;" }
+      local policy, result, fresh = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.is_true(fresh)
+      assert.equal("multiple-records", result.failures[1].failure_reason_code)
+      assert.same({}, sts:records())
+    end)
+    it("reports a record syntax error and stores nothing", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=not valid;" }
+      local policy, result = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.equal("record-syntax", result.failures[1].failure_reason_code)
+      assert.same({}, sts:records())
+    end)
+    it("backs off for 300 s after a failed fetch, then tries again", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = { err = "policy-fetch", reason = "certificate-expired" }
+      local policy, result = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.same({ { result_type = "sts-webpki-invalid",
+        failure_reason_code = "certificate-expired", count = 1 } }, result.failures)
+      assert.is_true(sts:records()[1].backoff)
+      w.now = w.now + 299
+      policy, result = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.equal("back-off-after-recent-fetch-error", result.failures[1].failure_reason_code)
+      assert.equal(1, w.fetch_calls)
+      w.now = w.now + 1
+      w.policy["example.com"] = ENFORCE
+      assert.equal("enforce", sts:get("example.com").mode)
+      assert.equal(2, w.fetch_calls)
+    end)
+    it("force looks again during a backoff", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      sts:get("example.com")                      -- 404: backoff
+      w.policy["example.com"] = TESTING
+      assert.equal("testing", sts:get("example.com", { force = true }).mode)
+    end)
+    it("classifies a 404 and a syntax error", function()
+      w.txt["_mta-sts.a.example"] = { "v=STSv1; id=1;" }
+      w.txt["_mta-sts.b.example"] = { "v=STSv1; id=1;" }
+      w.policy["b.example"] = "version: STSv1\nmode: enforcing\n"
+      local _, r404 = sts:get("a.example")
+      assert.same({ result_type = "sts-policy-fetch-error", failure_reason_code = "http-status-404",
+        count = 1 }, r404.failures[1])
+      local _, rsyn = sts:get("b.example")
+      assert.same({ result_type = "sts-policy-invalid", failure_reason_code = "policy-syntax",
+        count = 1 }, rsyn.failures[1])
+    end)
+    it("stores a mode none policy and reports no-policy-found", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = NONE
+      local policy, result = sts:get("example.com")
+      assert.equal("none", policy.mode)
+      assert.equal("no-policy-found", result.policy.type)
+      assert.equal(1, #sts:records())
+    end)
+    it("accepts a policy served as another type, and reports it", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = { text = ENFORCE, type = "text/html" }
+      local policy, result = sts:get("example.com")
+      assert.equal("enforce", policy.mode)
+      assert.same({ result_type = "sts-policy-invalid",
+        failure_reason_code = "content-type-not-text-plain", count = 1 }, result.failures[1])
+    end)
+    it("fails with domain-syntax on a name that is no domain", function()
+      local policy, msg, code = sts:get("192.0.2.1")
+      assert.is_nil(policy)
+      assert.equal("domain-syntax", code)
+      assert.is_string(msg)
+    end)
+  end)
+
+  describe("get, a cached policy", function()
+    before_each(function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      assert(sts:get("example.com"))
+      w.dns_calls, w.fetch_calls = 0, 0
+    end)
+    it("is served without DNS within recheck seconds", function()
+      w.now = w.now + 59
+      local policy, result, fresh = sts:get("example.com")
+      assert.equal("enforce", policy.mode)
+      assert.is_false(fresh)
+      assert.equal(0, w.dns_calls)
+      assert.same({}, result.failures)
+    end)
+    it("force re-reads the TXT record within recheck", function()
+      sts:get("example.com", { force = true })
+      assert.equal(1, w.dns_calls)
+    end)
+    it("same id after recheck: served fresh, marked checked, not fetched", function()
+      w.now = w.now + 60
+      local policy, _, fresh = sts:get("example.com")
+      assert.equal("enforce", policy.mode)
+      assert.is_true(fresh)
+      assert.equal(1, w.dns_calls)
+      assert.equal(0, w.fetch_calls)
+      assert.equal(w.now, sts:records()[1].last_update)
+      sts:get("example.com")
+      assert.equal(1, w.dns_calls)      -- checked now, so within recheck again
+    end)
+    it("a new id: fetched and replaced", function()
+      w.now = w.now + 60
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=2;" }
+      w.policy["example.com"] = TESTING
+      local policy, result, fresh = sts:get("example.com")
+      assert.equal("testing", policy.mode)
+      assert.is_true(fresh)
+      assert.same({ "mx.example.com" }, result.policy.mx_host)
+      assert.equal("2", sts:records()[1].record_id)
+      assert.equal(TESTING, sts:records()[1].policy_text)
+    end)
+    it("a new id whose fetch fails: the cached policy, with a fallback detail", function()
+      w.now = w.now + 60
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=2;" }
+      w.policy["example.com"] = { err = "policy-fetch", reason = "certificate-host-mismatch" }
+      local policy, result, fresh = sts:get("example.com")
+      assert.equal("enforce", policy.mode)
+      assert.is_false(fresh)
+      assert.same({ { result_type = "sts-webpki-invalid",
+        failure_reason_code = "certificate-host-mismatch+fallback-to-cached-policy", count = 1 } },
+        result.failures)
+      assert.equal("1", sts:records()[1].record_id)
+    end)
+    it("a DNS failure: the cached policy, with a fallback detail", function()
+      w.now = w.now + 60
+      w.txt["_mta-sts.example.com"] = { err = "timeout" }
+      local policy, result, fresh = sts:get("example.com")
+      assert.equal("enforce", policy.mode)
+      assert.is_false(fresh)
+      assert.equal("dns-timeout+fallback-to-cached-policy", result.failures[1].failure_reason_code)
+    end)
+    it("a removed TXT record never drops the policy before valid_end", function()
+      w.txt["_mta-sts.example.com"] = nil
+      for _, dt in ipairs({ 60, 3600, 86399 - 3660 }) do
+        w.now = w.now + dt
+        local policy, result = sts:get("example.com")
+        assert.equal("enforce", policy.mode)
+        assert.equal("no-record+fallback-to-cached-policy", result.failures[1].failure_reason_code)
+      end
+    end)
+    it("expires at valid_end, then looks everything up again", function()
+      w.now = w.now + 86400
+      w.txt["_mta-sts.example.com"] = nil
+      local policy, result = sts:get("example.com")
+      assert.is_nil(policy)
+      assert.equal("no-policy-found", result.policy.type)
+    end)
+  end)
+
+  describe("coalescing", function()
+    it("shares one lookup and one fetch between concurrent callers", function()
+      local d2 = util.tmpdir()
+      local yielding = assert(mtasts.open{ path = d2, resolver = w.resolver, fetcher = w.fetcher,
+        clock = w.clock, wait = function() coroutine.yield() end })
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      w.yield_in_fetch = true
+      local got = {}
+      local tasks = {}
+      for i = 1, 5 do
+        tasks[i] = coroutine.create(function() got[i] = yielding:get("example.com") end)
+      end
+      for _ = 1, 20 do
+        for _, co in ipairs(tasks) do
+          if coroutine.status(co) == "suspended" then assert(coroutine.resume(co)) end
+        end
+      end
+      for i = 1, 5 do assert.equal("enforce", got[i].mode) end
+      assert.equal(1, w.fetch_calls)
+      assert.equal(1, w.dns_calls)
+      assert.are_not.equal(got[1], got[2])   -- each caller gets its own tables
+      yielding:close()
+      util.run("rm -rf " .. d2)
+    end)
+  end)
+
+  describe("refresh", function()
+    it("prunes, extends, updates, deletes gone none-rows and keeps enforce rows", function()
+      local doms = { same = ENFORCE, changed = TESTING, gone = ENFORCE, gonenone = NONE,
+        stale = TESTING }
+      for d, text in pairs(doms) do
+        w.txt["_mta-sts." .. d .. ".example"] = { "v=STSv1; id=1;" }
+        w.policy[d .. ".example"] = text
+        assert.is_nil(select(4, sts:get(d .. ".example")))
+      end
+      -- stale.example is never used again; the others are used until the refresh
+      w.now = w.now + 181 * 86400
+      for d in pairs(doms) do
+        if d ~= "stale" then sts.cache:upsert(d .. ".example", "1", doms[d], w.now - 13 * 3600) end
+      end
+      w.txt["_mta-sts.changed.example"] = { "v=STSv1; id=2;" }
+      w.policy["changed.example"] = ENFORCE
+      w.txt["_mta-sts.gone.example"] = nil
+      w.txt["_mta-sts.gonenone.example"] = nil
+      local summary = assert(sts:refresh{ window = 0, concurrency = 3 })
+      assert.same({ due = 4, pruned = 1, extended = 1, updated = 1, deleted = 1, kept = 1,
+        failed = 0 }, summary)
+      local rows = {}
+      for _, r in ipairs(sts:records()) do rows[r.domain] = r end
+      assert.is_nil(rows["stale.example"])
+      assert.is_nil(rows["gonenone.example"])
+      assert.equal(w.now + 86400, rows["same.example"].valid_end)
+      assert.equal("2", rows["changed.example"].record_id)
+      assert.equal(ENFORCE, rows["changed.example"].policy_text)
+      assert.equal("enforce", rows["gone.example"].policy.mode)
+    end)
+  end)
+
+  describe("misuse and lifecycle", function()
+    it("raises on bad options and arguments", function()
+      assert.has_error(function() mtasts.open{} end,
+        "bad argument #1 to 'open' (path (the cache directory) is required)")
+      assert.has_error(function() mtasts.open{ path = dir, bogus = 1 } end,
+        "bad argument #1 to 'open' (unknown option 'bogus')")
+      assert.has_error(function() sts:get(nil) end)
+      assert.has_error(function() sts:get("example.com", "force") end)
+    end)
+    it("deletes a domain, and closes", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      sts:get("example.com")
+      assert.is_true(sts:delete("example.com"))
+      assert.same({}, sts:records())
+      local other = assert(mtasts.open{ path = dir .. "/db2", resolver = w.resolver,
+        fetcher = w.fetcher })
+      assert.is_true(other:close())
+      assert.has_error(function() other:get("example.com") end,
+        "attempt to use a closed mtasts.client")
+    end)
+  end)
+end)
