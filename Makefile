@@ -84,7 +84,7 @@ unit: deps-test all $(SUPPORT)
 	@scripts/test unit
 
 lint: deps-test
-	luacheck lua spec fuzz bench examples
+	luacheck lua spec fuzz bench examples bin/mtasts
 
 asan: deps-test build/asan/mtasts/core.so $(SUPPORT) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
@@ -119,8 +119,8 @@ bench: deps-test all $(SUPPORT)
 	$(LUA) bench/cache.lua
 	$(LUA) bench/fetch.lua
 
-demo: deps-test all
-	@$(LUA) examples/parse_demo.lua
+demo: deps-test all $(SUPPORT)
+	@$(LUA) examples/demo.lua
 
 install: all
 	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts

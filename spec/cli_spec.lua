@@ -1,0 +1,138 @@
+-- bin/mtasts against the fixture world, and `make demo`'s script.
+local cjson = require("cjson")
+local util = require("support.util")
+local proc = require("support.proc")
+
+local world = {}
+
+setup(function()
+  local dir = util.tmpdir()
+  world.dir = dir
+  local ca = require("support.ca").new(dir .. "/ca")
+  world.dns = require("support.dns").start({ ["example."] = {
+    "enforce IN MX 10 mx1.enforce", "enforce IN MX 20 mx2.enforce",
+    '_mta-sts.enforce IN TXT "v=STSv1; id=1;"', "mta-sts.enforce IN A 127.0.0.1",
+    '_smtp._tls.enforce IN TXT "v=TLSRPTv1; rua=mailto:r@enforce.example"',
+    '_mta-sts.gone IN TXT "v=STSv1; id=1;"', "mta-sts.gone IN A 127.0.0.1",
+    "plain IN MX 10 mx.plain",
+  }, ["broken.example."] = "BROKEN" })
+  world.web = require("support.https").start(ca, {
+    { host = "mta-sts.enforce.example",
+      body = "version: STSv1\nmode: enforce\nmx: mx1.enforce.example\nmax_age: 86400\n" },
+    { host = "mta-sts.gone.example", body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
+  })
+  world.cli = util.lua_cmd() .. " bin/mtasts --db " .. dir .. "/cache --nameserver " ..
+    world.dns.nameserver .. " --trust-anchor none --cafile " .. ca.cafile ..
+    " --connect-to :443:127.0.0.1:" .. world.web.port .. " --timeout 3"
+end)
+
+teardown(function()
+  if world.web then world.web.stop() end
+  if world.dns then world.dns.stop() end
+  proc.stop_all()
+  if world.dir then util.run("rm -rf '" .. world.dir .. "'") end
+end)
+
+local function mtasts(args)
+  local out, status = util.run(world.cli .. " " .. args .. " 2>" .. world.dir .. "/stderr")
+  local f = io.open(world.dir .. "/stderr")
+  local err = f:read("a")
+  f:close()
+  return out, status, err
+end
+
+describe("bin/mtasts #fixture", function()
+  it("lookup: fetches, then serves from the cache; exit 0", function()
+    local out, status = mtasts("lookup Enforce.Example.")
+    assert.equal(0, status, out)
+    assert.matches("enforce.example: MTA-STS policy (fetched now)", out, 1, true)
+    assert.matches("mode:    enforce", out, 1, true)
+    out, status = mtasts("lookup enforce.example")
+    assert.equal(0, status)
+    assert.matches("(cache)", out, 1, true)
+  end)
+  it("lookup --json gives the policy and the TLSRPT result", function()
+    local out, status = mtasts("--json lookup enforce.example")
+    assert.equal(0, status)
+    local v = cjson.decode(out)
+    assert.equal("enforce", v.policy.mode)
+    assert.equal("sts", v.result.policy.type)
+    assert.same({ "mx1.enforce.example" }, v.result.policy.mx_host)
+  end)
+  it("lookup: no policy, exit 1; temporary failure, exit 2; bad domain, exit 3", function()
+    local out, status = mtasts("lookup plain.example")
+    assert.equal(1, status, out)
+    assert.matches("no MTA-STS policy", out, 1, true)
+    out, status = mtasts("lookup x.broken.example")
+    assert.equal(2, status, out)
+    assert.matches("temporary failure", out, 1, true)
+    local _, err
+    _, status, err = mtasts("lookup 192.0.2.1")
+    assert.equal(3, status)
+    assert.matches("IP address", err, 1, true)
+  end)
+  it("check: MX, record, policy, TLSRPT and the plan", function()
+    local out, status = mtasts("check enforce.example")
+    assert.equal(0, status, out)
+    for _, want in ipairs({ "MX:       10 mx1.enforce.example", "record:   v=STSv1; id=1",
+      "policy:   enforce", "TLSRPT:   mailto:r@enforce.example",
+      "deliver:  mx1.enforce.example, TLS required",
+      "refuse:   mx2.enforce.example (not in the policy)" }) do
+      assert.matches(want, out, 1, true)
+    end
+    out, status = mtasts("--json check enforce.example")
+    assert.equal(0, status)
+    local v = cjson.decode(out)
+    assert.equal("mx2.enforce.example", v.plan.skipped[1].host)
+    assert.equal("mtasts-policy-mx-mismatch", v.result.failures[1].failure_reason_code)
+    local _, pstatus = mtasts("check plain.example")
+    assert.equal(1, pstatus)
+  end)
+  it("cache list, show, verify, delete", function()
+    mtasts("lookup enforce.example")
+    local out, status = mtasts("cache list")
+    assert.equal(0, status)
+    assert.matches("enforce.example%s+enforce", out)
+    out = mtasts("--json cache show enforce.example")
+    assert.equal("1", cjson.decode(out).record_id)
+    out, status = mtasts("cache verify")
+    assert.equal(0, status, out)
+    out, status = mtasts("cache delete enforce.example")
+    assert.equal(0, status)
+    assert.matches("deleted", out, 1, true)
+    local _, sstatus = mtasts("cache show enforce.example")
+    assert.equal(1, sstatus)
+  end)
+  it("cache rebuild keeps the rows and the old files", function()
+    mtasts("lookup enforce.example")
+    local out, status = mtasts("--json cache rebuild")
+    assert.equal(0, status, out)
+    local v = cjson.decode(out)
+    assert.equal(1, v.salvaged)
+    assert.matches("%.broken%-", v.moved_to)
+    out = mtasts("cache list")
+    assert.matches("enforce.example", out, 1, true)
+  end)
+  it("refresh: deletes a none policy whose record is gone", function()
+    mtasts("lookup gone.example")
+    local out, status = mtasts("--json refresh")
+    assert.equal(0, status, out)
+    assert.equal(0, cjson.decode(out).due)   -- nothing is 12 hours old yet
+  end)
+  it("usage errors exit 64 with a hint", function()
+    local _, status, err = mtasts("frobnicate")
+    assert.equal(64, status)
+    assert.matches("Try 'mtasts --help'", err, 1, true)
+  end)
+end)
+
+describe("make demo #fixture", function()
+  it("runs end to end and stops its servers", function()
+    local out, status = util.run(util.lua_cmd() .. " examples/demo.lua")
+    assert.equal(0, status, out)
+    assert.matches("deliver:  mx1.enforce.example, TLS required", out, 1, true)
+    assert.matches("refuse:   mx2.enforce.example (not in the policy)", out, 1, true)
+    assert.matches("sts-webpki-invalid, certificate-expired", out, 1, true)
+    assert.matches("The fixture servers are stopped", out, 1, true)
+  end)
+end)

@@ -1,0 +1,23 @@
+-- mtasts.json: deterministic JSON with empty tables as arrays.
+local json = require("mtasts.json")
+local cjson = require("cjson")
+
+describe("mtasts.json", function()
+  it("encodes values, sorting object keys", function()
+    assert.equal('{"a":[1,2,3],"b":{"c":true,"d":null},"e":"x\\"y\\n","f":1.5,"g":[]}',
+      json.encode({ g = {}, e = 'x"y\n', f = 1.5, a = { 1, 2, 3 },
+        b = { d = json.null, c = true } }))
+  end)
+  it("escapes control characters and round-trips through cjson", function()
+    local v = { s = "\0\1\31 é \\ /", n = -7, list = { "a", { k = "v" } } }
+    assert.same(v, cjson.decode(json.encode(v)))
+  end)
+  it("raises on what JSON cannot hold", function()
+    assert.has_error(function() json.encode({ f = print }) end)
+    assert.has_error(function() json.encode(0 / 0) end)
+    assert.has_error(function() json.encode({ [true] = 1 }) end)
+    local t = {}
+    t.self = t
+    assert.has_error(function() json.encode(t) end)
+  end)
+end)
