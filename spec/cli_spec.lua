@@ -136,3 +136,30 @@ describe("make demo #fixture", function()
     assert.matches("The fixture servers are stopped", out, 1, true)
   end)
 end)
+
+describe("refresh on the fixture world #fixture", function()
+  it("extends a policy whose record is unchanged, deletes a gone none-row, keeps enforce",
+    function()
+      local mtasts_mod = require("mtasts")
+      local now = 1700000000
+      local sts = assert(mtasts_mod.open{ path = world.dir .. "/refresh-cache",
+        nameserver = world.dns.nameserver, trust_anchor = false,
+        cafile = world.dir .. "/ca/trusted/ca.crt",
+        connect_to = { ":443:127.0.0.1:" .. world.web.port }, timeouts = { dns = 3, fetch = 3 },
+        clock = function() return now end })
+      assert.equal("enforce", sts:get("enforce.example").mode)
+      sts.cache:upsert("vanished.example", "1", "version: STSv1\nmode: none\nmax_age: 86400\n", now)
+      sts.cache:upsert("kept.example", "1",
+        "version: STSv1\nmode: enforce\nmx: mx.kept.example\nmax_age: 604800\n", now)
+      now = now + 13 * 3600
+      local summary = assert(sts:refresh{ concurrency = 2 })
+      assert.same({ due = 3, pruned = 0, extended = 1, updated = 0, deleted = 1, kept = 1,
+        failed = 0 }, summary)
+      local rows = {}
+      for _, r in ipairs(sts:records()) do rows[r.domain] = r end
+      assert.equal(now + 86400, rows["enforce.example"].valid_end)
+      assert.is_nil(rows["vanished.example"])
+      assert.equal("enforce", rows["kept.example"].policy.mode)
+      sts:close()
+    end)
+end)
