@@ -126,6 +126,8 @@ install: all
 	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts
 	install -m 755 build/mtasts/core.so $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
 	install -m 644 lua/mtasts/*.lua $(DESTDIR)$(INST_LUADIR)/mtasts/
+	install -d $(DESTDIR)$(INST_BINDIR)
+	install -m 755 bin/mtasts $(DESTDIR)$(INST_BINDIR)/mtasts
 
 clean:
 	rm -rf build
