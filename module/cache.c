@@ -37,7 +37,7 @@
 #define DB_FILE "policies.db"
 #define GATE_FILE "mtasts.gate"
 #define GATE_MAGIC 0x6d747367u     /* "mtsg" */
-#define GATE_VERSION 1
+#define GATE_VERSION 2
 #define GATE_TIMEOUT_S 5           /* longest wait for the gate before giving up */
 #define MAX_RETRIES 6              /* deadlocks between threads of a process, per operation */
 
@@ -47,6 +47,7 @@ typedef struct {
   uint64_t generation;            /* bumped by every recovery */
   uint64_t recoveries;            /* recoveries after a death or a panic, since made */
   uint32_t need_recover;          /* set when the gate is made: the next opener recovers */
+  uint32_t damaged;               /* the file failed verification after a recovery */
   pthread_mutex_t mu;             /* robust, process-shared */
 } gate_t;
 
@@ -171,10 +172,12 @@ static int gate_map(shared_env *s, char *err) {
     if (errno != EINTR) { rc = errno; goto done; }
   if (fstat(fd, &st) != 0) { rc = errno; goto done; }
   if ((size_t)st.st_size < sizeof *g) {
-    /* written, not ftruncated: a sparse page of a mapping faults with SIGBUS on a full disk */
+    /* extended by writing, not ftruncate: a sparse page of a mapping faults with SIGBUS on a
+     * full disk. Only the missing tail is written: the head may be in use. */
     char zero[sizeof *g];
+    size_t have = (size_t)st.st_size;
     memset(zero, 0, sizeof zero);
-    if (pwrite(fd, zero, sizeof zero, 0) != (ssize_t)sizeof zero) {
+    if (pwrite(fd, zero, sizeof zero - have, (off_t)have) != (ssize_t)(sizeof zero - have)) {
       rc = errno ? errno : ENOSPC;
       goto done;
     }
@@ -312,6 +315,30 @@ static void abandon_env(shared_env *s) {
   s->db = NULL;
 }
 
+static int damaged(shared_env *s, char *err) {
+  snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the database failed verification after a "
+           "recovery and is not used; run `mtasts cache rebuild` or move the directory aside "
+           "(the cache refills itself)", s->path);
+  return MTASTS_ECORRUPT;
+}
+
+/* DB->verify on the database file, through a handle of its own (verify reads the file). */
+static int verify_file(shared_env *s, char *err) {
+  char file[PATH_MAX + sizeof DB_FILE + 1];
+  struct stat st;
+  DB *v;
+  int rc;
+  snprintf(file, sizeof file, "%s/%s", s->path, DB_FILE);
+  if (stat(file, &st) != 0) return 0;
+  if ((rc = s->env->txn_checkpoint(s->env, 0, 0, DB_FORCE)) != 0)
+    return fail(err, rc, s->path, "checkpoint");
+  bdb_msg[0] = '\0';
+  if ((rc = db_create(&v, NULL, 0)) != 0) return fail(err, rc, s->path, "verify");
+  v->set_errcall(v, errcall);
+  if ((rc = v->verify(v, file, NULL, NULL, 0)) != 0) return fail(err, rc, s->path, "verify");
+  return 0;
+}
+
 /* Lock the gate and make sure s holds current handles. On success the gate is held. */
 static int enter(shared_env *s, char *err) {
   gate_t *g = s->gate;
@@ -334,6 +361,10 @@ static int enter(shared_env *s, char *err) {
     return rc;
   }
   if (g->need_recover) recover = 1;
+  if (g->damaged) {
+    pthread_mutex_unlock(&g->mu);
+    return damaged(s, err);
+  }
   if (recover || s->gen != g->generation || !s->env) {
     abandon_env(s);
     if ((rc = open_env(s, recover, err)) != 0) {
@@ -341,6 +372,15 @@ static int enter(shared_env *s, char *err) {
       return rc;
     }
     if (recover) {
+      /* Recovery replays the log onto pages and writes them back with fresh checksums, so a
+       * page damaged on disk could come out "valid" and libdb would walk it (SIGBUS). The
+       * file is verified now, while nobody else is inside, before anyone reads it. */
+      if (verify_file(s, err) != 0) {
+        g->damaged = 1;
+        abandon_env(s);
+        pthread_mutex_unlock(&g->mu);
+        return damaged(s, err);
+      }
       g->generation++;
       g->need_recover = 0;
     }
@@ -378,6 +418,9 @@ int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
     memcpy(s->path, real, strlen(real) + 1);
     s->pid = getpid();
     if ((rc = gate_map(s, err)) == 0 && (rc = enter(s, err)) == 0) leave(s);
+    /* a damaged cache still opens: its operations fail with CORRUPT and the rebuild hint,
+     * and a client can carry on without it */
+    if (rc == MTASTS_ECORRUPT) rc = 0;
     if (rc != 0) {
       if (s->gate) {
         munmap(s->gate, sizeof *s->gate);

@@ -350,6 +350,36 @@ describe("mtasts.cache", function()
       assert.equal(before + 2, cache:stats().generation)   -- re-made, then recovered
       assert.equal("id1", cache:lookup("example.com", 1000).record_id)
     end)
+    it("refuses a page that recovery would launder, instead of crashing (regression)", function()
+      -- spec/fixtures/damaged-page: a random 4 KiB over page 2 of a cache of 60 rows. The first
+      -- read panics on the checksum; recovery replays the log onto the page and writes it
+      -- back with a fresh checksum, after which libdb's btree search crashed with SIGBUS.
+      -- Now the file is verified after every recovery, and refused.
+      util.run("mkdir -p " .. dir .. "/laundered && cp spec/fixtures/damaged-page/* " .. dir ..
+        "/laundered/")
+      util.write(dir .. "/laundered.lua", [[
+        local core = require("mtasts.core")
+        local c = assert(core.cache_open(arg[1]))
+        local codes = {}
+        for i = 1, 60 do
+          local row, _, code = c:lookup(("d%d.example"):format(i), 2000)
+          if not row then codes[code or "nil"] = true end
+        end
+        local rows, msg, code = c:list()
+        io.write(tostring(rows), "|", tostring(code), "|", tostring(msg))
+        c:close()
+      ]])
+      local out, status = util.run(util.lua_cmd() .. " " .. dir .. "/laundered.lua " .. dir ..
+        "/laundered")
+      assert.equal(0, status, out)
+      local rows, code, msg = out:match("^([^|]*)|([^|]*)|(.*)$")
+      assert.equal("nil", rows)
+      assert.equal("CORRUPT", code)
+      assert.matches("failed verification after a recovery", msg, 1, true)
+      assert.matches("mtasts cache rebuild", msg, 1, true)
+      local r = assert(core.cache_rebuild(dir .. "/laundered"))
+      assert.is_true(r.salvaged > 0 and r.salvaged < 60)
+    end)
     it("reports a directory it may not write with the path and the cause", function()
       util.run("mkdir -m 700 '" .. dir .. "/locked'")
       local script = dir .. "/perm.lua"

@@ -307,6 +307,26 @@ describe("mtasts.open", function()
     end)
   end)
 
+  describe("a damaged cache", function()
+    it("opens, logs, and looks policies up without the cache", function()
+      local path = dir .. "/damaged"
+      util.run("mkdir -p " .. path .. " && cp spec/fixtures/damaged-page/* " .. path .. "/")
+      local logged = {}
+      local c = assert(mtasts.open{ path = path, resolver = w.resolver, fetcher = w.fetcher,
+        clock = w.clock, log = function(m) logged[#logged + 1] = m end })
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      assert.equal("enforce", c:get("example.com").mode)
+      assert.equal("enforce", c:get("example.com").mode)
+      assert.equal(2, w.fetch_calls)                -- nothing could be cached
+      assert.matches("mtasts cache rebuild", table.concat(logged, "\n"), 1, true)
+      local rows, _, code = c:records()
+      assert.is_nil(rows)
+      assert.equal("CORRUPT", code)
+      c:close()
+    end)
+  end)
+
   describe("misuse and lifecycle", function()
     it("raises on bad options and arguments", function()
       assert.has_error(function() mtasts.open{} end,

@@ -19,6 +19,26 @@ local OPTIONS = { path = true, resolver = true, fetcher = true, clock = true, wa
 
 local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 3) end
 
+-- Cache failures the client rides out (it goes on without the cache, and logs); anything
+-- else (a directory it may not write, say) makes mtasts.open fail.
+local DAMAGE = { CORRUPT = true, DB_RUNRECOVERY = true, DB_VERIFY_BAD = true,
+  DB_PAGE_NOTFOUND = true, DB_OLD_VERSION = true, BDB_ERROR = true }
+
+-- The cache, or nil while it is unavailable (reopened at most once a minute).
+local function cache_of(self)
+  if self.cache then return self.cache end
+  local now = self.clock()
+  if self.cache_retry and now < self.cache_retry then return nil end
+  local cache, err = core.cache_open(self.path)
+  if not cache then
+    self.log("mtasts: " .. tostring(err))
+    self.cache_retry = now + 60
+    return nil
+  end
+  self.cache, self.cache_retry = cache, nil
+  return cache
+end
+
 --- Open a client. See docs/client.md for the options.
 function _M.open(opts)
   if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
@@ -44,9 +64,16 @@ function _M.open(opts)
       core.poll(fd, events, timeout)
     end
   end
+  self.path = opts.path
   local cache, err, code = core.cache_open(opts.path)
-  if not cache then return nil, err, code end
+  if not cache then
+    if not DAMAGE[code] then return nil, err, code end
+    -- a damaged cache: mail keeps flowing without it until it is rebuilt
+    self.log("mtasts: " .. tostring(err))
+    self.cache_retry = self.clock() + 60
+  end
   self.cache = cache
+  self.open = true
   local wait = function(...) return self.wait(...) end
   self.resolver = opts.resolver
   if not self.resolver then
@@ -101,7 +128,9 @@ local function record_reason(code, reason)
 end
 
 function Client:_upsert(ascii, record_id, text, now)
-  local ok, err = self.cache:upsert(ascii, record_id, text, now)
+  local cache = cache_of(self)
+  if not cache then return end
+  local ok, err = cache:upsert(ascii, record_id, text, now)
   if not ok then self.log("mtasts: cache: " .. tostring(err)) end
 end
 
@@ -139,7 +168,9 @@ function Client:_get(ascii, force)
     if not force and now < neg.expires then return nil, copy(neg.result), false end
     self.negative[ascii] = nil
   end
-  local row, cerr = self.cache:lookup(ascii, now)
+  local cache = cache_of(self)
+  local row, cerr
+  if cache then row, cerr = cache:lookup(ascii, now) end
   if cerr then self.log("mtasts: cache: " .. tostring(cerr)) end  -- carry on without it
   if not row then return self:_first(ascii, now) end
   if row.backoff then
@@ -161,7 +192,7 @@ function Client:_get(ascii, force)
     return cached, result, false
   end
   if record.id == row.record_id then
-    local ok, err = self.cache:mark_checked(ascii, now)
+    local ok, err = cache:mark_checked(ascii, now)
     if ok == nil then self.log("mtasts: cache: " .. tostring(err)) end
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), true
   end
@@ -189,7 +220,7 @@ end
 -- opts.force re-reads the TXT record whatever recheck says.
 function Client:get(domain, opts)
   if getmetatable(self) ~= client_mt then error("bad self (mtasts.client expected)", 2) end
-  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  if not self.open then error("attempt to use a closed mtasts.client", 2) end
   if type(domain) ~= "string" then
     error("bad argument #1 to 'get' (string expected, got " .. type(domain) .. ")", 2)
   end
@@ -221,17 +252,21 @@ end
 
 --- Every cached row, most recently used first (docs/cache.md shows a row).
 function Client:records()
-  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
-  return self.cache:list()
+  if not self.open then error("attempt to use a closed mtasts.client", 2) end
+  local cache = cache_of(self)
+  if not cache then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
+  return cache:list()
 end
 
 --- Forget a domain: its row and any remembered negative answer.
 function Client:delete(domain)
-  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  if not self.open then error("attempt to use a closed mtasts.client", 2) end
   local ascii, err, code = core.domain(domain)
   if not ascii then return nil, err, code end
   self.negative[ascii] = nil
-  return self.cache:delete(ascii)
+  local cache = cache_of(self)
+  if not cache then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
+  return cache:delete(ascii)
 end
 
 -- Refresh one due row (REFERENCE.md §5, proactive refresh); returns the outcome.
@@ -259,7 +294,8 @@ end
 -- updated for 12 hours, `concurrency` at a time, their starts spread over `window` seconds
 -- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed }.
 function Client:refresh(opts)
-  if not self.cache then error("attempt to use a closed mtasts.client", 2) end
+  if not self.open then error("attempt to use a closed mtasts.client", 2) end
+  if not cache_of(self) then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
   opts = opts or {}
   local window, concurrency = opts.window or 0, opts.concurrency or 10
   local now = self.clock()
@@ -320,7 +356,7 @@ function Client:close()
   if self.owned.fetcher and self.fetcher then self.fetcher:close() end
   if self.owned.resolver and self.resolver then self.resolver:close() end
   if self.cache then self.cache:close() end
-  self.cache, self.resolver, self.fetcher = nil, nil, nil
+  self.cache, self.resolver, self.fetcher, self.open = nil, nil, nil, false
   return true
 end
 client_mt.__close = Client.close
