@@ -35,23 +35,35 @@ function _M.new(opts)
     proxy = opts.proxy, connect_to = opts.connect_to, timeout = timeout,
     connect_timeout = opts.connect_timeout, max_size = opts.max_size or _M.MAX_SIZE }
   if not f then return nil, err, code end
-  state[f] = { resolver = opts.resolver, wait = opts.wait or core.poll, answers = {},
+  state[f] = { resolver = opts.resolver, wait = opts.wait or core.poll, answers = {}, waiters = 0,
     timeout = timeout, max_size = opts.max_size or _M.MAX_SIZE }
   return f
 end
 
+-- As in mtasts.resolver: with several waiters on one fetcher, whichever steps first collects
+-- every finished transfer and the descriptor goes quiet, so each wait is capped (no lost
+-- wakeup leaves a transfer's owner asleep until its timeout).
+local SHARED_WAIT = 0.05
+
 local function await(f, id)
   local st = state[f]
+  st.waiters = st.waiters + 1
   while true do
     local ok, err, code = f:step()
-    if not ok then return nil, err, code end
+    if not ok then
+      st.waiters = st.waiters - 1
+      return nil, err, code
+    end
     for _, t in ipairs(f:done()) do st.answers[t.id] = t end
     local t = st.answers[id]
     if t then
       st.answers[id] = nil
+      st.waiters = st.waiters - 1
       return t
     end
-    st.wait(f:fd(), "r", f:timeout())
+    local timeout = f:timeout()
+    if st.waiters > 1 and (not timeout or timeout > SHARED_WAIT) then timeout = SHARED_WAIT end
+    st.wait(f:fd(), "r", timeout)
   end
 end
 
@@ -110,9 +122,19 @@ function _M.is_text_plain(ct)
 end
 
 -- Addresses of the policy host: the resolve entries for curl, or a failure.
+local ADDRESS_GRACE = 0.25   -- once A or AAAA has answered, how long to wait for the other
+
 local function addresses(r, host)
-  local a, aerr, acode = r:a(host)
-  local aaaa, _, aaaacode = r:aaaa(host)
+  local a, aerr, acode, aaaa, aaaacode, _
+  if type(r.lookup_all) == "function" then   -- both at once
+    local res, err, code = r:lookup_all({ { host, "A" }, { host, "AAAA" } }, ADDRESS_GRACE)
+    if not res then return nil, host .. ": " .. tostring(err), "policy-fetch", "dns-" .. code end
+    a, aerr, acode = res[1][1], res[1][2], res[1][3]
+    aaaa, aaaacode = res[2][1], res[2][3]
+  else
+    a, aerr, acode = r:a(host)
+    aaaa, _, aaaacode = r:aaaa(host)
+  end
   local list = {}
   for _, x in ipairs(a or {}) do list[#list + 1] = x end
   for _, x in ipairs(aaaa or {}) do list[#list + 1] = "[" .. x .. "]" end

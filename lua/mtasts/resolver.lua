@@ -35,23 +35,38 @@ function _M.new(opts)
   local r, err, code = core.resolver_new{ nameserver = opts.nameserver,
     trust_anchor = opts.trust_anchor }
   if not r then return nil, err, code end
-  state[r] = { wait = opts.wait or core.poll, timeout = timeout, answers = {} }
+  state[r] = { wait = opts.wait or core.poll, timeout = timeout, answers = {}, waiters = 0 }
   return r
+end
+
+-- When several coroutines wait on one resolver, whichever steps first collects everyone's
+-- answers and the descriptor goes quiet: the others would sleep until their timeout (a lost
+-- wakeup). With more than one waiter, each wait is therefore capped at SHARED_WAIT seconds.
+local SHARED_WAIT = 0.05
+
+local function wait_for(r, st, timeout)
+  if st.waiters > 1 and (not timeout or timeout > SHARED_WAIT) then timeout = SHARED_WAIT end
+  st.wait(r:fd(), "r", timeout)
 end
 
 --- Wait for the answer to query `id`; returns the raw answer table of r:done().
 local function await(r, id)
   local st = state[r]
+  st.waiters = st.waiters + 1
   while true do
     local ok, err, code = r:step()
-    if not ok then return nil, err, code end
+    if not ok then
+      st.waiters = st.waiters - 1
+      return nil, err, code
+    end
     for _, a in ipairs(r:done()) do st.answers[a.id] = a end
     local a = st.answers[id]
     if a then
       st.answers[id] = nil
+      st.waiters = st.waiters - 1
       return a
     end
-    st.wait(r:fd(), "r", r:timeout())
+    wait_for(r, st, r:timeout())
   end
 end
 
@@ -79,6 +94,65 @@ function methods:lookup(name, rrtype)
     or a.status == "timeout" and what .. ": no answer within " .. st.timeout .. " s"
     or what .. ": " .. (a.why or a.status)
   return nil, msg, a.status
+end
+
+--- Look up several (name, type) pairs at once: queries = { { name, type }, ... }. Returns
+-- an array of { records } or { nil, message, code } in the same order. Once one of them
+-- has records, the others get `grace` more seconds (default: the full timeout), so one
+-- unanswered query does not hold up the rest.
+function methods:lookup_all(queries, grace)
+  local st = state[self]
+  if not st then error("resolver not made by mtasts.resolver.new", 2) end
+  local ids, out, pending = {}, {}, 0
+  for i, q in ipairs(queries) do
+    local id, err, code = self:query(q[1], q[2], st.timeout)
+    if id then
+      ids[id] = i
+      pending = pending + 1
+    else
+      out[i] = { nil, err, code }
+    end
+  end
+  local clock, deadline = core.monotonic, nil
+  st.waiters = st.waiters + 1
+  while pending > 0 do
+    local ok, err, code = self:step()
+    if not ok then
+      st.waiters = st.waiters - 1
+      return nil, err, code
+    end
+    for _, a in ipairs(self:done()) do st.answers[a.id] = a end
+    for id, i in pairs(ids) do
+      local a = st.answers[id]
+      if a then
+        st.answers[id], ids[id], pending = nil, nil, pending - 1
+        if a.status == "ok" then
+          local records = a.records
+          records.secure, records.canonname = a.secure, a.canonname
+          out[i] = { records }
+          if grace and not deadline then deadline = clock() + grace end
+        else
+          local what = queries[i][1] .. " " .. queries[i][2]
+          out[i] = { nil, what .. ": " .. (a.why or a.status), a.status }
+        end
+      end
+    end
+    if pending > 0 then
+      if deadline and clock() >= deadline then
+        for id, i in pairs(ids) do
+          self:cancel(id)
+          out[i] = { nil, queries[i][1] .. " " .. queries[i][2] .. ": no answer in time",
+            "timeout" }
+        end
+        break
+      end
+      local t = self:timeout()
+      if deadline then t = math.min(t or grace, math.max(deadline - clock(), 0)) end
+      wait_for(self, st, t)
+    end
+  end
+  st.waiters = st.waiters - 1
+  return out
 end
 
 --- r:txt(name): the TXT records, each record's strings concatenated.

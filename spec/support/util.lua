@@ -1,5 +1,24 @@
--- Helpers shared by the specs.
+-- Helpers shared by the specs, the demo and the benchmarks.
 local _M = {}
+
+-- Under `make asan` the sanitizer runtime is preloaded into lua5.4 (LD_PRELOAD). The commands
+-- a Lua process here runs (sh, kill, pkill, nsd, nginx, openssl) must not inherit it: some
+-- uninstrumented tools deadlock at start with it (pkill and nsd did). Every process that
+-- loads this module (busted through spec/helper.lua, examples/demo.lua, bench/) runs its
+-- commands without it; Lua processes that need it get it back from _M.lua_cmd().
+if (os.getenv("LD_PRELOAD") or "") ~= "" then   -- once per Lua state: require caches us
+  local execute, popen = os.execute, io.popen
+  local function clean(cmd)
+    return "env -u LD_PRELOAD sh -c '" .. cmd:gsub("'", "'\\''") .. "'"
+  end
+  os.execute = function(cmd)   -- luacheck: ignore 122
+    if cmd == nil then return execute() end
+    return execute(clean(cmd))
+  end
+  io.popen = function(cmd, mode)   -- luacheck: ignore 122
+    return popen(clean(cmd), mode)
+  end
+end
 
 --- Run a shell command; returns its output (stdout and stderr) and exit status.
 function _M.run(cmd)
