@@ -34,7 +34,9 @@ int mtasts_rdata_name(const unsigned char *p, size_t n, size_t *used, char *name
     if (len == 0) break;
     if (len > 63) return errf(err, "name has a compressed or invalid label");
     if (n - pos < len) return errf(err, "name runs past the end of the rdata");
-    if (o + len + 1 > MTASTS_NAME_MAX + 1) return errf(err, "name is longer than 253 octets");
+    /* the dot before the label counts: name holds MTASTS_NAME_MAX octets and the NUL */
+    if ((o > 0 ? o + 1 : o) + len > MTASTS_NAME_MAX)
+      return errf(err, "name is longer than 253 octets");
     if (o > 0) name[o++] = '.';
     for (i = 0; i < len; i++) {
       unsigned char c = p[pos + i];
