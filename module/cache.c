@@ -30,7 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,6 +63,7 @@ typedef struct shared_env {
   uint64_t gen;           /* the gate generation the handles below belong to */
   DB_ENV *env;            /* NULL when (re)joining failed: the next operation tries again */
   DB *db;
+  int own_panic;          /* this process saw the panic: its handles can be closed safely */
 } shared_env;
 
 struct mtasts_cache { shared_env *s; };
@@ -307,10 +310,19 @@ static int reserve_regions(shared_env *s, char *err) {
   return rc;
 }
 
-/* Handles of an environment that was recovered under us are dropped, not closed: closing
- * would touch regions whose mutexes a dead process may hold. This leaks a little memory and
- * a mapping, once per recovery. */
+/* Handles of an environment that was recovered under us after a process died are dropped,
+ * not closed: closing would touch regions whose mutexes the dead process may hold. This
+ * leaks a little memory and a mapping, once per such recovery. */
 static void abandon_env(shared_env *s) {
+  s->env = NULL;
+  s->db = NULL;
+}
+
+/* Handles that no dead process can have left a mutex in (ones this process just opened, or
+ * whose panic this process saw): closed properly. */
+static void close_env(shared_env *s) {
+  if (s->db) s->db->close(s->db, 0);
+  if (s->env) s->env->close(s->env, 0);
   s->env = NULL;
   s->db = NULL;
 }
@@ -343,14 +355,14 @@ static int verify_file(shared_env *s, char *err) {
 static int enter(shared_env *s, char *err) {
   gate_t *g = s->gate;
   struct timespec until;
-  int rc, recover = 0;
+  int rc, recover = 0, dead = 0;
   clock_gettime(CLOCK_REALTIME, &until);
   until.tv_sec += GATE_TIMEOUT_S;
   rc = pthread_mutex_timedlock(&g->mu, &until);
   if (rc == EOWNERDEAD) {          /* a holder died inside BDB: recover, nobody else is in */
     pthread_mutex_consistent(&g->mu);
     g->recoveries++;
-    recover = 1;
+    recover = dead = 1;
   } else if (rc == ETIMEDOUT) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: another process has held the cache for over "
              "%d s", s->path, GATE_TIMEOUT_S);
@@ -362,11 +374,16 @@ static int enter(shared_env *s, char *err) {
   }
   if (g->need_recover) recover = 1;
   if (g->damaged) {
+    /* handles opened before the damage was found: no dead holder is implied, close them */
+    if (!dead) close_env(s);
+    else abandon_env(s);
     pthread_mutex_unlock(&g->mu);
     return damaged(s, err);
   }
   if (recover || s->gen != g->generation || !s->env) {
-    abandon_env(s);
+    if (s->own_panic && !dead) close_env(s);
+    else abandon_env(s);
+    s->own_panic = 0;
     if ((rc = open_env(s, recover, err)) != 0) {
       pthread_mutex_unlock(&g->mu);
       return rc;
@@ -377,7 +394,7 @@ static int enter(shared_env *s, char *err) {
        * file is verified now, while nobody else is inside, before anyone reads it. */
       if (verify_file(s, err) != 0) {
         g->damaged = 1;
-        abandon_env(s);
+        close_env(s);   /* opened just now by this process */
         pthread_mutex_unlock(&g->mu);
         return damaged(s, err);
       }
@@ -499,6 +516,7 @@ static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err
        * stays small whatever the mix of writes */
       (void)s->env->txn_checkpoint(s->env, 256, 5, 0);
     if (rc == DB_RUNRECOVERY && !recovered) {
+      s->own_panic = 1;
       s->gate->need_recover = 1;
       s->gate->recoveries++;
       recovered = 1;
@@ -969,6 +987,33 @@ static int unhex(const char *line, mtasts_buf *b) {
   return 0;
 }
 
+#define SALVAGE_TIMEOUT_S 60
+
+static double mtasts_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A btree meta page (magic 0x053162, either byte order) with a page size libdb can have. */
+static int is_btree_file(const char *file) {
+  unsigned char m[32];
+  unsigned ps;
+  int fd = open(file, O_RDONLY | O_CLOEXEC), ok = 0;
+  if (fd < 0) return 0;
+  if (read(fd, m, sizeof m) == (ssize_t)sizeof m) {
+    int le = m[12] == 0x62 && m[13] == 0x31 && m[14] == 0x05 && m[15] == 0;
+    int be = m[15] == 0x62 && m[14] == 0x31 && m[13] == 0x05 && m[12] == 0;
+    ps = le ? (unsigned)m[20] | (unsigned)m[21] << 8 | (unsigned)m[22] << 16 |
+                (unsigned)m[23] << 24
+            : (unsigned)m[23] | (unsigned)m[22] << 8 | (unsigned)m[21] << 16 |
+                (unsigned)m[20] << 24;
+    ok = (le || be) && ps >= 512 && ps <= 65536 && (ps & (ps - 1)) == 0;
+  }
+  close(fd);
+  return ok;
+}
+
 /* Copy a database file with its page checksums switched off in the copy's meta page (the
  * DBMETA_CHKSUM bit of byte 26), so that the salvager reads damaged pages as they are and
  * keeps what it can: with checksums on, the first bad page panics it and nothing comes out.
@@ -1028,17 +1073,35 @@ static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size
   snprintf(copy, sizeof copy, "%s/salvage-%ld.db", mtasts_cache_path(c), (long)getpid());
   snprintf(file, sizeof file, "%s/%s", dir, DB_FILE);
   if (stat(file, &st) != 0) return 0;           /* nothing to salvage */
+  if (!is_btree_file(file)) return 0;           /* not ours, or its meta page is gone */
   if ((rc = unchecked_copy(file, copy, err)) != 0) return rc;
   if (!(out = tmpfile())) { rc = errno; unlink(copy); return rc; }
-  bdb_msg[0] = '\0';
-  if ((rc = db_create(&v, NULL, 0)) != 0) {
-    fclose(out);
-    unlink(copy);
-    return fail(err, rc, dir, "salvage");
+  /* libdb's salvager can loop forever on some damage (seen: a page taken for a heap), so it
+   * runs in a child that is killed after SALVAGE_TIMEOUT_S; what it wrote by then is kept */
+  {
+    pid_t pid = fork();
+    if (pid == 0) {
+      setvbuf(out, NULL, _IONBF, 0);
+      if (db_create(&v, NULL, 0) == 0) {
+        v->set_errcall(v, errcall);
+        (void)v->verify(v, copy, NULL, out, DB_SALVAGE | DB_AGGRESSIVE);
+      }
+      _exit(0);
+    }
+    if (pid > 0) {
+      int status;
+      double end = mtasts_now() + SALVAGE_TIMEOUT_S;
+      struct timespec nap = { 0, 20 * 1000 * 1000 };
+      while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (mtasts_now() > end) {
+          kill(pid, SIGKILL);
+          waitpid(pid, &status, 0);
+          break;
+        }
+        nanosleep(&nap, NULL);
+      }
+    }
   }
-  v->set_errcall(v, errcall);
-  /* the result is what was written out; a damaged file makes verify itself fail */
-  (void)v->verify(v, copy, NULL, out, DB_SALVAGE | DB_AGGRESSIVE);
   unlink(copy);
   rewind(out);
   /* Rows name their own domain, so salvage needs no key: aggressive salvage does not keep

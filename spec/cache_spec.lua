@@ -436,7 +436,10 @@ describe("mtasts.core.cache_rebuild", function()
     c:close()
   end)
 
-  it("salvages what a damaged page left, each row under its own domain", function()
+  -- #failedrecovery: libdb loses ~10 KiB inside an env->open(DB_RECOVER) that fails on a
+  -- damaged log; make valgrind leaves this spec out (make test and make asan run it).
+  it("salvages what a damaged page left, each row under its own domain #failedrecovery",
+    function()
     local path = where .. "/cache"
     fill(path, 60)
     util.run("dd if=/dev/urandom of=" .. path .. "/policies.db bs=4096 seek=2 count=1 " ..
@@ -462,7 +465,7 @@ describe("mtasts.core.cache_rebuild", function()
     end
     assert.is_true(c:verify())
     c:close()
-  end)
+    end)
 
   it("gives an empty working cache for a file of garbage", function()
     local path = where .. "/cache"
