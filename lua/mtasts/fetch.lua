@@ -4,6 +4,7 @@
 -- with the injected `wait`, and classifies failures into the codes of DESIGN.md §3 and the
 -- TLSRPT failure reasons of docs/errors.md. Reference: docs/fetch.md.
 local core = require("mtasts.core")
+local pending = require("mtasts.pending")
 
 local type, pairs, ipairs, error, tostring = type, pairs, ipairs, error, tostring
 local setmetatable, concat = setmetatable, table.concat
@@ -35,37 +36,13 @@ function _M.new(opts)
     proxy = opts.proxy, connect_to = opts.connect_to, timeout = timeout,
     connect_timeout = opts.connect_timeout, max_size = opts.max_size or _M.MAX_SIZE }
   if not f then return nil, err, code end
-  state[f] = { resolver = opts.resolver, wait = opts.wait or core.poll, answers = {}, waiters = 0,
-    timeout = timeout, max_size = opts.max_size or _M.MAX_SIZE }
+  local st = pending.new(opts.wait or core.poll)
+  st.resolver, st.timeout, st.max_size = opts.resolver, timeout, opts.max_size or _M.MAX_SIZE
+  state[f] = st
   return f
 end
 
--- As in mtasts.resolver: with several waiters on one fetcher, whichever steps first collects
--- every finished transfer and the descriptor goes quiet, so each wait is capped (no lost
--- wakeup leaves a transfer's owner asleep until its timeout).
-local SHARED_WAIT = 0.05
-
-local function await(f, id)
-  local st = state[f]
-  st.waiters = st.waiters + 1
-  while true do
-    local ok, err, code = f:step()
-    if not ok then
-      st.waiters = st.waiters - 1
-      return nil, err, code
-    end
-    for _, t in ipairs(f:done()) do st.answers[t.id] = t end
-    local t = st.answers[id]
-    if t then
-      st.answers[id] = nil
-      st.waiters = st.waiters - 1
-      return t
-    end
-    local timeout = f:timeout()
-    if st.waiters > 1 and (not timeout or timeout > SHARED_WAIT) then timeout = SHARED_WAIT end
-    st.wait(f:fd(), "r", timeout)
-  end
-end
+local function await(f, id) return pending.await(state[f], f, id) end
 
 -- OpenSSL verify results (X509_V_ERR_*) -> TLSRPT failure reasons (REFERENCE.md §2).
 local VERIFY = {

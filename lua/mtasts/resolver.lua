@@ -4,13 +4,15 @@
 -- they were given (the default blocks in poll), so a host with its own event loop passes a
 -- `wait` that yields to it. Reference: docs/resolver.md.
 local core = require("mtasts.core")
+local pending = require("mtasts.pending")
 
 local type, pairs, error, setmetatable = type, pairs, error, setmetatable
 
 local _M = { DEFAULT_TIMEOUT = 5 }
 
 local methods = core.resolver_methods
--- Lua-side state of each resolver: wait function, timeout, answers not yet claimed.
+-- Lua-side state of each resolver: mtasts.pending state (wait, results not yet claimed),
+-- and the timeout.
 local state = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = { nameserver = true, trust_anchor = true, timeout = true, wait = true }
@@ -35,40 +37,13 @@ function _M.new(opts)
   local r, err, code = core.resolver_new{ nameserver = opts.nameserver,
     trust_anchor = opts.trust_anchor }
   if not r then return nil, err, code end
-  state[r] = { wait = opts.wait or core.poll, timeout = timeout, answers = {}, waiters = 0 }
+  local st = pending.new(opts.wait or core.poll)
+  st.timeout = timeout
+  state[r] = st
   return r
 end
 
--- When several coroutines wait on one resolver, whichever steps first collects everyone's
--- answers and the descriptor goes quiet: the others would sleep until their timeout (a lost
--- wakeup). With more than one waiter, each wait is therefore capped at SHARED_WAIT seconds.
-local SHARED_WAIT = 0.05
-
-local function wait_for(r, st, timeout)
-  if st.waiters > 1 and (not timeout or timeout > SHARED_WAIT) then timeout = SHARED_WAIT end
-  st.wait(r:fd(), "r", timeout)
-end
-
---- Wait for the answer to query `id`; returns the raw answer table of r:done().
-local function await(r, id)
-  local st = state[r]
-  st.waiters = st.waiters + 1
-  while true do
-    local ok, err, code = r:step()
-    if not ok then
-      st.waiters = st.waiters - 1
-      return nil, err, code
-    end
-    for _, a in ipairs(r:done()) do st.answers[a.id] = a end
-    local a = st.answers[id]
-    if a then
-      st.answers[id] = nil
-      st.waiters = st.waiters - 1
-      return a
-    end
-    wait_for(r, st, r:timeout())
-  end
-end
+local function await(r, id) return pending.await(state[r], r, id) end
 
 --- Look `name` up for records of `rrtype` ("TXT", "MX", "A", "AAAA", "TLSA", "CNAME").
 -- Returns the records (an array; .secure says whether DNSSEC validated them, .canonname
@@ -103,55 +78,53 @@ end
 function methods:lookup_all(queries, grace)
   local st = state[self]
   if not st then error("resolver not made by mtasts.resolver.new", 2) end
-  local ids, out, pending = {}, {}, 0
+  local ids, out, pending_n = {}, {}, 0
   for i, q in ipairs(queries) do
     local id, err, code = self:query(q[1], q[2], st.timeout)
     if id then
       ids[id] = i
-      pending = pending + 1
+      pending_n = pending_n + 1
     else
       out[i] = { nil, err, code }
     end
   end
   local clock, deadline = core.monotonic, nil
-  st.waiters = st.waiters + 1
-  while pending > 0 do
-    local ok, err, code = self:step()
-    if not ok then
-      st.waiters = st.waiters - 1
-      return nil, err, code
-    end
-    for _, a in ipairs(self:done()) do st.answers[a.id] = a end
-    for id, i in pairs(ids) do
-      local a = st.answers[id]
-      if a then
-        st.answers[id], ids[id], pending = nil, nil, pending - 1
-        if a.status == "ok" then
-          local records = a.records
-          records.secure, records.canonname = a.secure, a.canonname
-          out[i] = { records }
-          if grace and not deadline then deadline = clock() + grace end
-        else
-          local what = queries[i][1] .. " " .. queries[i][2]
-          out[i] = { nil, what .. ": " .. (a.why or a.status), a.status }
+  local ok, err, code = pending.waiting(st, function()
+    while pending_n > 0 do
+      local stepped, serr, scode = pending.collect(st, self)
+      if not stepped then return nil, serr, scode end
+      for id, i in pairs(ids) do
+        local a = pending.take(st, id)
+        if a then
+          ids[id], pending_n = nil, pending_n - 1
+          if a.status == "ok" then
+            local records = a.records
+            records.secure, records.canonname = a.secure, a.canonname
+            out[i] = { records }
+            if grace and not deadline then deadline = clock() + grace end
+          else
+            local what = queries[i][1] .. " " .. queries[i][2]
+            out[i] = { nil, what .. ": " .. (a.why or a.status), a.status }
+          end
         end
       end
-    end
-    if pending > 0 then
-      if deadline and clock() >= deadline then
-        for id, i in pairs(ids) do
-          self:cancel(id)
-          out[i] = { nil, queries[i][1] .. " " .. queries[i][2] .. ": no answer in time",
-            "timeout" }
+      if pending_n > 0 then
+        if deadline and clock() >= deadline then
+          for id, i in pairs(ids) do
+            self:cancel(id)
+            out[i] = { nil, queries[i][1] .. " " .. queries[i][2] .. ": no answer in time",
+              "timeout" }
+          end
+          break
         end
-        break
+        local t = self:timeout()
+        if deadline then t = math.min(t or grace, math.max(deadline - clock(), 0)) end
+        pending.sleep(st, self, t)
       end
-      local t = self:timeout()
-      if deadline then t = math.min(t or grace, math.max(deadline - clock(), 0)) end
-      wait_for(self, st, t)
     end
-  end
-  st.waiters = st.waiters - 1
+    return true
+  end)
+  if not ok then return nil, err, code end
   return out
 end
 
