@@ -73,7 +73,7 @@ function _M.open(opts)
     self.cache_retry = self.clock() + 60
   end
   self.cache = cache
-  self.open = true
+  self.is_open = true
   local wait = function(...) return self.wait(...) end
   self.resolver = opts.resolver
   if not self.resolver then
@@ -220,7 +220,7 @@ end
 -- opts.force re-reads the TXT record whatever recheck says.
 function Client:get(domain, opts)
   if getmetatable(self) ~= client_mt then error("bad self (mtasts.client expected)", 2) end
-  if not self.open then error("attempt to use a closed mtasts.client", 2) end
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   if type(domain) ~= "string" then
     error("bad argument #1 to 'get' (string expected, got " .. type(domain) .. ")", 2)
   end
@@ -252,7 +252,7 @@ end
 
 --- Every cached row, most recently used first (docs/cache.md shows a row).
 function Client:records()
-  if not self.open then error("attempt to use a closed mtasts.client", 2) end
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   local cache = cache_of(self)
   if not cache then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
   return cache:list()
@@ -260,7 +260,7 @@ end
 
 --- Forget a domain: its row and any remembered negative answer.
 function Client:delete(domain)
-  if not self.open then error("attempt to use a closed mtasts.client", 2) end
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   local ascii, err, code = core.domain(domain)
   if not ascii then return nil, err, code end
   self.negative[ascii] = nil
@@ -294,7 +294,7 @@ end
 -- updated for 12 hours, `concurrency` at a time, their starts spread over `window` seconds
 -- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed }.
 function Client:refresh(opts)
-  if not self.open then error("attempt to use a closed mtasts.client", 2) end
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   if not cache_of(self) then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
   opts = opts or {}
   local window, concurrency = opts.window or 0, opts.concurrency or 10
@@ -356,7 +356,7 @@ function Client:close()
   if self.owned.fetcher and self.fetcher then self.fetcher:close() end
   if self.owned.resolver and self.resolver then self.resolver:close() end
   if self.cache then self.cache:close() end
-  self.cache, self.resolver, self.fetcher, self.open = nil, nil, nil, false
+  self.cache, self.resolver, self.fetcher, self.is_open = nil, nil, nil, false
   return true
 end
 client_mt.__close = Client.close
