@@ -21,7 +21,7 @@ BUSTED     ?= $(LUA) /usr/bin/busted
 
 LUA_CFLAGS := $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
 DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libidn2 libcurl openssl 2>/dev/null)
-DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lunbound $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
+DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lunbound -lz $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
 XCFLAGS    := -std=c99 -D_DEFAULT_SOURCE -fvisibility=hidden -MMD \
               -Wall -Wextra -Wmissing-prototypes -Wstrict-prototypes -Wshadow
 SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer

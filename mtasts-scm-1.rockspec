@@ -14,6 +14,7 @@ dependencies = { "lua >= 5.4, < 5.5" }
 external_dependencies = {
   BDB = { header = "db.h", library = "db-5.3" },
   IDN2 = { header = "idn2.h", library = "idn2" },
+  ZLIB = { header = "zlib.h", library = "z" },
 }
 build = {
   type = "make",

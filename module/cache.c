@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #define DB_FILE "policies.db"
+#define RESULTS_FILE "results.db"    /* the TLSRPT result store (results.c) */
 #define GATE_FILE "mtasts.gate"
 #define GATE_MAGIC 0x6d747367u     /* "mtsg" */
 #define GATE_VERSION 2
@@ -63,6 +64,7 @@ typedef struct shared_env {
   uint64_t gen;           /* the gate generation the handles below belong to */
   DB_ENV *env;            /* NULL when (re)joining failed: the next operation tries again */
   DB *db;
+  DB *rdb;                /* results.db, the TLSRPT result store (results.c) */
   int own_panic;          /* this process saw the panic: its handles can be closed safely */
 } shared_env;
 
@@ -235,7 +237,7 @@ static int reserve_regions(shared_env *s, char *err);
 /* Open (join) the environment; with recover, run recovery first. Call inside the gate. */
 static int open_env(shared_env *s, int recover, char *err) {
   DB_ENV *env = NULL;
-  DB *db = NULL;
+  DB *db = NULL, *rdb = NULL;
   int rc;
   u_int32_t flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL |
                     DB_THREAD | (recover ? DB_RECOVER : 0);
@@ -246,7 +248,10 @@ static int open_env(shared_env *s, int recover, char *err) {
    * now, not a SIGBUS when libdb first touches a sparse page of the mapping */
   if ((rc = env->set_flags(env, DB_REGION_INIT, 1)) != 0 ||
       (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
-      (rc = env->set_cachesize(env, 0, 2u << 20, 1)) != 0 ||
+      (rc = env->set_cachesize(env, 0, 8u << 20, 1)) != 0 ||
+      /* a batch of results writes many pages in one transaction */
+      (rc = env->set_lk_max_locks(env, 20000)) != 0 ||
+      (rc = env->set_lk_max_objects(env, 20000)) != 0 ||
       (rc = env->set_lg_max(env, 1u << 20)) != 0 ||
       (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0) {
     fail(err, rc, s->path, "configure");
@@ -268,13 +273,25 @@ static int open_env(shared_env *s, int recover, char *err) {
     env->close(env, 0);
     return rc;
   }
+  if ((rc = db_create(&rdb, env, 0)) != 0 || (rc = rdb->set_flags(rdb, DB_CHKSUM)) != 0 ||
+      (rc = rdb->open(rdb, NULL, RESULTS_FILE, NULL, DB_BTREE,
+                      DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600)) != 0) {
+    fail(err, rc, s->path, "open " RESULTS_FILE);
+    if (rdb) rdb->close(rdb, 0);
+    db->close(db, 0);
+    env->close(env, 0);
+    return rc;
+  }
   s->env = env;
   s->db = db;
+  s->rdb = rdb;
   if ((rc = reserve_regions(s, err)) != 0) {
+    rdb->close(rdb, 0);
     db->close(db, 0);
     env->close(env, 0);
     s->env = NULL;
     s->db = NULL;
+    s->rdb = NULL;
   }
   return rc;
 }
@@ -316,15 +333,18 @@ static int reserve_regions(shared_env *s, char *err) {
 static void abandon_env(shared_env *s) {
   s->env = NULL;
   s->db = NULL;
+  s->rdb = NULL;
 }
 
 /* Handles that no dead process can have left a mutex in (ones this process just opened, or
  * whose panic this process saw): closed properly. */
 static void close_env(shared_env *s) {
+  if (s->rdb) s->rdb->close(s->rdb, 0);
   if (s->db) s->db->close(s->db, 0);
   if (s->env) s->env->close(s->env, 0);
   s->env = NULL;
   s->db = NULL;
+  s->rdb = NULL;
 }
 
 static int damaged(shared_env *s, char *err) {
@@ -336,18 +356,22 @@ static int damaged(shared_env *s, char *err) {
 
 /* DB->verify on the database file, through a handle of its own (verify reads the file). */
 static int verify_file(shared_env *s, char *err) {
-  char file[PATH_MAX + sizeof DB_FILE + 1];
+  static const char *const files[] = {DB_FILE, RESULTS_FILE};
+  char file[PATH_MAX + 16];
   struct stat st;
   DB *v;
   int rc;
-  snprintf(file, sizeof file, "%s/%s", s->path, DB_FILE);
-  if (stat(file, &st) != 0) return 0;
+  size_t i;
   if ((rc = s->env->txn_checkpoint(s->env, 0, 0, DB_FORCE)) != 0)
     return fail(err, rc, s->path, "checkpoint");
-  bdb_msg[0] = '\0';
-  if ((rc = db_create(&v, NULL, 0)) != 0) return fail(err, rc, s->path, "verify");
-  v->set_errcall(v, errcall);
-  if ((rc = v->verify(v, file, NULL, NULL, 0)) != 0) return fail(err, rc, s->path, "verify");
+  for (i = 0; i < sizeof files / sizeof *files; i++) {
+    snprintf(file, sizeof file, "%s/%s", s->path, files[i]);
+    if (stat(file, &st) != 0) continue;
+    bdb_msg[0] = '\0';
+    if ((rc = db_create(&v, NULL, 0)) != 0) return fail(err, rc, s->path, "verify");
+    v->set_errcall(v, errcall);
+    if ((rc = v->verify(v, file, NULL, NULL, 0)) != 0) return fail(err, rc, s->path, "verify");
+  }
   return 0;
 }
 
@@ -474,7 +498,11 @@ int mtasts_cache_close(mtasts_cache *c, char *err) {
     /* a forked child must not touch its parent's handles */
     if (s->pid == getpid() && s->env && enter(s, err) == 0) {
       bdb_msg[0] = '\0';
-      if ((rc = s->db->close(s->db, 0)) != 0) fail(err, rc, s->path, "close");
+      if ((rc = s->rdb->close(s->rdb, 0)) != 0) fail(err, rc, s->path, "close");
+      {
+        int r1 = s->db->close(s->db, 0);
+        if (r1 != 0 && rc == 0) rc = fail(err, r1, s->path, "close");
+      }
       {
         int r2 = s->env->close(s->env, 0);
         if (r2 != 0 && rc == 0) rc = fail(err, r2, s->path, "close");
@@ -503,15 +531,16 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx);
 
 /* Run one operation inside the gate. Deadlocks (possible only between threads of one
  * process) are retried; a panic (DB_RUNRECOVERY) makes the next holder recover, once. */
-static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err) {
+static int run_on(mtasts_cache *c, int results, int writes, op_fn fn, void *ctx,
+                  const char *what, char *err) {
   shared_env *s = c->s;
   int attempt, rc = 0, recovered = 0;
   err[0] = '\0';
   for (attempt = 0;; attempt++) {
     bdb_msg[0] = '\0';
     if ((rc = enter(s, err)) != 0) return rc;
-    rc = fn(s->env, s->db, ctx);
-    if (rc == 0 && fn != op_lookup && fn != op_scan)
+    rc = fn(s->env, results ? s->rdb : s->db, ctx);
+    if (rc == 0 && writes)
       /* after 256 KiB of log or 5 minutes: lets old log files be removed, so the directory
        * stays small whatever the mix of writes */
       (void)s->env->txn_checkpoint(s->env, 256, 5, 0);
@@ -528,6 +557,19 @@ static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err
     break;
   }
   return rc ? fail(err, rc, s->path, what) : 0;
+}
+
+static int run(mtasts_cache *c, op_fn fn, void *ctx, const char *what, char *err) {
+  return run_on(c, 0, fn != op_lookup && fn != op_scan, fn, ctx, what, err);
+}
+
+int mtasts_store_run(mtasts_cache *c, mtasts_store_fn fn, void *ctx, int writes,
+                     const char *what, char *err) {
+  return run_on(c, 1, writes, fn, ctx, what, err);
+}
+
+void mtasts_store_fail(int rc, const char *path, const char *what, char *err) {
+  fail(err, rc, path, what);
 }
 
 static void set_key(DBT *k, const char *key) {

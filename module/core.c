@@ -67,5 +67,6 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   mtasts_open_cache(L);
   mtasts_open_resolver(L);
   mtasts_open_fetch(L);
+  mtasts_open_results(L);
   return 1;
 }

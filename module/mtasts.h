@@ -90,5 +90,6 @@ void mtasts_open_parse(struct lua_State *L);   /* adds the parse functions to th
 void mtasts_open_cache(struct lua_State *L);   /* adds cache_open and the mtasts.cache class */
 void mtasts_open_resolver(struct lua_State *L); /* adds resolver_new and mtasts.resolver */
 void mtasts_open_fetch(struct lua_State *L);    /* adds fetcher_new and mtasts.fetcher */
+void mtasts_open_results(struct lua_State *L);  /* adds results_open, mtasts.results, codecs */
 
 #endif

@@ -1,0 +1,304 @@
+/* lua_results.c: the mtasts.results class (results.c) and the codecs (codec.c). Translate,
+ * and do nothing else. Contract: docs/tlsrpt.md; errors: docs/errors.md. */
+#include "results.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RESULTS_MT "mtasts.results"
+
+typedef struct {
+  mtasts_cache *c;        /* NULL once closed */
+  mtasts_buf buf;
+} lresults;
+
+static int results_release(lresults *u, char *err) {
+  int rc = 0;
+  if (u->c) rc = mtasts_cache_close(u->c, err);
+  u->c = NULL;
+  mtasts_buf_free(&u->buf);
+  return rc;
+}
+
+static lresults *results_check(lua_State *L, int idx) {
+  lresults *u = luaL_checkudata(L, idx, RESULTS_MT);
+  if (!u->c) luaL_error(L, "attempt to use a closed " RESULTS_MT);
+  return u;
+}
+
+static int fail(lua_State *L, int rc, const char *msg) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, mtasts_code_name(rc));
+  return 3;
+}
+
+static const char *check_key(lua_State *L, int idx, size_t *n) {
+  const char *s = luaL_checklstring(L, idx, n);
+  luaL_argcheck(L, *n > 0 && *n <= MTASTS_RESULTS_KEY_MAX, idx, "key length out of range");
+  return s;
+}
+
+/* results_open(path) -> results | fail */
+static int results_open(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char err[MTASTS_ERR_MAX];
+  lresults *u = lua_newuserdatauv(L, sizeof *u, 0);
+  int rc;
+  memset(u, 0, sizeof *u);
+  luaL_setmetatable(L, RESULTS_MT);
+  if ((rc = mtasts_cache_open(path, &u->c, err)) != 0) return fail(L, rc, err);
+  return 1;
+}
+
+/* r:apply({key, a, b, key, a, b, ...}) -> true | fail: one transaction */
+static int results_apply(lua_State *L) {
+  lresults *u = results_check(L, 1);
+  lua_Integer i, n;
+  mtasts_delta *d;
+  char err[MTASTS_ERR_MAX];
+  int rc;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = luaL_len(L, 2);
+  luaL_argcheck(L, n % 3 == 0, 2, "expected key, a, b triples");
+  if (n == 0) { lua_pushboolean(L, 1); return 1; }
+  d = lua_newuserdatauv(L, (size_t)(n / 3) * sizeof *d, 0);   /* freed by the GC */
+  for (i = 0; i < n / 3; i++) {
+    lua_Integer a, b;
+    lua_geti(L, 2, i * 3 + 1);
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "apply: key %d is not a string", (int)i + 1);
+    d[i].key = lua_tolstring(L, -1, &d[i].kn);   /* anchored by the table */
+    lua_pop(L, 1);
+    if (d[i].kn == 0 || d[i].kn > MTASTS_RESULTS_KEY_MAX)
+      luaL_error(L, "apply: key %d length out of range", (int)i + 1);
+    lua_geti(L, 2, i * 3 + 2);
+    lua_geti(L, 2, i * 3 + 3);
+    a = luaL_checkinteger(L, -2);
+    b = luaL_checkinteger(L, -1);
+    lua_pop(L, 2);
+    if (a < 0 || b < 0) luaL_error(L, "apply: counts must not be negative");
+    d[i].a = (uint64_t)a;
+    d[i].b = (uint64_t)b;
+  }
+  if ((rc = mtasts_results_apply(u->c, d, (size_t)(n / 3), err)) != 0) return fail(L, rc, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static uint32_t rd32(const unsigned char *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* push the length-prefixed strings of u->buf as an array */
+static void push_strings(lua_State *L, lresults *u, size_t count) {
+  size_t off = 0, i;
+  lua_createtable(L, (int)(count > 1000000 ? 1000000 : count), 0);
+  for (i = 1; off + 4 <= u->buf.n; i++) {
+    uint32_t n = rd32(u->buf.p + off);
+    lua_pushlstring(L, (const char *)u->buf.p + off + 4, n);
+    lua_rawseti(L, -2, (lua_Integer)i);
+    off += 4 + n;
+  }
+}
+
+/* r:scan(prefix [, after [, limit]]) -> {key, value, key, value, ...} | fail */
+static int results_scan(lua_State *L) {
+  lresults *u = results_check(L, 1);
+  size_t pn, an = 0, count;
+  const char *prefix = luaL_checklstring(L, 2, &pn);
+  const char *after = luaL_optlstring(L, 3, NULL, &an);
+  lua_Integer limit = luaL_optinteger(L, 4, 0);
+  char err[MTASTS_ERR_MAX];
+  int rc;
+  luaL_argcheck(L, limit >= 0, 4, "limit must not be negative");
+  if ((rc = mtasts_results_scan(u->c, prefix, pn, after, an, (size_t)limit, &u->buf, &count,
+                                err)) != 0)
+    return fail(L, rc, err);
+  push_strings(L, u, count * 2);
+  return 1;
+}
+
+/* r:distinct(prefix) -> {component, ...} | fail */
+static int results_distinct(lua_State *L) {
+  lresults *u = results_check(L, 1);
+  size_t pn, count;
+  const char *prefix = luaL_checklstring(L, 2, &pn);
+  char err[MTASTS_ERR_MAX];
+  int rc;
+  if ((rc = mtasts_results_distinct(u->c, prefix, pn, &u->buf, &count, err)) != 0)
+    return fail(L, rc, err);
+  push_strings(L, u, count);
+  return 1;
+}
+
+/* r:get(key) -> value | nil | fail */
+static int results_get(lua_State *L) {
+  lresults *u = results_check(L, 1);
+  size_t kn;
+  const char *key = check_key(L, 2, &kn);
+  char err[MTASTS_ERR_MAX];
+  int rc, found;
+  if ((rc = mtasts_results_get(u->c, key, kn, &u->buf, &found, err)) != 0)
+    return fail(L, rc, err);
+  if (!found) lua_pushnil(L);
+  else lua_pushlstring(L, (const char *)u->buf.p, u->buf.n);
+  return 1;
+}
+
+/* r:cas(key, expect|nil, value|nil) -> true (swapped) | false | fail */
+static int results_cas(lua_State *L) {
+  lresults *u = results_check(L, 1);
+  size_t kn, en = 0, vn = 0;
+  const char *key = check_key(L, 2, &kn);
+  const char *expect = luaL_optlstring(L, 3, NULL, &en);
+  const char *value = luaL_optlstring(L, 4, NULL, &vn);
+  char err[MTASTS_ERR_MAX];
+  int rc, swapped;
+  luaL_argcheck(L, vn <= MTASTS_RESULTS_VALUE_MAX, 4, "value too long");
+  if ((rc = mtasts_results_cas(u->c, key, kn, expect, en, value, vn, &swapped, err)) != 0)
+    return fail(L, rc, err);
+  lua_pushboolean(L, swapped);
+  return 1;
+}
+
+/* r:delete_range(lo, hi) -> count | fail */
+static int results_delete_range(lua_State *L) {
+  lresults *u = results_check(L, 1);
+  size_t ln, hn, deleted;
+  const char *lo = luaL_checklstring(L, 2, &ln);
+  const char *hi = luaL_checklstring(L, 3, &hn);
+  char err[MTASTS_ERR_MAX];
+  int rc = mtasts_results_delete_range(u->c, lo, ln, hi, hn, &deleted, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushinteger(L, (lua_Integer)deleted);
+  return 1;
+}
+
+static int results_path(lua_State *L) {
+  lua_pushstring(L, mtasts_cache_path(results_check(L, 1)->c));
+  return 1;
+}
+
+static int results_close(lua_State *L) {
+  lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
+  char err[MTASTS_ERR_MAX];
+  int rc = results_release(u, err);
+  if (rc != 0) return fail(L, rc, err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int results__gc(lua_State *L) {
+  char err[MTASTS_ERR_MAX];
+  results_release(luaL_checkudata(L, 1, RESULTS_MT), err);
+  return 0;
+}
+
+static int results__tostring(lua_State *L) {
+  lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
+  if (u->c) lua_pushfstring(L, RESULTS_MT " (%s)", mtasts_cache_path(u->c));
+  else lua_pushliteral(L, RESULTS_MT " (closed)");
+  return 1;
+}
+
+/* --- codecs --- */
+
+static int codec_fail(lua_State *L, int rc, const char *err, const char *code) {
+  lua_pushnil(L);
+  lua_pushstring(L, rc == MTASTS_CODEC_ENOMEM ? "out of memory" : err);
+  lua_pushstring(L, rc == MTASTS_CODEC_ELARGE ? "TOO_LARGE" :
+                    rc == MTASTS_CODEC_ENOMEM ? "ENOMEM" : code);
+  return 3;
+}
+
+/* gzip(s) -> gzip data */
+static int core_gzip(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  mtasts_buf b = {0};
+  int rc = mtasts_gzip((const unsigned char *)s, n, &b);
+  if (rc != 0) {
+    mtasts_buf_free(&b);
+    return luaL_error(L, "gzip: out of memory");
+  }
+  lua_pushlstring(L, (const char *)b.p, b.n);
+  mtasts_buf_free(&b);
+  return 1;
+}
+
+/* gunzip(s, limit) -> data | nil, msg, "GZIP"|"TOO_LARGE" */
+static int core_gunzip(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer limit = luaL_checkinteger(L, 2);
+  mtasts_buf b = {0};
+  char err[MTASTS_ERR_MAX];
+  int rc;
+  luaL_argcheck(L, limit >= 0 && limit <= (1 << 30), 2, "limit out of range");
+  if ((rc = mtasts_gunzip((const unsigned char *)s, n, (size_t)limit, &b, err)) != 0) {
+    mtasts_buf_free(&b);
+    return codec_fail(L, rc, err, "GZIP");
+  }
+  lua_pushlstring(L, (const char *)b.p, b.n);
+  mtasts_buf_free(&b);
+  return 1;
+}
+
+/* base64_encode(s [, wrap]) -> text (CRLF every wrap characters) */
+static int core_base64_encode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer wrap = luaL_optinteger(L, 2, 0);
+  mtasts_buf b = {0};
+  luaL_argcheck(L, wrap >= 0 && wrap % 4 == 0, 2, "wrap must be a multiple of 4");
+  if (mtasts_base64_encode((const unsigned char *)s, n, (size_t)wrap, &b) != 0) {
+    mtasts_buf_free(&b);
+    return luaL_error(L, "base64: out of memory");
+  }
+  lua_pushlstring(L, (const char *)b.p, b.n);
+  mtasts_buf_free(&b);
+  return 1;
+}
+
+/* base64_decode(s) -> data | nil, msg, "BASE64" */
+static int core_base64_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  mtasts_buf b = {0};
+  char err[MTASTS_ERR_MAX];
+  int rc = mtasts_base64_decode((const unsigned char *)s, n, &b, err);
+  if (rc != 0) {
+    mtasts_buf_free(&b);
+    return codec_fail(L, rc, err, "BASE64");
+  }
+  lua_pushlstring(L, (const char *)b.p, b.n);
+  mtasts_buf_free(&b);
+  return 1;
+}
+
+void mtasts_open_results(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"apply", results_apply}, {"scan", results_scan}, {"distinct", results_distinct},
+    {"get", results_get}, {"cas", results_cas}, {"delete_range", results_delete_range},
+    {"path", results_path}, {"close", results_close}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+    {"__gc", results__gc}, {"__close", results__gc}, {"__tostring", results__tostring},
+    {NULL, NULL}};
+  luaL_newmetatable(L, RESULTS_MT);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, results_open);
+  lua_setfield(L, -2, "results_open");
+  lua_pushcfunction(L, core_gzip);
+  lua_setfield(L, -2, "gzip");
+  lua_pushcfunction(L, core_gunzip);
+  lua_setfield(L, -2, "gunzip");
+  lua_pushcfunction(L, core_base64_encode);
+  lua_setfield(L, -2, "base64_encode");
+  lua_pushcfunction(L, core_base64_decode);
+  lua_setfield(L, -2, "base64_decode");
+}

@@ -1,0 +1,303 @@
+/* results.c: the TLSRPT result store: counters and plain values in results.db of a cache
+ * environment. Pure C, no Lua. Every operation runs through mtasts_store_run, so it has the
+ * cache's gate, recovery and retry rules; every write is one transaction. */
+#include "results.h"
+
+#include <db.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void dbt(DBT *t, const void *p, size_t n) {
+  memset(t, 0, sizeof *t);
+  t->data = (void *)p;
+  t->size = (u_int32_t)n;
+}
+
+static void put_u64(unsigned char *o, uint64_t v) {
+  int i;
+  for (i = 7; i >= 0; i--) { o[i] = (unsigned char)(v & 0xff); v >>= 8; }
+}
+
+static uint64_t get_u64(const unsigned char *p) {
+  uint64_t v = 0;
+  int i;
+  for (i = 0; i < 8; i++) v = (v << 8) | p[i];
+  return v;
+}
+
+static uint64_t sat_add(uint64_t x, uint64_t y) { return x > UINT64_MAX - y ? UINT64_MAX : x + y; }
+
+static int append(mtasts_buf *b, const void *p, size_t n) {
+  unsigned char len[4];
+  if (n > UINT32_MAX || mtasts_buf_reserve(b, b->n + 4 + n) != 0) return ENOMEM;
+  len[0] = (unsigned char)(n >> 24);
+  len[1] = (unsigned char)(n >> 16);
+  len[2] = (unsigned char)(n >> 8);
+  len[3] = (unsigned char)n;
+  memcpy(b->p + b->n, len, 4);
+  if (n) memcpy(b->p + b->n + 4, p, n);
+  b->n += 4 + n;
+  return 0;
+}
+
+/* --- apply --- */
+
+typedef struct { const mtasts_delta *d; size_t n; } apply_ctx;
+
+static int op_apply(DB_ENV *env, DB *db, void *vctx) {
+  apply_ctx *x = vctx;
+  DB_TXN *t;
+  size_t i;
+  int rc = 0;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  for (i = 0; i < x->n; i++) {
+    unsigned char cur[16], val[16];
+    uint64_t a = 0, b = 0;
+    DBT k, v;
+    dbt(&k, x->d[i].key, x->d[i].kn);
+    memset(&v, 0, sizeof v);
+    v.flags = DB_DBT_USERMEM;
+    v.data = cur;
+    v.ulen = sizeof cur;
+    rc = db->get(db, t, &k, &v, DB_RMW);
+    if (rc == 0 && v.size == 16) {
+      a = get_u64(cur);
+      b = get_u64(cur + 8);
+    } else if (rc == DB_BUFFER_SMALL || (rc == 0 && v.size != 16)) {
+      rc = 0;   /* not a counter record (cannot happen with our keys): start it afresh */
+    } else if (rc == DB_NOTFOUND) {
+      rc = 0;
+    } else {
+      break;
+    }
+    put_u64(val, sat_add(a, x->d[i].a));
+    put_u64(val + 8, sat_add(b, x->d[i].b));
+    dbt(&v, val, sizeof val);
+    if ((rc = db->put(db, t, &k, &v, 0)) != 0) break;
+  }
+  if (rc != 0) {
+    t->abort(t);
+    return rc;
+  }
+  return t->commit(t, 0);
+}
+
+int mtasts_results_apply(mtasts_cache *c, const mtasts_delta *d, size_t n, char *err) {
+  apply_ctx x = {d, n};
+  err[0] = '\0';
+  if (n == 0) return 0;
+  return mtasts_store_run(c, op_apply, &x, 1, "results: add", err);
+}
+
+/* --- scans --- */
+
+typedef struct {
+  const char *prefix, *after;
+  size_t pn, an, limit, count;
+  int distinct;
+  mtasts_buf *b;
+} scan_ctx;
+
+static int op_scan(DB_ENV *env, DB *db, void *vctx) {
+  scan_ctx *x = vctx;
+  DBC *cur;
+  DBT k, d;
+  char *seek = NULL;
+  int rc, r2;
+  u_int32_t flag = DB_SET_RANGE;
+  (void)env;
+  x->b->n = 0;
+  x->count = 0;
+  if ((rc = db->cursor(db, NULL, &cur, DB_READ_COMMITTED)) != 0) return rc;
+  memset(&k, 0, sizeof k);
+  memset(&d, 0, sizeof d);
+  k.flags = DB_DBT_REALLOC;
+  d.flags = DB_DBT_REALLOC;
+  /* the first key to look at: the prefix, or just past `after` */
+  {
+    const char *from = x->after ? x->after : x->prefix;
+    size_t fn = x->after ? x->an : x->pn;
+    if (!(k.data = malloc(fn + 1))) { cur->close(cur); return ENOMEM; }
+    memcpy(k.data, from, fn);
+    k.size = (u_int32_t)fn;
+    if (x->after) ((char *)k.data)[k.size++] = '\0';  /* the smallest key after `after` */
+  }
+  for (;;) {
+    rc = cur->get(cur, &k, &d, flag);
+    flag = DB_NEXT;
+    if (rc != 0) break;
+    if (k.size < x->pn || memcmp(k.data, x->prefix, x->pn) != 0) break;
+    if (!x->distinct) {
+      if ((rc = append(x->b, k.data, k.size)) != 0 || (rc = append(x->b, d.data, d.size)) != 0)
+        break;
+      if (++x->count == x->limit) break;
+      continue;
+    }
+    {
+      const char *rest = (const char *)k.data + x->pn, *nul;
+      size_t rn = k.size - x->pn, cn;
+      nul = memchr(rest, '\0', rn);
+      cn = nul ? (size_t)(nul - rest) : rn;
+      if ((rc = append(x->b, rest, cn)) != 0) break;
+      x->count++;
+      /* jump past every key with this component: prefix, component, "\x01" */
+      free(seek);
+      if (!(seek = malloc(x->pn + cn + 1))) { rc = ENOMEM; break; }
+      memcpy(seek, k.data, x->pn + cn);
+      seek[x->pn + cn] = '\x01';
+      free(k.data);
+      k.data = seek;
+      k.size = (u_int32_t)(x->pn + cn + 1);
+      seek = NULL;
+      flag = DB_SET_RANGE;
+    }
+  }
+  if (rc == DB_NOTFOUND) rc = 0;
+  if ((r2 = cur->close(cur)) != 0 && rc == 0) rc = r2;
+  free(k.data);
+  free(d.data);
+  free(seek);
+  return rc;
+}
+
+int mtasts_results_scan(mtasts_cache *c, const char *prefix, size_t pn, const char *after,
+                        size_t an, size_t limit, mtasts_buf *b, size_t *count, char *err) {
+  scan_ctx x = {prefix, after, pn, an, limit, 0, 0, b};
+  int rc = mtasts_store_run(c, op_scan, &x, 0, "results: scan", err);
+  *count = x.count;
+  return rc;
+}
+
+int mtasts_results_distinct(mtasts_cache *c, const char *prefix, size_t pn, mtasts_buf *b,
+                            size_t *count, char *err) {
+  scan_ctx x = {prefix, NULL, pn, 0, 0, 0, 1, b};
+  int rc = mtasts_store_run(c, op_scan, &x, 0, "results: scan", err);
+  *count = x.count;
+  return rc;
+}
+
+/* --- plain values --- */
+
+typedef struct {
+  const char *key, *expect, *value;
+  size_t kn, en, vn;
+  mtasts_buf *b;
+  int found;
+} value_ctx;
+
+static int read_value(DB *db, DB_TXN *t, value_ctx *x, u_int32_t flags) {
+  DBT k, d;
+  int rc;
+  dbt(&k, x->key, x->kn);
+  for (;;) {
+    memset(&d, 0, sizeof d);
+    d.flags = DB_DBT_USERMEM;
+    d.data = x->b->p;
+    d.ulen = (u_int32_t)x->b->cap;
+    rc = db->get(db, t, &k, &d, flags);
+    if (rc != DB_BUFFER_SMALL) break;
+    if (mtasts_buf_reserve(x->b, d.size) != 0) return ENOMEM;
+  }
+  x->found = rc == 0;
+  x->b->n = rc == 0 ? d.size : 0;
+  return rc == DB_NOTFOUND ? 0 : rc;
+}
+
+static int op_get(DB_ENV *env, DB *db, void *vctx) {
+  (void)env;
+  return read_value(db, NULL, vctx, DB_READ_COMMITTED);
+}
+
+int mtasts_results_get(mtasts_cache *c, const char *key, size_t kn, mtasts_buf *b,
+                       int *found, char *err) {
+  value_ctx x = {key, NULL, NULL, kn, 0, 0, b, 0};
+  int rc = mtasts_store_run(c, op_get, &x, 0, "results: get", err);
+  *found = x.found;
+  return rc;
+}
+
+static int op_cas(DB_ENV *env, DB *db, void *vctx) {
+  value_ctx *x = vctx;
+  DB_TXN *t;
+  DBT k, d;
+  int rc, same;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = read_value(db, t, x, DB_RMW)) != 0) goto abort;
+  same = x->expect ? x->found && x->b->n == x->en && memcmp(x->b->p, x->expect, x->en) == 0
+                   : !x->found;
+  x->found = 0;   /* reused as "swapped" */
+  if (!same) goto abort;
+  dbt(&k, x->key, x->kn);
+  if (x->value) {
+    dbt(&d, x->value, x->vn);
+    rc = db->put(db, t, &k, &d, 0);
+  } else if (x->expect) {
+    rc = db->del(db, t, &k, 0);
+  }
+  if (rc != 0) goto abort;
+  if ((rc = t->commit(t, 0)) == 0) x->found = 1;
+  return rc;
+abort:
+  t->abort(t);
+  return rc;
+}
+
+int mtasts_results_cas(mtasts_cache *c, const char *key, size_t kn, const char *expect,
+                       size_t en, const char *value, size_t vn, int *swapped, char *err) {
+  mtasts_buf scratch = {0};
+  value_ctx x = {key, expect, value, kn, en, vn, &scratch, 0};
+  int rc = mtasts_store_run(c, op_cas, &x, 1, "results: put", err);
+  *swapped = rc == 0 && x.found;
+  mtasts_buf_free(&scratch);
+  return rc;
+}
+
+/* --- delete a range --- */
+
+typedef struct { const char *lo, *hi; size_t ln, hn, deleted; int more; } range_ctx;
+
+static int op_delete_some(DB_ENV *env, DB *db, void *vctx) {
+  range_ctx *x = vctx;
+  DB_TXN *t;
+  DBC *cur;
+  DBT k, d;
+  size_t n = 0;
+  int rc, r2;
+  x->more = 0;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = db->cursor(db, t, &cur, 0)) != 0) { t->abort(t); return rc; }
+  memset(&k, 0, sizeof k);
+  memset(&d, 0, sizeof d);
+  k.flags = DB_DBT_REALLOC;
+  d.flags = DB_DBT_REALLOC | DB_DBT_PARTIAL;   /* keys only */
+  if (!(k.data = malloc(x->ln ? x->ln : 1))) { rc = ENOMEM; goto done; }
+  memcpy(k.data, x->lo, x->ln);
+  k.size = (u_int32_t)x->ln;
+  for (rc = cur->get(cur, &k, &d, DB_SET_RANGE | DB_RMW); rc == 0;
+       rc = cur->get(cur, &k, &d, DB_NEXT | DB_RMW)) {
+    size_t m = k.size < x->hn ? k.size : x->hn;
+    int cmp = memcmp(k.data, x->hi, m);
+    if (cmp > 0 || (cmp == 0 && k.size >= x->hn)) break;
+    if ((rc = cur->del(cur, 0)) != 0) break;
+    if (++n == 1000) { x->more = 1; break; }
+  }
+  if (rc == DB_NOTFOUND) rc = 0;
+done:
+  if ((r2 = cur->close(cur)) != 0 && rc == 0) rc = r2;
+  free(k.data);
+  free(d.data);
+  if (rc != 0) { t->abort(t); return rc; }
+  if ((rc = t->commit(t, 0)) == 0) x->deleted += n;
+  return rc;
+}
+
+int mtasts_results_delete_range(mtasts_cache *c, const char *lo, size_t ln, const char *hi,
+                                size_t hn, size_t *deleted, char *err) {
+  range_ctx x = {lo, hi, ln, hn, 0, 0};
+  int rc;
+  do rc = mtasts_store_run(c, op_delete_some, &x, 1, "results: delete", err);
+  while (rc == 0 && x.more);
+  *deleted = x.deleted;
+  return rc;
+}
