@@ -1,0 +1,640 @@
+--- mtasts.report: the TLSRPT result store (RFC 8460): recording results, building the daily
+-- reports, delivering them. Opened with tlsrpt.open{...}. Reference: docs/tlsrpt.md.
+--
+-- Storage (results.db in a cache environment, module/results.c) holds counters under keys
+--   "R" day NUL kind policy-domain NUL recipient-domain NUL flag rtype policy [NUL detail]
+-- kind "d" (recipient-domain report) or "h" (MX host / DANE report); flag "1" (asks for a
+-- report) or "0" (a result of delivering a report: included, never the reason for one);
+-- rtype "S" (summary: success, failure) or "D" (failure detail: count); policy and detail
+-- are canonical JSON, so equal fields merge into one counter (REFERENCE.md §7).
+-- Delivery state lives under "Q" day NUL kind policy-domain NUL [destination] as JSON.
+local core = require("mtasts.core")
+local json = require("mtasts.json")
+local tlsrpt = require("mtasts.tlsrpt")
+
+local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
+  error, tostring, tonumber, setmetatable, pcall
+local concat, sort, format, math_type, unpack = table.concat, table.sort, string.format,
+  math.type, string.unpack
+
+local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
+  MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900,
+  SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120 }
+
+local Store = {}
+local store_mt = { __index = Store, __name = "mtasts.report.store" }
+
+local OPTIONS = { path = true, organization = true, contact = true, submitter = true,
+  from = true, clock = true, resolver = true, fetcher = true, sendmail = true,
+  sendmail_timeout = true, window = true, retention = true, batch_size = true,
+  batch_interval = true, max_attempts = true, backoff = true, skip_without_failures = true,
+  nameserver = true, trust_anchor = true, cafile = true, connect_to = true, timeouts = true,
+  log = true, wait = true }
+
+local function argerror(fn, msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 3) end
+
+--- Open a result store. See docs/tlsrpt.md for the options.
+function _M.open(opts)
+  if type(opts) ~= "table" then argerror("open", "table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then argerror("open", "unknown option '" .. tostring(k) .. "'") end
+  end
+  if type(opts.path) ~= "string" then argerror("open", "path (the database directory) is required") end
+  for _, k in ipairs({ "organization", "submitter" }) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
+      argerror("open", k .. " must be a non-empty string")
+    end
+  end
+  for _, k in ipairs({ "clock", "log", "wait" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror("open", k .. " must be a function") end
+  end
+  for _, k in ipairs({ "window", "retention", "batch_size", "batch_interval", "max_attempts",
+      "backoff", "sendmail_timeout" }) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "number" or opts[k] < 0) then
+      argerror("open", k .. " must be a number >= 0")
+    end
+  end
+  local db, err, code = core.results_open(opts.path)
+  if not db then return nil, err, code end
+  local submitter = opts.submitter or "localhost"
+  local self = setmetatable({
+    db = db, path = opts.path, clock = opts.clock or os.time, log = opts.log or function() end,
+    organization = opts.organization or submitter, submitter = submitter,
+    contact = opts.contact or ("postmaster@" .. submitter),
+    from = opts.from or ("postmaster@" .. submitter),
+    sendmail = opts.sendmail or _M.SENDMAIL,
+    sendmail_timeout = opts.sendmail_timeout or _M.SENDMAIL_TIMEOUT,
+    window = opts.window or _M.WINDOW, retention = opts.retention or _M.RETENTION_DAYS,
+    batch_size = opts.batch_size or _M.BATCH_SIZE,
+    batch_interval = opts.batch_interval or _M.BATCH_INTERVAL,
+    max_attempts = opts.max_attempts or _M.MAX_ATTEMPTS, backoff = opts.backoff or _M.BACKOFF,
+    skip_without_failures = opts.skip_without_failures == true,
+    resolver = opts.resolver, fetcher = opts.fetcher, owned = {},
+    net = { nameserver = opts.nameserver, trust_anchor = opts.trust_anchor,
+      cafile = opts.cafile, connect_to = opts.connect_to, timeouts = opts.timeouts or {},
+      wait = opts.wait },
+    pending = {}, npending = 0, since = nil, blobs = setmetatable({}, { __mode = "k" }),
+    is_open = true,
+  }, store_mt)
+  return self
+end
+
+local function check(self, fn)
+  if getmetatable(self) ~= store_mt then error("bad self to '" .. fn .. "'", 3) end
+  if not self.is_open then error("attempt to use a closed mtasts.report.store", 3) end
+end
+
+local function check_day(day, fn, argn)
+  if not tlsrpt.day_start(day) then
+    error(("bad argument #%d to '%s' (a UTC day \"YYYY-MM-DD\" expected, got %s)"):format(
+      argn, fn, type(day) == "string" and format("%q", day:sub(1, 20)) or type(day)), 3)
+  end
+  return day
+end
+
+local function lower_domain(d)
+  return (d:lower():gsub("%.$", ""))
+end
+
+-- --- recording ---
+
+local function policy_blob(self, p)
+  local blob = self.blobs[p]
+  if blob then return blob end
+  local strings, mx = {}, {}
+  for i, s in ipairs(p.strings or {}) do strings[i] = tostring(s) end
+  for i, s in ipairs(p.mx_host or {}) do mx[i] = tostring(s) end
+  blob = json.encode({ t = p.type, d = lower_domain(p.domain), s = strings, m = mx })
+  self.blobs[p] = blob
+  return blob
+end
+
+local function detail_blob(d)
+  local t = {}
+  for _, f in ipairs(tlsrpt.DETAIL_FIELDS) do
+    local v = d[f[1]]
+    if v ~= nil then t[f[1]] = tostring(v) end
+  end
+  return json.encode(t)
+end
+
+local function count_of(v, what)
+  if v == nil then return 0 end
+  if math_type(v) ~= "integer" or v < 0 then
+    error("bad argument #1 to 'add' (" .. what .. " must be a non-negative integer)", 4)
+  end
+  return v
+end
+
+local function bump(self, key, a, b)
+  local p = self.pending[key]
+  if p then
+    p[1], p[2] = p[1] + a, p[2] + b
+  else
+    self.pending[key] = { a, b }
+  end
+end
+
+--- Record a result (DESIGN.md §3 "TLSRPT result"). opts: day ("YYYY-MM-DD", default today
+-- by the store's clock), recipient_domain (default the policy domain), host (an MX host /
+-- DANE result; default: policy type tlsa), report (false for results of delivering a
+-- report: included in reports, never the cause of one). Batched: returns true, or a
+-- failure of the flush it triggered (the batch is kept and retried).
+function Store:add(result, opts)
+  check(self, "add")
+  opts = opts or {}
+  if type(result) ~= "table" or type(result.policy) ~= "table" then
+    error("bad argument #1 to 'add' (a TLSRPT result table expected)", 2)
+  end
+  local p = result.policy
+  if not tlsrpt.POLICY_TYPES[p.type] then
+    error("bad argument #1 to 'add' (policy.type must be sts, tlsa or no-policy-found)", 2)
+  end
+  if type(p.domain) ~= "string" or p.domain == "" or p.domain:find("%z") then
+    error("bad argument #1 to 'add' (policy.domain must be a domain name)", 2)
+  end
+  local day = opts.day and check_day(opts.day, "add", 2) or tlsrpt.day_of(self.clock())
+  local rdomain = opts.recipient_domain
+  if rdomain ~= nil and (type(rdomain) ~= "string" or rdomain:find("%z")) then
+    error("bad argument #2 to 'add' (recipient_domain must be a string)", 2)
+  end
+  local host = opts.host
+  if host == nil then host = p.type == "tlsa" end
+  local sum = result.summary or {}
+  local success = count_of(sum.success, "summary.success")
+  local failure = count_of(sum.failure, "summary.failure")
+  local pdomain = lower_domain(p.domain)
+  local base = "R" .. day .. "\0" .. (host and "h" or "d") .. pdomain .. "\0" ..
+    lower_domain(rdomain or pdomain) .. "\0" .. (opts.report == false and "0" or "1")
+  local blob = policy_blob(self, p)
+  bump(self, base .. "S" .. blob, success, failure)
+  for _, d in ipairs(result.failures or {}) do
+    if type(d) ~= "table" or type(d.result_type) ~= "string" then
+      error("bad argument #1 to 'add' (each failure needs a result_type)", 2)
+    end
+    bump(self, base .. "D" .. blob .. "\0" .. detail_blob(d), count_of(d.count or 1, "count"), 0)
+  end
+  self.npending = self.npending + 1
+  local now = core.monotonic()
+  if not self.since then self.since = now end
+  if self.npending >= self.batch_size or now - self.since >= self.batch_interval then
+    return self:flush()
+  end
+  return true
+end
+
+--- Commit the batch of this process in one transaction. true, or nil, message, code (the
+-- batch is kept for the next try).
+function Store:flush()
+  check(self, "flush")
+  if self.npending == 0 then return true end
+  local flat, n = {}, 0
+  for key, c in pairs(self.pending) do
+    flat[n + 1], flat[n + 2], flat[n + 3] = key, c[1], c[2]
+    n = n + 3
+  end
+  local ok, err, code = self.db:apply(flat)
+  if not ok then return nil, err, code end
+  self.pending, self.npending, self.since = {}, 0, nil
+  return true
+end
+
+-- --- queries ---
+
+--- Days with stored results, oldest first.
+function Store:days()
+  check(self, "days")
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  return self.db:distinct("R")
+end
+
+--- The reports a day has: array of { domain =, host = bool }, in key order.
+function Store:domains(day)
+  check(self, "domains")
+  check_day(day, "domains", 1)
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  local list, e2, c2 = self.db:distinct("R" .. day .. "\0")
+  if not list then return nil, e2, c2 end
+  local out = {}
+  for i, k in ipairs(list) do out[i] = { domain = k:sub(2), host = k:sub(1, 1) == "h" } end
+  return out
+end
+
+-- The stored records of one report: policies merged by policy blob.
+local function gather(self, domain, day, host)
+  local prefix = "R" .. day .. "\0" .. (host and "h" or "d") .. domain .. "\0"
+  local recs, err, code = self.db:scan(prefix)
+  if not recs then return nil, err, code end
+  local by, order, trigger = {}, {}, false
+  for i = 1, #recs, 2 do
+    local key, value = recs[i], recs[i + 1]
+    local rest = key:sub(#prefix + 1)
+    local flag, rtype, tail = rest:match("^[^%z]*%z([01])([SD])(.*)$")
+    if flag then
+      local blob, detail = tail, nil
+      if rtype == "D" then blob, detail = tail:match("^([^%z]*)%z(.*)$") end
+      if blob then
+        local e = by[blob]
+        if not e then
+          e = { blob = blob, success = 0, failure = 0, details = {}, dorder = {} }
+          by[blob] = e
+          order[#order + 1] = blob
+        end
+        local a, b = unpack(">I8I8", value)
+        if rtype == "S" then
+          e.success, e.failure = e.success + a, e.failure + b
+          if flag == "1" and (a > 0 or b > 0) then trigger = true end
+        else
+          if not e.details[detail] then e.dorder[#e.dorder + 1] = detail end
+          e.details[detail] = (e.details[detail] or 0) + a
+          if flag == "1" then trigger = true end
+        end
+      end
+    end
+  end
+  sort(order)
+  return by, order, trigger
+end
+
+local function day_range(day)
+  local t = tlsrpt.day_start(day)
+  return t, t + 86399
+end
+
+--- The RFC 8460 §4.4 report of a policy domain and day (hyphenated keys), or nil when there
+-- is nothing to report. opts.host: the MX host (DANE) report instead of the recipient
+-- domain's. The second value says whether a stored result asks for the report to be sent.
+function Store:report(domain, day, opts)
+  check(self, "report")
+  if type(domain) ~= "string" then error("bad argument #1 to 'report' (string expected)", 2) end
+  check_day(day, "report", 2)
+  local host = type(opts) == "table" and opts.host == true
+  domain = lower_domain(domain)
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  local by, order, trigger = gather(self, domain, day, host)
+  if not by then return nil, order, trigger end
+  if #order == 0 then return nil end
+  local policies, has_tlsa = {}, false
+  for _, blob in ipairs(order) do
+    local e = by[blob]
+    local pol = require("cjson").decode(blob)
+    e.pol = pol
+    if pol.t == "tlsa" then has_tlsa = true end
+  end
+  local failures = 0
+  for _, blob in ipairs(order) do
+    local e = by[blob]
+    local pol = e.pol
+    -- a domain with a TLSA result gets no no-policy-found result (mox does the same)
+    if not (has_tlsa and pol.t == "no-policy-found") then
+      local policy = { ["policy-type"] = pol.t, ["policy-domain"] = pol.d,
+        ["policy-string"] = pol.s, ["mx-host"] = pol.m }
+      local details = {}
+      sort(e.dorder)
+      for _, dblob in ipairs(e.dorder) do
+        local d = require("cjson").decode(dblob)
+        local out = { ["failed-session-count"] = e.details[dblob] }
+        for _, f in ipairs(tlsrpt.DETAIL_FIELDS) do
+          if d[f[1]] ~= nil then out[f[2]] = d[f[1]] end
+        end
+        details[#details + 1] = out
+      end
+      failures = failures + e.failure
+      policies[#policies + 1] = { policy = policy,
+        summary = { ["total-successful-session-count"] = e.success,
+          ["total-failure-session-count"] = e.failure },
+        ["failure-details"] = details }
+    end
+  end
+  if #policies == 0 then return nil end
+  local begin, finish = day_range(day)
+  local report = {
+    ["organization-name"] = self.organization,
+    ["date-range"] = { ["start-datetime"] = os.date("!%Y-%m-%dT%H:%M:%SZ", begin),
+      ["end-datetime"] = os.date("!%Y-%m-%dT%H:%M:%SZ", finish) },
+    ["contact-info"] = self.contact,
+    ["report-id"] = day:gsub("-", "") .. "." .. domain .. (host and ".mx" or "") .. "@" ..
+      self.submitter,
+    policies = policies,
+  }
+  tlsrpt._meta[report] = { domain = domain, submitter = self.submitter, day = day,
+    host = host, trigger = trigger, failures = failures, has_tlsa = has_tlsa }
+  return report, trigger
+end
+
+--- What is stored: { days = { { day =, reports =, records = }, ... }, pending = n }.
+function Store:stats()
+  check(self, "stats")
+  local days, err, code = self:days()
+  if not days then return nil, err, code end
+  local out = { days = {}, pending = self.npending }
+  for _, day in ipairs(days) do
+    local recs = self.db:scan("R" .. day .. "\0")
+    local doms = self.db:distinct("R" .. day .. "\0")
+    local success, failure = 0, 0
+    for i = 1, #(recs or {}), 2 do
+      if recs[i]:match("^R[^%z]*%z[^%z]*%z[^%z]*%z[01]S") then
+        local a, b = unpack(">I8I8", recs[i + 1])
+        success, failure = success + a, failure + b
+      end
+    end
+    out.days[#out.days + 1] = { day = day, reports = doms and #doms or 0,
+      records = recs and #recs // 2 or 0, success = success, failure = failure }
+  end
+  return out
+end
+
+--- Delete results and delivery state of days older than `retention` days (default the
+-- store's, 10) before today. Returns how many records went.
+function Store:prune(retention)
+  check(self, "prune")
+  retention = retention or self.retention
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  local today = tlsrpt.day_start(tlsrpt.day_of(self.clock()))
+  local cutoff = tlsrpt.day_of(today - retention * 86400)
+  local total = 0
+  for _, p in ipairs({ "R", "Q" }) do
+    local n, e2, c2 = self.db:delete_range(p, p .. cutoff)
+    if not n then return nil, e2, c2 end
+    total = total + n
+  end
+  return total
+end
+
+--- Commit the batch and close. true, or nil, message, code (the close happens anyway).
+function Store:close()
+  if not self.is_open then return true end
+  local ok, err, code = self:flush()
+  if not ok then self.log("mtasts: results lost at close: " .. tostring(err)) end
+  self.is_open = false
+  local ok2, e2, c2 = self.db:close()
+  if self.owned.resolver and self.resolver.close then self.resolver:close() end
+  if self.owned.fetcher and self.fetcher.close then self.fetcher:close() end
+  if not ok then return nil, err, code end
+  if not ok2 then return nil, e2, c2 end
+  return true
+end
+store_mt.__close = Store.close
+store_mt.__gc = function(self) if self.is_open then pcall(Store.close, self) end end
+
+-- --- delivery ---
+
+local function net(self)
+  local wait = self.net.wait
+  if not self.resolver then
+    local r, err, code = require("mtasts.resolver").new{ nameserver = self.net.nameserver,
+      trust_anchor = self.net.trust_anchor, timeout = self.net.timeouts.dns, wait = wait }
+    if not r then return nil, err, code end
+    self.resolver, self.owned.resolver = r, true
+  end
+  if not self.fetcher then
+    local f, err, code = require("mtasts.fetch").new{
+      resolver = type(self.resolver.a) == "function" and self.resolver or nil,
+      cafile = self.net.cafile, connect_to = self.net.connect_to,
+      timeout = self.net.timeouts.fetch, wait = wait }
+    if not f then return nil, err, code end
+    self.fetcher, self.owned.fetcher = f, true
+  end
+  return true
+end
+
+local function decode_state(v)
+  if not v then return nil end
+  local ok, t = pcall(require("cjson").decode, v)
+  return ok and type(t) == "table" and t or nil
+end
+
+-- Replace a state value if it is still `old` (another process may be at it).
+local function set_state(self, key, old, new)
+  return self.db:cas(key, old, json.encode(new))
+end
+
+local function backoff(self, attempts)
+  local d = self.backoff * 2 ^ (attempts - 1)
+  return d > _M.BACKOFF_MAX and _M.BACKOFF_MAX or d // 1
+end
+
+-- A stable spread of reports over the window after the day ends (FNV-1a of the name).
+local function jitter(self, name)
+  if self.window <= 0 then return 0 end
+  local h = 2166136261
+  for i = 1, #name do h = ((h ~ name:byte(i)) * 16777619) & 0xffffffff end
+  return h % (self.window // 1 + 1)
+end
+
+local function percent_decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- The address of a mailto: URI (the part before any ?query), or nil.
+function _M.mailto_address(uri)
+  local addr = uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:([^?]+)")
+  addr = addr and percent_decode(addr)
+  if not addr or not addr:match("^[^@%s<>,;\"]+@[%w%-%.]+$") then return nil end
+  return addr
+end
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function deliver_mail(self, report, body, uri)
+  local to = _M.mailto_address(uri)
+  if not to then return nil, uri .. ": not a usable mailto address", true end
+  local msg = tlsrpt.message(report, { from = self.from, to = to, gzip = body,
+    date = self.clock() })
+  msg = msg:gsub("\r\n", "\n")
+  local cmd = self.sendmail
+  if self.sendmail_timeout > 0 then
+    cmd = ("timeout -s KILL %d sh -c %s"):format(self.sendmail_timeout // 1, shell_quote(cmd))
+  end
+  local p = io.popen(cmd .. " >/dev/null 2>&1", "w")
+  if not p then return nil, "cannot run " .. self.sendmail end
+  p:write(msg)
+  local ok, how, status = p:close()
+  if ok then return true end
+  return nil, ("%s: %s exited with %s %s"):format(to, self.sendmail, tostring(how), tostring(status))
+end
+
+local function deliver_https(self, body, uri)
+  local status, err, code, reason = self.fetcher:post(uri, body, "application/tlsrpt+gzip")
+  if not status then return nil, ("%s: %s (%s)"):format(uri, tostring(err), tostring(reason or code)) end
+  if status >= 200 and status < 300 then return true end
+  -- RFC 8460 §5.2: 4xx other than too large is permanent for this report; retry 5xx
+  return nil, ("%s: HTTP %d"):format(uri, status), status == 413 or (status >= 400 and status < 500)
+end
+
+-- Look up the TLSRPT record of a report's domain: rua list, or nil, why, final.
+local function rua_of(self, domain)
+  local txt, err, code = self.resolver:txt("_smtp._tls." .. domain)
+  if not txt then
+    if code == "nxdomain" or code == "nodata" then
+      return nil, "_smtp._tls." .. domain .. ": no TLSRPT record", true
+    end
+    return nil, "_smtp._tls." .. domain .. ": " .. tostring(err), false
+  end
+  local found = {}
+  for _, s in ipairs(txt) do
+    if tlsrpt.is_record(s) then found[#found + 1] = s end
+  end
+  if #found == 0 then return nil, "_smtp._tls." .. domain .. ": no TLSRPT record", true end
+  if #found > 1 then return nil, "_smtp._tls." .. domain .. ": more than one TLSRPT record", true end
+  local rec, perr = tlsrpt.parse_record(found[1])
+  if not rec then return nil, "_smtp._tls." .. domain .. ": " .. tostring(perr), true end
+  return rec.rua
+end
+
+-- Deliver one report to every destination; returns a summary word for it.
+local function send_one(self, day, domain, host, now, summary)
+  local qbase = "Q" .. day .. "\0" .. (host and "h" or "d") .. domain .. "\0"
+  local raw = self.db:get(qbase)
+  local st = decode_state(raw) or {}
+  if st.status == "done" or st.status == "dropped" then
+    summary.done = summary.done + 1
+    return
+  end
+  if st.next and now < st.next then summary.waiting = summary.waiting + 1 return end
+  local report, trigger = self:report(domain, day, { host = host })
+  local function drop(why)
+    local new = { status = "dropped", reason = why, at = now }
+    if set_state(self, qbase, raw, new) then
+      summary.dropped = summary.dropped + 1
+      self.log(("mtasts: report %s %s%s not sent: %s"):format(day, domain, host and " (mx)" or "", why))
+    end
+  end
+  if not report then return drop("nothing to report") end
+  local facts = tlsrpt._meta[report]
+  if not trigger then return drop("only results of delivering reports") end
+  if host and not facts.has_tlsa then return drop("an MX host report without a TLSA result") end
+  if self.skip_without_failures and facts.failures == 0 then return drop("no failures") end
+  local rua, why, final = rua_of(self, domain)
+  if not rua then
+    if final then return drop(why) end
+    local attempts = (st.attempts or 0) + 1
+    local new = { status = "pending", attempts = attempts, next = now + backoff(self, attempts),
+      error = why }
+    if attempts >= self.max_attempts then return drop(why .. " (gave up)") end
+    set_state(self, qbase, raw, new)
+    summary.retry = summary.retry + 1
+    self.log("mtasts: report " .. day .. " " .. domain .. ": " .. why .. "; will retry")
+    return
+  end
+  local body = tlsrpt.gzip(report)
+  local open_left, seen = 0, {}
+  for _, uri in ipairs(rua) do
+    if not seen[uri] then
+      seen[uri] = true
+      local dkey = qbase .. uri
+      local draw = self.db:get(dkey)
+      local ds = decode_state(draw) or {}
+      local busy = ds.status == "sending" and ds["until"] and now < ds["until"]
+      if ds.status == "sent" or ds.status == "failed" then
+        -- finished before
+      elseif busy or (ds.next and now < ds.next) then
+        open_left = open_left + 1
+      else
+        local attempts = (ds.attempts or 0) + 1
+        local claim = { status = "sending", attempts = attempts, ["until"] = now + _M.LEASE }
+        if set_state(self, dkey, draw, claim) then
+          local cur = json.encode(claim)
+          local ok, err, permanent
+          if uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:") then
+            ok, err, permanent = deliver_mail(self, report, body, uri)
+          elseif uri:match("^https://") then
+            local n, nerr = net(self)
+            if not n then ok, err = nil, nerr
+            else ok, err, permanent = deliver_https(self, body, uri) end
+          else
+            ok, err, permanent = nil, uri .. ": not a mailto: or https: URI", true
+          end
+          local new
+          if ok then
+            new = { status = "sent", attempts = attempts, at = self.clock() }
+            summary.sent = summary.sent + 1
+          elseif permanent or attempts >= self.max_attempts then
+            new = { status = "failed", attempts = attempts, at = self.clock(), error = err }
+            summary.failed = summary.failed + 1
+            self.log("mtasts: report " .. day .. " " .. domain .. " to " .. uri .. " failed: " .. tostring(err))
+          else
+            new = { status = "pending", attempts = attempts, error = err,
+              next = self.clock() + backoff(self, attempts) }
+            summary.retry = summary.retry + 1
+            open_left = open_left + 1
+            self.log("mtasts: report " .. day .. " " .. domain .. " to " .. uri .. ": " .. tostring(err) .. "; will retry")
+          end
+          set_state(self, dkey, cur, new)
+        else
+          open_left = open_left + 1   -- another process took it just now
+        end
+      end
+    end
+  end
+  if open_left == 0 then set_state(self, qbase, raw, { status = "done", at = self.clock() }) end
+end
+
+--- Deliver the reports of `day` (default: every day with results that has ended) that are
+-- due: after the day's end plus a stable jitter within `window`. Returns a summary
+-- { sent =, failed =, retry =, dropped =, waiting =, done = } or nil, message, code.
+function Store:send(day)
+  check(self, "send")
+  if day ~= nil then check_day(day, "send", 1) end
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  local now = self.clock()
+  local days
+  if day then
+    days = { day }
+  else
+    days, err, code = self.db:distinct("R")
+    if not days then return nil, err, code end
+  end
+  local summary = { sent = 0, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0 }
+  if self.resolver == nil then
+    local n, nerr, ncode = net(self)
+    if not n then return nil, nerr, ncode end
+  end
+  for _, d in ipairs(days) do
+    local _, finish = day_range(d)
+    if now > finish then
+      local list, lerr, lcode = self:domains(d)
+      if not list then return nil, lerr, lcode end
+      for _, r in ipairs(list) do
+        if now < finish + 1 + jitter(self, r.domain) then
+          summary.waiting = summary.waiting + 1
+        else
+          send_one(self, d, r.domain, r.host, now, summary)
+        end
+      end
+    elseif day then
+      return nil, "day " .. d .. " has not ended yet (UTC)", "day-not-over"
+    end
+  end
+  return summary
+end
+
+--- Write the gzip reports of a day into dir; returns the array of file paths.
+function Store:build(day, dir)
+  check(self, "build")
+  check_day(day, "build", 1)
+  local list, err, code = self:domains(day)
+  if not list then return nil, err, code end
+  local files = {}
+  for _, r in ipairs(list) do
+    local report = self:report(r.domain, day, { host = r.host })
+    if report then
+      local name = tlsrpt.filename(report)
+      if r.host then name = name:gsub("%.json%.gz$", ".mx.json.gz") end
+      local path = dir .. "/" .. name
+      local f, ferr = io.open(path, "wb")
+      if not f then return nil, ferr, "EIO" end
+      f:write(tlsrpt.gzip(report))
+      f:close()
+      files[#files + 1] = path
+    end
+  end
+  return files
+end
+
+return _M
