@@ -26,7 +26,11 @@ static uint64_t get_u64(const unsigned char *p) {
   return v;
 }
 
-static uint64_t sat_add(uint64_t x, uint64_t y) { return x > UINT64_MAX - y ? UINT64_MAX : x + y; }
+/* Counts stop at INT64_MAX, the largest a Lua integer holds. */
+static uint64_t sat_add(uint64_t x, uint64_t y) {
+  if (x > (uint64_t)INT64_MAX) x = (uint64_t)INT64_MAX;
+  return y > (uint64_t)INT64_MAX - x ? (uint64_t)INT64_MAX : x + y;
+}
 
 static int append(mtasts_buf *b, const void *p, size_t n) {
   unsigned char len[4];

@@ -12,7 +12,7 @@
 #define MTASTS_RESULTS_VALUE_MAX (1u << 20)
 
 /* One counter update: the record under key holds two big-endian u64 counters (16 bytes);
- * a and b are added to them (saturating, so counts never wrap or go negative). */
+ * a and b are added to them, stopping at INT64_MAX (so counts never wrap or go negative). */
 typedef struct { const char *key; size_t kn; uint64_t a, b; } mtasts_delta;
 
 /* Apply n updates in one transaction: all of them are durable when it returns 0, none

@@ -14,8 +14,7 @@ local tlsrpt = require("mtasts.tlsrpt")
 
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
-local concat, sort, format, math_type, unpack = table.concat, table.sort, string.format,
-  math.type, string.unpack
+local sort, format, math_type, unpack = table.sort, string.format, math.type, string.unpack
 
 local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
   MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900,
@@ -39,14 +38,18 @@ function _M.open(opts)
   for k in pairs(opts) do
     if not OPTIONS[k] then argerror("open", "unknown option '" .. tostring(k) .. "'") end
   end
-  if type(opts.path) ~= "string" then argerror("open", "path (the database directory) is required") end
+  if type(opts.path) ~= "string" then
+    argerror("open", "path (the database directory) is required")
+  end
   for _, k in ipairs({ "organization", "submitter" }) do
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
       argerror("open", k .. " must be a non-empty string")
     end
   end
   for _, k in ipairs({ "clock", "log", "wait" }) do
-    if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror("open", k .. " must be a function") end
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then
+      argerror("open", k .. " must be a function")
+    end
   end
   for _, k in ipairs({ "window", "retention", "batch_size", "batch_interval", "max_attempts",
       "backoff", "sendmail_timeout" }) do
@@ -126,10 +129,13 @@ local function count_of(v, what)
   return v
 end
 
+local MAXINT = math.maxinteger
+local function sat(x, y) return x > MAXINT - y and MAXINT or x + y end
+
 local function bump(self, key, a, b)
   local p = self.pending[key]
   if p then
-    p[1], p[2] = p[1] + a, p[2] + b
+    p[1], p[2] = sat(p[1], a), sat(p[2], b)
   else
     self.pending[key] = { a, b }
   end
@@ -347,15 +353,15 @@ function Store:stats()
   return out
 end
 
---- Delete results and delivery state of days older than `retention` days (default the
--- store's, 10) before today. Returns how many records went.
+--- Keep the results and delivery state of the last `retention` days (default the store's,
+-- 10), today included; delete older days. Returns how many records went.
 function Store:prune(retention)
   check(self, "prune")
   retention = retention or self.retention
   local ok, err, code = self:flush()
   if not ok then return nil, err, code end
   local today = tlsrpt.day_start(tlsrpt.day_of(self.clock()))
-  local cutoff = tlsrpt.day_of(today - retention * 86400)
+  local cutoff = tlsrpt.day_of(today - (retention - 1) * 86400)
   local total = 0
   for _, p in ipairs({ "R", "Q" }) do
     local n, e2, c2 = self.db:delete_range(p, p .. cutoff)
@@ -455,12 +461,15 @@ local function deliver_mail(self, report, body, uri)
   p:write(msg)
   local ok, how, status = p:close()
   if ok then return true end
-  return nil, ("%s: %s exited with %s %s"):format(to, self.sendmail, tostring(how), tostring(status))
+  return nil, ("%s: %s exited with %s %s"):format(to, self.sendmail, tostring(how),
+    tostring(status))
 end
 
 local function deliver_https(self, body, uri)
   local status, err, code, reason = self.fetcher:post(uri, body, "application/tlsrpt+gzip")
-  if not status then return nil, ("%s: %s (%s)"):format(uri, tostring(err), tostring(reason or code)) end
+  if not status then
+    return nil, ("%s: %s (%s)"):format(uri, tostring(err), tostring(reason or code))
+  end
   if status >= 200 and status < 300 then return true end
   -- RFC 8460 §5.2: 4xx other than too large is permanent for this report; retry 5xx
   return nil, ("%s: HTTP %d"):format(uri, status), status == 413 or (status >= 400 and status < 500)
@@ -480,7 +489,9 @@ local function rua_of(self, domain)
     if tlsrpt.is_record(s) then found[#found + 1] = s end
   end
   if #found == 0 then return nil, "_smtp._tls." .. domain .. ": no TLSRPT record", true end
-  if #found > 1 then return nil, "_smtp._tls." .. domain .. ": more than one TLSRPT record", true end
+  if #found > 1 then
+    return nil, "_smtp._tls." .. domain .. ": more than one TLSRPT record", true
+  end
   local rec, perr = tlsrpt.parse_record(found[1])
   if not rec then return nil, "_smtp._tls." .. domain .. ": " .. tostring(perr), true end
   return rec.rua
@@ -501,7 +512,8 @@ local function send_one(self, day, domain, host, now, summary)
     local new = { status = "dropped", reason = why, at = now }
     if set_state(self, qbase, raw, new) then
       summary.dropped = summary.dropped + 1
-      self.log(("mtasts: report %s %s%s not sent: %s"):format(day, domain, host and " (mx)" or "", why))
+      self.log(("mtasts: report %s %s%s not sent: %s"):format(day, domain,
+        host and " (mx)" or "", why))
     end
   end
   if not report then return drop("nothing to report") end
@@ -530,8 +542,8 @@ local function send_one(self, day, domain, host, now, summary)
       local draw = self.db:get(dkey)
       local ds = decode_state(draw) or {}
       local busy = ds.status == "sending" and ds["until"] and now < ds["until"]
-      if ds.status == "sent" or ds.status == "failed" then
-        -- finished before
+      if ds.status == "sent" or ds.status == "failed" then   -- luacheck: ignore 542
+        -- delivered, or given up on, before
       elseif busy or (ds.next and now < ds.next) then
         open_left = open_left + 1
       else
@@ -556,13 +568,15 @@ local function send_one(self, day, domain, host, now, summary)
           elseif permanent or attempts >= self.max_attempts then
             new = { status = "failed", attempts = attempts, at = self.clock(), error = err }
             summary.failed = summary.failed + 1
-            self.log("mtasts: report " .. day .. " " .. domain .. " to " .. uri .. " failed: " .. tostring(err))
+            self.log(("mtasts: report %s %s to %s failed: %s"):format(day, domain, uri,
+              tostring(err)))
           else
             new = { status = "pending", attempts = attempts, error = err,
               next = self.clock() + backoff(self, attempts) }
             summary.retry = summary.retry + 1
             open_left = open_left + 1
-            self.log("mtasts: report " .. day .. " " .. domain .. " to " .. uri .. ": " .. tostring(err) .. "; will retry")
+            self.log(("mtasts: report %s %s to %s: %s; will retry"):format(day, domain, uri,
+              tostring(err)))
           end
           set_state(self, dkey, cur, new)
         else

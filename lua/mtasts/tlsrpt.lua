@@ -5,9 +5,9 @@
 local core = require("mtasts.core")
 local json = require("mtasts.json")
 
-local type, pairs, ipairs, error, tostring, tonumber, pcall, select = type, pairs, ipairs, error,
-  tostring, tonumber, pcall, select
-local concat, sort, format, math_type = table.concat, table.sort, string.format, math.type
+local type, pairs, ipairs, error, tostring, tonumber = type, pairs, ipairs, error, tostring,
+  tonumber
+local concat, format = table.concat, string.format
 
 local _M = {}
 
@@ -91,9 +91,7 @@ function _M.parse_time(s)
   if hh > 23 or mi > 59 or ss > 60 then return nil end
   rest = rest:gsub("^%.%d+", "")
   local off = 0
-  if rest == "Z" or rest == "z" or rest == "" then
-    off = 0
-  else
+  if rest ~= "Z" and rest ~= "z" and rest ~= "" then
     local sign, oh, om = rest:match("^([+-])(%d%d):?(%d%d)$")
     if not sign then return nil end
     off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
@@ -185,8 +183,9 @@ function _M.message(report, opts)
   local lines = {
     "From: " .. from,
     "To: " .. to,
-    "Subject: Report Domain: " .. f.domain .. " Submitter: " .. f.submitter ..
-      " Report-ID: <" .. f.id .. ">",
+    -- folded (RFC 5322 §2.2.3) so lines stay within 78 characters for ordinary names
+    "Subject: Report Domain: " .. f.domain .. "\r\n Submitter: " .. f.submitter ..
+      "\r\n Report-ID: <" .. f.id .. ">",
     "Date: " .. os.date("!%a, %d %b %Y %H:%M:%S +0000", (opts.date or os.time()) // 1),
     "Message-ID: " .. id,
     "MIME-Version: 1.0",
@@ -202,13 +201,14 @@ function _M.message(report, opts)
     "Content-Type: text/plain; charset=us-ascii",
     "Content-Transfer-Encoding: 7bit",
     "",
-    "This is an aggregate TLS report from " .. f.submitter .. " for " .. f.domain ..
-      " covering " .. os.date("!%Y-%m-%d", f.begin) .. " (UTC).",
+    "This is an aggregate TLS report from " .. f.submitter .. ".",
+    "Policy domain: " .. f.domain .. ", day: " .. os.date("!%Y-%m-%d", f.begin) .. " (UTC).",
     "",
     "--" .. boundary,
     "Content-Type: application/tlsrpt+gzip",
     "Content-Transfer-Encoding: base64",
-    'Content-Disposition: attachment; filename="' .. _M.filename(report) .. '"',
+    "Content-Disposition: attachment;",
+    '\tfilename="' .. _M.filename(report) .. '"',
     "",
     core.base64_encode(body, 76),
     "",
@@ -265,7 +265,9 @@ local function check_report(r, cjson_null)
   if type(r.policies) ~= "table" then return bad("report: policies is missing") end
   for i, p in ipairs(r.policies) do
     local where = "report: policies[" .. i .. "]"
-    if type(p) ~= "table" or type(p.policy) ~= "table" then return bad(where .. ".policy is missing") end
+    if type(p) ~= "table" or type(p.policy) ~= "table" then
+      return bad(where .. ".policy is missing")
+    end
     local pol = p.policy
     if not _M.POLICY_TYPES[pol["policy-type"]] then
       return bad(where .. ".policy.policy-type is not sts, tlsa or no-policy-found")
@@ -367,7 +369,9 @@ local function decode_transfer(body, cte)
     if not out then return nil, "report: " .. err, "report-syntax" end
     return out
   elseif cte == "quoted-printable" then
-    body = body:gsub("=\r?\n", ""):gsub("=(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    body = body:gsub("=\r?\n", ""):gsub("=(%x%x)", function(h)
+      return string.char(tonumber(h, 16))
+    end)
     return body
   end
   return body
@@ -382,7 +386,9 @@ local function from_entity(text, depth)
   if mime:match("^multipart/") then
     if depth >= 4 then return nil, "report: multipart nested too deeply", "report-syntax" end
     local b = params.boundary
-    if not b or b == "" or #b > 200 then return nil, "report: multipart without a boundary", "report-syntax" end
+    if not b or b == "" or #b > 200 then
+      return nil, "report: multipart without a boundary", "report-syntax"
+    end
     local delim = "\n%-%-" .. b:gsub("%p", "%%%0")
     local parts, pos = {}, 1
     body = "\n" .. body

@@ -6,7 +6,10 @@
 --     body = "version: STSv1...", type = "text/plain",           -- the policy file, or
 --     status = 404 | redirect = "https://..." | nginx = "raw location directives",
 --     names = { more host names for the certificate and connect_to },
---     server_name = "nginx server_name, e.g. a ~regex" }
+--     server_name = "nginx server_name, e.g. a ~regex",
+--     report = "nginx directives answering POST /report" }  -- default: echo the body
+--
+-- POST /report bodies are logged; server:reports() returns them as { {type=, body=}, ... }.
 --
 -- The server's connect_to list maps every host's port 443 to it (curl CONNECT_TO form).
 local util = require("support.util")
@@ -46,7 +49,9 @@ function _M.start(ca, sites)
       "  ssl_protocols TLSv1.2 TLSv1.3;",
       "  location = /.well-known/mta-sts.txt { " .. location(dir, i, site) .. " }",
       "  location = /report { client_max_body_size 1m; echo_read_request_body; " ..
-        "default_type application/octet-stream; echo_request_body; }",
+        "access_log " .. dir .. "/report.log reportbody; " ..
+        "default_type application/octet-stream; " .. (site.report or "echo_request_body;") ..
+        " }",
       "}" }, "\n")
     hosts[#hosts + 1] = site.host
     for _, n in ipairs(site.names or {}) do hosts[#hosts + 1] = n end
@@ -58,6 +63,7 @@ function _M.start(ca, sites)
       "worker_processes 1;", "pid " .. dir .. "/nginx.pid;",
       "error_log " .. dir .. "/error.log warn;", "events { worker_connections 512; }",
       "http {", "  access_log off;",
+      "  log_format reportbody escape=default '$content_type $request_body';",
       "  client_body_temp_path " .. dir .. "/tmp/body;",
       "  proxy_temp_path " .. dir .. "/tmp/proxy;", "  fastcgi_temp_path " .. dir .. "/tmp/fcgi;",
       "  uwsgi_temp_path " .. dir .. "/tmp/uwsgi;", "  scgi_temp_path " .. dir .. "/tmp/scgi;",
@@ -70,6 +76,20 @@ function _M.start(ca, sites)
       local connect_to = {}
       for _, h in ipairs(hosts) do connect_to[#connect_to + 1] = h .. ":443:127.0.0.1:" .. port end
       return { port = port, connect_to = connect_to, cafile = ca.cafile, dir = dir,
+        reports = function()
+          local out = {}
+          local f = io.open(dir .. "/report.log", "rb")
+          if not f then return out end
+          for line in f:lines() do
+            local ct, body = line:match("^(%S+) (.*)$")
+            if ct then
+              body = body:gsub("\\x(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+              out[#out + 1] = { type = ct, body = body }
+            end
+          end
+          f:close()
+          return out
+        end,
         stop = function()
           proc.stop(pid)
           util.run("rm -rf '" .. dir .. "'")

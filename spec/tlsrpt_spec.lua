@@ -1,0 +1,630 @@
+-- mtasts.tlsrpt and mtasts.report: recording, merging, reports, messages, delivery state,
+-- incoming reports. Fake resolver, fetcher, clock and submission command; the real servers
+-- are in report_delivery_spec.lua.
+local tlsrpt = require("mtasts.tlsrpt")
+local core = require("mtasts.core")
+local json = require("mtasts.json")
+local util = require("support.util")
+local schema = require("support.tlsrpt_schema")
+
+local DAY = "2026-11-20"
+local T0 = tlsrpt.day_start(DAY) + 3600
+local POLICY = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.example.net\n" ..
+  "max_age: 86400\n"
+local PARSED = { mx = { "mx1.example.com", "*.example.net" } }
+
+local function sts(domain, success, failure)
+  local r = tlsrpt.sts_result(domain or "example.com", POLICY, PARSED)
+  r.summary.success, r.summary.failure = success or 0, failure or 0
+  return r
+end
+
+local function fake_resolver(records)
+  local r = { asked = {} }
+  function r.txt(_, name)
+    r.asked[#r.asked + 1] = name
+    local v = records[name]
+    if type(v) == "string" and v:match("^!") then return nil, "fake " .. v:sub(2), v:sub(2) end
+    if v == nil then return nil, "no such name", "nxdomain" end
+    return type(v) == "table" and v or { v }
+  end
+  return r
+end
+
+local function fake_fetcher(status)
+  local f = { posts = {} }
+  function f.post(_, url, body, ct)
+    f.posts[#f.posts + 1] = { url = url, body = body, type = ct }
+    local s = type(status) == "function" and status(url) or status or 200
+    if type(s) == "string" then return nil, s, "policy-fetch", "connection-refused" end
+    return s, ""
+  end
+  return f
+end
+
+describe("mtasts.tlsrpt store", function()
+  local dir, cleanup, now, store
+  local function open(opts)
+    opts = opts or {}
+    opts.path = opts.path or dir .. "/db"
+    opts.clock = opts.clock or function() return now end
+    opts.submitter = opts.submitter or "mail.sender.example"
+    opts.organization = opts.organization or "Sender Org"
+    opts.contact = opts.contact or "tlsrpt@sender.example"
+    if opts.window == nil then opts.window = 0 end
+    return assert(tlsrpt.open(opts))
+  end
+  before_each(function()
+    dir, cleanup = util.tmpdir()
+    now = T0
+    store = nil
+  end)
+  after_each(function()
+    if store then store:close() end
+    cleanup()
+  end)
+
+  describe("merging", function()
+    it("adds counts of equal policies and equal failure details", function()
+      store = open()
+      for _ = 1, 3 do assert(store:add(sts(nil, 1, 0))) end
+      local f = sts(nil, 0, 1)
+      tlsrpt.add_failure(f, "certificate-expired", "certificate-expired",
+        { receiving_mx_hostname = "mx1.example.com", receiving_ip = "192.0.2.1" })
+      assert(store:add(f))
+      assert(store:add(f))
+      local g = sts(nil, 0, 1)      -- differs in receiving_ip: a detail of its own
+      tlsrpt.add_failure(g, "certificate-expired", "certificate-expired",
+        { receiving_mx_hostname = "mx1.example.com", receiving_ip = "192.0.2.2" })
+      assert(store:add(g))
+      local report = assert(store:report("example.com", DAY))
+      assert.equal(1, #report.policies)
+      local p = report.policies[1]
+      assert.same({ ["total-successful-session-count"] = 3,
+        ["total-failure-session-count"] = 3 }, p.summary)
+      assert.same({
+        { ["result-type"] = "certificate-expired", ["failure-reason-code"] = "certificate-expired",
+          ["receiving-mx-hostname"] = "mx1.example.com", ["receiving-ip"] = "192.0.2.1",
+          ["failed-session-count"] = 2 },
+        { ["result-type"] = "certificate-expired", ["failure-reason-code"] = "certificate-expired",
+          ["receiving-mx-hostname"] = "mx1.example.com", ["receiving-ip"] = "192.0.2.2",
+          ["failed-session-count"] = 1 } }, p["failure-details"])
+    end)
+
+    it("keeps policies apart when strings, domain, mx-host or type differ", function()
+      store = open()
+      store:add(sts(nil, 1))
+      local other = tlsrpt.sts_result("example.com", POLICY:gsub("86400", "604800"), PARSED)
+      other.summary.success = 2
+      store:add(other)
+      local nopol = tlsrpt.no_policy_result("example.com")
+      nopol.summary.success = 5
+      store:add(nopol)
+      store:add(sts("other.example", 7))
+      local report = assert(store:report("example.com", DAY))
+      assert.equal(3, #report.policies)
+      local seen = {}
+      for _, p in ipairs(report.policies) do
+        seen[#seen + 1] = p.policy["policy-type"] .. ":" ..
+          p.summary["total-successful-session-count"]
+      end
+      table.sort(seen)
+      assert.same({ "no-policy-found:5", "sts:1", "sts:2" }, seen)
+      assert.equal(7, assert(store:report("other.example", DAY)).policies[1].summary[
+        "total-successful-session-count"])
+    end)
+
+    it("keeps days apart, by the store's clock or the day given", function()
+      store = open()
+      store:add(sts(nil, 1))
+      now = now + 86400
+      store:add(sts(nil, 2))
+      store:add(sts(nil, 4), { day = DAY })
+      assert.same({ DAY, "2026-11-21" }, store:days())
+      assert.equal(5, store:report("example.com", DAY).policies[1].summary[
+        "total-successful-session-count"])
+      assert.equal(2, store:report("example.com", "2026-11-21").policies[1].summary[
+        "total-successful-session-count"])
+    end)
+
+    it("merges across recipient domains and lower-cases domains", function()
+      store = open()
+      store:add(sts("Example.COM.", 1), { recipient_domain = "a.example" })
+      store:add(sts("example.com", 1), { recipient_domain = "b.example" })
+      local report = assert(store:report("EXAMPLE.com", DAY))
+      assert.equal(2, report.policies[1].summary["total-successful-session-count"])
+      assert.equal("example.com", report.policies[1].policy["policy-domain"])
+    end)
+
+    it("counts saturate instead of wrapping", function()
+      store = open()
+      store:add(sts(nil, math.maxinteger))
+      store:add(sts(nil, math.maxinteger))
+      assert(store:flush())
+      local recs = store.db:scan("R")
+      assert.equal(math.maxinteger, (string.unpack(">I8", recs[2])))
+      store:add(sts(nil, 5))
+      assert(store:flush())
+      assert.equal(math.maxinteger, store:report("example.com", DAY).policies[1].summary[
+        "total-successful-session-count"])
+    end)
+
+    it("rejects results that are not results", function()
+      store = open()
+      assert.has_error(function() store:add(nil) end)
+      assert.has_error(function() store:add({ policy = { type = "dane", domain = "x" } }) end)
+      assert.has_error(function() store:add({ policy = { type = "sts" } }) end)
+      assert.has_error(function()
+        store:add({ policy = { type = "sts", domain = "x" }, summary = { success = -1 } })
+      end)
+      assert.has_error(function() store:add(sts(), { day = "2026-13-01" }) end)
+      assert.has_error(function() store:add(sts(), { day = "yesterday" }) end)
+    end)
+  end)
+
+  describe("batching", function()
+    it("commits every batch_size results and on flush and close", function()
+      store = open{ batch_size = 3, batch_interval = 3600 }
+      local other = open{ batch_size = 1 }     -- another handle sees only commits
+      store:add(sts(nil, 1))
+      store:add(sts(nil, 1))
+      assert.same({}, other.db:scan("R"))
+      store:add(sts(nil, 1))
+      assert.equal(2, #other.db:scan("R"))
+      store:add(sts(nil, 1))
+      assert.equal(1, store.npending)
+      assert(store:close())
+      store = nil
+      assert.equal(4, other:report("example.com", DAY).policies[1].summary[
+        "total-successful-session-count"])
+      other:close()
+    end)
+
+    it("commits a batch older than batch_interval at the next add", function()
+      store = open{ batch_size = 1000, batch_interval = 0 }
+      store:add(sts(nil, 1))
+      assert.equal(0, store.npending)
+    end)
+
+    it("after close, use raises", function()
+      store = open()
+      store:close()
+      assert.has_error(function() store:add(sts()) end,
+        "attempt to use a closed mtasts.report.store")
+      store = nil
+    end)
+  end)
+
+  describe("reports", function()
+    it("match the RFC 8460 schema, with a day's range and the report id", function()
+      store = open()
+      local f = sts(nil, 2, 1)
+      tlsrpt.add_failure(f, "validation-failure", "mtasts-policy-mx-mismatch",
+        { receiving_mx_hostname = "evil.example.org", sending_mta_ip = "198.51.100.1",
+          receiving_mx_helo = "evil", additional_information = "https://x.example/why" })
+      store:add(f)
+      local report = assert(store:report("example.com", DAY))
+      assert.same({ true }, { schema.check(report) })
+      assert.equal("Sender Org", report["organization-name"])
+      assert.equal("tlsrpt@sender.example", report["contact-info"])
+      assert.equal("20261120.example.com@mail.sender.example", report["report-id"])
+      assert.same({ ["start-datetime"] = "2026-11-20T00:00:00Z",
+        ["end-datetime"] = "2026-11-20T23:59:59Z" }, report["date-range"])
+      local pol = report.policies[1].policy
+      assert.same({ "mx1.example.com", "*.example.net" }, pol["mx-host"])
+      assert.same({ "version: STSv1", "mode: enforce", "mx: mx1.example.com",
+        "mx: *.example.net", "max_age: 86400" }, pol["policy-string"])
+      -- the JSON text decodes to the same table, and is the same every time
+      local text = tlsrpt.encode(report)
+      assert.same(report, require("cjson").decode(text))
+      assert.equal(text, tlsrpt.encode(assert(store:report("example.com", DAY))))
+    end)
+
+    it("has the RFC file name", function()
+      store = open()
+      store:add(sts(nil, 1))
+      local report = store:report("example.com", DAY)
+      local b = tlsrpt.day_start(DAY)
+      assert.equal(("mail.sender.example!example.com!%d!%d.json.gz"):format(b, b + 86399),
+        tlsrpt.filename(report))
+      -- a report that came from elsewhere: facts taken from its JSON
+      local copy = require("cjson").decode(tlsrpt.encode(report))
+      assert.equal(tlsrpt.filename(report), tlsrpt.filename(copy))
+    end)
+
+    it("is nil for a domain or day without results", function()
+      store = open()
+      store:add(sts(nil, 1))
+      assert.is_nil(store:report("nothing.example", DAY))
+      assert.is_nil(store:report("example.com", "2026-11-19"))
+    end)
+
+    it("gzip round trip", function()
+      store = open()
+      store:add(sts(nil, 1))
+      local report = store:report("example.com", DAY)
+      local gz = tlsrpt.gzip(report)
+      assert.equal("\31\139", gz:sub(1, 2))
+      assert.equal(tlsrpt.encode(report), core.gunzip(gz, 1e6))
+      assert.same(report, assert(tlsrpt.parse_report(gz)))
+    end)
+
+    it("keeps MX host (DANE) results apart and drops no-policy-found beside TLSA", function()
+      store = open()
+      local tlsa = { policy = { type = "tlsa", domain = "mx1.example.com",
+        strings = { "3 1 1 abcdef" } }, summary = { success = 4, failure = 0 }, failures = {} }
+      store:add(tlsa, { recipient_domain = "example.com" })
+      local nopol = tlsrpt.no_policy_result("mx1.example.com")
+      nopol.summary.success = 2
+      store:add(nopol, { recipient_domain = "example.com", host = true })
+      store:add(sts("mx1.example.com", 9))           -- mx1 as a recipient domain
+      local host = assert(store:report("mx1.example.com", DAY, { host = true }))
+      assert.equal(1, #host.policies)
+      assert.equal("tlsa", host.policies[1].policy["policy-type"])
+      assert.equal("20261120.mx1.example.com.mx@mail.sender.example", host["report-id"])
+      local dom = assert(store:report("mx1.example.com", DAY))
+      assert.equal(1, #dom.policies)
+      assert.equal(9, dom.policies[1].summary["total-successful-session-count"])
+      assert.same({ { domain = "mx1.example.com", host = false },
+        { domain = "mx1.example.com", host = true } }, store:domains(DAY))
+    end)
+  end)
+
+  describe("message", function()
+    it("has the RFC 8460 §5.3 headers and parses back into the same report", function()
+      store = open()
+      local f = sts(nil, 3, 1)
+      tlsrpt.add_failure(f, "certificate-not-trusted", "certificate-not-trusted")
+      store:add(f)
+      local report = store:report("example.com", DAY)
+      local msg = tlsrpt.message(report, { from = "reports@sender.example",
+        to = "tlsrpt@example.com", date = T0, boundary = "BOUNDARY" })
+      local head = msg:match("^(.-)\r\n\r\n"):gsub("\r\n ", " ")
+      assert.truthy(head:find("\r\nSubject: Report Domain: example.com Submitter: " ..
+        "mail.sender.example Report-ID: <20261120.example.com@mail.sender.example>\r\n", 1, true))
+      assert.truthy(head:find("\r\nTLS-Report-Domain: example.com\r\n", 1, true))
+      assert.truthy(head:find("\r\nTLS-Report-Submitter: mail.sender.example\r\n", 1, true))
+      assert.truthy(head:find("\r\nTLS-Required: No\r\n", 1, true))
+      assert.truthy(head:find('Content-Type: multipart/report; report-type="tlsrpt";\r\n\t' ..
+        'boundary="BOUNDARY"', 1, true))
+      assert.truthy(msg:find("Content-Type: application/tlsrpt+gzip\r\n" ..
+        "Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment;\r\n\tfilename=\"" ..
+        tlsrpt.filename(report) .. "\"\r\n", 1, true))
+      for line in msg:gmatch("([^\n]*)\n") do assert.is_true(#line <= 78, line) end
+      assert.same(report, assert(tlsrpt.parse_report(msg)))
+      assert.same(report, assert(tlsrpt.parse_report(msg:gsub("\r\n", "\n"))))
+    end)
+
+    it("refuses header injection", function()
+      store = open()
+      store:add(sts(nil, 1))
+      local report = store:report("example.com", DAY)
+      assert.has_error(function()
+        tlsrpt.message(report, { from = "a@b", to = "x@y\r\nBcc: z@w" })
+      end)
+    end)
+  end)
+
+  describe("send", function()
+    local RECORD = "v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://reports.example.com/r"
+    local function mail_dir() return dir .. "/outbox" end
+    local function sendmail()
+      os.execute("mkdir -p " .. mail_dir())
+      return "cat > $(mktemp " .. mail_dir() .. "/m.XXXXXX)"
+    end
+    local function mails()
+      local out = {}
+      for name in util.run("ls -1 " .. mail_dir() .. " 2>/dev/null"):gmatch("[^\n]+") do
+        local f = io.open(mail_dir() .. "/" .. name, "rb")
+        out[#out + 1] = f:read("a")
+        f:close()
+      end
+      return out
+    end
+
+    it("delivers to every rua once, and not again after a restart", function()
+      local fetcher = fake_fetcher(200)
+      local resolver = fake_resolver({ ["_smtp._tls.example.com"] = RECORD })
+      store = open{ resolver = resolver, fetcher = fetcher, sendmail = sendmail() }
+      store:add(sts(nil, 5, 0))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0 }, sum)
+      assert.equal(1, #fetcher.posts)
+      assert.equal("https://reports.example.com/r", fetcher.posts[1].url)
+      assert.equal("application/tlsrpt+gzip", fetcher.posts[1].type)
+      local report = store:report("example.com", DAY)
+      assert.same(report, assert(tlsrpt.parse_report(fetcher.posts[1].body)))
+      local m = mails()
+      assert.equal(1, #m)
+      assert.truthy(m[1]:find("\nTo: tlsrpt@example.com\n", 1, true))
+      assert.same(report, assert(tlsrpt.parse_report(m[1])))
+      store:close()
+      store = open{ resolver = resolver, fetcher = fetcher, sendmail = sendmail() }
+      sum = assert(store:send(DAY))
+      assert.equal(0, sum.sent)
+      assert.equal(1, sum.done)
+      assert.equal(1, #fetcher.posts)
+      assert.equal(1, #mails())
+    end)
+
+    it("retries a failed destination with backoff, and only that one", function()
+      local fail = true
+      local fetcher = fake_fetcher(function() return fail and 503 or 200 end)
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] = RECORD }),
+        fetcher = fetcher, sendmail = sendmail(), backoff = 600 }
+      store:add(sts(nil, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal(1, sum.retry)
+      sum = assert(store:send(DAY))               -- not due yet: nothing happens
+      assert.equal(1, #fetcher.posts)
+      assert.equal(0, sum.sent)
+      now = now + 601
+      fail = false
+      sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal(2, #fetcher.posts)
+      assert.equal(1, #mails())
+      assert.equal(1, assert(store:send(DAY)).done)
+    end)
+
+    it("gives up after max_attempts, and on a permanent HTTP error at once", function()
+      local fetcher = fake_fetcher(function(url) return url:match("gone") and 404 or 500 end)
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] =
+        "v=TLSRPTv1; rua=https://r.example/gone,https://r.example/busy" }),
+        fetcher = fetcher, max_attempts = 2, backoff = 1 }
+      store:add(sts(nil, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(1, sum.failed)
+      assert.equal(1, sum.retry)
+      now = now + 10
+      sum = assert(store:send(DAY))
+      assert.equal(1, sum.failed)
+      now = now + 10
+      assert.equal(1, assert(store:send(DAY)).done)
+      assert.equal(3, #fetcher.posts)
+    end)
+
+    it("drops a domain without a TLSRPT record, and retries a temporary DNS error", function()
+      local records = { ["_smtp._tls.b.example"] = "!servfail",
+        ["_smtp._tls.c.example"] = { "v=spf1 -all" } }
+      local resolver = fake_resolver(records)
+      local fetcher = fake_fetcher(200)
+      store = open{ resolver = resolver, fetcher = fetcher, backoff = 60 }
+      store:add(sts("a.example", 1))
+      store:add(sts("b.example", 1))
+      store:add(sts("c.example", 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(2, sum.dropped)
+      assert.equal(1, sum.retry)
+      records["_smtp._tls.b.example"] = "v=TLSRPTv1; rua=https://r.example/b"
+      now = now + 61
+      sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal(2, sum.done)
+      assert.equal("https://r.example/b", fetcher.posts[1].url)
+    end)
+
+    it("waits for the day to end and for each report's jitter in the window", function()
+      local fetcher = fake_fetcher(200)
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] =
+        "v=TLSRPTv1; rua=https://r.example/x" }), fetcher = fetcher, window = 7200 }
+      store:add(sts(nil, 1))
+      local ok, _, code = store:send(DAY)
+      assert.is_nil(ok)
+      assert.equal("day-not-over", code)
+      now = tlsrpt.day_start(DAY) + 86400
+      assert.equal(1, assert(store:send(DAY)).waiting)
+      now = now + 7201
+      assert.equal(1, assert(store:send()).sent)
+    end)
+
+    it("never sends a report only for results of delivering reports", function()
+      local fetcher = fake_fetcher(200)
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.a.example"] =
+        "v=TLSRPTv1; rua=https://r.example/a", ["_smtp._tls.b.example"] =
+        "v=TLSRPTv1; rua=https://r.example/b" }), fetcher = fetcher }
+      store:add(sts("a.example", 1), { report = false })
+      store:add(sts("b.example", 1), { report = false })
+      store:add(sts("b.example", 2))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal(1, sum.dropped)
+      -- the report that is sent includes both kinds of results
+      local sent = assert(tlsrpt.parse_report(fetcher.posts[1].body))
+      assert.equal(3, sent.policies[1].summary["total-successful-session-count"])
+    end)
+
+    it("skips days without failures when asked", function()
+      local fetcher = fake_fetcher(200)
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.a.example"] =
+        "v=TLSRPTv1; rua=https://r.example/a", ["_smtp._tls.b.example"] =
+        "v=TLSRPTv1; rua=https://r.example/b" }), fetcher = fetcher,
+        skip_without_failures = true }
+      store:add(sts("a.example", 1))
+      store:add(sts("b.example", 1, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal("https://r.example/b", fetcher.posts[1].url)
+    end)
+
+    it("a destination claimed by another process is left to it", function()
+      local fetcher = fake_fetcher(200)
+      local resolver = fake_resolver({ ["_smtp._tls.example.com"] =
+        "v=TLSRPTv1; rua=https://r.example/x" })
+      store = open{ resolver = resolver, fetcher = fetcher }
+      store:add(sts(nil, 1))
+      assert(store:flush())
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local key = "Q" .. DAY .. "\0dexample.com\0https://r.example/x"
+      assert.is_true(store.db:cas(key, nil, json.encode({ status = "sending", attempts = 1,
+        ["until"] = now + 100 })))
+      assert.equal(0, assert(store:send(DAY)).sent)
+      now = now + 101                              -- the claim ran out: that process died
+      assert.equal(1, assert(store:send(DAY)).sent)
+      assert.equal(1, #fetcher.posts)
+    end)
+
+    it("writes the day's gzip files with build", function()
+      store = open()
+      store:add(sts("a.example", 1))
+      store:add(sts("b.example", 2))
+      os.execute("mkdir -p " .. dir .. "/out")
+      local files = assert(store:build(DAY, dir .. "/out"))
+      assert.equal(2, #files)
+      for _, path in ipairs(files) do
+        local f = io.open(path, "rb")
+        local report = assert(tlsrpt.parse_report(f:read("a")))
+        f:close()
+        assert.equal(path:match("([^/]+)$"), tlsrpt.filename(report))
+      end
+    end)
+
+    it("prune drops days past the retention", function()
+      store = open()
+      for i = 0, 11 do store:add(sts(nil, 1), { day = tlsrpt.day_of(T0 - i * 86400) }) end
+      assert.equal(12, #store:days())
+      assert.equal(2, assert(store:prune()))
+      local days = store:days()
+      assert.equal(10, #days)
+      assert.equal(tlsrpt.day_of(T0 - 9 * 86400), days[1])
+    end)
+
+    it("stats counts what is stored", function()
+      store = open()
+      store:add(sts("a.example", 1, 2))
+      store:add(sts("b.example", 3))
+      local st = assert(store:stats())
+      assert.same({ { day = DAY, reports = 2, records = 2, success = 4, failure = 2 } }, st.days)
+    end)
+  end)
+end)
+
+describe("mtasts.tlsrpt.parse_report", function()
+  local GOOD = [[{
+    "organization-name": "Company-X", "date-range": {"start-datetime": "2016-04-01T00:00:00Z",
+    "end-datetime": "2016-04-01T23:59:59Z"}, "contact-info": "sts-reporting@company-x.example",
+    "report-id": "5065427c-23d3-47ca-b6e0-946ea0e8c4be",
+    "policies": [{ "policy": { "policy-type": "sts", "policy-string": ["version: STSv1",
+      "mode: testing", "mx: *.mail.company-y.example", "max_age: 86400"],
+      "policy-domain": "company-y.example", "mx-host": ["*.mail.company-y.example"] },
+      "summary": { "total-successful-session-count": 5326, "total-failure-session-count": 303 },
+      "failure-details": [{ "result-type": "certificate-expired",
+        "sending-mta-ip": "2001:db8:abcd:0012::1",
+        "receiving-mx-hostname": "mx1.mail.company-y.example", "failed-session-count": 100 },
+        { "result-type": "starttls-not-supported", "sending-mta-ip": "2001:db8:abcd:0013::1",
+        "receiving-mx-hostname": "mx2.mail.company-y.example", "receiving-ip": "203.0.113.56",
+        "failed-session-count": 200,
+        "additional-information": "https://reports.company-x.example/" },
+        { "result-type": "validation-failure", "sending-mta-ip": "198.51.100.62",
+        "receiving-ip": "203.0.113.58", "failed-session-count": 3,
+        "failure-reason-code": "X509_V_ERR_PROXY_PATH_LENGTH_EXCEEDED" }] }]
+  }]]
+
+  it("reads the RFC 8460 example report", function()
+    local r = assert(tlsrpt.parse_report(GOOD))
+    assert.equal("Company-X", r["organization-name"])
+    assert.equal(5326, r.policies[1].summary["total-successful-session-count"])
+    assert.equal("integer", math.type(r.policies[1]["failure-details"][1]["failed-session-count"]))
+    assert.same({ true }, { schema.check(r) })
+  end)
+
+  it("tolerates zone-less times, a missing or lone mx-host, nulls and unknown fields", function()
+    local text = GOOD:gsub('"2016%-04%-01T00:00:00Z"', '"2016-04-01T00:00:00"')
+      :gsub(', "mx%-host": %["%*%.mail%.company%-y%.example"%]', "")
+      :gsub('"contact%-info"', '"x-vendor-extension": {"a": [1, 2]}, "contact-info"')
+    local r = assert(tlsrpt.parse_report(text))
+    assert.same({}, r.policies[1].policy["mx-host"])
+    assert.equal(tlsrpt.day_start("2016-04-01"),
+      tlsrpt.parse_time(r["date-range"]["start-datetime"]))
+    r = assert(tlsrpt.parse_report(GOOD:gsub('%["%*%.mail%.company%-y%.example"%]',
+      '"*.mail.company-y.example"')))
+    assert.same({ "*.mail.company-y.example" }, r.policies[1].policy["mx-host"])
+    r = assert(tlsrpt.parse_report(GOOD:gsub('"https://reports.company%-x.example/"', "null")))
+    assert.is_nil(r.policies[1]["failure-details"][2]["additional-information"])
+  end)
+
+  it("reads bare application/tlsrpt+json and +gzip messages", function()
+    local msg = "From: a@b.example\r\nContent-Type: application/tlsrpt+json\r\n\r\n" .. GOOD
+    assert.equal("Company-X", assert(tlsrpt.parse_report(msg))["organization-name"])
+    msg = "From: a@b.example\nContent-Type: application/tlsrpt+gzip\n" ..
+      "Content-Transfer-Encoding: base64\n\n" .. core.base64_encode(core.gzip(GOOD), 76)
+    assert.equal("Company-X", assert(tlsrpt.parse_report(msg))["organization-name"])
+  end)
+
+  local function fails(data, code, pattern)
+    local r, msg, c = tlsrpt.parse_report(data)
+    assert.is_nil(r)
+    assert.equal(code, c, msg)
+    if pattern then assert.truthy(msg:find(pattern), msg) end
+  end
+
+  it("gives clear errors for broken reports", function()
+    fails("{", "report-syntax", "not JSON")
+    fails("[]", "report-syntax")
+    fails("{}", "report-syntax", "organization%-name")
+    fails(GOOD:gsub('"2016%-04%-01T00:00:00Z"', '"yesterday"'), "report-syntax", "start%-datetime")
+    fails(GOOD:gsub("5326", '"5326"'), "report-syntax", "summary")
+    fails(GOOD:gsub("5326", "-1"), "report-syntax", "summary")
+    fails(GOOD:gsub("5326", "1.5"), "report-syntax", "summary")
+    fails(GOOD:gsub('"sts"', '"dane"'), "report-syntax", "policy%-type")
+    fails(GOOD:gsub('"failed%-session%-count": 100', '"failed-session-count": "x"'),
+      "report-syntax", "failed%-session%-count")
+    fails(GOOD:gsub('"policy%-domain": "company%-y.example"', '"policy-domain": 7'),
+      "report-syntax", "policy%-domain")
+    fails(("["):rep(1000) .. ("]"):rep(1000), "report-syntax")
+    fails("hello", "report-syntax")
+    fails("Subject: hi\r\nContent-Type: text/plain\r\n\r\nhello", "report-syntax", "text/plain")
+    fails("Content-Type: multipart/report; report-type=tlsrpt; boundary=x\r\n\r\n--x\r\n" ..
+      "Content-Type: text/plain\r\n\r\nhi\r\n--x--\r\n", "report-syntax", "no application")
+    fails("Content-Type: application/tlsrpt+gzip\r\nContent-Transfer-Encoding: base64\r\n\r\n" ..
+      "!!!", "report-syntax", "base64")
+  end)
+
+  it("a truncated gzip, garbage after it, and a 50 MB bomb are refused", function()
+    local gz = core.gzip(GOOD)
+    fails(gz:sub(1, #gz - 10), "GZIP", "truncated")
+    fails(gz .. "garbage", "GZIP", "garbage")
+    fails("\31\139" .. ("x"):rep(40), "GZIP")
+    local bomb = core.gzip(("{" .. (" "):rep(1024 * 1024 - 2) .. "}"):rep(50))
+    assert.is_true(#bomb < 200 * 1024)
+    fails(bomb, "TOO_LARGE", "inflates")
+    local big = ("x"):rep(tlsrpt.MAX_INPUT + 1)
+    fails(big, "TOO_LARGE")
+  end)
+
+  it("misuse raises", function()
+    assert.has_error(function() tlsrpt.parse_report(nil) end)
+    assert.has_error(function() tlsrpt.filename({}) end)
+  end)
+end)
+
+describe("codecs", function()
+  it("base64 round trips every length and rejects junk", function()
+    for n = 0, 40 do
+      local s = ("\0\1\2\255abc"):rep(8):sub(1, n)
+      assert.equal(s, core.base64_decode(core.base64_encode(s, 76)))
+    end
+    assert.equal("aGVsbG8=", core.base64_encode("hello"))
+    local ok, _, code = core.base64_decode("aGVsbG8=x")
+    assert.is_nil(ok)
+    assert.equal("BASE64", code)
+    assert.is_nil((core.base64_decode("a")))
+    assert.is_nil((core.base64_decode("a===")))
+  end)
+
+  it("gunzip reads concatenated members and honours the limit", function()
+    local two = core.gzip("ab") .. core.gzip("cd")
+    assert.equal("abcd", core.gunzip(two, 10))
+    local ok, _, code = core.gunzip(core.gzip(("a"):rep(1000)), 999)
+    assert.is_nil(ok)
+    assert.equal("TOO_LARGE", code)
+    assert.equal(("a"):rep(1000), core.gunzip(core.gzip(("a"):rep(1000)), 1000))
+  end)
+end)
