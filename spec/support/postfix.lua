@@ -37,8 +37,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 function _M.start(mailboxes)
   local dir = util.tmpdir()
   local conf = dir .. "/conf"
-  util.run(("mkdir -p %s %s/queue %s/data %s/mail && chown postfix %s/data && " ..
-    "chown 65534:65534 %s/mail"):format(conf, dir, dir, dir, dir, dir))
+  -- the postfix user must reach data/ and the virtual delivery agent mail/
+  util.run(("chmod 755 %s && mkdir -p %s %s/queue %s/data %s/mail && chown postfix %s/data && " ..
+    "chown 65534:65534 %s/mail"):format(dir, conf, dir, dir, dir, dir, dir))
   local domains, map = {}, {}
   for _, addr in ipairs(mailboxes) do
     local d = addr:match("@(.+)$")
@@ -66,7 +67,7 @@ function _M.start(mailboxes)
   }, "\n") .. "\n")
   local pid = proc.spawn("postfix", "postfix -c " .. conf .. " start-fg", dir .. "/start.log")
   local ready = proc.poll(function()
-    return util.run("test -p " .. dir .. "/queue/public/pickup && echo y"):match("y")
+    return util.run("test -e " .. dir .. "/queue/public/pickup && echo y"):match("y")
       or not proc.alive(pid)
   end, 20)
   if not ready or not proc.alive(pid) then
