@@ -131,6 +131,63 @@ describe("bin/mtasts #fixture", function()
   end)
 end)
 
+describe("bin/mtasts report #fixture", function()
+  local tlsrpt = require("mtasts.tlsrpt")
+  local yesterday = tlsrpt.day_of(os.time() - 86400)
+  local function store_results()
+    local store = assert(tlsrpt.open{ path = world.dir .. "/cache" })
+    local r = tlsrpt.sts_result("enforce.example",
+      "version: STSv1\nmode: enforce\nmx: mx1.enforce.example\nmax_age: 86400\n",
+      { mx = { "mx1.enforce.example" } })
+    r.summary.success, r.summary.failure = 7, 1
+    tlsrpt.add_failure(r, "certificate-expired", "certificate-expired",
+      { receiving_mx_hostname = "mx1.enforce.example" })
+    assert(store:add(r, { day = yesterday }))
+    assert(store:close())
+  end
+
+  it("stats, build, show, send (once), and usage errors", function()
+    store_results()
+    local out, status = mtasts("report stats")
+    assert.equal(0, status)
+    assert.matches(yesterday .. "  1 report(s), 7 successful and 1 failed sessions", out, 1, true)
+    local outdir = world.dir .. "/reports"
+    util.run("mkdir -p " .. outdir)
+    out, status = mtasts("report --submitter mail.sender.example build --out " .. outdir)
+    assert.equal(0, status)
+    local file = out:match("[^\n]+")
+    assert.matches("mail.sender.example!enforce.example!%d+!%d+%.json%.gz$", file)
+    out, status = mtasts("report show '" .. file .. "'")
+    assert.equal(0, status)
+    assert.matches("sts enforce.example: 7 successful, 1 failed sessions", out, 1, true)
+    assert.matches("1 x certificate-expired (certificate-expired) at mx1.enforce.example", out,
+      1, true)
+    local _, jst = mtasts("--json report show '" .. file .. "'")
+    assert.equal(0, jst)
+
+    local mail = world.dir .. "/sent.eml"
+    out, status = mtasts("report --submitter mail.sender.example send --sendmail 'cat > " ..
+      mail .. "'")
+    assert.equal(0, status, out)
+    assert.matches("1 sent, 0 to retry", out, 1, true)
+    local f = assert(io.open(mail, "rb"))
+    local report = assert(tlsrpt.parse_report(f:read("a")))
+    f:close()
+    assert.equal(7, report.policies[1].summary["total-successful-session-count"])
+    out, status = mtasts("report send --sendmail false")
+    assert.equal(0, status)
+    assert.matches("0 sent, 0 to retry, 0 failed, 0 dropped, 0 waiting, 1 done before", out,
+      1, true)
+
+    local err
+    out, status, err = mtasts("report build --day 2026-02-30")
+    assert.equal(64, status)
+    assert.matches("--day", err, 1, true)
+    out, status, err = mtasts("report show " .. world.dir .. "/nonexistent")
+    assert.equal(3, status)
+  end)
+end)
+
 describe("make demo #fixture", function()
   it("runs end to end and stops its servers", function()
     local out, status = util.run(util.lua_cmd() .. " examples/demo.lua")
