@@ -30,7 +30,7 @@ SRCS := $(wildcard module/*.c)
 OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
 ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 # the pure C parts (no Lua header): what the fuzz harnesses link
-PURE := module/parse.c module/domain.c module/row.c module/rdata.c
+PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 
 all: build/mtasts/core.so

@@ -33,14 +33,16 @@ local ok, err = pcall(function()
     if d.record ~= false then
       records[#records + 1] = ('_mta-sts.%s IN TXT "v=STSv1; id=%s1;"'):format(name, name)
       records[#records + 1] = "mta-sts." .. name .. " IN A 127.0.0.1"
-      records[#records + 1] = ('_smtp._tls.%s IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@%s.example"')
-        :format(name, name)
+      records[#records + 1] = ('_smtp._tls.%s IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@%s.example%s"')
+        :format(name, name, name == "enforce" and ",https://tlsrpt.enforce.example/report" or "")
     end
     if d.site then
       d.site.host = "mta-sts." .. name .. ".example"
       sites[#sites + 1] = d.site
     end
   end
+  records[#records + 1] = "tlsrpt.enforce IN A 127.0.0.1"
+  sites[#sites + 1] = { host = "tlsrpt.enforce.example" }    -- takes POSTed reports
   local dns = require("support.dns").start({ ["example."] = records })
   local web = require("support.https").start(ca, sites)
   local cli = "bin/mtasts --db " .. dir .. "/cache --nameserver " .. dns.nameserver ..
@@ -66,6 +68,40 @@ local ok, err = pcall(function()
   run("--json lookup testing.example")
   heading("the cache")
   run("cache list")
+
+  heading("a day of deliveries, recorded for TLSRPT (Lua: mtasts.open, delivery.plan, store:add)")
+  local mtasts = require("mtasts")
+  local delivery = require("mtasts.delivery")
+  local tlsrpt = require("mtasts.tlsrpt")
+  local yesterday = tlsrpt.day_of(os.time() - 86400)
+  local sts = assert(mtasts.open{ path = dir .. "/cache", nameserver = dns.nameserver,
+    trust_anchor = false, cafile = ca.cafile, connect_to = { ":443:127.0.0.1:" .. web.port },
+    timeouts = { dns = 5, fetch = 5 } })
+  local store = assert(tlsrpt.open{ path = dir .. "/cache", submitter = "mail.sender.example" })
+  for _, d in ipairs(DOMAINS) do
+    local domain = d[1] .. ".example"
+    local mx = {}
+    for i = 2, #d do mx[#mx + 1] = d[i]:match("^MX %d+ (%S+)") .. ".example" end
+    for _ = 1, 5 do     -- five messages each; the first MX host answers with TLS
+      local policy, result, _, msg, code = sts:get(domain)
+      local plan = delivery.plan{ domain = domain, mx = mx, policy = policy, result = result,
+        policy_error = msg and code }
+      if plan.hosts[1] then delivery.outcome(result, plan.hosts[1].host, { ok = true }) end
+      assert(store:add(result, { day = yesterday }))
+    end
+    io.write(("  %-16s 5 deliveries recorded\n"):format(domain))
+  end
+  store:close()
+  sts:close()
+  run("report stats")
+  heading("the daily job: build yesterday's reports and deliver them (mailto and https)")
+  util.run("mkdir -p " .. dir .. "/outbox")
+  run("report --submitter mail.sender.example send --sendmail 'cat > $(mktemp " .. dir ..
+    "/outbox/mail.XXXXXX)'")
+  heading("one of the mailed reports, parsed back as a receiver would")
+  local mail = util.run("grep -l 'TLS-Report-Domain: enforce.example' " .. dir ..
+    "/outbox/* | head -1"):gsub("%s+$", "")
+  run("report show " .. mail)
   web.stop()
   dns.stop()
 end)

@@ -80,3 +80,13 @@ do
   for i, r in ipairs(rows) do write(dir, i, r) end
   print(string.format("row: %d seeds", #rows))
 end
+
+-- codecs: first byte even = gunzip, odd = base64 (fuzz/corpus/codec has gzip members too)
+do
+  local dir = out .. "/codec"
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local seeds = { "\1aGVsbG8gd29ybGQ=", "\1aGVs\r\nbG8=", "\1====", "\0\31\139\8\0",
+    "\0" .. string.rep("\31\139", 20) }
+  for i, s in ipairs(seeds) do write(dir, i, s) end
+  print(string.format("codec: %d seeds", #seeds))
+end
