@@ -119,6 +119,7 @@ bench: deps-test all $(SUPPORT)
 	$(LUA) bench/parse.lua
 	$(LUA) bench/cache.lua
 	$(LUA) bench/fetch.lua
+	$(LUA) bench/results.lua
 
 demo: deps-test all $(SUPPORT)
 	@$(LUA) examples/demo.lua

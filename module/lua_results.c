@@ -53,6 +53,14 @@ static int results_open(lua_State *L) {
   return 1;
 }
 
+/* keys in btree order: a batch then walks the tree's pages in one direction */
+static int delta_cmp(const void *x, const void *y) {
+  const mtasts_delta *a = x, *b = y;
+  size_t n = a->kn < b->kn ? a->kn : b->kn;
+  int c = memcmp(a->key, b->key, n);
+  return c ? c : (a->kn > b->kn) - (a->kn < b->kn);
+}
+
 /* r:apply({key, a, b, key, a, b, ...}) -> true | fail: one transaction */
 static int results_apply(lua_State *L) {
   lresults *u = results_check(L, 1);
@@ -82,6 +90,7 @@ static int results_apply(lua_State *L) {
     d[i].a = (uint64_t)a;
     d[i].b = (uint64_t)b;
   }
+  qsort(d, (size_t)(n / 3), sizeof *d, delta_cmp);
   if ((rc = mtasts_results_apply(u->c, d, (size_t)(n / 3), err)) != 0) return fail(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
@@ -278,6 +287,44 @@ static int core_base64_decode(lua_State *L) {
   return 1;
 }
 
+/* blob_list(t) -> the strings of array t joined with \2, the bytes \0-\3 inside an item
+ * escaped as \3 followed by the byte + 64 (see policy_blob in lua/mtasts/report.lua). */
+static int core_blob_list(lua_State *L) {
+  lua_Integer i, n;
+  size_t total = 0, pass, at = 0;
+  char *out = NULL;
+  if (lua_isnoneornil(L, 1)) { lua_pushliteral(L, ""); return 1; }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = luaL_len(L, 1);
+  /* pass 0 measures, pass 1 writes into a userdata (no luaL_Buffer: items are pushed and
+   * popped between writes) */
+  for (pass = 0; pass < 2; pass++) {
+    if (pass == 1) out = lua_newuserdatauv(L, total ? total : 1, 0);
+    for (i = 1; i <= n; i++) {
+      size_t len, j;
+      const char *v;
+      lua_geti(L, 1, i);
+      v = luaL_tolstring(L, -1, &len);
+      if (i > 1) { if (pass) out[at] = '\2'; at++; }
+      for (j = 0; j < len; j++) {
+        unsigned char c = (unsigned char)v[j];
+        if (c <= 3) {
+          if (pass) { out[at] = '\3'; out[at + 1] = (char)(c + 64); }
+          at += 2;
+        } else {
+          if (pass) out[at] = (char)c;
+          at++;
+        }
+      }
+      lua_pop(L, 2);
+    }
+    if (pass == 0) { total = at; at = 0; }
+  }
+  if (at != total) return luaL_error(L, "blob_list: the table changed while it was read");
+  lua_pushlstring(L, out, total);
+  return 1;
+}
+
 void mtasts_open_results(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"apply", results_apply}, {"scan", results_scan}, {"distinct", results_distinct},
@@ -301,4 +348,6 @@ void mtasts_open_results(lua_State *L) {
   lua_setfield(L, -2, "base64_encode");
   lua_pushcfunction(L, core_base64_decode);
   lua_setfield(L, -2, "base64_decode");
+  lua_pushcfunction(L, core_blob_list);
+  lua_setfield(L, -2, "blob_list");
 }

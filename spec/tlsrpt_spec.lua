@@ -136,6 +136,27 @@ describe("mtasts.tlsrpt store", function()
       assert.equal("example.com", report.policies[1].policy["policy-domain"])
     end)
 
+    it("keeps values with separator bytes apart and gives them back unchanged", function()
+      store = open()
+      local function res(strings, info)
+        local r = { policy = { type = "sts", domain = "example.com", strings = strings,
+          mx_host = { "mx" } }, summary = { success = 1, failure = 1 }, failures = {} }
+        tlsrpt.add_failure(r, "validation-failure", "x", { additional_information = info })
+        return r
+      end
+      store:add(res({ "a\2b" }, "i\0j"))
+      store:add(res({ "a", "b" }, "i\1j"))
+      store:add(res({ "a\3Bb" }, ""))
+      local report = assert(store:report("example.com", DAY))
+      local got = {}
+      for _, p in ipairs(report.policies) do
+        got[#got + 1] = table.concat(p.policy["policy-string"], "|") .. "=" ..
+          p["failure-details"][1]["additional-information"]
+      end
+      table.sort(got)
+      assert.same({ "a\2b=i\0j", "a\3Bb=", "a|b=i\1j" }, got)
+    end)
+
     it("counts saturate instead of wrapping", function()
       store = open()
       store:add(sts(nil, math.maxinteger))

@@ -6,7 +6,8 @@
 -- kind "d" (recipient-domain report) or "h" (MX host / DANE report); flag "1" (asks for a
 -- report) or "0" (a result of delivering a report: included, never the reason for one);
 -- rtype "S" (summary: success, failure) or "D" (failure detail: count); policy and detail
--- are canonical JSON, so equal fields merge into one counter (REFERENCE.md §7).
+-- are canonical encodings (policy_blob, detail_blob), so equal fields merge into one counter
+-- (REFERENCE.md §7).
 -- Delivery state lives under "Q" day NUL kind policy-domain NUL [destination] as JSON.
 local core = require("mtasts.core")
 local json = require("mtasts.json")
@@ -14,7 +15,8 @@ local tlsrpt = require("mtasts.tlsrpt")
 
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
-local sort, format, math_type, unpack = table.sort, string.format, math.type, string.unpack
+local sort, format, math_type, unpack, concat = table.sort, string.format, math.type,
+  string.unpack, table.concat
 
 local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
   MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900,
@@ -76,7 +78,7 @@ function _M.open(opts)
     net = { nameserver = opts.nameserver, trust_anchor = opts.trust_anchor,
       cafile = opts.cafile, connect_to = opts.connect_to, timeouts = opts.timeouts or {},
       wait = opts.wait },
-    pending = {}, npending = 0, since = nil, blobs = setmetatable({}, { __mode = "k" }),
+    pending = {}, npending = 0, since = nil,
     is_open = true,
   }, store_mt)
   return self
@@ -101,24 +103,68 @@ end
 
 -- --- recording ---
 
-local function policy_blob(self, p)
-  local blob = self.blobs[p]
-  if blob then return blob end
-  local strings, mx = {}, {}
-  for i, s in ipairs(p.strings or {}) do strings[i] = tostring(s) end
-  for i, s in ipairs(p.mx_host or {}) do mx[i] = tostring(s) end
-  blob = json.encode({ t = p.type, d = lower_domain(p.domain), s = strings, m = mx })
-  self.blobs[p] = blob
+-- Canonical encodings of a policy and of a failure detail, used inside keys: equal fields
+-- give equal bytes, different fields different bytes. Fields are joined with \1, list
+-- items with \2; the bytes \0-\3 inside a value are escaped as \3 followed by the byte + 64,
+-- so no encoding holds a NUL (the key separator) and splitting is unambiguous.
+local find = string.find
+local function esc(v)
+  v = tostring(v)
+  -- plain finds (memchr) are several times faster than one character class here
+  if find(v, "\0", 1, true) or find(v, "\1", 1, true) or find(v, "\2", 1, true) or
+      find(v, "\3", 1, true) then
+    v = v:gsub("[%z\1\2\3]", function(c) return "\3" .. string.char(c:byte() + 64) end)
+  end
+  return v
+end
+
+local function unesc(v)
+  if v:find("\3", 1, true) then
+    v = v:gsub("\3(.)", function(c) return string.char(c:byte() - 64) end)
+  end
+  return v
+end
+
+local list_blob = core.blob_list   -- esc() of each item, joined with \2 (in C: speed)
+
+local function policy_blob(p)
+  local blob = p.type .. "\1" .. esc(lower_domain(p.domain)) .. "\1" .. list_blob(p.strings) ..
+    "\1" .. list_blob(p.mx_host)
   return blob
 end
 
+local function split(s, sep)
+  local out = {}
+  if s == "" then return out end
+  for part in (s .. sep):gmatch("(.-)" .. sep) do out[#out + 1] = unesc(part) end
+  return out
+end
+
+local function policy_of_blob(blob)
+  local t, d, strings, mx = blob:match("^([^\1]*)\1([^\1]*)\1([^\1]*)\1([^\1]*)$")
+  return { t = t, d = unesc(d), s = split(strings, "\2"), m = split(mx, "\2") }
+end
+
+-- Detail fields in tlsrpt.DETAIL_FIELDS order: "" when absent, "=" .. value when present.
+local DETAIL_KEYS = {}
+for i, f in ipairs(tlsrpt.DETAIL_FIELDS) do DETAIL_KEYS[i] = f[1] end
+
 local function detail_blob(d)
-  local t = {}
-  for _, f in ipairs(tlsrpt.DETAIL_FIELDS) do
-    local v = d[f[1]]
-    if v ~= nil then t[f[1]] = tostring(v) end
+  local out = {}
+  for i, k in ipairs(DETAIL_KEYS) do
+    local v = d[k]
+    out[i] = v == nil and "" or "=" .. esc(v)
   end
-  return json.encode(t)
+  return concat(out, "\1")
+end
+
+local function detail_of_blob(blob)
+  local out, i = {}, 0
+  for part in (blob .. "\1"):gmatch("([^\1]*)\1") do
+    i = i + 1
+    if part ~= "" and DETAIL_KEYS[i] then out[DETAIL_KEYS[i]] = unesc(part:sub(2)) end
+  end
+  return out
 end
 
 local function count_of(v, what)
@@ -172,7 +218,7 @@ function Store:add(result, opts)
   local pdomain = lower_domain(p.domain)
   local base = "R" .. day .. "\0" .. (host and "h" or "d") .. pdomain .. "\0" ..
     lower_domain(rdomain or pdomain) .. "\0" .. (opts.report == false and "0" or "1")
-  local blob = policy_blob(self, p)
+  local blob = policy_blob(p)
   bump(self, base .. "S" .. blob, success, failure)
   for _, d in ipairs(result.failures or {}) do
     if type(d) ~= "table" or type(d.result_type) ~= "string" then
@@ -286,7 +332,7 @@ function Store:report(domain, day, opts)
   local policies, has_tlsa = {}, false
   for _, blob in ipairs(order) do
     local e = by[blob]
-    local pol = require("cjson").decode(blob)
+    local pol = policy_of_blob(blob)
     e.pol = pol
     if pol.t == "tlsa" then has_tlsa = true end
   end
@@ -301,7 +347,7 @@ function Store:report(domain, day, opts)
       local details = {}
       sort(e.dorder)
       for _, dblob in ipairs(e.dorder) do
-        local d = require("cjson").decode(dblob)
+        local d = detail_of_blob(dblob)
         local out = { ["failed-session-count"] = e.details[dblob] }
         for _, f in ipairs(tlsrpt.DETAIL_FIELDS) do
           if d[f[1]] ~= nil then out[f[2]] = d[f[1]] end
