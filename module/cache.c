@@ -248,10 +248,10 @@ static int open_env(shared_env *s, int recover, char *err) {
    * now, not a SIGBUS when libdb first touches a sparse page of the mapping */
   if ((rc = env->set_flags(env, DB_REGION_INIT, 1)) != 0 ||
       (rc = env->set_lk_detect(env, DB_LOCK_DEFAULT)) != 0 ||
-      (rc = env->set_cachesize(env, 0, 8u << 20, 1)) != 0 ||
+      (rc = env->set_cachesize(env, 0, 4u << 20, 1)) != 0 ||
       /* a batch of results writes many pages in one transaction */
-      (rc = env->set_lk_max_locks(env, 20000)) != 0 ||
-      (rc = env->set_lk_max_objects(env, 20000)) != 0 ||
+      (rc = env->set_lk_max_locks(env, 3000)) != 0 ||
+      (rc = env->set_lk_max_objects(env, 3000)) != 0 ||
       (rc = env->set_lg_max(env, 1u << 20)) != 0 ||
       (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0) {
     fail(err, rc, s->path, "configure");

@@ -87,11 +87,19 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
   return t->commit(t, 0);
 }
 
+/* Keys per transaction: each holds a write lock on its page until the commit, and the
+ * environment has locks for 3,000 objects (cache.c), so a large batch is split. */
+#define APPLY_CHUNK 500
+
 int mtasts_results_apply(mtasts_cache *c, const mtasts_delta *d, size_t n, char *err) {
-  apply_ctx x = {d, n};
+  size_t off;
+  int rc = 0;
   err[0] = '\0';
-  if (n == 0) return 0;
-  return mtasts_store_run(c, op_apply, &x, 1, "results: add", err);
+  for (off = 0; off < n && rc == 0; off += APPLY_CHUNK) {
+    apply_ctx x = {d + off, n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK};
+    rc = mtasts_store_run(c, op_apply, &x, 1, "results: add", err);
+  }
+  return rc;
 }
 
 /* --- scans --- */

@@ -15,8 +15,8 @@
  * a and b are added to them, stopping at INT64_MAX (so counts never wrap or go negative). */
 typedef struct { const char *key; size_t kn; uint64_t a, b; } mtasts_delta;
 
-/* Apply n updates in one transaction: all of them are durable when it returns 0, none
- * after an error. */
+/* Apply n updates in transactions of at most 500 keys: all of them are durable when it
+ * returns 0; after an error, the transactions before the failing one are. */
 int mtasts_results_apply(mtasts_cache *c, const mtasts_delta *d, size_t n, char *err);
 
 /* Records whose key starts with prefix, in key order, copied into b as u32 key length, key,

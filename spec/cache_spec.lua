@@ -292,8 +292,8 @@ describe("mtasts.cache", function()
       end
     end)
     it("reports ENOSPC on a full disk and keeps the rows stored before", function()
-      -- a 6 MiB tmpfs in a private mount namespace (the shared regions reserve about 4 MiB of
-      -- it when the cache opens): nothing stays mounted afterwards
+      -- a 10 MiB tmpfs in a private mount namespace (the shared regions reserve about 7.5 MiB
+      -- of it when the cache opens): nothing stays mounted afterwards
       util.write(dir .. "/full.lua", [[
         local core = require("mtasts.core")
         local c = assert(core.cache_open(arg[1]))
@@ -314,7 +314,7 @@ describe("mtasts.cache", function()
           tostring(last and last.record_id), "|", tostring(reread and reread.record_id), "|",
           tostring(msg))
       ]])
-      util.write(dir .. "/full.sh", "mkdir -p " .. dir .. "/full && mount -t tmpfs -o size=6m " ..
+      util.write(dir .. "/full.sh", "mkdir -p " .. dir .. "/full && mount -t tmpfs -o size=10m " ..
         "tmpfs " .. dir .. "/full && " .. util.lua_cmd() .. " " .. dir .. "/full.lua " .. dir ..
         "/full/cache")
       local out, status = util.run("unshare -m sh " .. dir .. "/full.sh")

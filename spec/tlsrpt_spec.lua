@@ -407,6 +407,12 @@ describe("mtasts.tlsrpt store", function()
       now = now + 10
       assert.equal(1, assert(store:send(DAY)).done)
       assert.equal(3, #fetcher.posts)
+      local states = {}
+      for _, d in ipairs(assert(store:deliveries(DAY))) do
+        states[d.destination or "report"] = d.status .. "/" .. tostring(d.attempts)
+      end
+      assert.same({ report = "done/nil", ["https://r.example/gone"] = "failed/1",
+        ["https://r.example/busy"] = "failed/2" }, states)
     end)
 
     it("drops a domain without a TLSRPT record, and retries a temporary DNS error", function()

@@ -399,6 +399,38 @@ function Store:stats()
   return out
 end
 
+local function decode_state(v)
+  if not v then return nil end
+  local ok, t = pcall(require("cjson").decode, v)
+  if not ok or type(t) ~= "table" then return nil end
+  for k, x in pairs(t) do          -- lua-cjson 2.1 reads every number as a float
+    if math_type(x) == "float" and math.tointeger(x) then t[k] = math.tointeger(x) end
+  end
+  return t
+end
+
+--- Delivery state of a day's reports: array of { domain =, host = bool, destination = (nil
+-- for the report's own state), status = "pending"|"sending"|"sent"|"failed" (destinations),
+-- "pending"|"done"|"dropped" (reports), attempts =, error =, reason =, at =, next = }.
+function Store:deliveries(day)
+  check(self, "deliveries")
+  check_day(day, "deliveries", 1)
+  local recs, err, code = self.db:scan("Q" .. day .. "\0")
+  if not recs then return nil, err, code end
+  local out = {}
+  for i = 1, #recs, 2 do
+    local kind, domain, dest = recs[i]:match("^Q[^%z]*%z(.)([^%z]*)%z(.*)$")
+    local st = decode_state(recs[i + 1])
+    if kind and st then
+      st.domain, st.host = domain, kind == "h"
+      st.destination = dest ~= "" and dest or nil
+      st["until"] = nil
+      out[#out + 1] = st
+    end
+  end
+  return out
+end
+
 --- Keep the results and delivery state of the last `retention` days (default the store's,
 -- 10), today included; delete older days. Returns how many records went.
 function Store:prune(retention)
@@ -452,12 +484,6 @@ local function net(self)
     self.fetcher, self.owned.fetcher = f, true
   end
   return true
-end
-
-local function decode_state(v)
-  if not v then return nil end
-  local ok, t = pcall(require("cjson").decode, v)
-  return ok and type(t) == "table" and t or nil
 end
 
 -- Replace a state value if it is still `old` (another process may be at it).
