@@ -78,7 +78,7 @@ function _M.open(opts)
     net = { nameserver = opts.nameserver, trust_anchor = opts.trust_anchor,
       cafile = opts.cafile, connect_to = opts.connect_to, timeouts = opts.timeouts or {},
       wait = opts.wait },
-    pending = {}, npending = 0, since = nil,
+    pending = {}, npending = 0, since = nil, lowered = {}, nlowered = 0,
     is_open = true,
   }, store_mt)
   return self
@@ -127,8 +127,8 @@ end
 
 local list_blob = core.blob_list   -- esc() of each item, joined with \2 (in C: speed)
 
-local function policy_blob(p)
-  local blob = p.type .. "\1" .. esc(lower_domain(p.domain)) .. "\1" .. list_blob(p.strings) ..
+local function policy_blob(p, pdomain)
+  local blob = p.type .. "\1" .. esc(pdomain) .. "\1" .. list_blob(p.strings) ..
     "\1" .. list_blob(p.mx_host)
   return blob
 end
@@ -205,7 +205,12 @@ function Store:add(result, opts)
   if type(p.domain) ~= "string" or p.domain == "" or p.domain:find("%z") then
     error("bad argument #1 to 'add' (policy.domain must be a domain name)", 2)
   end
-  local day = opts.day and check_day(opts.day, "add", 2) or tlsrpt.day_of(self.clock())
+  local day = opts.day and check_day(opts.day, "add", 2)
+  if not day then                      -- os.date once per second of the clock, not per add
+    local now = self.clock() // 1
+    if now ~= self.day_at then self.day_at, self.day = now, tlsrpt.day_of(now) end
+    day = self.day
+  end
   local rdomain = opts.recipient_domain
   if rdomain ~= nil and (type(rdomain) ~= "string" or rdomain:find("%z")) then
     error("bad argument #2 to 'add' (recipient_domain must be a string)", 2)
@@ -215,10 +220,16 @@ function Store:add(result, opts)
   local sum = result.summary or {}
   local success = count_of(sum.success, "summary.success")
   local failure = count_of(sum.failure, "summary.failure")
-  local pdomain = lower_domain(p.domain)
+  local lowered = self.lowered           -- domains as given -> as keyed (bounded memo)
+  local pdomain = lowered[p.domain]
+  if not pdomain then
+    if self.nlowered >= 4096 then lowered, self.nlowered = {}, 0 self.lowered = lowered end
+    pdomain = lower_domain(p.domain)
+    lowered[p.domain], self.nlowered = pdomain, self.nlowered + 1
+  end
   local base = "R" .. day .. "\0" .. (host and "h" or "d") .. pdomain .. "\0" ..
-    lower_domain(rdomain or pdomain) .. "\0" .. (opts.report == false and "0" or "1")
-  local blob = policy_blob(p)
+    (rdomain and lower_domain(rdomain) or pdomain) .. "\0" .. (opts.report == false and "0" or "1")
+  local blob = policy_blob(p, pdomain)
   bump(self, base .. "S" .. blob, success, failure)
   for _, d in ipairs(result.failures or {}) do
     if type(d) ~= "table" or type(d.result_type) ~= "string" then
