@@ -1,0 +1,359 @@
+--- mtasts.postfix: a socketmap server for Postfix's smtp_tls_policy_maps, answering as
+-- postfix-mta-sts-resolver does (so a switch needs no change in Postfix), on a cqueues loop.
+-- Reference: docs/postfix.md.
+--
+--   smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
+--   request  "postfix example.com"  ->  "OK secure match=mx.example.com:.example.net
+--                                        servername=hostname"  |  "NOTFOUND "
+--
+-- Each request is answered by a coroutine of its own: a slow lookup delays no other request,
+-- on its connection or another; answers on one connection are written in request order, as
+-- Postfix expects. Concurrent lookups of one domain share one fetch (the client coalesces).
+local cqueues = require("cqueues")
+local socket = require("cqueues.socket")
+local condition = require("cqueues.condition")
+local mtasts = require("mtasts")
+local tlsrpt = require("mtasts.tlsrpt")
+
+local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
+  error, tostring, tonumber, setmetatable, pcall
+local concat, format = table.concat, string.format
+
+local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10 }
+local ETIMEDOUT = 110   -- what cqueues reports for a read that timed out (Linux errno)
+
+-- --- the protocol, pure functions ---
+
+--- A netstring of s.
+function _M.netstring(s) return #s .. ":" .. s .. "," end
+
+--- Take one netstring off the front of buf: value, rest; or nil, rest when more bytes are
+-- needed; or nil, nil, error when buf can never become a netstring (or passes max).
+function _M.netstring_decode(buf, max)
+  max = max or _M.MAX_REQUEST
+  local digits = buf:match("^(%d*)")
+  if #digits == #buf then
+    if #digits > #tostring(max) then return nil, nil, "netstring length too long" end
+    return nil, buf
+  end
+  if digits == "" or buf:sub(#digits + 1, #digits + 1) ~= ":" then
+    return nil, nil, "malformed netstring"
+  end
+  if #digits > 1 and digits:sub(1, 1) == "0" then return nil, nil, "malformed netstring" end
+  local n = tonumber(digits)
+  if n > max then return nil, nil, "request of " .. n .. " bytes is over the limit of " .. max end
+  local start = #digits + 2
+  if #buf < start + n then return nil, buf end
+  if buf:sub(start + n, start + n) ~= "," then return nil, nil, "netstring without its comma" end
+  return buf:sub(start, start + n - 1), buf:sub(start + n + 1)
+end
+
+--- The domain a policy-map key names, or nil when the key is answered NOTFOUND without a
+-- lookup (IP literals, ".parent" keys, what is not a domain). Keys: domain, domain.,
+-- [host], [host]:port, host:port.
+function _M.key_domain(key)
+  if type(key) ~= "string" or key == "" or #key > 300 then return nil end
+  local host = key:match("^%[(.*)%]:%d+$") or key:match("^%[(.*)%]$")
+  if not host then
+    if key:find(":", 1, true) then
+      host = key:match("^([^:]+):%d+$")         -- host:port (one colon: not IPv6)
+      if not host then return nil end
+    else
+      host = key
+    end
+  end
+  if host:sub(1, 1) == "." then return nil end   -- parent-domain match: no MTA-STS there
+  if host:match("^%d+%.%d+%.%d+%.%d+$") or host:find(":", 1, true) or
+      host:lower():match("^ipv6:") then
+    return nil
+  end
+  local ascii = mtasts.domain(host:gsub("%.$", ""))
+  if not ascii or not ascii:find(".", 1, true) then return nil end
+  return ascii
+end
+
+-- { policy_string = text } for Postfix's attribute syntax (braces when it has white space).
+local function attr(name, value)
+  value = tostring(value):gsub("[%c]", " ")
+  if value:find("[%s{}]") or value == "" then return "{ " .. name .. " = " .. value .. " }" end
+  return name .. "=" .. value
+end
+
+--- The answer for a lookup result. policy as from sts:get (or nil); opts: strict_testing,
+-- require_sni (default true), tlsrpt (Postfix 3.10 attributes), text (the policy text, for
+-- policy_string), domain, failure (a TLSRPT result type when the lookup failed),
+-- failure_level (the security level to send with a failure; no failure answer without it).
+function _M.answer(policy, opts)
+  opts = opts or {}
+  local mode = policy and policy.mode
+  if mode == "enforce" or (mode == "testing" and opts.strict_testing) then
+    local match = {}
+    for i, p in ipairs(policy.mx) do match[i] = p:gsub("^%*%.", ".") end
+    local out = { "secure", "match=" .. concat(match, ":") }
+    if opts.require_sni ~= false then out[#out + 1] = "servername=hostname" end
+    if opts.tlsrpt then
+      out[#out + 1] = "policy_type=sts"
+      out[#out + 1] = "policy_domain=" .. tostring(opts.domain)
+      for _, p in ipairs(policy.mx) do out[#out + 1] = "mx_host_pattern=" .. p end
+      for _, line in ipairs(tlsrpt.policy_strings(opts.text)) do
+        out[#out + 1] = attr("policy_string", line)
+      end
+    end
+    return "OK " .. concat(out, " ")
+  end
+  if opts.tlsrpt and opts.failure and opts.failure_level then
+    return "OK " .. opts.failure_level .. " policy_type=sts policy_domain=" ..
+      tostring(opts.domain) .. " policy_failure=" .. opts.failure
+  end
+  return "NOTFOUND "
+end
+
+-- --- the server ---
+
+local Server = {}
+local server_mt = { __index = Server, __name = "mtasts.postfix.server" }
+
+local function zone_of(self, name)
+  return self.zones[name] or self.zones["*"] or {}
+end
+
+-- Answer one request "name key" with the client.
+local function lookup(self, request)
+  local name, key = request:match("^(%S+) (.+)$")
+  if not name then return "PERM malformed request" end
+  local domain = _M.key_domain(key)
+  if not domain then return "NOTFOUND " end
+  local zone = zone_of(self, name)
+  local ok, policy, result, _, msg, code = pcall(self.client.get, self.client, domain)
+  if not ok then
+    self.log("error", "lookup " .. domain .. ": " .. tostring(policy))
+    return "TEMP internal error"
+  end
+  local failure
+  if msg then
+    self.log("info", ("%s: %s (%s)"):format(domain, tostring(msg), tostring(code)))
+    local f = result and result.failures and result.failures[1]
+    failure = f and f.result_type or "sts-policy-fetch-error"
+  end
+  if self.on_lookup then pcall(self.on_lookup, domain, policy, result) end
+  local text
+  if policy and zone.tlsrpt then
+    for _, s in ipairs(result and result.policy and result.policy.strings or {}) do
+      text = (text and text .. "\n" or "") .. s
+    end
+  end
+  return _M.answer(policy, { strict_testing = zone.strict_testing,
+    require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
+    failure = failure, failure_level = zone.failure_level })
+end
+
+-- One connection: read netstrings, start a lookup per request, write answers in order.
+local function serve_connection(self, con)
+  con:setmode("b", "b")
+  self.connections[con] = true
+  local answers, next_write, next_slot = {}, 1, 1
+  local writer_wake = condition.new()
+  local reading, closed = true, false
+  self.loop:wrap(function()     -- the writer: answers in request order
+    while true do
+      while answers[next_write] do
+        local a = answers[next_write]
+        answers[next_write] = nil
+        next_write = next_write + 1
+        if not closed then
+          local ok = con:write(_M.netstring(a))
+          if ok then ok = con:flush() end
+          if not ok then closed = true end
+        end
+      end
+      if not reading and next_write == next_slot then break end
+      writer_wake:wait()
+    end
+    self.connections[con] = nil
+    con:close()
+  end)
+  local buf, idle = "", 0
+  while reading do
+    local value, rest, err = _M.netstring_decode(buf, self.max_request)
+    if err then
+      self.log("warning", "closing a connection: " .. err)
+      closed = true
+      break
+    end
+    if value then
+      buf = rest
+      local slot = next_slot
+      next_slot = next_slot + 1
+      self.loop:wrap(function()
+        answers[slot] = lookup(self, value)
+        writer_wake:signal()
+      end)
+    else
+      -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
+      if self.stopping and next_write == next_slot then break end
+      local chunk, rerr = con:xread(-4096, "b", 1)
+      if chunk then
+        buf, idle = buf .. chunk, 0
+      elseif rerr == ETIMEDOUT then
+        con:clearerr()
+        idle = idle + 1
+        if idle >= self.idle_timeout then break end
+      else
+        break                      -- closed by Postfix, or an error
+      end
+    end
+  end
+  reading = false
+  writer_wake:signal()
+end
+
+--- Make a server. opts: client (an mtasts client; made from client_opts otherwise, with
+-- the loop's wait), client_opts, listen ({ "inet:127.0.0.1:8461", "unix:/path" }),
+-- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
+-- require_sni =, tlsrpt =, failure_level = } }, "*" for any other name), log
+-- (function(level, message)), max_request, idle_timeout, on_lookup.
+function _M.new(opts)
+  if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
+  local self = setmetatable({ loop = cqueues.new(), zones = opts.zones or {},
+    log = opts.log or function() end, max_request = opts.max_request or _M.MAX_REQUEST,
+    idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
+    on_lookup = opts.on_lookup, stopping = false }, server_mt)
+  if opts.client then
+    self.client = opts.client
+  else
+    local co = {}
+    for k, v in pairs(opts.client_opts or {}) do co[k] = v end
+    co.wait = function(fd, events, timeout)
+      cqueues.poll({ pollfd = fd, events = events }, timeout)
+    end
+    local client, err, code = mtasts.open(co)
+    if not client then return nil, err, code end
+    self.client, self.owns_client = client, true
+  end
+  for _, spec in ipairs(opts.listen or {}) do
+    local ok, err = self:listen(spec, opts.socket_mode)
+    if not ok then self:close() return nil, err, "listen" end
+  end
+  return self
+end
+
+--- Listen on "inet:HOST:PORT" (PORT 0: any free port), "HOST:PORT", or "unix:PATH".
+-- Returns the bound address as "inet:host:port" / "unix:path", or nil, message.
+function Server:listen(spec, mode)
+  local path = spec:match("^unix:(.+)$")
+  local srv, err
+  if mode and not tostring(mode):match("^0?[0-7][0-7][0-7]$") then
+    return nil, "socket mode: expected octal like 0660, got " .. tostring(mode)
+  end
+  if path then
+    srv, err = socket.listen{ path = path, unlink = true, mode = mode and tonumber(mode, 8) or nil }
+  else
+    local host, port = spec:gsub("^inet:", ""):match("^%[?([^%]]*)%]?:(%d+)$")
+    if not host then return nil, "listen: expected inet:HOST:PORT or unix:PATH, got " .. spec end
+    srv, err = socket.listen{ host = host, port = tonumber(port), reuseaddr = true }
+  end
+  if not srv then return nil, "listen " .. spec .. ": " .. tostring(err) end
+  local ok, lerr = srv:listen()
+  if not ok and lerr then return nil, "listen " .. spec .. ": " .. tostring(lerr) end
+  if path and mode then os.execute(format("chmod %s '%s'", mode, (path:gsub("'", "'\\''")))) end
+  local bound = spec
+  if not path then
+    local _, host, port = srv:localname()
+    bound = "inet:" .. tostring(host) .. ":" .. tostring(port)
+  end
+  self.listeners[#self.listeners + 1] = { srv = srv, spec = bound }
+  self.loop:wrap(function()
+    while not self.stopping do
+      local accepted, con = pcall(srv.accept, srv, 1)   -- raises once stop() closed it
+      if not accepted then break end
+      if con then
+        self.loop:wrap(function() serve_connection(self, con) end)
+      end
+    end
+  end)
+  return bound
+end
+
+--- The addresses listened on.
+function Server:addresses()
+  local out = {}
+  for i, l in ipairs(self.listeners) do out[i] = l.spec end
+  return out
+end
+
+--- Stop accepting; idle connections close within a second, busy ones once their answers
+-- are written; run() returns then, or after SHUTDOWN_GRACE seconds in any case.
+function Server:stop()
+  if self.stopping then return end
+  self.stopping = true
+  self.stop_by = cqueues.monotime() + _M.SHUTDOWN_GRACE
+  for _, l in ipairs(self.listeners) do pcall(l.srv.close, l.srv) end
+end
+
+--- Run the loop until stop() and every connection has closed; SIGTERM and SIGINT stop.
+function Server:run(opts)
+  opts = opts or {}
+  if opts.signals ~= false then
+    local ok, signal = pcall(require, "cqueues.signal")
+    if ok then
+      signal.block(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+      local sl = signal.listen(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+      self.loop:wrap(function()
+        while not self.stopping do
+          local sig = sl:wait(1)
+          if sig == signal.SIGHUP then
+            self.log("notice", "SIGHUP: nothing to reload (the cache is shared); going on")
+          elseif sig then
+            self.log("notice", "signal " .. sig .. ": finishing the requests in flight")
+            self:stop()
+          end
+        end
+      end)
+    end
+  end
+  while not self.loop:empty() do
+    local ok, err = self.loop:step(1)
+    if not ok then self.log("error", "loop: " .. tostring(err)) end
+    if self.stopping and (next(self.connections) == nil or cqueues.monotime() > self.stop_by)
+    then
+      break
+    end
+  end
+  return true
+end
+
+--- Step the loop once (for hosts and specs that drive it): see cqueues step.
+function Server:step(timeout) return self.loop:step(timeout) end
+
+function Server:close()
+  self.stopping = true
+  for _, l in ipairs(self.listeners) do pcall(l.srv.close, l.srv) end
+  for con in pairs(self.connections) do pcall(con.close, con) end
+  if self.owns_client then self.client:close() end
+  self.owns_client = false
+end
+
+--- A logger: to stderr, or to syslog (/dev/log, facility mail) with ident "mtasts".
+function _M.logger(kind, verbose)
+  local LEVELS = { error = 3, warning = 4, notice = 5, info = 6, debug = 7 }
+  if kind == "syslog" then
+    local sock = socket.connect{ path = "/dev/log", type = socket.SOCK_DGRAM }
+    if sock then
+      sock:setmode("b", "b")
+      local f = io.open("/proc/self/stat")
+      local pid = f and f:read("n") or 0
+      if f then f:close() end
+      return function(level, msg)
+        if level == "debug" and not verbose then return end
+        sock:write(format("<%d>mtasts[%d]: %s", 2 * 8 + (LEVELS[level] or 6), pid, msg))
+        sock:flush()
+      end
+    end
+  end
+  return function(level, msg)
+    if (level == "debug" or level == "info") and not verbose then return end
+    io.stderr:write(os.date("!%Y-%m-%dT%H:%M:%SZ "), "mtasts ", level, ": ", msg, "\n")
+  end
+end
+
+return _M
