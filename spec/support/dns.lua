@@ -25,13 +25,15 @@ local function zone_file(name, records)
 end
 
 --- Start NSD with zones { [origin] = { record lines } | "BROKEN" }; returns a server.
-function _M.start(zones)
+-- port: a fixed port (53 inside a private network namespace), else a free one.
+function _M.start(zones, port)
   local dir = util.tmpdir()
   local names = {}
   for name in pairs(zones) do names[#names + 1] = name end
   table.sort(names)
+  local fixed = port
   for attempt = 1, 5 do
-    local port = proc.free_port()
+    port = fixed or proc.free_port()
     local conf = { "server:", "  ip-address: 127.0.0.1@" .. port, "  port: " .. port,
       '  username: ""', '  chroot: ""', '  zonesdir: "' .. dir .. '"',
       '  pidfile: "' .. dir .. '/nsd.pid"', '  xfrdfile: "' .. dir .. '/xfrd.state"',

@@ -31,10 +31,17 @@ virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 ]]
 
 --- Start Postfix delivering `mailboxes` (addresses under one or more domains) to Maildirs.
-function _M.start(mailboxes)
+-- opts.main: more main.cf lines; opts.smtpd: { { address = "127.0.0.2:25", cert =, key = } }
+-- SMTP listeners with STARTTLS (only inside a private network namespace, or on loopback);
+-- opts.hostname: myhostname.
+function _M.start(mailboxes, opts)
+  opts = opts or {}
   local dir = util.tmpdir()
   local conf = dir .. "/conf"
   -- the postfix user must reach data/ and the virtual delivery agent mail/
@@ -47,14 +54,19 @@ function _M.start(mailboxes)
     map[#map + 1] = addr .. " " .. addr:gsub("@", "_at_") .. "/"
   end
   util.write(conf .. "/vmailbox", table.concat(map, "\n") .. "\n")
-  util.write(conf .. "/master.cf", MASTER)
-  util.write(conf .. "/main.cf", table.concat({
+  local master = { MASTER }
+  for _, l in ipairs(opts.smtpd or {}) do
+    master[#master + 1] = ("%s inet n - n - - smtpd -o smtpd_tls_security_level=may " ..
+      "-o smtpd_tls_cert_file=%s -o smtpd_tls_key_file=%s"):format(l.address, l.cert, l.key)
+  end
+  util.write(conf .. "/master.cf", table.concat(master, "\n") .. "\n")
+  local lines = {
     "compatibility_level = 3.6",
     "queue_directory = " .. dir .. "/queue", "data_directory = " .. dir .. "/data",
     "command_directory = /usr/sbin", "daemon_directory = /usr/lib/postfix/sbin",
     "meta_directory = /etc/postfix", "shlib_directory = /usr/lib/postfix",
     "mail_owner = postfix", "setgid_group = postdrop",
-    "myhostname = mail.sender.example", "mydomain = sender.example",
+    "myhostname = " .. (opts.hostname or "mail.sender.example"), "mydomain = sender.example",
     "mydestination =", "inet_interfaces = loopback-only", "inet_protocols = ipv4",
     "relayhost =", "alias_maps =", "alias_database =", "smtputf8_enable = no",
     "default_transport = error:no relaying in specs",
@@ -64,7 +76,15 @@ function _M.start(mailboxes)
     "virtual_uid_maps = static:65534", "virtual_gid_maps = static:65534",
     "virtual_minimum_uid = 1",
     "maillog_file_prefixes = " .. dir, "maillog_file = " .. dir .. "/maillog",
-  }, "\n") .. "\n")
+  }
+  -- opts.main replaces defaults of the same name (Postfix would warn about a repeat)
+  local at = {}
+  for i, l in ipairs(lines) do at[l:match("^(%S+)")] = i end
+  for _, l in ipairs(opts.main or {}) do
+    local k = l:match("^(%S+)")
+    if at[k] then lines[at[k]] = l else lines[#lines + 1] = l end
+  end
+  util.write(conf .. "/main.cf", table.concat(lines, "\n") .. "\n")
   local pid = proc.spawn("postfix", "postfix -c " .. conf .. " start-fg", dir .. "/start.log")
   local ready = proc.poll(function()
     return util.run("test -e " .. dir .. "/queue/public/pickup && echo y"):match("y")
@@ -73,7 +93,7 @@ function _M.start(mailboxes)
   if not ready or not proc.alive(pid) then
     proc.stop(pid)
     error("postfix did not start: " .. util.run("cat " .. dir .. "/start.log " .. dir ..
-      "/maillog 2>&1 | tail -5"))
+      "/maillog 2>&1 | tail -5; postfix -c " .. conf .. " check 2>&1 | tail -5"))
   end
   local self = { dir = dir, sendmail = "/usr/sbin/sendmail -C " .. conf .. " -i -t" }
   function self.messages(_, addr)
