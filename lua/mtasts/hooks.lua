@@ -1,0 +1,176 @@
+--- mtasts.hooks: MTA-STS and TLSRPT for hosts with outbound plugin hooks (Haraka-style:
+-- get_mx, delivered, deferred, bounced). The host asks get_mx for the MX hosts of a
+-- recipient domain with the TLS each requires, tells the outcome of each SMTP session, and
+-- ends each delivery attempt with delivered, deferred or bounced; the TLSRPT result of the
+-- attempt then goes to the result store. Reference: docs/hooks.md.
+local mtasts = require("mtasts")
+local delivery = require("mtasts.delivery")
+local tlsrpt = require("mtasts.tlsrpt")
+
+local type, pairs, ipairs, error, tostring, setmetatable = type, pairs, ipairs, error, tostring,
+  setmetatable
+
+local _M = {}
+local Hooks = {}
+local hooks_mt = { __index = Hooks, __name = "mtasts.hooks" }
+
+--- opts: client (an mtasts client) or client_opts (for mtasts.open); store (a result
+-- store) or store_opts (for tlsrpt.open), or store = false for no recording; log.
+function _M.new(opts)
+  if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
+  local self = setmetatable({ attempts = setmetatable({}, { __mode = "k" }),
+    log = opts.log or function() end, owned = {} }, hooks_mt)
+  self.client = opts.client
+  if not self.client then
+    local c, err, code = mtasts.open(opts.client_opts or {})
+    if not c then return nil, err, code end
+    self.client, self.owned.client = c, true
+  end
+  if opts.store ~= nil then
+    self.store = opts.store or nil
+  elseif opts.store_opts then
+    local s, err, code = tlsrpt.open(opts.store_opts)
+    if not s then self:close() return nil, err, code end
+    self.store, self.owned.store = s, true
+  end
+  return self
+end
+
+-- A message is a report when the host says so or it carries TLS-Report-Domain: results of
+-- delivering reports must never cause a report (RFC 8460 §3).
+local function is_report(msg)
+  if msg.is_report ~= nil then return msg.is_report end
+  local h = msg.headers
+  if type(h) == "table" then
+    for k in pairs(h) do
+      if type(k) == "string" and k:lower() == "tls-report-domain" then return true end
+    end
+  end
+  return false
+end
+
+local function attempt_of(self, msg, domain)
+  local per = self.attempts[msg]
+  return per and per[domain]
+end
+
+-- End an attempt: its result goes to the store once.
+local function finish(self, msg, domain)
+  local per = self.attempts[msg]
+  local a = per and per[domain]
+  if not a then return true end
+  per[domain] = nil
+  if not self.store or not a.result or a.recorded then return true end
+  a.recorded = true
+  local ok, err, code = self.store:add(a.result, { recipient_domain = domain,
+    report = not is_report(msg) })
+  if not ok then self.log("mtasts: recording a TLSRPT result failed: " .. tostring(err)) end
+  return ok, err, code
+end
+
+--- The MX hosts to try for `domain`, in order, with what TLS each requires:
+-- { { host =, priority =, tls = "required"|"opportunistic", verify_pkix = true,
+--     plaintext_fallback = bool }, ... }, or nil, message, "defer"|"fail".
+-- mx: names or { host =, priority = } tables (sorted by priority here). msg: the message,
+-- a table the host keeps for the attempt; msg.tls_required_no / msg.require_tls (RFC 8689),
+-- msg.is_report or msg.headers["TLS-Report-Domain"]. opts.force re-reads the TXT record
+-- (call it before failing a message permanently, RFC 8461 §5.1).
+function Hooks:get_mx(domain, mx, msg, opts)
+  if type(domain) ~= "string" then error("bad argument #1 to 'get_mx' (string expected)", 2) end
+  if type(mx) ~= "table" then error("bad argument #2 to 'get_mx' (table expected)", 2) end
+  if type(msg) ~= "table" then error("bad argument #3 to 'get_mx' (table expected)", 2) end
+  finish(self, msg, domain)          -- an attempt the host did not end
+  local list = {}
+  for i, m in ipairs(mx) do
+    if type(m) == "string" then list[i] = { host = m, priority = i }
+    elseif type(m) == "table" and type(m.host) == "string" then
+      list[i] = { host = m.host, priority = m.priority or i }
+    else
+      error("bad argument #2 to 'get_mx' (names or { host =, priority = } tables)", 2)
+    end
+  end
+  table.sort(list, function(a, b)
+    if a.priority ~= b.priority then return a.priority < b.priority end
+    return a.host < b.host
+  end)
+  local policy, result, _, perr, pcode = self.client:get(domain,
+    type(opts) == "table" and opts.force and { force = true } or nil)
+  local names = {}
+  for i, m in ipairs(list) do names[i] = m.host end
+  local plan = delivery.plan{ domain = domain, mx = names, policy = policy, result = result,
+    policy_error = perr and (tostring(perr) .. " (" .. tostring(pcode) .. ")") or nil,
+    tls_required_no = msg.tls_required_no == true, require_tls = msg.require_tls == true }
+  self.attempts[msg] = self.attempts[msg] or {}
+  self.attempts[msg][domain] = { result = result, plan = plan, policy = policy }
+  if plan.defer or plan.fail then
+    if result then result.summary.failure = result.summary.failure + 1 end
+    finish(self, msg, domain)
+    return nil, plan.defer or plan.fail, plan.defer and "defer" or "fail"
+  end
+  if #plan.hosts == 0 then
+    if result then result.summary.failure = result.summary.failure + 1 end
+    finish(self, msg, domain)
+    return nil, domain .. ": no MX host is allowed by the MTA-STS policy", "defer"
+  end
+  local prio = {}
+  for _, m in ipairs(list) do prio[m.host] = m.priority end
+  local out = {}
+  for i, h in ipairs(plan.hosts) do
+    out[i] = { host = h.host, priority = prio[h.host], tls = h.tls,
+      verify_pkix = h.verify_pkix, plaintext_fallback = plan.plaintext_fallback }
+  end
+  return out
+end
+
+--- Record one SMTP session with `host`: outcome { ok = true [, receiving_ip =] } when TLS
+-- was established (and verified where required), or a failure { result_type =,
+-- failure_reason_code =, receiving_ip =, ... } (e.g. result_type "certificate-host-mismatch",
+-- "starttls-not-supported"). Sessions that never reached TLS (connection refused) are not
+-- TLS results: do not record them.
+function Hooks:session(msg, domain, host, outcome)
+  local a = attempt_of(self, msg, domain)
+  if not a or not a.result then return false end
+  delivery.outcome(a.result, host, outcome)
+  a.sessions = (a.sessions or 0) + 1
+  return true
+end
+
+--- The message was delivered to `host` (info: { receiving_ip =, tls = false when it went
+-- without TLS }). Records a successful session unless the host already did, and ends the
+-- attempt.
+function Hooks:delivered(msg, domain, host, info)
+  local a = attempt_of(self, msg, domain)
+  info = info or {}
+  if a and a.result and not a.sessions and info.tls ~= false then
+    delivery.outcome(a.result, host, { ok = true })
+  end
+  return finish(self, msg, domain)
+end
+
+--- The attempt failed temporarily. info may carry a TLS failure ({ result_type =, ... })
+-- for the last host tried, recorded as its session. Ends the attempt.
+function Hooks:deferred(msg, domain, host, info)
+  if info and info.result_type and host then self:session(msg, domain, host, info) end
+  return finish(self, msg, domain)
+end
+
+--- The message failed permanently; as deferred. Before bouncing because of the policy, a
+-- host should call get_mx again with { force = true }: the policy may have changed.
+function Hooks:bounced(msg, domain, host, info)
+  return self:deferred(msg, domain, host, info)
+end
+
+--- Commit the result store's batch (call from the host's timer).
+function Hooks:flush()
+  if self.store then return self.store:flush() end
+  return true
+end
+
+function Hooks:close()
+  if self.owned.store and self.store then self.store:close() end
+  if self.owned.client and self.client then self.client:close() end
+  self.owned = {}
+end
+hooks_mt.__close = Hooks.close
+
+return _M
