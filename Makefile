@@ -84,7 +84,7 @@ unit: deps-test all $(SUPPORT)
 	@scripts/test unit
 
 lint: deps-test
-	luacheck lua spec fuzz bench examples bin/mtasts
+	luacheck lua spec fuzz bench examples bin/mtasts bin/mtasts-opensmtpd-filter
 
 asan: deps-test build/asan/mtasts/core.so $(SUPPORT) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
@@ -130,6 +130,7 @@ install: all
 	install -m 644 lua/mtasts/*.lua $(DESTDIR)$(INST_LUADIR)/mtasts/
 	install -d $(DESTDIR)$(INST_BINDIR)
 	install -m 755 bin/mtasts $(DESTDIR)$(INST_BINDIR)/mtasts
+	install -m 755 bin/mtasts-opensmtpd-filter $(DESTDIR)$(INST_BINDIR)/mtasts-opensmtpd-filter
 
 clean:
 	rm -rf build

@@ -1,0 +1,267 @@
+--- mtasts.opensmtpd: an OpenSMTPD filter (the line protocol of `filter proc-exec`, versions
+-- 0.4 to 0.7: OpenSMTPD 6.6 to 7.x). Reference: docs/opensmtpd.md.
+--
+-- smtp-in: mail to the configured TLSRPT addresses is held line by line until its end, parsed
+-- with tlsrpt.parse_report, stored in a directory, and passed on with a header
+-- "X-Mtasts-TLSRPT:" saying whether it parsed. Nothing is ever rejected; if anything goes
+-- wrong the lines go on unchanged.
+-- smtp-out: the report events show, per session, the peer address, whether TLS was
+-- established, and the recipients; each session that established TLS is recorded as a
+-- successful TLSRPT session of each recipient domain, with the policy the cache holds.
+local tlsrpt = require("mtasts.tlsrpt")
+local json = require("mtasts.json")
+
+local pairs, ipairs, tostring, tonumber, pcall, setmetatable = pairs, ipairs, tostring,
+  tonumber, pcall, setmetatable
+local concat, format = table.concat, string.format
+
+local _M = { MAX_HELD = 16 * 1024 * 1024 }
+local Filter = {}
+local filter_mt = { __index = Filter, __name = "mtasts.opensmtpd.filter" }
+
+local function split(line, n)
+  local out, pos = {}, 1
+  for i = 1, n - 1 do
+    local bar = line:find("|", pos, true)
+    if not bar then out[i] = line:sub(pos) return out end
+    out[i] = line:sub(pos, bar - 1)
+    pos = bar + 1
+  end
+  out[n] = line:sub(pos)          -- the rest, which may hold "|"
+  return out
+end
+
+local function version_at_least(v, want)
+  local a, b = tostring(v):match("^(%d+)%.(%d+)")
+  local c, d = want:match("^(%d+)%.(%d+)")
+  a, b, c, d = tonumber(a) or 0, tonumber(b) or 0, tonumber(c), tonumber(d)
+  return a > c or (a == c and b >= d)
+end
+
+--- opts: addresses (TLSRPT mailboxes, lower-case, or "@domain" for a whole domain),
+-- report_dir (where parsed reports go; nil: not stored), store (a result store for smtp-out
+-- sessions; nil: not recorded), policy_of (function(domain) -> policy, text from the cache),
+-- write (function(line) for stdout), log (function(message) for stderr), clock.
+function _M.new(opts)
+  opts = opts or {}
+  local addresses = {}
+  for _, a in ipairs(opts.addresses or {}) do addresses[a:lower()] = true end
+  return setmetatable({ addresses = addresses, report_dir = opts.report_dir,
+    store = opts.store, policy_of = opts.policy_of, write = opts.write or function(l)
+      io.stdout:write(l, "\n")
+      io.stdout:flush()
+    end, log = opts.log or function() end, clock = opts.clock or os.time,
+    max_held = opts.max_held or _M.MAX_HELD, sessions = {}, out = {}, ready = false,
+    stored = 0, seq = 0 }, filter_mt)
+end
+
+local function is_tlsrpt_rcpt(self, addr)
+  addr = tostring(addr):lower():gsub("^<", ""):gsub(">$", "")
+  if self.addresses[addr] then return true end
+  local domain = addr:match("@(.+)$")
+  return domain and self.addresses["@" .. domain] or false
+end
+
+local function session(self, sid)
+  local s = self.sessions[sid]
+  if not s then
+    s = { rcpts = {}, held = nil }
+    self.sessions[sid] = s
+  end
+  return s
+end
+
+-- The registration, once smtpd said config|ready.
+local function register(self)
+  local w = self.write
+  w("register|filter|smtp-in|data-line")
+  for _, ev in ipairs({ "tx-rcpt", "tx-reset", "link-disconnect" }) do
+    w("register|report|smtp-in|" .. ev)
+  end
+  if self.store then
+    for _, ev in ipairs({ "link-connect", "link-tls", "tx-rcpt", "tx-reset",
+        "link-disconnect" }) do
+      w("register|report|smtp-out|" .. ev)
+    end
+  end
+  w("register|ready")
+  self.ready = true
+end
+
+local function dataline(self, version, sid, token, line)
+  if version_at_least(version, "0.5") then
+    self.write("filter-dataline|" .. sid .. "|" .. token .. "|" .. line)
+  else
+    self.write("filter-dataline|" .. token .. "|" .. sid .. "|" .. line)
+  end
+end
+
+local function safe_header(s)
+  return (tostring(s):gsub("[%c]", " "):sub(1, 200))
+end
+
+-- A held TLSRPT message is complete: parse it, store it, pass it on with the header.
+local function release(self, version, sid, token, s)
+  local held = s.held
+  s.held = nil
+  local header
+  local ok, err = pcall(function()
+    local lines = {}
+    for i, l in ipairs(held.lines) do
+      lines[i] = l:sub(1, 1) == "." and l:sub(2) or l     -- undo dot-stuffing
+    end
+    local report, msg, code
+    if held.too_large then
+      msg, code = "over " .. self.max_held .. " bytes", "TOO_LARGE"
+    else
+      report, msg, code = tlsrpt.parse_report(concat(lines, "\r\n") .. "\r\n")
+    end
+    if report then
+      local policies = {}
+      for _, p in ipairs(report.policies) do
+        policies[#policies + 1] = tostring(p.policy["policy-domain"])
+      end
+      header = format("X-Mtasts-TLSRPT: parsed; report-id=%s; organization=%s; policies=%s",
+        safe_header(report["report-id"]), safe_header(report["organization-name"]),
+        safe_header(concat(policies, ",")))
+      if self.report_dir then
+        self.seq = self.seq + 1
+        local name = format("%s/%d-%s-%d.json", self.report_dir, self.clock() // 1, sid, self.seq)
+        local f = assert(io.open(name .. ".tmp", "wb"))
+        f:write(json.encode(report), "\n")
+        f:close()
+        assert(os.rename(name .. ".tmp", name))
+        self.stored = self.stored + 1
+      end
+    else
+      header = "X-Mtasts-TLSRPT: not parsed (" .. tostring(code) .. "): " .. safe_header(msg)
+    end
+  end)
+  if not ok then
+    self.log("mtasts-opensmtpd: " .. tostring(err))
+    header = "X-Mtasts-TLSRPT: not processed (internal error)"
+  end
+  dataline(self, version, sid, token, header)
+  for _, l in ipairs(held.lines) do dataline(self, version, sid, token, l) end
+  dataline(self, version, sid, token, ".")
+end
+
+local function on_data_line(self, version, sid, token, line)
+  local s = session(self, sid)
+  if not s.tlsrpt then
+    dataline(self, version, sid, token, line)
+    return
+  end
+  if line == "." then
+    if s.held and not s.held.too_large then release(self, version, sid, token, s)
+    else dataline(self, version, sid, token, line) end
+    s.held = nil
+    s.tlsrpt = false
+    return
+  end
+  if not s.held then s.held = { lines = {}, size = 0 } end
+  local held = s.held
+  if held.too_large then
+    dataline(self, version, sid, token, line)     -- the header went out already
+    return
+  end
+  held.lines[#held.lines + 1] = line
+  held.size = held.size + #line + 2
+  if held.size > self.max_held then
+    -- too large to hold: say so, and stream the rest
+    dataline(self, version, sid, token, "X-Mtasts-TLSRPT: not parsed (TOO_LARGE): over " ..
+      self.max_held .. " bytes")
+    for _, l in ipairs(held.lines) do dataline(self, version, sid, token, l) end
+    held.lines, held.too_large = {}, true
+  end
+end
+
+-- smtp-out: record the sessions that established TLS, per recipient domain.
+local function out_session_end(self, s)
+  if not (self.store and s.tls) then return end
+  local domains = {}
+  for _, r in ipairs(s.rcpts) do
+    local d = r:lower():match("@([^>]+)>?$")
+    if d then domains[d] = true end
+  end
+  for d in pairs(domains) do
+    local policy, text
+    if self.policy_of then policy, text = self.policy_of(d) end
+    local result = policy and tlsrpt.sts_result(d, text, policy) or tlsrpt.no_policy_result(d)
+    result.summary.success = 1
+    local ok, err = self.store:add(result, { recipient_domain = d })
+    if not ok then self.log("mtasts-opensmtpd: recording failed: " .. tostring(err)) end
+  end
+end
+
+--- Handle one line from smtpd.
+function Filter:line(line)
+  if line:sub(1, 7) == "config|" then
+    if line == "config|ready" then register(self) end
+    return
+  end
+  local kind = line:match("^(%a+)|")
+  if kind == "filter" then
+    -- filter|version|timestamp|subsystem|phase|session|token|data
+    local f = split(line, 8)
+    local version, phase, sid, token = f[2], f[5], f[6], f[7]
+    if phase == "data-line" then
+      local ok, err = pcall(on_data_line, self, version, sid, token, f[8] or "")
+      if not ok then
+        self.log("mtasts-opensmtpd: " .. tostring(err))
+        dataline(self, version, sid, token, f[8] or "")
+      end
+    elseif version_at_least(version, "0.5") then
+      self.write("filter-result|" .. sid .. "|" .. token .. "|proceed")
+    else
+      self.write("filter-result|" .. token .. "|" .. sid .. "|proceed")
+    end
+    return
+  end
+  if kind == "report" then
+    -- report|version|timestamp|subsystem|event|session|...
+    local f = split(line, 7)
+    local subsystem, event, sid, rest = f[4], f[5], f[6], f[7] or ""
+    local key = subsystem .. ":" .. tostring(sid)
+    if event == "link-disconnect" then
+      local s = self.sessions[key]
+      if s and subsystem == "smtp-out" then pcall(out_session_end, self, s) end
+      self.sessions[key] = nil
+      self.sessions[sid] = nil
+      return
+    end
+    if subsystem == "smtp-in" then
+      local s = session(self, sid)
+      if event == "tx-rcpt" then
+        -- tx-rcpt|message-id|result|address
+        local _, result, addr = rest:match("^([^|]*)|([^|]*)|(.*)$")
+        if result == "ok" and is_tlsrpt_rcpt(self, addr) then s.tlsrpt = true end
+      elseif event == "tx-reset" then
+        s.tlsrpt, s.held = false, nil
+      end
+    elseif subsystem == "smtp-out" then
+      local s = self.sessions[key] or { rcpts = {} }
+      self.sessions[key] = s
+      if event == "link-connect" then
+        s.dest = rest:match("|([^|]*)$")
+      elseif event == "link-tls" then
+        s.tls = rest
+      elseif event == "tx-rcpt" then
+        local _, result, addr = rest:match("^([^|]*)|([^|]*)|(.*)$")
+        if result == "ok" then s.rcpts[#s.rcpts + 1] = addr end
+      end
+    end
+  end
+end
+
+--- Run on stdin until it closes (the executable bin/mtasts-opensmtpd-filter).
+function Filter:run(input)
+  input = input or io.stdin
+  for line in input:lines() do
+    local ok, err = pcall(self.line, self, line)
+    if not ok then self.log("mtasts-opensmtpd: " .. tostring(err)) end
+  end
+  if self.store then self.store:close() end
+end
+
+return _M

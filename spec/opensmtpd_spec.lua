@@ -1,0 +1,118 @@
+-- mtasts.opensmtpd: the filter protocol, fed line by line as smtpd would.
+local opensmtpd = require("mtasts.opensmtpd")
+local tlsrpt = require("mtasts.tlsrpt")
+local core = require("mtasts.core")
+local util = require("support.util")
+
+local REPORT = [[{"organization-name":"Org","date-range":{"start-datetime":"2026-11-20T00:00:00Z",
+"end-datetime":"2026-11-20T23:59:59Z"},"contact-info":"x@org.example","report-id":"r-1",
+"policies":[{"policy":{"policy-type":"sts","policy-domain":"example.org","mx-host":["mx"]},
+"summary":{"total-successful-session-count":3,"total-failure-session-count":0}}]}]]
+
+local function message()
+  return { "From: reporter@org.example", "To: tlsrpt@example.org",
+    "Subject: Report Domain: example.org", "MIME-Version: 1.0",
+    "Content-Type: application/tlsrpt+gzip", "Content-Transfer-Encoding: base64", "",
+    core.base64_encode(core.gzip(REPORT)) }
+end
+
+describe("mtasts.opensmtpd filter", function()
+  local dir, cleanup, out, f
+  before_each(function()
+    dir, cleanup = util.tmpdir()
+    out = {}
+    f = opensmtpd.new{ addresses = { "tlsrpt@example.org", "@reports.example" },
+      report_dir = dir, write = function(l) out[#out + 1] = l end }
+  end)
+  after_each(function() cleanup() end)
+
+  local function feed(version, sid, lines)
+    for _, l in ipairs(lines) do
+      f:line(("filter|%s|1.0|smtp-in|data-line|%s|tok|%s"):format(version, sid, l))
+    end
+  end
+
+  it("registers after config|ready", function()
+    f:line("config|smtpd-version|6.8.0p2")
+    f:line("config|subsystem|smtp-in")
+    assert.same({}, out)
+    f:line("config|ready")
+    assert.equal("register|filter|smtp-in|data-line", out[1])
+    assert.equal("register|ready", out[#out])
+  end)
+
+  it("passes other mail through line by line", function()
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s1|m1|ok|<user@example.org>")
+    feed("0.6", "s1", { "Subject: hi", "", "..dot", "." })
+    assert.same({ "filter-dataline|s1|tok|Subject: hi", "filter-dataline|s1|tok|",
+      "filter-dataline|s1|tok|..dot", "filter-dataline|s1|tok|." }, out)
+  end)
+
+  it("holds a report, parses and stores it, adds the header", function()
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s2|m1|ok|<TLSRPT@example.org>")
+    local lines = message()
+    feed("0.6", "s2", lines)
+    assert.same({}, out)                       -- held until the end
+    feed("0.6", "s2", { "." })
+    assert.equal(#lines + 2, #out)             -- the header, the lines, the end
+    assert.matches("^filter%-dataline|s2|tok|X%-Mtasts%-TLSRPT: parsed; report%-id=r%-1; " ..
+      "organization=Org; policies=example.org$", out[1])
+    assert.equal("filter-dataline|s2|tok|From: reporter@org.example", out[2])
+    assert.equal("filter-dataline|s2|tok|.", out[#out])
+    local files = util.run("ls " .. dir)
+    local name = files:match("(%S+%.json)")
+    assert.truthy(name, files)
+    local stored = io.open(dir .. "/" .. name):read("a")
+    assert.equal("r-1", assert(tlsrpt.parse_report(stored))["report-id"])
+  end)
+
+  it("says when a report does not parse, and never holds back the mail", function()
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s3|m1|ok|<any@reports.example>")
+    feed("0.6", "s3", { "Content-Type: application/tlsrpt+json", "", "{broken", "." })
+    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(report%-syntax%)", out[1])
+    assert.equal(5, #out)
+  end)
+
+  it("streams a message over the holding limit with a header saying so", function()
+    f = opensmtpd.new{ addresses = { "tlsrpt@example.org" }, max_held = 100,
+      write = function(l) out[#out + 1] = l end }
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s4|m1|ok|<tlsrpt@example.org>")
+    local lines = {}
+    for i = 1, 20 do lines[i] = ("line %02d xxxxxxxxxx"):format(i) end
+    lines[#lines + 1] = "."
+    feed("0.6", "s4", lines)
+    assert.matches("TOO_LARGE", out[1])
+    assert.equal(#lines + 1, #out)
+    assert.equal("filter-dataline|s4|tok|.", out[#out])
+  end)
+
+  it("answers other filter phases proceed, in the order of the protocol version", function()
+    f:line("filter|0.6|1.0|smtp-in|rcpt-to|s5|tok5|<a@b>")
+    f:line("filter|0.4|1.0|smtp-in|rcpt-to|s6|tok6|<a@b>")
+    assert.same({ "filter-result|s5|tok5|proceed", "filter-result|tok6|s6|proceed" }, out)
+  end)
+
+  it("a reset transaction is not held", function()
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s7|m1|ok|<tlsrpt@example.org>")
+    f:line("report|0.6|1.0|smtp-in|tx-reset|s7|m1")
+    feed("0.6", "s7", { "x", "." })
+    assert.same({ "filter-dataline|s7|tok|x", "filter-dataline|s7|tok|." }, out)
+  end)
+
+  it("records smtp-out sessions that established TLS", function()
+    local store = assert(tlsrpt.open{ path = dir .. "/db", batch_size = 1,
+      clock = function() return tlsrpt.day_start("2026-11-20") + 10 end })
+    f = opensmtpd.new{ store = store, write = function(l) out[#out + 1] = l end }
+    f:line("report|0.6|1.0|smtp-out|link-connect|o1|mx.example.com|pass|127.0.0.1:1|192.0.2.1:25")
+    f:line("report|0.6|1.0|smtp-out|link-tls|o1|version=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384")
+    f:line("report|0.6|1.0|smtp-out|tx-rcpt|o1|m1|ok|<u@example.com>")
+    f:line("report|0.6|1.0|smtp-out|link-disconnect|o1")
+    f:line("report|0.6|1.0|smtp-out|link-connect|o2|mx.example.com|pass|127.0.0.1:1|192.0.2.1:25")
+    f:line("report|0.6|1.0|smtp-out|tx-rcpt|o2|m2|ok|<u@example.com>")
+    f:line("report|0.6|1.0|smtp-out|link-disconnect|o2")   -- no TLS: not a TLS session
+    local r = assert(store:report("example.com", "2026-11-20"))
+    assert.equal("no-policy-found", r.policies[1].policy["policy-type"])
+    assert.equal(1, r.policies[1].summary["total-successful-session-count"])
+    store:close()
+  end)
+end)
