@@ -63,6 +63,10 @@ build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
 	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 -D_DEFAULT_SOURCE -Wall -Wextra \
 	  -Imodule $(DEP_CFLAGS) -o $@ $< fuzz/replay.c $(PURE) $(DEP_LIBS)
 
+# OpenSMTPD, unpacked (not installed: it conflicts with postfix), for its integration spec
+build/opensmtpd/usr/sbin/smtpd: | deps-test
+	scripts/opensmtpd build/opensmtpd
+
 # fixture helpers the specs start (spec/support/*.c)
 build/support/%: spec/support/%.c
 	@mkdir -p $(@D)
@@ -76,8 +80,9 @@ deps-%:
 	@$(DEPS) $*
 
 SUPPORT := $(patsubst spec/support/%.c,build/support/%,$(wildcard spec/support/*.c))
+OPENSMTPD := build/opensmtpd/usr/sbin/smtpd
 
-test: deps-test all $(SUPPORT) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+test: deps-test all $(SUPPORT) $(OPENSMTPD) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@scripts/test all
 
 unit: deps-test all $(SUPPORT)
@@ -86,7 +91,7 @@ unit: deps-test all $(SUPPORT)
 lint: deps-test
 	luacheck lua spec fuzz bench examples bin/mtasts bin/mtasts-opensmtpd-filter
 
-asan: deps-test build/asan/mtasts/core.so $(SUPPORT) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+asan: deps-test build/asan/mtasts/core.so $(SUPPORT) $(OPENSMTPD) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
 	  scripts/test all
 
