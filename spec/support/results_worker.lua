@@ -19,6 +19,14 @@ result.failures = { detail }
 result.summary.failure = 1
 for i = 1, count do
   local ok, err, code = store:add(result)
+  -- a failed commit keeps the batch; a host retries it (here: at once, a few times)
+  local tries = 0
+  while not ok and tries < 20 do
+    io.stderr:write("add: ", tostring(code), " ", tostring(err), "; retrying\n")
+    tries = tries + 1
+    os.execute("sleep 0.2")
+    ok, err, code = store:flush()
+  end
   if not ok then
     io.stderr:write("add failed: ", tostring(code), " ", tostring(err), "\n")
     os.exit(3)
