@@ -120,11 +120,16 @@ fuzz-merge: $(addprefix build/fuzz/,$(HARNESSES))
 	@for h in $(HARNESSES); do mkdir -p fuzz/corpus/$$h; \
 	  build/fuzz/$$h -merge=1 fuzz/corpus/$$h build/fuzz/work/$$h 2>&1 | tail -1; done
 
-bench: deps-test all $(SUPPORT)
+build/bench/%: bench/%.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -Wall -Wextra -o $@ $<
+
+bench: deps-test deps-bench all $(SUPPORT) build/bench/smclient build/bench/smceiling
 	$(LUA) bench/parse.lua
 	$(LUA) bench/cache.lua
 	$(LUA) bench/fetch.lua
 	$(LUA) bench/results.lua
+	$(LUA) bench/socketmap.lua
 
 demo: deps-test all $(SUPPORT)
 	@$(LUA) examples/demo.lua

@@ -91,7 +91,8 @@ local ok, err = pcall(function()
     "  log_format host '$host';",
     "  access_log " .. dir .. "/nginx/access.log host;",
     "  client_body_temp_path " .. dir .. "/nginx/tmp/body;",
-    "  proxy_temp_path " .. dir .. "/nginx/tmp/p;", "  fastcgi_temp_path " .. dir .. "/nginx/tmp/f;",
+    "  proxy_temp_path " .. dir .. "/nginx/tmp/p;",
+    "  fastcgi_temp_path " .. dir .. "/nginx/tmp/f;",
     "  uwsgi_temp_path " .. dir .. "/nginx/tmp/u;", "  scgi_temp_path " .. dir .. "/nginx/tmp/s;",
     "  server {",
     "    listen 127.0.0.1:443 ssl;",
@@ -153,7 +154,7 @@ local ok, err = pcall(function()
     local out = util.run(("build/bench/smclient 127.0.0.1 %d postfix %s %d %d %s %s"):format(
       port, keyfile, conns, depth, seconds, count or ""))
     local r = {}
-    for k, v in out:gmatch("(%w+)=([%d.]+)") do r[k] = tonumber(v) end
+    for k, v in out:gmatch("([%w_]+)=([%d.]+)") do r[k] = tonumber(v) end
     if not r.rps then error("smclient: " .. out, 0) end
     return r
   end

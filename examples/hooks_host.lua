@@ -60,8 +60,9 @@ local function smtp(host, rcpt, tls)
   -- env -u LD_PRELOAD: a preload meant for this Lua process (make asan preloads the
   -- sanitizer runtime) is not for curl, which hangs under it
   local cmd = { "env -u LD_PRELOAD curl -s -S --max-time 20 --url",
-    sh_quote("smtp://" .. host .. ":" .. target.port), "--connect-to", sh_quote(host .. ":" .. target.port .. ":" .. target.addr ..
-    ":" .. target.port), "--mail-from postmaster@sender.example --mail-rcpt", sh_quote(rcpt),
+    sh_quote("smtp://" .. host .. ":" .. target.port), "--connect-to",
+    sh_quote(host .. ":" .. target.port .. ":" .. target.addr .. ":" .. target.port),
+    "--mail-from postmaster@sender.example --mail-rcpt", sh_quote(rcpt),
     "--upload-file", sh_quote(file) }
   if tls == "required" then cmd[#cmd + 1] = "--ssl-reqd"
   elseif tls == "opportunistic" then cmd[#cmd + 1] = "--ssl" end
