@@ -109,9 +109,21 @@ local ok, err = pcall(function()
   assert(proc.poll(function() return proc.tcp_open(443) end, 10), "nginx did not start: " ..
     util.run("cat " .. dir .. "/nginx/error.log"))
 
+  -- fetches so far: access log lines, once the count has stopped moving (nginx logs a
+  -- request after its answer, which may be after the client saw the socketmap answer)
   local function fetches()
-    local n = util.run("wc -l < " .. dir .. "/nginx/access.log 2>/dev/null"):match("%d+")
-    return tonumber(n) or 0
+    local function count()
+      local n = util.run("wc -l < " .. dir .. "/nginx/access.log 2>/dev/null"):match("%d+")
+      return tonumber(n) or 0
+    end
+    local last = count()
+    for _ = 1, 50 do
+      proc.poll(function() return false end, 0.2)
+      local now = count()
+      if now == last then return now end
+      last = now
+    end
+    return last
   end
 
   -- the three servers

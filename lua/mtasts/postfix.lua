@@ -19,7 +19,7 @@ local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type
   error, tostring, tonumber, setmetatable, pcall
 local concat, format = table.concat, string.format
 
-local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10 }
+local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1 }
 local ETIMEDOUT = 110   -- what cqueues reports for a read that timed out (Linux errno)
 
 -- --- the protocol, pure functions ---
@@ -147,6 +147,20 @@ local function lookup(self, request)
     failure = failure, failure_level = zone.failure_level })
 end
 
+-- Recent answers by request ("name key"), kept MEMO_SECONDS: a burst of requests for one
+-- domain costs one client lookup, and an answer can be written without a coroutine.
+local function memo_get(self, request)
+  local m = self.memo[request]
+  if m and m[2] > cqueues.monotime() then return m[1] end
+end
+
+local function memo_put(self, request, answer)
+  if self.memo_seconds <= 0 then return end
+  if self.memo_n >= 100000 then self.memo, self.memo_n = {}, 0 end
+  if not self.memo[request] then self.memo_n = self.memo_n + 1 end
+  self.memo[request] = { answer, cqueues.monotime() + self.memo_seconds }
+end
+
 -- One connection: read netstrings, start a lookup per request, write answers in order.
 local function serve_connection(self, con)
   con:setmode("b", "b")
@@ -182,13 +196,29 @@ local function serve_connection(self, con)
     end
     if value then
       buf = rest
-      local slot = next_slot
-      next_slot = next_slot + 1
-      self.loop:wrap(function()
-        answers[slot] = lookup(self, value)
-        writer_wake:signal()
-      end)
+      local known = memo_get(self, value)
+      if known and next_write == next_slot and not closed then
+        -- nothing waits before it: answer now, no coroutine
+        local ok = con:write(_M.netstring(known))
+        if ok and buf == "" then ok = con:flush() end
+        if not ok then closed = true end
+      else
+        local slot = next_slot
+        next_slot = next_slot + 1
+        if known then
+          answers[slot] = known
+          writer_wake:signal()
+        else
+          self.loop:wrap(function()
+            local answer = lookup(self, value)
+            memo_put(self, value, answer)
+            answers[slot] = answer
+            writer_wake:signal()
+          end)
+        end
+      end
     else
+      if not closed then con:flush() end
       -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
       if self.stopping and next_write == next_slot then break end
       local chunk, rerr = con:xread(-4096, "b", 1)
@@ -211,13 +241,15 @@ end
 -- the loop's wait), client_opts, listen ({ "inet:127.0.0.1:8461", "unix:/path" }),
 -- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
 -- require_sni =, tlsrpt =, failure_level = } }, "*" for any other name), log
--- (function(level, message)), max_request, idle_timeout, on_lookup.
+-- (function(level, message)), max_request, idle_timeout, on_lookup, memo_seconds (how long
+-- an answer is reused for the same request: default 1; 0 turns it off).
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
   local self = setmetatable({ loop = cqueues.new(), zones = opts.zones or {},
     log = opts.log or function() end, max_request = opts.max_request or _M.MAX_REQUEST,
     idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
-    on_lookup = opts.on_lookup, stopping = false }, server_mt)
+    on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_n = 0,
+    memo_seconds = opts.memo_seconds or _M.MEMO_SECONDS }, server_mt)
   if opts.client then
     self.client = opts.client
   else
