@@ -1,5 +1,6 @@
 /* stall PORT SECONDS: accept TCP connections on 127.0.0.1:PORT and never answer (a TLS
- * handshake that stalls), for SECONDS at most. Part of the fixture world (spec/support). */
+ * handshake that stalls), and read UDP datagrams on the same port and never answer (a DNS
+ * server whose answers never come), for SECONDS at most. Part of the fixture world. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -29,9 +30,20 @@ int main(int argc, char **argv) {
     perror("stall");
     return 1;
   }
-  while (time(NULL) < end) {
-    struct pollfd p = { s, POLLIN, 0 };
-    if (poll(&p, 1, 200) > 0) (void)accept(s, NULL, NULL);   /* kept open, never read */
+  {
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    char buf[4096];
+    if (u < 0 || bind(u, (struct sockaddr *)&a, sizeof a) != 0) {
+      perror("stall: udp");
+      return 1;
+    }
+    while (time(NULL) < end) {
+      struct pollfd p[2] = { { s, POLLIN, 0 }, { u, POLLIN, 0 } };
+      if (poll(p, 2, 200) > 0) {
+        if (p[0].revents) (void)accept(s, NULL, NULL);   /* kept open, never read */
+        if (p[1].revents) (void)recv(u, buf, sizeof buf, 0);   /* dropped */
+      }
+    }
   }
   return 0;
 }

@@ -1,0 +1,136 @@
+-- A hostile network against real servers (#fixture): a DNS server whose answers never come,
+-- a TXT record of 255 strings, a policy of 64 KiB of mx lines, and an attacker who, after an
+-- enforce policy is cached, blocks the TXT record, changes the policy without a new id, or
+-- serves `mode: none` over an invalid certificate. None of it may crash, hang, or weaken
+-- the cached policy before valid_end.
+local mtasts = require("mtasts")
+local core = require("mtasts.core")
+local resolver_mod = require("mtasts.resolver")
+local util = require("support.util")
+local proc = require("support.proc")
+
+local ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.victim.example\nmax_age: 604800\n"
+
+describe("a hostile network #fixture", function()
+  local world = {}
+
+  setup(function()
+    local dir = util.tmpdir()
+    world.dir = dir
+    local ca = require("support.ca").new(dir .. "/ca")
+    world.ca = ca
+    local long = {}
+    long[1] = '"v=STSv1; id=huge; "'
+    for i = 2, 255 do long[i] = '"x' .. ("x"):rep(250) .. i .. '"' end
+    world.dns = require("support.dns").start({ ["example."] = {
+      -- the attacker's view of victim domains: see each case
+      "_mta-sts.same IN TXT \"v=STSv1; id=same1;\"", "mta-sts.same IN A 127.0.0.1",
+      "_mta-sts.newid IN TXT \"v=STSv1; id=new2;\"", "mta-sts.newid IN A 127.0.0.1",
+      "_mta-sts.huge IN TXT " .. table.concat(long, " "),
+      "_mta-sts.bigpolicy IN TXT \"v=STSv1; id=big;\"", "mta-sts.bigpolicy IN A 127.0.0.1",
+      -- blocked: no _mta-sts record at all
+    } })
+    local mx = {}
+    for i = 1, 3000 do mx[#mx + 1] = ("mx: mx%04d.bigpolicy.example"):format(i) end
+    local big = "version: STSv1\nmode: enforce\nmax_age: 86400\n" .. table.concat(mx, "\n")
+    big = big:sub(1, 65536 - 1):gsub("\n[^\n]*$", "") .. "\n"
+    world.big = big
+    world.web = require("support.https").start(ca, {
+      { host = "mta-sts.same.example", body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
+      { host = "mta-sts.newid.example", cert = "expired",
+        body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
+      { host = "mta-sts.bigpolicy.example", body = big },
+    })
+    world.silent = proc.free_port()
+    proc.spawn("stall", "build/support/stall " .. world.silent .. " 600", dir .. "/stall.log")
+    assert(proc.poll(function() return proc.tcp_open(world.silent) end, 10))
+  end)
+
+  teardown(function()
+    if world.web then world.web.stop() end
+    if world.dns then world.dns.stop() end
+    proc.stop_all()
+    if world.dir then util.run("rm -rf '" .. world.dir .. "'") end
+  end)
+
+  local now = 1800000000
+  local function client(path, opts)
+    opts = opts or {}
+    return assert(mtasts.open{ path = path, nameserver = opts.nameserver or
+      world.dns.nameserver, trust_anchor = false, cafile = world.ca.cafile,
+      connect_to = world.web.connect_to, timeouts = { dns = 2, fetch = 3 }, recheck = 0,
+      clock = function() return now end })
+  end
+
+  it("a DNS server that never answers: timeout within the deadline, nothing hangs", function()
+    local r = assert(resolver_mod.new{ nameserver = "127.0.0.1@" .. world.silent,
+      trust_anchor = false, timeout = 1.5 })
+    local t0 = core.monotonic()
+    local txt, msg, code = r:txt("_mta-sts.victim.example")
+    local took = core.monotonic() - t0
+    r:close()
+    assert.is_nil(txt)
+    assert.equal("timeout", code, msg)
+    assert.is_true(took < 4, "took " .. took .. " s")
+  end)
+
+  it("a TXT record of 255 strings (64 KiB, over TCP): record-syntax, no crash", function()
+    local sts = client(world.dir .. "/c1")
+    local policy, result = sts:get("huge.example")
+    assert.is_nil(policy)
+    assert.equal("record-syntax", result.failures[1].failure_reason_code)
+    sts:close()
+  end)
+
+  it("a policy of 64 KiB of mx lines parses and matches in bounded time", function()
+    local sts = client(world.dir .. "/c2")
+    local t0 = core.monotonic()
+    local policy = assert(sts:get("bigpolicy.example"))
+    assert.is_true(#policy.mx > 2000)
+    assert.is_true(mtasts.matches(policy, "mx0001.bigpolicy.example"))
+    assert.is_false(mtasts.matches(policy, "evil.example.org"))
+    assert.is_true(core.monotonic() - t0 < 3)
+    sts:close()
+  end)
+
+  describe("downgrade, with an enforce policy cached", function()
+    local function cached(path, domain, id)
+      local c = assert(core.cache_open(path))
+      assert(c:upsert(domain, id, ENFORCE, now))
+      c:close()
+    end
+
+    it("a blocked TXT record: the cached policy until valid_end", function()
+      local path = world.dir .. "/d1"
+      cached(path, "blocked.example", "b1")
+      local sts = client(path)
+      now = now + 86400
+      local policy = sts:get("blocked.example")
+      assert.equal("enforce", policy and policy.mode)
+      sts:close()
+    end)
+
+    it("a different policy without a new id: not fetched, the cached policy", function()
+      local path = world.dir .. "/d2"
+      cached(path, "same.example", "same1")
+      local sts = client(path)
+      now = now + 3600
+      local policy = sts:get("same.example")
+      assert.equal("enforce", policy.mode)
+      sts:close()
+    end)
+
+    it("a new id and mode none over an expired certificate: the cached policy", function()
+      local path = world.dir .. "/d3"
+      cached(path, "newid.example", "old1")
+      local sts = client(path)
+      now = now + 3600
+      local policy, result = sts:get("newid.example")
+      assert.equal("enforce", policy.mode)
+      local types = {}
+      for _, d in ipairs(result.failures) do types[#types + 1] = d.result_type end
+      assert.matches("sts%-webpki%-invalid", table.concat(types, ","))
+      sts:close()
+    end)
+  end)
+end)
