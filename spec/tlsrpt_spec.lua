@@ -523,6 +523,45 @@ describe("mtasts.tlsrpt store", function()
       assert.equal(tlsrpt.day_of(T0 - 9 * 86400), days[1])
     end)
 
+    it("on a full disk: ENOSPC, the batch kept, the counts stored before intact", function()
+      -- a 10 MiB tmpfs in a private mount namespace: the regions take about 7.5 MiB of it
+      util.write(dir .. "/full.lua", [[
+        package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+        local tlsrpt = require("mtasts.tlsrpt")
+        local day = tlsrpt.day_start("2026-11-20") + 10
+        local store = assert(tlsrpt.open{ path = arg[1], batch_size = 50,
+          clock = function() return day end })
+        local ok, msg, code
+        local n = 0
+        for i = 1, 200000 do
+          local r = tlsrpt.sts_result("d" .. i .. ".example", "version: STSv1\nmode: enforce\n" ..
+            "mx: mx.example.com\nmax_age: 86400\nc: " .. ("x"):rep(2000) .. "\n",
+            { mx = { "mx.example.com" } })
+          r.summary.success = 1
+          ok, msg, code = store:add(r)
+          if not ok then break end
+          n = i
+        end
+        local pending = store.npending
+        local first = store:report("d1.example", "2026-11-20")
+        io.write(n, "|", tostring(code), "|", pending, "|",
+          tostring(first and first.policies[1].summary["total-successful-session-count"]), "|",
+          tostring(msg))
+        os.exit(0)
+      ]])
+      util.write(dir .. "/full.sh", "mkdir -p " .. dir .. "/full && mount -t tmpfs -o size=10m " ..
+        "tmpfs " .. dir .. "/full && " .. util.lua_cmd() .. " " .. dir .. "/full.lua " .. dir ..
+        "/full/db")
+      local out, status = util.run("unshare -m sh " .. dir .. "/full.sh")
+      assert.equal(0, status, out)
+      local n, code, pending, first, msg = out:match("^(%d+)|([^|]*)|(%d+)|([^|]*)|(.*)$")
+      assert.equal("ENOSPC", code, out)
+      assert.is_true(tonumber(n) >= 50)
+      assert.is_true(tonumber(pending) > 0, "the failed batch is kept")
+      assert.equal("1", first, out)
+      assert.matches("free some space", msg, 1, true)
+    end)
+
     it("stats counts what is stored", function()
       store = open()
       store:add(sts("a.example", 1, 2))

@@ -267,8 +267,8 @@ end
 --- Days with stored results, oldest first.
 function Store:days()
   check(self, "days")
-  local ok, err, code = self:flush()
-  if not ok then return nil, err, code end
+  -- committed results stay readable when the batch cannot be committed (a full disk)
+  self:flush()
   return self.db:distinct("R")
 end
 
@@ -276,8 +276,8 @@ end
 function Store:domains(day)
   check(self, "domains")
   check_day(day, "domains", 1)
-  local ok, err, code = self:flush()
-  if not ok then return nil, err, code end
+  -- committed results stay readable when the batch cannot be committed (a full disk)
+  self:flush()
   local list, e2, c2 = self.db:distinct("R" .. day .. "\0")
   if not list then return nil, e2, c2 end
   local out = {}
@@ -335,8 +335,8 @@ function Store:report(domain, day, opts)
   check_day(day, "report", 2)
   local host = type(opts) == "table" and opts.host == true
   domain = lower_domain(domain)
-  local ok, err, code = self:flush()
-  if not ok then return nil, err, code end
+  -- committed results stay readable when the batch cannot be committed (a full disk)
+  self:flush()
   local by, order, trigger = gather(self, domain, day, host)
   if not by then return nil, order, trigger end
   if #order == 0 then return nil end
