@@ -70,7 +70,7 @@ build/opensmtpd/usr/sbin/smtpd: | deps-test
 # fixture helpers the specs start (spec/support/*.c)
 build/support/%: spec/support/%.c
 	@mkdir -p $(@D)
-	$(CC) -O1 -g -Wall -Wextra -o $@ $<
+	$(CC) -O1 -g -Wall -Wextra -o $@ $< -lssl -lcrypto
 
 build/fuzz/seeds/.stamp: fuzz/seeds.lua $(wildcard spec/cases/*.lua) | deps-build
 	$(LUA) fuzz/seeds.lua build/fuzz/seeds

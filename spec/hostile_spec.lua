@@ -1,5 +1,7 @@
 -- A hostile network against real servers (#fixture): a DNS server whose answers never come,
--- a TXT record of 255 strings, a policy of 64 KiB of mx lines, and an attacker who, after an
+-- a TXT record of 255 strings, a policy of 64 KiB of mx lines, policy hosts that send endless
+-- headers, a gzip bomb, a redirect loop, or a chain of 50 certificates, and an attacker who,
+-- after an
 -- enforce policy is cached, blocks the TXT record, changes the policy without a new id, or
 -- serves `mode: none` over an invalid certificate. None of it may crash, hang, or weaken
 -- the cached policy before valid_end.
@@ -28,6 +30,10 @@ describe("a hostile network #fixture", function()
       "_mta-sts.newid IN TXT \"v=STSv1; id=new2;\"", "mta-sts.newid IN A 127.0.0.1",
       "_mta-sts.huge IN TXT " .. table.concat(long, " "),
       "_mta-sts.bigpolicy IN TXT \"v=STSv1; id=big;\"", "mta-sts.bigpolicy IN A 127.0.0.1",
+      "_mta-sts.chain IN TXT \"v=STSv1; id=chain;\"", "mta-sts.chain IN A 127.0.0.1",
+      "_mta-sts.gzip IN TXT \"v=STSv1; id=gzip;\"", "mta-sts.gzip IN A 127.0.0.1",
+      "_mta-sts.loop IN TXT \"v=STSv1; id=loop;\"", "mta-sts.loop IN A 127.0.0.1",
+      "_mta-sts.headers IN TXT \"v=STSv1; id=headers;\"", "mta-sts.headers IN A 127.0.0.1",
       -- blocked: no _mta-sts record at all
     } })
     local mx = {}
@@ -35,12 +41,25 @@ describe("a hostile network #fixture", function()
     local big = "version: STSv1\nmode: enforce\nmax_age: 86400\n" .. table.concat(mx, "\n")
     big = big:sub(1, 65536 - 1):gsub("\n[^\n]*$", "") .. "\n"
     world.big = big
+    -- a gzip bomb: 50 MiB of policy lines in about 50 KiB, served as Content-Encoding: gzip
+    util.run("head -c 52428800 /dev/zero | tr '\\0' 'a' | gzip -9 > " .. dir .. "/bomb.gz")
     world.web = require("support.https").start(ca, {
+      { host = "mta-sts.chain.example", cert = 50, body = ENFORCE },
+      { host = "mta-sts.gzip.example", nginx = "default_type text/plain; " ..
+        "add_header Content-Encoding gzip; alias " .. dir .. "/bomb.gz;" },
+      { host = "mta-sts.loop.example",
+        redirect = "https://mta-sts.loop.example/.well-known/mta-sts.txt" },
       { host = "mta-sts.same.example", body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
       { host = "mta-sts.newid.example", cert = "expired",
         body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
       { host = "mta-sts.bigpolicy.example", body = big },
     })
+    -- a policy host that sends header lines forever
+    local crt, key = ca:issue("mta-sts.headers.example")
+    world.evil = proc.free_port()
+    proc.spawn("evilhttps", ("build/support/evilhttps %d %s %s 600"):format(world.evil, crt, key),
+      dir .. "/evil.log")
+    assert(proc.poll(function() return proc.tcp_open(world.evil) end, 10))
     world.silent = proc.free_port()
     proc.spawn("stall", "build/support/stall " .. world.silent .. " 600", dir .. "/stall.log")
     assert(proc.poll(function() return proc.tcp_open(world.silent) end, 10))
@@ -56,11 +75,58 @@ describe("a hostile network #fixture", function()
   local now = 1800000000
   local function client(path, opts)
     opts = opts or {}
+    local connect_to = { "mta-sts.headers.example:443:127.0.0.1:" .. world.evil }
+    for _, c in ipairs(world.web.connect_to) do connect_to[#connect_to + 1] = c end
     return assert(mtasts.open{ path = path, nameserver = opts.nameserver or
       world.dns.nameserver, trust_anchor = false, cafile = world.ca.cafile,
-      connect_to = world.web.connect_to, timeouts = { dns = 2, fetch = 3 }, recheck = 0,
+      connect_to = connect_to, timeouts = { dns = 2, fetch = 3 }, recheck = 0,
       clock = function() return now end })
   end
+
+  local function rss_kib()
+    for line in io.lines("/proc/self/status") do
+      local v = line:match("^VmRSS:%s+(%d+)")
+      if v then return tonumber(v) end
+    end
+  end
+
+  -- each hostile policy host: the documented outcome within the fetch timeout (3 s), and no
+  -- more than a few MiB of memory for it
+  for _, case in ipairs({
+    { "endless headers", "headers.example", "policy-fetch" },
+    { "a gzip bomb as Content-Encoding", "gzip.example", "policy-syntax" },
+    { "a redirect loop", "loop.example", "policy-fetch", "redirect-not-allowed" },
+  }) do
+    it(case[1] .. ": " .. case[3] .. " within the timeout, memory bounded", function()
+      local sts = client(world.dir .. "/h-" .. case[2])
+      collectgarbage()
+      local rss0 = rss_kib()
+      local t0 = core.monotonic()
+      local policy, result = sts:get(case[2])
+      local took = core.monotonic() - t0
+      assert.is_nil(policy)
+      assert.is_true(took < 6, case[2] .. " took " .. took .. " s")
+      assert.is_true(rss_kib() - rss0 < 20 * 1024, "memory grew by " .. (rss_kib() - rss0) ..
+        " KiB")
+      local d = result.failures[1]
+      assert.truthy(d, "no failure detail")
+      io.stderr:write(("    %s: %s / %s in %.2f s\n"):format(case[2], d.result_type,
+        tostring(d.failure_reason_code), took))
+      if case[4] then assert.equal(case[4], d.failure_reason_code) end
+      local _, _, _, _, code = sts:get(case[2], { force = true })
+      assert.truthy(code == nil or code == case[3] or code == "policy-fetch", tostring(code))
+      sts:close()
+    end)
+  end
+
+  it("a chain of 50 intermediate certificates: verified, the policy is served", function()
+    local sts = client(world.dir .. "/h-chain")
+    local t0 = core.monotonic()
+    local policy = sts:get("chain.example")
+    assert.is_true(core.monotonic() - t0 < 6)
+    assert.equal("enforce", policy and policy.mode)
+    sts:close()
+  end)
 
   it("a DNS server that never answers: timeout within the deadline, nothing hangs", function()
     local r = assert(resolver_mod.new{ nameserver = "127.0.0.1@" .. world.silent,

@@ -63,4 +63,32 @@ function CA:issue(name, opts)
   return base .. ".crt", base .. ".key"
 end
 
+--- A certificate for `name` under a chain of `depth` intermediate CAs below the trusted root;
+-- returns the chain file (leaf first, then the intermediates) and the key.
+function CA:chain(name, depth)
+  self.n = self.n + 1
+  local base = self.dir .. "/chain" .. self.n
+  sh("mkdir -p " .. base)
+  util.write(base .. "/ca.ext", "basicConstraints = critical,CA:TRUE\n" ..
+    "keyUsage = critical,keyCertSign,cRLSign\n")
+  util.write(base .. "/leaf.ext", "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n" ..
+    "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:" .. name .. "\n")
+  local issuer_crt, issuer_key = self.trusted.crt, self.trusted.key
+  local files = {}
+  for i = 1, depth + 1 do
+    local leaf = i == depth + 1
+    local f = base .. "/" .. (leaf and "leaf" or ("int" .. i))
+    sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=" ..
+      (leaf and name or ("mtasts intermediate " .. i)) .. "' -keyout " .. f .. ".key -out " ..
+      f .. ".csr")
+    sh("openssl x509 -req -in " .. f .. ".csr -CA " .. issuer_crt .. " -CAkey " .. issuer_key ..
+      " -set_serial " .. (1000 + i) .. " -days 30 -extfile " .. base ..
+      (leaf and "/leaf.ext" or "/ca.ext") .. " -out " .. f .. ".crt")
+    table.insert(files, 1, f .. ".crt")
+    issuer_crt, issuer_key = f .. ".crt", f .. ".key"
+  end
+  sh("cat " .. table.concat(files, " ") .. " > " .. base .. "/chain.crt")
+  return base .. "/chain.crt", base .. "/leaf.key"
+end
+
 return _M

@@ -2,7 +2,7 @@
 -- (SNI) per fixture site, with certificates from the test CA. Sites:
 --
 --   { host = "mta-sts.a.example",
---     cert = "valid" | "expired" | "untrusted" | "wrongname",   -- default "valid"
+--     cert = "valid" | "expired" | "untrusted" | "wrongname" | N,  -- N: under N intermediates
 --     body = "version: STSv1...", type = "text/plain",           -- the policy file, or
 --     status = 404 | redirect = "https://..." | nginx = "raw location directives",
 --     names = { more host names for the certificate and connect_to },
@@ -40,6 +40,7 @@ function _M.start(ca, sites)
     local kind = site.cert or "valid"
     local crt, key
     if kind == "wrongname" then crt, key = ca:issue("wrong-" .. site.host)
+    elseif type(kind) == "number" then crt, key = ca:chain(site.host, kind)   -- chain depth
     else crt, key = ca:issue(site.host, { expired = kind == "expired",
       untrusted = kind == "untrusted", names = site.names }) end
     servers[#servers + 1] = table.concat({
