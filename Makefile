@@ -63,6 +63,20 @@ build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
 	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 -D_DEFAULT_SOURCE -Wall -Wextra \
 	  -Imodule $(DEP_CFLAGS) -o $@ $< fuzz/replay.c $(PURE) $(DEP_LIBS)
 
+# The Lua parsers' harness embeds Lua 5.4 with the whole module linked in (explicit rules
+# win over the patterns above).
+LUA_HARNESS_SRC := fuzz/fuzz_lua.c $(SRCS)
+LUA_HARNESS_FLAGS := -Imodule -I$(BDB_INCDIR) $(LUA_CFLAGS) $(DEP_CFLAGS) -D_DEFAULT_SOURCE
+build/fuzz/lua: $(LUA_HARNESS_SRC) module/mtasts.h | deps-fuzz
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  $(LUA_HARNESS_FLAGS) -o $@ $(LUA_HARNESS_SRC) -llua5.4 -L$(BDB_LIBDIR) $(DEP_LIBS)
+
+build/replay/lua: $(LUA_HARNESS_SRC) fuzz/replay.c module/mtasts.h | deps-build
+	@mkdir -p $(@D)
+	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 $(LUA_HARNESS_FLAGS) \
+	  -o $@ $(LUA_HARNESS_SRC) fuzz/replay.c -llua5.4 -L$(BDB_LIBDIR) $(DEP_LIBS)
+
 # OpenSMTPD, unpacked (not installed: it conflicts with postfix), for its integration spec
 build/opensmtpd/usr/sbin/smtpd: | deps-test
 	scripts/opensmtpd build/opensmtpd

@@ -90,3 +90,13 @@ do
   for i, s in ipairs(seeds) do write(dir, i, s) end
   print(string.format("codec: %d seeds", #seeds))
 end
+
+-- the Lua parsers (fuzz/fuzz_lua.c): first byte 0 report, 1 socketmap, 2 filter lines; the
+-- committed corpus (fuzz/corpus/lua) has the realistic seeds
+do
+  local dir = out .. "/lua"
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local seeds = { "\0{}", "\1" .. "3:abc,", "\2" .. "config|ready" }
+  for i, s in ipairs(seeds) do write(dir, i, s) end
+  print(string.format("lua: %d seeds", #seeds))
+end
