@@ -142,6 +142,7 @@ bench: deps-test deps-bench all $(SUPPORT) build/bench/smclient build/bench/smce
 	$(LUA) bench/parse.lua
 	$(LUA) bench/cache.lua
 	$(LUA) bench/fetch.lua
+	$(LUA) bench/client.lua
 	$(LUA) bench/results.lua
 	$(LUA) bench/socketmap.lua
 
