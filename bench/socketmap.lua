@@ -111,6 +111,16 @@ local ok, err = pcall(function()
 
   -- fetches so far: access log lines, once the count has stopped moving (nginx logs a
   -- request after its answer, which may be after the client saw the socketmap answer)
+  -- DNS queries reaching NSD, counted by nftables inside the namespace (UDP and TCP SYNs)
+  sh("nft add table inet mtastsbench && nft add counter inet mtastsbench dns && " ..
+    "nft 'add chain inet mtastsbench in { type filter hook input priority 0; }' && " ..
+    "nft add rule inet mtastsbench in udp dport 53 counter name dns && " ..
+    "nft add rule inet mtastsbench in tcp dport 53 tcp flags syn counter name dns")
+  local function dns_queries()
+    local out = util.run("nft list counter inet mtastsbench dns")
+    return tonumber(out:match("packets (%d+)")) or 0
+  end
+
   local function fetches()
     local function count()
       local n = util.run("wc -l < " .. dir .. "/nginx/access.log 2>/dev/null"):match("%d+")
@@ -176,11 +186,12 @@ local ok, err = pcall(function()
     results[#results + 1] = r
     if s.name ~= "ceiling" then
       -- first lookups of N distinct domains, 50 at a time
-      local f0 = fetches()
+      local f0, q0 = fetches(), dns_queries()
       local t0 = core.monotonic()
       local c = client(s.port, keys, 50, 1, 600, N)
       r.first_seconds = core.monotonic() - t0
       r.first_fetches = fetches() - f0
+      r.first_dns = dns_queries() - q0
       r.first_errors = c.errors
       -- 20 simultaneous first lookups of one domain
       local fresh = dir .. "/fresh-" .. s.name
@@ -245,6 +256,7 @@ io.write(("%-34s %14.2f %14.2f %14s %9s\n"):format(("first lookups of %d domains
   "once (s)"):format(N), m.first_seconds, p.first_seconds, "-", ratio(m.first_seconds,
   p.first_seconds)))
 io.write(("%-34s %14d %14d\n"):format("  HTTPS fetches made", m.first_fetches, p.first_fetches))
+io.write(("%-34s %14d %14d\n"):format("  DNS queries made", m.first_dns, p.first_dns))
 io.write(("%-34s %14d %14d\n"):format("20 first lookups of 1 domain: fetches", m.same_fetches,
   p.same_fetches))
 io.write(("%-34s %14s %14s\n"):format("cached p50/p99/max (us) beside a 3 s lookup",
