@@ -64,7 +64,9 @@ typedef struct shared_env {
   uint64_t gen;           /* the gate generation the handles below belong to */
   DB_ENV *env;            /* NULL when (re)joining failed: the next operation tries again */
   DB *db;
-  DB *rdb;                /* results.db, the TLSRPT result store (results.c) */
+  DB *rdb;                /* results.db, the TLSRPT result store (results.c); NULL when */
+  int rdb_rc;             /* ... it failed to open: this code, and this message */
+  char rdb_err[MTASTS_ERR_MAX];
   int own_panic;          /* this process saw the panic: its handles can be closed safely */
 } shared_env;
 
@@ -273,20 +275,23 @@ static int open_env(shared_env *s, int recover, char *err) {
     env->close(env, 0);
     return rc;
   }
+  /* results.db failing to open (damaged) must not take the policy cache down with it:
+   * policy lookups go on, and result-store operations report the damage */
+  s->rdb_rc = 0;
   if ((rc = db_create(&rdb, env, 0)) != 0 || (rc = rdb->set_flags(rdb, DB_CHKSUM)) != 0 ||
       (rc = rdb->open(rdb, NULL, RESULTS_FILE, NULL, DB_BTREE,
                       DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600)) != 0) {
-    fail(err, rc, s->path, "open " RESULTS_FILE);
+    fail(s->rdb_err, rc, s->path, "open " RESULTS_FILE);
+    s->rdb_rc = rc;
     if (rdb) rdb->close(rdb, 0);
-    db->close(db, 0);
-    env->close(env, 0);
-    return rc;
+    rdb = NULL;
+    rc = 0;
   }
   s->env = env;
   s->db = db;
   s->rdb = rdb;
   if ((rc = reserve_regions(s, err)) != 0) {
-    rdb->close(rdb, 0);
+    if (rdb) rdb->close(rdb, 0);
     db->close(db, 0);
     env->close(env, 0);
     s->env = NULL;
@@ -356,7 +361,9 @@ static int damaged(shared_env *s, char *err) {
 
 /* DB->verify on the database file, through a handle of its own (verify reads the file). */
 static int verify_file(shared_env *s, char *err) {
-  static const char *const files[] = {DB_FILE, RESULTS_FILE};
+  /* only policies.db: a damaged results.db fails to open and disables the result store
+   * alone (open_env), never the policy cache */
+  static const char *const files[] = {DB_FILE};
   char file[PATH_MAX + 16];
   struct stat st;
   DB *v;
@@ -498,7 +505,7 @@ int mtasts_cache_close(mtasts_cache *c, char *err) {
     /* a forked child must not touch its parent's handles */
     if (s->pid == getpid() && s->env && enter(s, err) == 0) {
       bdb_msg[0] = '\0';
-      if ((rc = s->rdb->close(s->rdb, 0)) != 0) fail(err, rc, s->path, "close");
+      if (s->rdb && (rc = s->rdb->close(s->rdb, 0)) != 0) fail(err, rc, s->path, "close");
       {
         int r1 = s->db->close(s->db, 0);
         if (r1 != 0 && rc == 0) rc = fail(err, r1, s->path, "close");
@@ -539,6 +546,12 @@ static int run_on(mtasts_cache *c, int results, int writes, op_fn fn, void *ctx,
   for (attempt = 0;; attempt++) {
     bdb_msg[0] = '\0';
     if ((rc = enter(s, err)) != 0) return rc;
+    if (results && !s->rdb) {
+      rc = s->rdb_rc ? s->rdb_rc : MTASTS_ECORRUPT;
+      snprintf(err, MTASTS_ERR_MAX, "%s", s->rdb_err);
+      leave(s);
+      return rc;
+    }
     rc = fn(s->env, results ? s->rdb : s->db, ctx);
     if (rc == 0 && writes)
       /* after 256 KiB of log or 5 minutes: lets old log files be removed, so the directory
