@@ -581,10 +581,6 @@ int mtasts_store_run(mtasts_cache *c, mtasts_store_fn fn, void *ctx, int writes,
   return run_on(c, 1, writes, fn, ctx, what, err);
 }
 
-void mtasts_store_fail(int rc, const char *path, const char *what, char *err) {
-  fail(err, rc, path, what);
-}
-
 static void set_key(DBT *k, const char *key) {
   memset(k, 0, sizeof *k);
   k->data = (void *)key;

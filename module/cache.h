@@ -104,8 +104,6 @@ typedef int (*mtasts_store_fn)(struct __db_env *env, struct __db *db, void *ctx)
  * lets the environment checkpoint afterwards. 0, or an error code with a message in err. */
 int mtasts_store_run(mtasts_cache *c, mtasts_store_fn fn, void *ctx, int writes,
                      const char *what, char *err);
-/* Format err as the cache does ("cache <path>: <what>: <library text>[; hint]"). */
-void mtasts_store_fail(int rc, const char *path, const char *what, char *err);
 
 /* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
 const char *mtasts_code_name(int rc);
