@@ -1,4 +1,5 @@
 -- A hostile network against real servers (#fixture): a DNS server whose answers never come,
+-- or come truncated, cut off, looping, spoofed or oversized,
 -- a TXT record of 255 strings, a policy of 64 KiB of mx lines, policy hosts that send endless
 -- headers, a gzip bomb, a redirect loop, or a chain of 50 certificates, and an attacker who,
 -- after an
@@ -60,6 +61,10 @@ describe("a hostile network #fixture", function()
     proc.spawn("evilhttps", ("build/support/evilhttps %d %s %s 600"):format(world.evil, crt, key),
       dir .. "/evil.log")
     assert(proc.poll(function() return proc.tcp_open(world.evil) end, 10))
+    world.evildns = proc.free_port()
+    proc.spawn("evildns", ("build/support/evildns %d 600"):format(world.evildns),
+      dir .. "/evildns.log")
+    assert(proc.poll(function() return proc.tcp_open(world.evildns) end, 10))
     world.silent = proc.free_port()
     proc.spawn("stall", "build/support/stall " .. world.silent .. " 600", dir .. "/stall.log")
     assert(proc.poll(function() return proc.tcp_open(world.silent) end, 10))
@@ -136,6 +141,48 @@ describe("a hostile network #fixture", function()
     assert.is_nil(txt)
     assert.equal("timeout", code, msg)
     assert.is_true(took < 4, "took " .. took .. " s")
+  end)
+
+  -- a hostile DNS server (spec/support/evildns.c): broken answers end in servfail at once, a
+  -- spoofed one is waited out to the timeout, oversized ones are read whole
+  for _, case in ipairs({
+    { "truncated (TC) with TCP refused", "tc", "servfail" },
+    { "cut off inside a record", "cut", "servfail" },
+    { "a compression pointer loop", "loop", "servfail" },
+    { "a wrong message id (spoofed)", "spoof", "timeout" },
+    { "oversized: 20,000 TXT strings over UDP", "big", "v=STSv1; id=big;" },
+    { "oversized: 2,000 TXT records over UDP", "many", "v=STSv1; id=many;" },
+  }) do
+    it("a DNS answer " .. case[1] .. ": " .. case[3] .. " within the timeout", function()
+      local r = assert(resolver_mod.new{ nameserver = "127.0.0.1@" .. world.evildns,
+        trust_anchor = false, timeout = 1.5 })
+      local t0 = core.monotonic()
+      local txt, msg, code = r:txt("_mta-sts." .. case[2] .. ".example")
+      local took = core.monotonic() - t0
+      r:close()
+      assert.is_true(took < 4, "took " .. took .. " s")
+      if case[3]:match("^v=") then
+        assert.is_table(txt, msg)
+        local found = {}
+        for _, v in ipairs(txt) do if v:match("^v=STSv1") then found[#found + 1] = v end end
+        assert.same({ case[3] }, found)
+      else
+        assert.is_nil(txt)
+        assert.equal(case[3], code, msg)
+      end
+    end)
+  end
+
+  it("sts:get over a hostile DNS server: sts-policy-fetch-error with the DNS reason", function()
+    local sts = client(world.dir .. "/evildns", { nameserver = "127.0.0.1@" .. world.evildns })
+    for domain, reason in pairs({ ["tc.example"] = "dns-servfail",
+                                  ["loop.example"] = "dns-servfail" }) do
+      local policy, result = sts:get(domain)
+      assert.is_nil(policy)
+      assert.equal("sts-policy-fetch-error", result.failures[1].result_type)
+      assert.equal(reason, result.failures[1].failure_reason_code)
+    end
+    sts:close()
   end)
 
   it("a TXT record of 255 strings (64 KiB, over TCP): record-syntax, no crash", function()
