@@ -20,8 +20,10 @@
  * child never uses its parent's handles. */
 #define _GNU_SOURCE 1  /* fallocate */
 #include "cache.h"
+#include "results.h"
 
 #include <db.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1110,61 +1112,113 @@ static int op_put_raw(DB_ENV *env, DB *db, void *vctx) {
   return t->commit(t, DB_TXN_WRITE_NOSYNC);
 }
 
+/* Run fn(arg) in a child process killed after SALVAGE_TIMEOUT_S: libdb's salvager can loop
+ * forever on some damage (seen: a page taken for a heap), and recovery of a damaged
+ * environment can crash. The child's exit status, or -1 when it was killed or died. */
+static int in_child(void (*fn)(void *), void *arg) {
+  pid_t pid = fork();
+  int status = 0;
+  double end = mtasts_now() + SALVAGE_TIMEOUT_S;
+  struct timespec nap = { 0, 20 * 1000 * 1000 };
+  if (pid == 0) {
+    fn(arg);
+    _exit(0);
+  }
+  if (pid < 0) return -1;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (mtasts_now() > end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    nanosleep(&nap, NULL);
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int copy_file(const char *from, const char *to) {
+  char buf[65536];
+  ssize_t n;
+  int in = open(from, O_RDONLY | O_CLOEXEC), out, rc = 0;
+  if (in < 0) return errno;
+  if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+    rc = errno;
+    close(in);
+    return rc;
+  }
+  while ((n = read(in, buf, sizeof buf)) > 0)
+    if (write(out, buf, (size_t)n) != n) { rc = errno ? errno : EIO; break; }
+  if (n < 0) rc = errno;
+  close(in);
+  if (close(out) != 0 && rc == 0) rc = errno;
+  return rc;
+}
+
+typedef struct { const char *copy; FILE *out; u_int32_t flags; } salvage_job;
+
+static void salvage_child(void *arg) {
+  salvage_job *j = arg;
+  DB *v;
+  setvbuf(j->out, NULL, _IONBF, 0);
+  if (db_create(&v, NULL, 0) == 0) {
+    v->set_errcall(v, errcall);
+    (void)v->verify(v, j->copy, NULL, j->out, j->flags);
+  }
+}
+
+/* libdb's salvage dump of dir/name, as a temporary file to read from the start, or NULL
+ * (with *rc set on a real error) when there is nothing to salvage. What the salvager wrote
+ * before it died or was killed is kept. */
+static FILE *salvage_dump(const char *dir, const char *name, const char *scratch,
+                          u_int32_t flags, int unchecked, int *rc, char *err) {
+  char file[PATH_MAX + 32], copy[PATH_MAX + 48];
+  struct stat st;
+  salvage_job j;
+  *rc = 0;
+  snprintf(file, sizeof file, "%s/%s", dir, name);
+  snprintf(copy, sizeof copy, "%s/salvage-%ld.db", scratch, (long)getpid());
+  if (stat(file, &st) != 0) return NULL;        /* nothing to salvage */
+  if (!is_btree_file(file)) return NULL;        /* not ours, or its meta page is gone */
+  if (unchecked ? (*rc = unchecked_copy(file, copy, err)) != 0
+                : (*rc = copy_file(file, copy)) != 0) {
+    if (!unchecked)
+      snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", file, strerror(*rc));
+    return NULL;
+  }
+  j.copy = copy;
+  j.flags = flags;
+  if (!(j.out = tmpfile())) {
+    *rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache: salvage %.160s: %s", file, strerror(*rc));
+    unlink(copy);
+    return NULL;
+  }
+  (void)in_child(salvage_child, &j);
+  unlink(copy);
+  rewind(j.out);
+  return j.out;
+}
+
 /* Read every salvageable row of dir's policies.db into the cache c; keeps the newest row
  * (by last_update) when the salvage shows a domain twice. */
 static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size_t *skipped,
                         char *err) {
-  char file[PATH_MAX + sizeof DB_FILE + 1], copy[PATH_MAX + 32], *line = NULL;
+  char *line = NULL;
   size_t cap = 0;
   mtasts_buf d = { NULL, 0, 0 }, old = { NULL, 0, 0 };
-  FILE *out;
-  DB *v;
-  int rc = 0, in_data = 0;
-  struct stat st;
-  snprintf(copy, sizeof copy, "%s/salvage-%ld.db", mtasts_cache_path(c), (long)getpid());
-  snprintf(file, sizeof file, "%s/%s", dir, DB_FILE);
-  if (stat(file, &st) != 0) return 0;           /* nothing to salvage */
-  if (!is_btree_file(file)) return 0;           /* not ours, or its meta page is gone */
-  if ((rc = unchecked_copy(file, copy, err)) != 0) return rc;
-  if (!(out = tmpfile())) { rc = errno; unlink(copy); return rc; }
-  /* libdb's salvager can loop forever on some damage (seen: a page taken for a heap), so it
-   * runs in a child that is killed after SALVAGE_TIMEOUT_S; what it wrote by then is kept */
-  {
-    pid_t pid = fork();
-    if (pid == 0) {
-      setvbuf(out, NULL, _IONBF, 0);
-      if (db_create(&v, NULL, 0) == 0) {
-        v->set_errcall(v, errcall);
-        (void)v->verify(v, copy, NULL, out, DB_SALVAGE | DB_AGGRESSIVE);
-      }
-      _exit(0);
-    }
-    if (pid > 0) {
-      int status;
-      double end = mtasts_now() + SALVAGE_TIMEOUT_S;
-      struct timespec nap = { 0, 20 * 1000 * 1000 };
-      while (waitpid(pid, &status, WNOHANG) == 0) {
-        if (mtasts_now() > end) {
-          kill(pid, SIGKILL);
-          waitpid(pid, &status, 0);
-          break;
-        }
-        nanosleep(&nap, NULL);
-      }
-    }
-  }
-  unlink(copy);
-  rewind(out);
+  int rc = 0;
+  FILE *out = salvage_dump(dir, DB_FILE, mtasts_cache_path(c), DB_SALVAGE | DB_AGGRESSIVE,
+                           1, &rc, err);
+  if (!out) return rc;
   /* Rows name their own domain, so salvage needs no key: aggressive salvage does not keep
    * keys and data in strict turns, and pairing them by position could give one domain
-   * another's policy. Every line that decodes as a row is taken under the domain it names. */
+   * another's policy. Every line that decodes as a row is taken under the domain it names,
+   * wherever it is in the dump (of a truncated file libdb writes no header). */
   while (getline(&line, &cap, out) > 0) {
     char key[MTASTS_NAME_MAX + 1], ascii[MTASTS_NAME_MAX + 1], why[MTASTS_ERR_MAX];
     mtasts_row row, cur;
     int found;
-    if (strncmp(line, "HEADER=END", 10) == 0) { in_data = 1; continue; }
-    if (strncmp(line, "DATA=END", 8) == 0) { in_data = 0; continue; }
-    if (!in_data || unhex(line, &d) != 0 || d.n < 1 || d.p[0] != MTASTS_ROW_FORMAT) continue;
+    if (unhex(line, &d) != 0 || d.n < 1 || d.p[0] != MTASTS_ROW_FORMAT) continue;
     if (mtasts_row_decode(d.p, d.n, &row, why) != 0 || memchr(row.domain.p, 0, row.domain.n)) {
       (*skipped)++;
       continue;
@@ -1194,16 +1248,148 @@ static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size
   return rc;
 }
 
+typedef struct { const mtasts_buf *k, *v; } pair_ctx;
+
+static int op_put_pair(DB_ENV *env, DB *db, void *vctx) {
+  pair_ctx *x = vctx;
+  DB_TXN *t;
+  DBT k, v;
+  int rc;
+  memset(&k, 0, sizeof k);
+  memset(&v, 0, sizeof v);
+  k.data = x->k->p;
+  k.size = (u_int32_t)x->k->n;
+  v.data = x->v->p;
+  v.size = (u_int32_t)x->v->n;
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if ((rc = db->put(db, t, &k, &v, 0)) != 0) { t->abort(t); return rc; }
+  return t->commit(t, DB_TXN_WRITE_NOSYNC);
+}
+
+/* A result store key as report.lua writes them: "R" or "Q", a yyyy-mm-dd day, NUL, more. */
+static int is_result_key(const mtasts_buf *k) {
+  size_t i;
+  if (k->n < 13 || k->n > MTASTS_RESULTS_KEY_MAX || (k->p[0] != 'R' && k->p[0] != 'Q') ||
+      k->p[11] != 0)
+    return 0;
+  for (i = 1; i <= 10; i++)
+    if (i == 5 || i == 8 ? k->p[i] != '-' : (k->p[i] < '0' || k->p[i] > '9')) return 0;
+  return 1;
+}
+
+/* Counters ("R") are two u64; delivery state ("Q") a JSON object. */
+static int is_result_value(const mtasts_buf *k, const mtasts_buf *v) {
+  if (k->p[0] == 'R') return v->n == 16;
+  return v->n >= 2 && v->n <= MTASTS_RESULTS_VALUE_MAX && v->p[0] == '{' &&
+         v->p[v->n - 1] == '}';
+}
+
+/* Carry dir's results.db over into c's. A plain (not aggressive) salvage of the file as it
+ * is (checksums on) gives keys and values in turns; as that can slip on damage, a pair is
+ * taken only when the key has the store's shape and the value fits the key, and a line that
+ * is not a value but a key starts the next pair. The meaning of records is Lua's
+ * (report.lua, docs/tlsrpt.md); here only their shape. */
+static int salvage_results(const char *dir, mtasts_cache *c, size_t *records, char *err) {
+  char *line = NULL;
+  size_t cap = 0;
+  mtasts_buf k = { NULL, 0, 0 }, v = { NULL, 0, 0 };
+  int rc = 0, have_key = 0;
+  FILE *out = salvage_dump(dir, RESULTS_FILE, mtasts_cache_path(c), DB_SALVAGE, 0, &rc, err);
+  if (!out) return rc;
+  while (getline(&line, &cap, out) > 0) {
+    if (line[0] != ' ') { have_key = 0; continue; }   /* header lines, DATA=END */
+    if (!have_key) {
+      have_key = unhex(line, &k) == 0 && is_result_key(&k);
+      continue;
+    }
+    if (unhex(line, &v) != 0) { have_key = 0; continue; }
+    if (!is_result_value(&k, &v)) {
+      mtasts_buf t = k;
+      k = v;
+      v = t;
+      have_key = is_result_key(&k);
+      continue;
+    }
+    have_key = 0;
+    {
+      pair_ctx x = { &k, &v };
+      if ((rc = mtasts_store_run(c, op_put_pair, &x, 1, "rebuild", err)) != 0) break;
+    }
+    (*records)++;
+  }
+  free(line);
+  fclose(out);
+  mtasts_buf_free(&k);
+  mtasts_buf_free(&v);
+  return rc;
+}
+
+static void recover_child(void *arg) {
+  DB_ENV *env;
+  if (db_env_create(&env, 0) != 0) _exit(1);
+  env->set_errcall(env, errcall);
+  if (env->open(env, arg, DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
+                DB_INIT_MPOOL | DB_PRIVATE | DB_RECOVER, 0600) != 0 ||
+      env->txn_checkpoint(env, 0, 0, DB_FORCE) != 0) {
+    env->close(env, 0);
+    _exit(1);
+  }
+  _exit(env->close(env, 0) == 0 ? 0 : 1);
+}
+
+/* Bring a copy of dir's files up to date with its log before salvaging: writes that a
+ * killed process committed may still be only in the log. The copy goes to scratch (dir is
+ * kept as it was, for the operator); recovery runs in a child, as it may meet the damage.
+ * 1 when scratch now holds a recovered copy of dir's databases, 0 when salvage should read
+ * dir's own files (nothing to recover, or recovery failed on the damage). */
+static int recovered_copy(const char *dir, const char *scratch) {
+  char from[PATH_MAX + 300], to[PATH_MAX + 300];
+  DIR *dh = opendir(dir);
+  struct dirent *e;
+  int ok = 1, logs = 0;
+  if (!dh || mkdir(scratch, 0700) != 0) {
+    if (dh) closedir(dh);
+    return 0;
+  }
+  while (ok && (e = readdir(dh))) {
+    if (strcmp(e->d_name, DB_FILE) != 0 && strcmp(e->d_name, RESULTS_FILE) != 0 &&
+        strncmp(e->d_name, "log.", 4) != 0)
+      continue;
+    logs += strncmp(e->d_name, "log.", 4) == 0;
+    snprintf(from, sizeof from, "%s/%s", dir, e->d_name);
+    snprintf(to, sizeof to, "%s/%s", scratch, e->d_name);
+    ok = copy_file(from, to) == 0;
+  }
+  closedir(dh);
+  return ok && logs > 0 && in_child(recover_child, (void *)scratch) == 0;
+}
+
+static void remove_dir(const char *dir) {
+  char file[PATH_MAX + 300];
+  DIR *dh = opendir(dir);
+  struct dirent *e;
+  if (!dh) return;
+  while ((e = readdir(dh)))
+    if (e->d_name[0] != '.') {
+      snprintf(file, sizeof file, "%s/%s", dir, e->d_name);
+      unlink(file);
+    }
+  closedir(dh);
+  rmdir(dir);
+}
+
 int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, size_t *skipped,
-                         char *err) {
+                         size_t *results, char *err) {
   char real[PATH_MAX], fresh[PATH_MAX + 32], gate[PATH_MAX + sizeof GATE_FILE + 1];
+  char scratch[PATH_MAX + 32];
+  const char *from;
   struct flock fl;
   shared_env *s;
   mtasts_cache *c = NULL;
   struct tm tm;
   time_t now = time(NULL);
   int fd, rc;
-  *salvaged = *skipped = 0;
+  *salvaged = *skipped = *results = 0;
   err[0] = '\0';
   if (!realpath(path, real)) {
     rc = errno;
@@ -1238,8 +1424,12 @@ int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, siz
     return EBUSY;
   }
   snprintf(fresh, sizeof fresh, "%s.rebuild-%ld", real, (long)getpid());
+  snprintf(scratch, sizeof scratch, "%s.recover-%ld", real, (long)getpid());
+  remove_dir(scratch);
+  from = recovered_copy(real, scratch) ? scratch : real;
   if ((rc = mtasts_cache_open(fresh, &c, err)) == 0) {
-    rc = salvage_into(real, c, salvaged, skipped, err);
+    rc = salvage_into(from, c, salvaged, skipped, err);
+    if (rc == 0) rc = salvage_results(from, c, results, err);
     if (rc == 0) rc = mtasts_cache_verify(c, err);
     {
       char e2[MTASTS_ERR_MAX];
@@ -1252,12 +1442,19 @@ int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, siz
     gmtime_r(&now, &tm);
     strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
     snprintf(moved_to, PATH_MAX, "%.*s.broken-%s", PATH_MAX - 48, real, stamp);
+    {   /* two rebuilds in one second: the second old copy gets a number */
+      struct stat st;
+      int n;
+      for (n = 2; lstat(moved_to, &st) == 0 && n < 1000; n++)
+        snprintf(moved_to, PATH_MAX, "%.*s.broken-%s-%d", PATH_MAX - 48, real, stamp, n);
+    }
     if (rename(real, moved_to) != 0 || rename(fresh, real) != 0) {
       rc = errno;
       snprintf(err, MTASTS_ERR_MAX, "cache %.160s: move the rebuilt cache into place: %s "
                "(it is in %.160s)", real, strerror(rc), fresh);
     }
   }
+  remove_dir(scratch);
   close(fd);
   return rc;
 }

@@ -90,11 +90,14 @@ int mtasts_cache_verify(mtasts_cache *c, char *err);
 uint64_t mtasts_cache_generation(const mtasts_cache *c);
 uint64_t mtasts_cache_recoveries(const mtasts_cache *c);
 
-/* Salvage every readable row of the cache in path into a new cache, and swap them: the old
- * directory is kept as <path>.broken-<UTC time> (moved_to, PATH_MAX bytes). Fails with EBUSY
- * while any process has the cache open. */
+/* Salvage every readable row of the cache in path, and every readable record of its result
+ * store, into a new cache, and swap them: the old directory is kept as
+ * <path>.broken-<UTC time>[-N] (moved_to, PATH_MAX bytes). A copy of the old files is first
+ * brought up to date with the log, so writes a killed process committed are kept. salvaged
+ * and skipped count policy rows, results the result store records carried over. Fails with
+ * EBUSY while any process has the cache open. */
 int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, size_t *skipped,
-                         char *err);
+                         size_t *results, char *err);
 
 /* --- the TLSRPT result store (results.c) lives in the same environment, in results.db --- */
 struct __db_env;

@@ -1,0 +1,209 @@
+-- A hostile disk: a read-only directory for the cache and the result store, database files
+-- truncated or overwritten with garbage, writes that reached only the log before the writer
+-- was killed. Each gives a clear error (nil, message, code), never a crash, and
+-- `mtasts cache rebuild` brings back every row and result record that can still be read.
+-- (A full disk is in cache_spec and tlsrpt_spec; kill -9 loops in *_processes_spec.)
+local core = require("mtasts.core")
+local tlsrpt = require("mtasts.tlsrpt")
+local util = require("support.util")
+
+local POLICY = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 86400\n"
+local NOW = 1800000000
+local DAY = tlsrpt.day_of(NOW)
+local N = 300
+
+describe("a hostile disk", function()
+  local dir, cleanup
+
+  before_each(function() dir, cleanup = util.tmpdir() end)
+  after_each(function() cleanup() end)
+
+  -- a cache directory with N policies and N recipient domains' results, closed cleanly
+  local function fill(path)
+    local c = assert(core.cache_open(path))
+    for i = 1, N do assert(c:upsert(("d%d.example"):format(i), "id" .. i, POLICY, NOW)) end
+    assert(c:close())
+    local store = assert(tlsrpt.open{ path = path, clock = function() return NOW end })
+    for i = 1, N do
+      local r = tlsrpt.sts_result(("d%d.example"):format(i), POLICY,
+        { mx = { "mx.example.com" } })
+      r.summary.success = i
+      assert(store:add(r))
+    end
+    assert(store:close())
+  end
+
+  -- what can be read back: policies found, result domains of the day
+  local function readable(path)
+    local c = assert(core.cache_open(path))
+    local found, err = 0, nil
+    for i = 1, N do
+      local row, msg, code = c:lookup(("d%d.example"):format(i), NOW)
+      if row then
+        found = found + 1
+        assert.equal("id" .. i, row.record_id)
+      elseif code then err = { msg, code } end
+    end
+    c:close()
+    local store = assert(tlsrpt.open{ path = path, clock = function() return NOW end })
+    local domains, msg, code = store:domains(DAY)
+    local ok = true
+    for _, d in ipairs(domains or {}) do
+      local i = math.tointeger(tonumber(d.domain:match("^d(%d+)%.example$")))
+      local rep = store:report(d.domain, DAY)
+      ok = ok and rep.policies[1].summary["total-successful-session-count"] == i
+    end
+    store:close()
+    return found, domains and #domains, err, { msg, code }, ok
+  end
+
+  local function rebuild(path)
+    local r, msg, code = core.cache_rebuild(path)
+    assert.is_table(r, tostring(msg) .. " " .. tostring(code))
+    return r
+  end
+
+  describe("a read-only directory (a read-only bind mount in a private namespace)", function()
+    it("every opener says EROFS and what to do; nothing is created", function()
+      fill(dir .. "/cache")
+      util.write(dir .. "/ro.lua", [[
+        local core = require("mtasts.core")
+        local tlsrpt = require("mtasts.tlsrpt")
+        local mtasts = require("mtasts")
+        local dir = arg[1]
+        local function show(what, ok, msg, code)
+          io.write(what, "|", tostring(ok ~= nil), "|", tostring(code), "|", tostring(msg), "\n")
+        end
+        show("cache", core.cache_open(dir .. "/cache"))
+        show("new", core.cache_open(dir .. "/new"))
+        show("mtasts", mtasts.open{ path = dir .. "/cache" })
+        show("store", tlsrpt.open{ path = dir .. "/cache" })
+        show("rebuild", core.cache_rebuild(dir .. "/cache"))
+      ]])
+      util.write(dir .. "/ro.sh", "mount --bind " .. dir .. " " .. dir .. " && " ..
+        "mount -o remount,ro,bind " .. dir .. " && " .. util.lua_cmd() .. " " .. dir ..
+        "/ro.lua " .. dir .. "\n")
+      local out, status = util.run("unshare -m sh " .. dir .. "/ro.sh")
+      assert.equal(0, status, out)
+      local seen = 0
+      for what, ok, code, msg in out:gmatch("(%w+)|(%w+)|(%w+)|([^\n]*)") do
+        seen = seen + 1
+        assert.equal("false", ok, what .. ": " .. msg)
+        assert.equal("EROFS", code, what .. ": " .. msg)
+        assert.matches("Read-only file system", msg, 1, true)
+        if what == "cache" or what == "mtasts" or what == "store" then
+          assert.matches("must be writable", msg, 1, true)
+        end
+      end
+      assert.equal(5, seen, out)
+      -- and the cache works where it is writable again
+      local found, days = readable(dir .. "/cache")
+      assert.equal(N, found)
+      assert.equal(N, days)
+    end)
+  end)
+
+  describe("a truncated file, after a reboot (the shared regions are gone)", function()
+    it("policies.db: clear errors with the rebuild hint; rebuild keeps every result", function()
+      local path = dir .. "/cache"
+      fill(path)
+      util.run("truncate -s 16384 " .. path .. "/policies.db; rm -f " .. path .. "/__db.0*")
+      local c = assert(core.cache_open(path))
+      local ok, msg, code = c:upsert("new.example", "n", POLICY, NOW)
+      local _, vmsg, vcode = c:verify()
+      c:close()
+      assert.is_nil(ok)
+      assert.equal("DB_PAGE_NOTFOUND", code, msg)
+      assert.matches("mtasts cache rebuild", msg, 1, true)
+      assert.equal("DB_VERIFY_BAD", vcode, vmsg)
+      local found, _, err = readable(path)
+      assert.is_true(found < N)
+      assert.equal("DB_PAGE_NOTFOUND", err[2])
+      local r = rebuild(path)
+      assert.is_true(r.salvaged > 0 and r.salvaged < N, "salvaged " .. r.salvaged)
+      assert.equal(N, r.results)
+      local found2, days, err2, _, counts = readable(path)
+      assert.equal(r.salvaged, found2)
+      assert.is_nil(err2)
+      assert.equal(N, days)
+      assert.is_true(counts)
+    end)
+
+    it("results.db: clear errors, policies unharmed; rebuild keeps the readable results",
+      function()
+      local path = dir .. "/cache"
+      fill(path)
+      util.run("truncate -s 16384 " .. path .. "/results.db; rm -f " .. path .. "/__db.0*")
+      local found, days, _, serr = readable(path)
+      assert.equal(N, found)
+      assert.is_nil(days)
+      assert.equal("DB_PAGE_NOTFOUND", serr[2], serr[1])
+      assert.matches("mtasts cache rebuild", serr[1], 1, true)
+      local r = rebuild(path)
+      assert.equal(N, r.salvaged)
+      assert.is_true(r.results > 0 and r.results < N, "results " .. r.results)
+      local found2, days2, _, serr2, counts = readable(path)
+      assert.equal(N, found2)
+      assert.equal(r.results, days2, serr2[1])
+      assert.is_true(counts)
+    end)
+  end)
+
+  it("policies.db overwritten with garbage: rebuild keeps every result record", function()
+    local path = dir .. "/cache"
+    fill(path)
+    util.run("head -c 65536 /dev/urandom > " .. path .. "/policies.db; rm -f " .. path ..
+      "/__db.0*")
+    local r = rebuild(path)
+    assert.equal(0, r.salvaged)
+    assert.equal(N, r.results)
+    local found, days, _, _, counts = readable(path)
+    assert.equal(0, found)
+    assert.equal(N, days)
+    assert.is_true(counts)
+  end)
+
+  it("writes a killed process committed that reached only the log are kept by rebuild",
+    function()
+    local path = dir .. "/cache"
+    fill(path)
+    -- the file as it was before the late writes stands for pages that never left the shared
+    -- cache: the writer copies it after its first write (which may checkpoint), then writes
+    -- three rows and is killed
+    util.write(dir .. "/writer.lua", [[
+      local core = require("mtasts.core")
+      local c = assert(core.cache_open(arg[1]))
+      assert(c:upsert("first.example", "first", arg[2], 1800000000))
+      os.execute("cp " .. arg[1] .. "/policies.db " .. arg[1] .. "/../before.db")
+      for i = 1, 3 do assert(c:upsert(("late%d.example"):format(i), "late", arg[2], 1800000000)) end
+      io.stdout:write("written\n")
+      io.stdout:flush()
+      os.execute("kill -9 " .. io.open("/proc/self/stat"):read("l"):match("^%d+ %b() %a (%d+)"))
+    ]])
+    local out = util.run(util.lua_cmd() .. " " .. dir .. "/writer.lua " .. path .. " '" ..
+      POLICY .. "'")
+    assert.matches("written", out, 1, true)
+    util.run("cp " .. dir .. "/before.db " .. path .. "/policies.db; rm -f " .. path ..
+      "/__db.0*")
+    local r = rebuild(path)
+    assert.is_true(r.salvaged >= N + 3, "salvaged " .. r.salvaged)
+    local c = assert(core.cache_open(path))
+    for i = 1, 3 do
+      assert.equal("late", c:lookup(("late%d.example"):format(i), NOW).record_id)
+    end
+    c:close()
+  end)
+
+  it("two rebuilds within one second keep both old copies", function()
+    local path = dir .. "/cache"
+    fill(path)
+    local a = rebuild(path)
+    local b = rebuild(path)
+    assert.are_not.equal(a.moved_to, b.moved_to)
+    assert.equal(N, b.salvaged)
+    assert.equal(N, b.results)
+    assert.is_true(util.run("ls " .. a.moved_to .. "/policies.db " .. b.moved_to ..
+      "/policies.db"):find("No such") == nil)
+    util.run("rm -rf " .. path .. ".broken-*")
+  end)
+end)
