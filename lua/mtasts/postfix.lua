@@ -18,9 +18,12 @@ local tlsrpt = require("mtasts.tlsrpt")
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
 local concat, format = table.concat, string.format
+local find, sub, byte = string.find, string.sub, string.byte
+local monotime = cqueues.monotime
 
 local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1 }
-local ETIMEDOUT = 110   -- what cqueues reports for a read that timed out (Linux errno)
+local EAGAIN = require("cqueues.errno").EAGAIN
+local poll = cqueues.poll
 
 -- --- the protocol, pure functions ---
 
@@ -147,27 +150,52 @@ local function lookup(self, request)
     failure = failure, failure_level = zone.failure_level })
 end
 
--- Recent answers by request ("name key"), kept MEMO_SECONDS: a burst of requests for one
--- domain costs one client lookup, and an answer can be written without a coroutine.
-local function memo_get(self, request)
+-- Recent answers by request ("name key"), kept MEMO_SECONDS, as the netstrings to write: a
+-- burst of requests for one domain costs one client lookup, and an answer can be written
+-- without a coroutine. `now` is the loop's time when the request's bytes were read.
+local function memo_get(self, request, now)
   local m = self.memo[request]
-  if m and m[2] > cqueues.monotime() then return m[1] end
+  if m and m[2] > now then return m[1] end
 end
 
-local function memo_put(self, request, answer)
+local function memo_put(self, request, reply)
   if self.memo_seconds <= 0 then return end
   if self.memo_n >= 100000 then self.memo, self.memo_n = {}, 0 end
   if not self.memo[request] then self.memo_n = self.memo_n + 1 end
-  self.memo[request] = { answer, cqueues.monotime() + self.memo_seconds }
+  self.memo[request] = { reply, monotime() + self.memo_seconds }
+end
+
+-- The next netstring of buf from position pos, as _M.netstring_decode but without copying the
+-- rest: value, next position; or nil when more bytes are needed; or nil, nil, error.
+local function take(buf, pos, max, maxdigits)
+  local _, colon, digits = find(buf, "^(%d+):", pos)
+  if not colon then
+    if find(buf, "^%d*$", pos) then
+      if #buf - pos + 1 > maxdigits then return nil, nil, "netstring length too long" end
+      return nil
+    end
+    return nil, nil, "malformed netstring"
+  end
+  if #digits > 1 and byte(digits, 1) == 48 then return nil, nil, "malformed netstring" end
+  local n = tonumber(digits)
+  if n > max then return nil, nil, "request of " .. n .. " bytes is over the limit of " .. max end
+  local last = colon + n + 1
+  if #buf < last then return nil end
+  if byte(buf, last) ~= 44 then return nil, nil, "netstring without its comma" end
+  return sub(buf, colon + 1, last - 1), last + 1
 end
 
 -- One connection: read netstrings, start a lookup per request, write answers in order.
+-- The path of a remembered answer with nothing before it (the common case) is kept short:
+-- no coroutine, no copy of the input, one write and one flush per chunk read.
 local function serve_connection(self, con)
-  con:setmode("b", "b")
+  con:setmode("b", "bf")    -- writes are buffered; flushed when there is nothing more to read
   self.connections[con] = true
   local answers, next_write, next_slot = {}, 1, 1
   local writer_wake = condition.new()
   local reading, closed = true, false
+  local max = self.max_request
+  local maxdigits = #tostring(max)
   self.loop:wrap(function()     -- the writer: answers in request order
     while true do
       while answers[next_write] do
@@ -175,7 +203,7 @@ local function serve_connection(self, con)
         answers[next_write] = nil
         next_write = next_write + 1
         if not closed then
-          local ok = con:write(_M.netstring(a))
+          local ok = con:write(a)
           if ok then ok = con:flush() end
           if not ok then closed = true end
         end
@@ -186,22 +214,22 @@ local function serve_connection(self, con)
     self.connections[con] = nil
     con:close()
   end)
-  local buf, idle = "", 0
+  local buf, pos, idle, now = "", 1, 0, monotime()
   while reading do
-    local value, rest, err = _M.netstring_decode(buf, self.max_request)
+    local value, nextpos, err = take(buf, pos, max, maxdigits)
     if err then
       self.log("warning", "closing a connection: " .. err)
       closed = true
       break
     end
     if value then
-      buf = rest
-      local known = memo_get(self, value)
+      pos = nextpos
+      local known = memo_get(self, value, now)
       if known and next_write == next_slot and not closed then
-        -- nothing waits before it: answer now, no coroutine
-        local ok = con:write(_M.netstring(known))
-        if ok and buf == "" then ok = con:flush() end
-        if not ok then closed = true end
+        -- nothing waits before it: answer now, no coroutine (into the socket's buffer: the
+        -- raw send, as cqueues' write adds two layers of Lua per call)
+        local n = con:send(known, 1, #known, "f")
+        if n < #known and not con:write(sub(known, n + 1)) then closed = true end
       else
         local slot = next_slot
         next_slot = next_slot + 1
@@ -210,26 +238,33 @@ local function serve_connection(self, con)
           writer_wake:signal()
         else
           self.loop:wrap(function()
-            local answer = lookup(self, value)
-            memo_put(self, value, answer)
-            answers[slot] = answer
+            local reply = _M.netstring(lookup(self, value))
+            memo_put(self, value, reply)
+            answers[slot] = reply
             writer_wake:signal()
           end)
         end
       end
     else
-      if not closed then con:flush() end
+      if not closed and not con:flush() then closed = true end
       -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
       if self.stopping and next_write == next_slot then break end
-      local chunk, rerr = con:xread(-4096, "b", 1)
+      -- cqueues' xread inlined: recv, and on EAGAIN wait for the socket (a second at most).
+      -- (Waiting first would save the EAGAIN when requests come one at a time, but a cqueues
+      -- socket polls for what its last call needed: before an EAGAIN, that is not input.)
+      local chunk, rerr = con:recv(-4096)
+      if not chunk and rerr == EAGAIN then
+        poll(con, 1)
+        chunk, rerr = con:recv(-4096)
+      end
       if chunk then
-        buf, idle = buf .. chunk, 0
-      elseif rerr == ETIMEDOUT then
-        con:clearerr()
-        idle = idle + 1
+        if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
+        pos, idle, now = 1, 0, monotime()
+      elseif rerr == EAGAIN then
+        if monotime() - now >= idle + 1 then idle = idle + 1 end
         if idle >= self.idle_timeout then break end
       else
-        break                      -- closed by Postfix, or an error
+        break                      -- closed by Postfix (nil), or an error
       end
     end
   end
