@@ -336,8 +336,25 @@ static int reserve_regions(shared_env *s, char *err) {
 
 /* Handles of an environment that was recovered under us after a process died are dropped,
  * not closed: closing would touch regions whose mutexes the dead process may hold. This
- * leaks a little memory and a mapping, once per such recovery. */
+ * costs a little memory and a mapping, once per such recovery. They are kept on a list
+ * that nothing reads, so the memory stays reachable (a leak checker sees it as such, and a
+ * real leak of an environment still shows). */
+typedef struct abandoned { DB_ENV *env; DB *db, *rdb; struct abandoned *next; } abandoned;
+static abandoned *abandoned_envs;
+static pthread_mutex_t abandoned_mu = PTHREAD_MUTEX_INITIALIZER;   /* enter() may run under
+                                                                     registry_mu */
+
 static void abandon_env(shared_env *s) {
+  abandoned *a = malloc(sizeof *a);
+  if (a) {
+    a->env = s->env;
+    a->db = s->db;
+    a->rdb = s->rdb;
+    pthread_mutex_lock(&abandoned_mu);
+    a->next = abandoned_envs;
+    abandoned_envs = a;
+    pthread_mutex_unlock(&abandoned_mu);
+  }
   s->env = NULL;
   s->db = NULL;
   s->rdb = NULL;
@@ -1170,7 +1187,7 @@ static void salvage_child(void *arg) {
  * (with *rc set on a real error) when there is nothing to salvage. What the salvager wrote
  * before it died or was killed is kept. */
 static FILE *salvage_dump(const char *dir, const char *name, const char *scratch,
-                          u_int32_t flags, int unchecked, int *rc, char *err) {
+                          u_int32_t flags, int unchecked, int *stopped, int *rc, char *err) {
   char file[PATH_MAX + 32], copy[PATH_MAX + 48];
   struct stat st;
   salvage_job j;
@@ -1193,7 +1210,7 @@ static FILE *salvage_dump(const char *dir, const char *name, const char *scratch
     unlink(copy);
     return NULL;
   }
-  (void)in_child(salvage_child, &j);
+  if (in_child(salvage_child, &j) < 0) (*stopped)++;
   unlink(copy);
   rewind(j.out);
   return j.out;
@@ -1201,14 +1218,13 @@ static FILE *salvage_dump(const char *dir, const char *name, const char *scratch
 
 /* Read every salvageable row of dir's policies.db into the cache c; keeps the newest row
  * (by last_update) when the salvage shows a domain twice. */
-static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size_t *skipped,
-                        char *err) {
+static int salvage_into(const char *dir, mtasts_cache *c, mtasts_rebuild *r, char *err) {
   char *line = NULL;
   size_t cap = 0;
   mtasts_buf d = { NULL, 0, 0 }, old = { NULL, 0, 0 };
   int rc = 0;
   FILE *out = salvage_dump(dir, DB_FILE, mtasts_cache_path(c), DB_SALVAGE | DB_AGGRESSIVE,
-                           1, &rc, err);
+                           1, &r->stopped, &rc, err);
   if (!out) return rc;
   /* Rows name their own domain, so salvage needs no key: aggressive salvage does not keep
    * keys and data in strict turns, and pairing them by position could give one domain
@@ -1220,13 +1236,13 @@ static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size
     int found;
     if (unhex(line, &d) != 0 || d.n < 1 || d.p[0] != MTASTS_ROW_FORMAT) continue;
     if (mtasts_row_decode(d.p, d.n, &row, why) != 0 || memchr(row.domain.p, 0, row.domain.n)) {
-      (*skipped)++;
+      r->skipped++;
       continue;
     }
     memcpy(key, row.domain.p, row.domain.n);
     key[row.domain.n] = '\0';
     if (mtasts_domain_ascii(key, row.domain.n, ascii, why) != 0 || strcmp(ascii, key) != 0) {
-      (*skipped)++;
+      r->skipped++;
       continue;
     }
     {
@@ -1239,7 +1255,7 @@ static int salvage_into(const char *dir, mtasts_cache *c, size_t *salvaged, size
       raw_ctx x = { key, &d };
       if ((rc = run(c, op_put_raw, &x, "rebuild", err)) != 0) break;
     }
-    if (!found) (*salvaged)++;
+    if (!found) r->salvaged++;
   }
   free(line);
   fclose(out);
@@ -1289,12 +1305,13 @@ static int is_result_value(const mtasts_buf *k, const mtasts_buf *v) {
  * taken only when the key has the store's shape and the value fits the key, and a line that
  * is not a value but a key starts the next pair. The meaning of records is Lua's
  * (report.lua, docs/tlsrpt.md); here only their shape. */
-static int salvage_results(const char *dir, mtasts_cache *c, size_t *records, char *err) {
+static int salvage_results(const char *dir, mtasts_cache *c, mtasts_rebuild *r, char *err) {
   char *line = NULL;
   size_t cap = 0;
   mtasts_buf k = { NULL, 0, 0 }, v = { NULL, 0, 0 };
   int rc = 0, have_key = 0;
-  FILE *out = salvage_dump(dir, RESULTS_FILE, mtasts_cache_path(c), DB_SALVAGE, 0, &rc, err);
+  FILE *out = salvage_dump(dir, RESULTS_FILE, mtasts_cache_path(c), DB_SALVAGE, 0,
+                           &r->stopped, &rc, err);
   if (!out) return rc;
   while (getline(&line, &cap, out) > 0) {
     if (line[0] != ' ') { have_key = 0; continue; }   /* header lines, DATA=END */
@@ -1315,7 +1332,7 @@ static int salvage_results(const char *dir, mtasts_cache *c, size_t *records, ch
       pair_ctx x = { &k, &v };
       if ((rc = mtasts_store_run(c, op_put_pair, &x, 1, "rebuild", err)) != 0) break;
     }
-    (*records)++;
+    r->results++;
   }
   free(line);
   fclose(out);
@@ -1342,7 +1359,7 @@ static void recover_child(void *arg) {
  * kept as it was, for the operator); recovery runs in a child, as it may meet the damage.
  * 1 when scratch now holds a recovered copy of dir's databases, 0 when salvage should read
  * dir's own files (nothing to recover, or recovery failed on the damage). */
-static int recovered_copy(const char *dir, const char *scratch) {
+static int recovered_copy(const char *dir, const char *scratch, int *stopped) {
   char from[PATH_MAX + 300], to[PATH_MAX + 300];
   DIR *dh = opendir(dir);
   struct dirent *e;
@@ -1361,7 +1378,12 @@ static int recovered_copy(const char *dir, const char *scratch) {
     ok = copy_file(from, to) == 0;
   }
   closedir(dh);
-  return ok && logs > 0 && in_child(recover_child, (void *)scratch) == 0;
+  if (!ok || logs == 0) return 0;
+  switch (in_child(recover_child, (void *)scratch)) {
+  case 0: return 1;
+  case -1: (*stopped)++; return 0;    /* killed at the timeout, or crashed on the damage */
+  default: return 0;                  /* recovery failed: salvage the files as they are */
+  }
 }
 
 static void remove_dir(const char *dir) {
@@ -1378,8 +1400,7 @@ static void remove_dir(const char *dir) {
   rmdir(dir);
 }
 
-int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, size_t *skipped,
-                         size_t *results, char *err) {
+int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
   char real[PATH_MAX], fresh[PATH_MAX + 32], gate[PATH_MAX + sizeof GATE_FILE + 1];
   char scratch[PATH_MAX + 32];
   const char *from;
@@ -1389,7 +1410,8 @@ int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, siz
   struct tm tm;
   time_t now = time(NULL);
   int fd, rc;
-  *salvaged = *skipped = *results = 0;
+  char *moved_to = r->moved_to;
+  memset(r, 0, sizeof *r);
   err[0] = '\0';
   if (!realpath(path, real)) {
     rc = errno;
@@ -1426,10 +1448,10 @@ int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, siz
   snprintf(fresh, sizeof fresh, "%s.rebuild-%ld", real, (long)getpid());
   snprintf(scratch, sizeof scratch, "%s.recover-%ld", real, (long)getpid());
   remove_dir(scratch);
-  from = recovered_copy(real, scratch) ? scratch : real;
+  from = recovered_copy(real, scratch, &r->stopped) ? scratch : real;
   if ((rc = mtasts_cache_open(fresh, &c, err)) == 0) {
-    rc = salvage_into(from, c, salvaged, skipped, err);
-    if (rc == 0) rc = salvage_results(from, c, results, err);
+    rc = salvage_into(from, c, r, err);
+    if (rc == 0) rc = salvage_results(from, c, r, err);
     if (rc == 0) rc = mtasts_cache_verify(c, err);
     {
       char e2[MTASTS_ERR_MAX];

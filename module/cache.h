@@ -5,6 +5,8 @@
 
 #include "mtasts.h"
 
+#include <limits.h>
+
 #define MTASTS_ROW_FORMAT 1            /* first byte of every encoded row */
 #define MTASTS_BACKOFF_SECONDS 300     /* a failed fetch is not retried for this long */
 #define MTASTS_TOUCH_SECONDS 60        /* last_use is written at most this often per row */
@@ -90,14 +92,22 @@ int mtasts_cache_verify(mtasts_cache *c, char *err);
 uint64_t mtasts_cache_generation(const mtasts_cache *c);
 uint64_t mtasts_cache_recoveries(const mtasts_cache *c);
 
+/* What a rebuild did: policy rows salvaged, rows that did not decode, result store records
+ * carried over, how many helper processes (recovery, salvagers) were stopped after
+ * 60 s or died (what they wrote by then is kept), and where the old directory
+ * went. */
+typedef struct {
+  size_t salvaged, skipped, results;
+  int stopped;
+  char moved_to[PATH_MAX];
+} mtasts_rebuild;
+
 /* Salvage every readable row of the cache in path, and every readable record of its result
  * store, into a new cache, and swap them: the old directory is kept as
- * <path>.broken-<UTC time>[-N] (moved_to, PATH_MAX bytes). A copy of the old files is first
- * brought up to date with the log, so writes a killed process committed are kept. salvaged
- * and skipped count policy rows, results the result store records carried over. Fails with
- * EBUSY while any process has the cache open. */
-int mtasts_cache_rebuild(const char *path, char *moved_to, size_t *salvaged, size_t *skipped,
-                         size_t *results, char *err);
+ * <path>.broken-<UTC time>[-N]. A copy of the old files is first brought up to date with
+ * the log, so writes a killed process committed are kept. Fails with EBUSY while any
+ * process has the cache open. */
+int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err);
 
 /* --- the TLSRPT result store (results.c) lives in the same environment, in results.db --- */
 struct __db_env;

@@ -1,8 +1,10 @@
 /* core.c: luaopen_mtasts_core, the one exported symbol. Builds the module table and lets
  * each binding file add its functions and classes. mtasts.core is internal: applications
  * use the Lua modules in lua/mtasts/. */
+#define _GNU_SOURCE 1  /* dladdr */
 #include "mtasts.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -44,8 +46,19 @@ static int monotonic(lua_State *L) {
   return 1;
 }
 
+/* Keep this library loaded until the process ends: Lua unloads C modules when a state
+ * closes, but libunbound's thread and libdb's handles of an abandoned environment
+ * (cache.c) may outlive the state, and their code and the list that holds those handles
+ * must stay mapped. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L);
 MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
+  pin_module();
   lua_newtable(L);
   lua_pushliteral(L, MTASTS_VERSION);
   lua_setfield(L, -2, "version");

@@ -326,21 +326,23 @@ static int cache__tostring(lua_State *L) {
   return 1;
 }
 
-/* cache_rebuild(path) -> { salvaged =, skipped =, results =, moved_to = } | fail */
+/* cache_rebuild(path) -> { salvaged =, skipped =, results =, stopped =, moved_to = } | fail */
 static int cache_rebuild(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  char err[MTASTS_ERR_MAX], moved[PATH_MAX];
-  size_t salvaged, skipped, results;
-  int rc = mtasts_cache_rebuild(path, moved, &salvaged, &skipped, &results, err);
+  char err[MTASTS_ERR_MAX];
+  mtasts_rebuild r;
+  int rc = mtasts_cache_rebuild(path, &r, err);
   if (rc != 0) return fail(L, rc, err);
-  lua_createtable(L, 0, 4);
-  lua_pushinteger(L, (lua_Integer)results);
-  lua_setfield(L, -2, "results");
-  lua_pushinteger(L, (lua_Integer)salvaged);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)r.salvaged);
   lua_setfield(L, -2, "salvaged");
-  lua_pushinteger(L, (lua_Integer)skipped);
+  lua_pushinteger(L, (lua_Integer)r.skipped);
   lua_setfield(L, -2, "skipped");
-  lua_pushstring(L, moved);
+  lua_pushinteger(L, (lua_Integer)r.results);
+  lua_setfield(L, -2, "results");
+  lua_pushinteger(L, (lua_Integer)r.stopped);
+  lua_setfield(L, -2, "stopped");
+  lua_pushstring(L, r.moved_to);
   lua_setfield(L, -2, "moved_to");
   return 1;
 }

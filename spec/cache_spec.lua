@@ -262,7 +262,8 @@ describe("mtasts.cache", function()
       assert.matches(dir .. "/cache", msg, 1, true)
       assert.matches("mtasts cache rebuild", msg, 1, true)
     end)
-    it("fails cleanly, never crashes, on damaged pages", function()
+    -- #failedrecovery: libdb leaks in the children whose recovery fails (Makefile, valgrind)
+    it("fails cleanly, never crashes, on damaged pages #failedrecovery", function()
       -- libdb walks a damaged btree page blindly unless pages carry checksums (DB_CHKSUM)
       local script = dir .. "/damaged.lua"
       util.write(script, [[

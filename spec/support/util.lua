@@ -42,14 +42,31 @@ function _M.write(path, data)
   f:close()
 end
 
+--- How much longer than normal a timed assertion may take: MTASTS_TIME_SCALE (make valgrind
+-- sets 10; memcheck runs code 10-50 times slower and one thread at a time). The properties
+-- those assertions show (nothing blocks, timeouts hold) are measured by the normal run.
+_M.TIME_SCALE = tonumber(os.getenv("MTASTS_TIME_SCALE")) or 1
+
+--- seconds, scaled by TIME_SCALE.
+function _M.within(seconds) return seconds * _M.TIME_SCALE end
+
 --- The Lua command line that runs a script with the module under test (build/ or asan).
+-- Under `make valgrind` (MTASTS_VALGRIND names a log directory) the script runs under memcheck
+-- too, logging to a file of its own there, which the Makefile checks after the run.
 function _M.lua_cmd()
   local cpath = os.getenv("MTASTS_CPATH") or "./build/?.so"
   local pre = os.getenv("MTASTS_PRELOAD")
+  local vg = os.getenv("MTASTS_VALGRIND")
   local env = "env LUA_CPATH='" .. cpath .. ";;' " ..
     "LUA_PATH='./lua/?.lua;./lua/?/init.lua;./spec/?.lua;;' "
   if pre and pre ~= "" then
     env = env .. "LD_PRELOAD='" .. pre .. "' ASAN_OPTIONS=detect_leaks=0 "
+  end
+  if vg and vg ~= "" then
+    env = env .. "valgrind -q --keep-debuginfo=yes --suppressions=scripts/valgrind.supp " ..
+      "--leak-check=full " ..
+      "--show-leak-kinds=definite --errors-for-leak-kinds=definite --log-file=" .. vg ..
+      "/child-%p.log "
   end
   return env .. "lua5.4"
 end
