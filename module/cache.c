@@ -1183,9 +1183,44 @@ static void salvage_child(void *arg) {
   }
 }
 
-/* libdb's salvage dump of dir/name, as a temporary file to read from the start, or NULL
- * (with *rc set on a real error) when there is nothing to salvage. What the salvager wrote
- * before it died or was killed is kept. */
+/* The plain read: open the file alone, read-only, and write every record a cursor reaches
+ * as a key line and a value line (" hex"), the salvager's format. On a file whose pages are
+ * sound this is everything, whatever state libdb's salvager gets into (its aggressive mode
+ * reads bookkeeping it leaves uninitialised, and was seen to drop rows under valgrind); on
+ * a damaged page it stops there, and the salvage that follows reads on. */
+static void hexline(FILE *out, const DBT *t) {
+  const unsigned char *p = t->data;
+  u_int32_t i;
+  fputc(' ', out);
+  for (i = 0; i < t->size; i++) fprintf(out, "%02x", p[i]);
+  fputc('\n', out);
+}
+
+static void walk_child(void *arg) {
+  salvage_job *j = arg;
+  DB *db;
+  DBC *cur;
+  DBT k, v;
+  int rc;
+  setvbuf(j->out, NULL, _IOFBF, 1 << 16);
+  if (db_create(&db, NULL, 0) != 0) _exit(1);
+  db->set_errcall(db, errcall);
+  if (db->open(db, NULL, j->copy, NULL, DB_BTREE, DB_RDONLY, 0) != 0 ||
+      db->cursor(db, NULL, &cur, 0) != 0)
+    _exit(1);
+  memset(&k, 0, sizeof k);
+  memset(&v, 0, sizeof v);
+  while ((rc = cur->get(cur, &k, &v, DB_NEXT)) == 0) {
+    hexline(j->out, &k);
+    hexline(j->out, &v);
+  }
+  fflush(j->out);
+  _exit(rc == DB_NOTFOUND ? 0 : 2);
+}
+
+/* What can be read of dir/name: the plain read (walk_child), then libdb's salvage dump, as
+ * a temporary file to read from the start, or NULL (with *rc set on a real error) when
+ * there is nothing to salvage. What a helper wrote before it died or was killed is kept. */
 static FILE *salvage_dump(const char *dir, const char *name, const char *scratch,
                           u_int32_t flags, int unchecked, int *stopped, int *rc, char *err) {
   char file[PATH_MAX + 32], copy[PATH_MAX + 48];
@@ -1210,6 +1245,14 @@ static FILE *salvage_dump(const char *dir, const char *name, const char *scratch
     unlink(copy);
     return NULL;
   }
+  {   /* first what a cursor reaches in the file as it is (with its checksums) */
+    salvage_job w = j;
+    w.copy = file;
+    if (in_child(walk_child, &w) < 0) (*stopped)++;
+    fseek(j.out, 0, SEEK_END);
+    fputs("SALVAGE=BEGIN\n", j.out);     /* where the salvager's part starts */
+    fflush(j.out);
+  }
   if (in_child(salvage_child, &j) < 0) (*stopped)++;
   unlink(copy);
   rewind(j.out);
@@ -1223,6 +1266,7 @@ static int salvage_into(const char *dir, mtasts_cache *c, mtasts_rebuild *r, cha
   size_t cap = 0;
   mtasts_buf d = { NULL, 0, 0 }, old = { NULL, 0, 0 };
   int rc = 0;
+  size_t skipped[2] = { 0, 0 }, part = 0;   /* rows that did not decode, per part */
   FILE *out = salvage_dump(dir, DB_FILE, mtasts_cache_path(c), DB_SALVAGE | DB_AGGRESSIVE,
                            1, &r->stopped, &rc, err);
   if (!out) return rc;
@@ -1234,15 +1278,16 @@ static int salvage_into(const char *dir, mtasts_cache *c, mtasts_rebuild *r, cha
     char key[MTASTS_NAME_MAX + 1], ascii[MTASTS_NAME_MAX + 1], why[MTASTS_ERR_MAX];
     mtasts_row row, cur;
     int found;
+    if (strncmp(line, "SALVAGE=BEGIN", 13) == 0) { part = 1; continue; }
     if (unhex(line, &d) != 0 || d.n < 1 || d.p[0] != MTASTS_ROW_FORMAT) continue;
     if (mtasts_row_decode(d.p, d.n, &row, why) != 0 || memchr(row.domain.p, 0, row.domain.n)) {
-      r->skipped++;
+      skipped[part]++;
       continue;
     }
     memcpy(key, row.domain.p, row.domain.n);
     key[row.domain.n] = '\0';
     if (mtasts_domain_ascii(key, row.domain.n, ascii, why) != 0 || strcmp(ascii, key) != 0) {
-      r->skipped++;
+      skipped[part]++;
       continue;
     }
     {
@@ -1257,6 +1302,8 @@ static int salvage_into(const char *dir, mtasts_cache *c, mtasts_rebuild *r, cha
     }
     if (!found) r->salvaged++;
   }
+  /* the same bad row is seen by both parts: count the part that saw more */
+  r->skipped = skipped[0] > skipped[1] ? skipped[0] : skipped[1];
   free(line);
   fclose(out);
   mtasts_buf_free(&d);
@@ -1264,7 +1311,7 @@ static int salvage_into(const char *dir, mtasts_cache *c, mtasts_rebuild *r, cha
   return rc;
 }
 
-typedef struct { const mtasts_buf *k, *v; } pair_ctx;
+typedef struct { const mtasts_buf *k, *v; int existed; } pair_ctx;
 
 static int op_put_pair(DB_ENV *env, DB *db, void *vctx) {
   pair_ctx *x = vctx;
@@ -1278,7 +1325,12 @@ static int op_put_pair(DB_ENV *env, DB *db, void *vctx) {
   v.data = x->v->p;
   v.size = (u_int32_t)x->v->n;
   if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
-  if ((rc = db->put(db, t, &k, &v, 0)) != 0) { t->abort(t); return rc; }
+  /* the plain read comes first and wins: the salvager's copy of a key only fills a gap */
+  if ((rc = db->put(db, t, &k, &v, DB_NOOVERWRITE)) != 0) {
+    t->abort(t);
+    if (rc == DB_KEYEXIST) x->existed = 1;
+    return rc == DB_KEYEXIST ? 0 : rc;
+  }
   return t->commit(t, DB_TXN_WRITE_NOSYNC);
 }
 
@@ -1329,10 +1381,10 @@ static int salvage_results(const char *dir, mtasts_cache *c, mtasts_rebuild *r, 
     }
     have_key = 0;
     {
-      pair_ctx x = { &k, &v };
+      pair_ctx x = { &k, &v, 0 };
       if ((rc = mtasts_store_run(c, op_put_pair, &x, 1, "rebuild", err)) != 0) break;
+      if (!x.existed) r->results++;
     }
-    r->results++;
   }
   free(line);
   fclose(out);

@@ -43,7 +43,7 @@ function _M.write(path, data)
 end
 
 --- How much longer than normal a timed assertion may take: MTASTS_TIME_SCALE (make valgrind
--- sets 10; memcheck runs code 10-50 times slower and one thread at a time). The properties
+-- sets 20; memcheck runs code 10-50 times slower and one thread at a time). The properties
 -- those assertions show (nothing blocks, timeouts hold) are measured by the normal run.
 _M.TIME_SCALE = tonumber(os.getenv("MTASTS_TIME_SCALE")) or 1
 
