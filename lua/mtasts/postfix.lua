@@ -168,6 +168,7 @@ end
 -- The next netstring of buf from position pos, as _M.netstring_decode but without copying the
 -- rest: value, next position; or nil when more bytes are needed; or nil, nil, error.
 local function take(buf, pos, max, maxdigits)
+  maxdigits = maxdigits or #tostring(max)
   local _, colon, digits = find(buf, "^(%d+):", pos)
   if not colon then
     if find(buf, "^%d*$", pos) then
@@ -184,6 +185,9 @@ local function take(buf, pos, max, maxdigits)
   if byte(buf, last) ~= 44 then return nil, nil, "netstring without its comma" end
   return sub(buf, colon + 1, last - 1), last + 1
 end
+
+-- (internal: the fuzz harness checks it against netstring_decode)
+_M._netstring_take = take
 
 -- One connection: read netstrings, start a lookup per request, write answers in order.
 -- The path of a remembered answer with nothing before it (the common case) is kept short:
