@@ -82,7 +82,7 @@ build/opensmtpd/usr/sbin/smtpd: | deps-test
 	scripts/opensmtpd build/opensmtpd
 
 # fixture helpers the specs start (spec/support/*.c)
-build/support/%: spec/support/%.c
+build/support/%: spec/support/%.c spec/support/loopback.h
 	@mkdir -p $(@D)
 	$(CC) -O1 -g -Wall -Wextra -o $@ $< -lssl -lcrypto
 

@@ -1084,39 +1084,6 @@ static int is_btree_file(const char *file) {
   return ok;
 }
 
-/* Copy a database file with its page checksums switched off in the copy's meta page (the
- * DBMETA_CHKSUM bit of byte 26), so that the salvager reads damaged pages as they are and
- * keeps what it can: with checksums on, the first bad page panics it and nothing comes out.
- * Only a btree meta page (magic 0x053162 at byte 12) is touched. */
-static int unchecked_copy(const char *from, const char *to, char *err) {
-  unsigned char buf[65536];
-  ssize_t n;
-  int in, out = -1, rc = 0, first = 1;
-  if ((in = open(from, O_RDONLY | O_CLOEXEC)) < 0) rc = errno;
-  else if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
-    rc = errno;
-    close(in);
-  }
-  if (rc != 0) {
-    snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", from, strerror(rc));
-    return rc;
-  }
-  while ((n = read(in, buf, sizeof buf)) > 0) {
-    if (first && n >= 27 && ((buf[12] == 0x62 && buf[13] == 0x31 && buf[14] == 0x05) ||
-                             (buf[15] == 0x62 && buf[14] == 0x31 && buf[13] == 0x05)))
-      buf[26] &= (unsigned char)~1u;
-    first = 0;
-    if (write(out, buf, (size_t)n) != n) { rc = errno ? errno : EIO; break; }
-  }
-  if (n < 0) rc = errno;
-  close(in);
-  if (close(out) != 0 && rc == 0) rc = errno;
-  if (rc != 0) {
-    unlink(to);
-    snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", from, strerror(rc));
-  }
-  return rc;
-}
 
 typedef struct { const char *key; const mtasts_buf *row; } raw_ctx;
 
@@ -1153,21 +1120,32 @@ static int in_child(void (*fn)(void *), void *arg) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static int copy_file(const char *from, const char *to) {
-  char buf[65536];
+/* Copy a file; 0 or an errno (the partial copy removed). With uncheck, a database file's
+ * copy has its page checksums switched off in its meta page (the DBMETA_CHKSUM bit of byte
+ * 26, touched only under a btree magic 0x053162 at byte 12), so that the salvager reads
+ * damaged pages as they are and keeps what it can: with checksums on, the first bad page
+ * panics it and nothing comes out. */
+static int copy_file(const char *from, const char *to, int uncheck) {
+  unsigned char buf[65536];
   ssize_t n;
-  int in = open(from, O_RDONLY | O_CLOEXEC), out, rc = 0;
+  int in = open(from, O_RDONLY | O_CLOEXEC), out, rc = 0, first = uncheck;
   if (in < 0) return errno;
   if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
     rc = errno;
     close(in);
     return rc;
   }
-  while ((n = read(in, buf, sizeof buf)) > 0)
+  while ((n = read(in, buf, sizeof buf)) > 0) {
+    if (first && n >= 27 && ((buf[12] == 0x62 && buf[13] == 0x31 && buf[14] == 0x05) ||
+                             (buf[15] == 0x62 && buf[14] == 0x31 && buf[13] == 0x05)))
+      buf[26] &= (unsigned char)~1u;
+    first = 0;
     if (write(out, buf, (size_t)n) != n) { rc = errno ? errno : EIO; break; }
+  }
   if (n < 0) rc = errno;
   close(in);
   if (close(out) != 0 && rc == 0) rc = errno;
+  if (rc != 0) unlink(to);
   return rc;
 }
 
@@ -1183,11 +1161,7 @@ static void salvage_child(void *arg) {
   }
 }
 
-/* The plain read: open the file alone, read-only, and write every record a cursor reaches
- * as a key line and a value line (" hex"), the salvager's format. On a file whose pages are
- * sound this is everything, whatever state libdb's salvager gets into (its aggressive mode
- * reads bookkeeping it leaves uninitialised, and was seen to drop rows under valgrind); on
- * a damaged page it stops there, and the salvage that follows reads on. */
+/* A DBT as a dump line: a space, then hex. */
 static void hexline(FILE *out, const DBT *t) {
   const unsigned char *p = t->data;
   u_int32_t i;
@@ -1196,6 +1170,11 @@ static void hexline(FILE *out, const DBT *t) {
   fputc('\n', out);
 }
 
+/* The plain read: open the file alone, read-only, and write every record a cursor reaches
+ * as a key line and a value line (" hex"), the salvager's format. On a file whose pages are
+ * sound this is everything, whatever state libdb's salvager gets into (its aggressive mode
+ * reads bookkeeping it leaves uninitialised, and was seen to drop rows under valgrind). A
+ * file that fails verification is not walked: the salvage that follows is what reads it. */
 static void walk_child(void *arg) {
   salvage_job *j = arg;
   DB *db;
@@ -1243,10 +1222,8 @@ static FILE *salvage_dump(const char *dir, const char *name, const char *scratch
   snprintf(copy, sizeof copy, "%s/salvage-%ld.db", scratch, (long)getpid());
   if (stat(file, &st) != 0) return NULL;        /* nothing to salvage */
   if (!is_btree_file(file)) return NULL;        /* not ours, or its meta page is gone */
-  if (unchecked ? (*rc = unchecked_copy(file, copy, err)) != 0
-                : (*rc = copy_file(file, copy)) != 0) {
-    if (!unchecked)
-      snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", file, strerror(*rc));
+  if ((*rc = copy_file(file, copy, unchecked)) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", file, strerror(*rc));
     return NULL;
   }
   j.copy = copy;
@@ -1439,7 +1416,7 @@ static int recovered_copy(const char *dir, const char *scratch, int *stopped) {
     logs += strncmp(e->d_name, "log.", 4) == 0;
     snprintf(from, sizeof from, "%s/%s", dir, e->d_name);
     snprintf(to, sizeof to, "%s/%s", scratch, e->d_name);
-    ok = copy_file(from, to) == 0;
+    ok = copy_file(from, to, 0) == 0;
   }
   closedir(dh);
   if (!ok || logs == 0) return 0;

@@ -205,43 +205,34 @@ describe("a hostile network #fixture", function()
   end)
 
   describe("downgrade, with an enforce policy cached", function()
-    local function cached(path, domain, id)
+    -- an enforce policy cached for domain under id, then `later` seconds on: what get says
+    -- (the policy must still be the cached enforce one), and its result
+    local function after(domain, id, later)
+      local path = world.dir .. "/d-" .. domain
       local c = assert(core.cache_open(path))
       assert(c:upsert(domain, id, ENFORCE, now))
       c:close()
+      local sts = client(path)
+      now = now + later
+      local policy, result = sts:get(domain)
+      sts:close()
+      assert.equal("enforce", policy and policy.mode)
+      return result
     end
 
     it("a blocked TXT record: the cached policy until valid_end", function()
-      local path = world.dir .. "/d1"
-      cached(path, "blocked.example", "b1")
-      local sts = client(path)
-      now = now + 86400
-      local policy = sts:get("blocked.example")
-      assert.equal("enforce", policy and policy.mode)
-      sts:close()
+      after("blocked.example", "b1", 86400)
     end)
 
     it("a different policy without a new id: not fetched, the cached policy", function()
-      local path = world.dir .. "/d2"
-      cached(path, "same.example", "same1")
-      local sts = client(path)
-      now = now + 3600
-      local policy = sts:get("same.example")
-      assert.equal("enforce", policy.mode)
-      sts:close()
+      after("same.example", "same1", 3600)
     end)
 
     it("a new id and mode none over an expired certificate: the cached policy", function()
-      local path = world.dir .. "/d3"
-      cached(path, "newid.example", "old1")
-      local sts = client(path)
-      now = now + 3600
-      local policy, result = sts:get("newid.example")
-      assert.equal("enforce", policy.mode)
+      local result = after("newid.example", "old1", 3600)
       local types = {}
       for _, d in ipairs(result.failures) do types[#types + 1] = d.result_type end
       assert.matches("sts%-webpki%-invalid", table.concat(types, ","))
-      sts:close()
     end)
   end)
 end)

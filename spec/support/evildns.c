@@ -9,6 +9,8 @@
  *   many   2,000 TXT records of which one is "v=STSv1; id=many;" (30 KiB), over UDP too
  *   spoof  an answer with the wrong message id (never matches: the client waits it out)
  * Anything else gets NXDOMAIN. */
+#include "loopback.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netinet/in.h>
@@ -129,27 +131,16 @@ static void serve_tcp(int c) {
 }
 
 int main(int argc, char **argv) {
-  struct sockaddr_in a;
-  int s, u, one = 1, big = 1 << 20;
+  int s, u, big = 1 << 20;
   time_t end;
   if (argc != 3) {
     fprintf(stderr, "usage: evildns PORT SECONDS\n");
     return 2;
   }
   end = time(NULL) + atoi(argv[2]);
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_port = htons((unsigned short)atoi(argv[1]));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  s = socket(AF_INET, SOCK_STREAM, 0);
-  u = socket(AF_INET, SOCK_DGRAM, 0);
-  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  s = loopback_socket(SOCK_STREAM, argv[1], "evildns");
+  u = loopback_socket(SOCK_DGRAM, argv[1], "evildns: udp");
   setsockopt(u, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-  if (s < 0 || u < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 64) != 0 ||
-      bind(u, (struct sockaddr *)&a, sizeof a) != 0) {
-    perror("evildns");
-    return 1;
-  }
   while (time(NULL) < end) {
     struct pollfd p[2] = { { s, POLLIN, 0 }, { u, POLLIN, 0 } };
     if (poll(p, 2, 200) <= 0) continue;

@@ -2,6 +2,8 @@
  * handshake, reads the request, answers "HTTP/1.1 200 OK" and then sends header lines
  * forever (a few KiB every few milliseconds), for SECONDS at most. Part of the fixture world:
  * a policy host with endless headers. One connection at a time. */
+#include "loopback.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -16,8 +18,7 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-  struct sockaddr_in a;
-  int s, one = 1;
+  int s;
   time_t end;
   SSL_CTX *ctx;
   char line[4096];
@@ -33,16 +34,7 @@ int main(int argc, char **argv) {
     ERR_print_errors_fp(stderr);
     return 1;
   }
-  s = socket(AF_INET, SOCK_STREAM, 0);
-  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_port = htons((unsigned short)atoi(argv[1]));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
-    perror("evilhttps");
-    return 1;
-  }
+  s = loopback_socket(SOCK_STREAM, argv[1], "evilhttps");
   memset(line, 'a', sizeof line);
   memcpy(line, "X-Endless: ", 11);
   line[sizeof line - 2] = '\r';
