@@ -19,9 +19,12 @@ FUZZ_SECONDS ?= 60
 FUZZ_CC    ?= clang
 BUSTED     ?= $(LUA) /usr/bin/busted
 
-LUA_CFLAGS := $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
-DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags libidn2 libcurl openssl 2>/dev/null)
-DEP_LIBS   := -l$(BDB_LIB) -lidn2 -lunbound -lz $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
+# Recursive (=), not immediate (:=): pkg-config and the .pc files it reads may come with the
+# packages that scripts/deps installs, which happens after make has read this file. These are
+# expanded when a recipe runs, after its deps-* prerequisite.
+LUA_CFLAGS = $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
+DEP_CFLAGS = $(shell $(PKG_CONFIG) --cflags libidn2 libcurl openssl 2>/dev/null)
+DEP_LIBS   = -l$(BDB_LIB) -lidn2 -lunbound -lz $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
 XCFLAGS    := -std=c99 -D_DEFAULT_SOURCE -fvisibility=hidden -MMD \
               -Wall -Wextra -Wmissing-prototypes -Wstrict-prototypes -Wshadow
 SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -66,7 +69,7 @@ build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
 # The Lua parsers' harness embeds Lua 5.4 with the whole module linked in (explicit rules
 # win over the patterns above).
 LUA_HARNESS_SRC := fuzz/fuzz_lua.c $(SRCS)
-LUA_HARNESS_FLAGS := -Imodule -I$(BDB_INCDIR) $(LUA_CFLAGS) $(DEP_CFLAGS) -D_DEFAULT_SOURCE
+LUA_HARNESS_FLAGS = -Imodule -I$(BDB_INCDIR) $(LUA_CFLAGS) $(DEP_CFLAGS) -D_DEFAULT_SOURCE
 build/fuzz/lua: $(LUA_HARNESS_SRC) module/mtasts.h | deps-fuzz
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
@@ -82,7 +85,7 @@ build/opensmtpd/usr/sbin/smtpd: | deps-test
 	scripts/opensmtpd build/opensmtpd
 
 # fixture helpers the specs start (spec/support/*.c)
-build/support/%: spec/support/%.c spec/support/loopback.h
+build/support/%: spec/support/%.c spec/support/loopback.h | deps-test
 	@mkdir -p $(@D)
 	$(CC) -O1 -g -Wall -Wextra -o $@ $< -lssl -lcrypto
 
@@ -144,7 +147,7 @@ fuzz-merge: $(addprefix build/fuzz/,$(HARNESSES))
 	@for h in $(HARNESSES); do mkdir -p fuzz/corpus/$$h; \
 	  build/fuzz/$$h -merge=1 fuzz/corpus/$$h build/fuzz/work/$$h 2>&1 | tail -1; done
 
-build/bench/%: bench/%.c
+build/bench/%: bench/%.c | deps-build
 	@mkdir -p $(@D)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
 
