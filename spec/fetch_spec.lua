@@ -42,8 +42,7 @@ local DOMAINS = {
   over = { txt = '"v=STSv1; id=64k1;"', site = { body = policy_of(65537) } },
   chunked = { txt = '"v=STSv1; id=ch;"', site = { nginx =
     'default_type text/plain; echo_duplicate 65537 "a";' } },
-  endless = { txt = '"v=STSv1; id=inf;"', site = { nginx =
-    'default_type text/plain; echo_duplicate 100000000 "xxxxxxxxxx";' } },
+  endless = { txt = '"v=STSv1; id=inf;"' },    -- evilhttps sends a body that never ends
   trickle = { txt = '"v=STSv1; id=tr;"', site = { nginx = 'default_type text/plain; ' ..
     'echo "version: STSv1"; echo_flush; echo_sleep 10; echo "mode: none";' } },
   expired = { txt = '"v=STSv1; id=ex;"', site = { body = ENFORCE, cert = "expired" } },
@@ -81,7 +80,15 @@ setup(function()
   world.stall = proc.spawn("stall", "build/support/stall " .. world.stall_port .. " 600",
     dir .. "/stall.log")
   assert(proc.poll(function() return proc.tcp_open(world.stall_port) end, 10))
+  -- an endless body, streamed from the first millisecond (nginx's echo_duplicate would build
+  -- the whole body in memory first, which on a busy machine outlasts the client's timeout)
+  local crt, key = world.ca:issue("mta-sts.endless.example")
+  world.endless_port = proc.free_port()
+  proc.spawn("evilhttps", ("build/support/evilhttps %d %s %s 600 body"):format(
+    world.endless_port, crt, key), dir .. "/endless.log")
+  assert(proc.poll(function() return proc.tcp_open(world.endless_port) end, 10))
   local connect_to = { "mta-sts.stall.example:443:127.0.0.1:" .. world.stall_port,
+    "mta-sts.endless.example:443:127.0.0.1:" .. world.endless_port,
     "mta-sts.nolistener.example:443:127.0.0.1:" .. proc.free_port() }
   for _, c in ipairs(world.https.connect_to) do connect_to[#connect_to + 1] = c end
   world.r = assert(resolver.new{ nameserver = world.dns.nameserver, trust_anchor = false,

@@ -1,7 +1,9 @@
-/* evilhttps PORT CERT KEY SECONDS: an HTTPS server on 127.0.0.1:PORT that completes the TLS
- * handshake, reads the request, answers "HTTP/1.1 200 OK" and then sends header lines
- * forever (a few KiB every few milliseconds), for SECONDS at most. Part of the fixture world:
- * a policy host with endless headers. One connection at a time. */
+/* evilhttps PORT CERT KEY SECONDS [headers|body]: an HTTPS server on 127.0.0.1:PORT that
+ * completes the TLS handshake, reads the request, answers "HTTP/1.1 200 OK" and then sends,
+ * for SECONDS at most, either header lines forever (headers, the default) or a complete
+ * header and then a body that never ends (body), 4 KiB every 2 ms, from the first
+ * millisecond on. Part of the fixture world: a policy host with endless headers, or an
+ * endless policy. One connection at a time. */
 #include "loopback.h"
 
 #include <arpa/inet.h>
@@ -22,10 +24,12 @@ int main(int argc, char **argv) {
   time_t end;
   SSL_CTX *ctx;
   char line[4096];
-  if (argc != 5) {
-    fprintf(stderr, "usage: evilhttps PORT CERT KEY SECONDS\n");
+  int body;
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: evilhttps PORT CERT KEY SECONDS [headers|body]\n");
     return 2;
   }
+  body = argc == 6 && strcmp(argv[5], "body") == 0;
   signal(SIGPIPE, SIG_IGN);
   end = time(NULL) + atoi(argv[4]);
   ctx = SSL_CTX_new(TLS_server_method());
@@ -36,7 +40,7 @@ int main(int argc, char **argv) {
   }
   s = loopback_socket(SOCK_STREAM, argv[1], "evilhttps");
   memset(line, 'a', sizeof line);
-  memcpy(line, "X-Endless: ", 11);
+  if (!body) memcpy(line, "X-Endless: ", 11);
   line[sizeof line - 2] = '\r';
   line[sizeof line - 1] = '\n';
   while (time(NULL) < end) {
@@ -49,7 +53,8 @@ int main(int argc, char **argv) {
     ssl = SSL_new(ctx);
     SSL_set_fd(ssl, c);
     if (SSL_accept(ssl) == 1 && SSL_read(ssl, req, sizeof req) > 0 &&
-        SSL_write(ssl, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n", 43) > 0) {
+        SSL_write(ssl, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n", 43) > 0 &&
+        (!body || SSL_write(ssl, "\r\n", 2) > 0)) {
       while (time(NULL) < end && SSL_write(ssl, line, sizeof line) > 0) usleep(2000);
     }
     SSL_free(ssl);
