@@ -49,7 +49,10 @@ local ok, err = pcall(function()
   local port = proc.free_port()
   sh("mkdir -p " .. dir .. "/Maildir " .. dir .. "/reports && chown -R 65534:65534 " .. dir ..
     "/Maildir && chmod 777 " .. dir .. "/reports && chmod 755 " .. dir)
-  local cwd = util.run("pwd"):gsub("%s+$", "")
+  -- smtpd runs the filter as its unprivileged user, who may not reach the source tree (a
+  -- clone under root's 0700 home): inside this namespace the tree is also mounted under dir
+  local cwd = dir .. "/src"
+  sh("mkdir " .. cwd .. " && mount --bind -o ro . " .. cwd)
   util.write(dir .. "/vusers", "@report.example nobody\n")
   util.write(dir .. "/smtpd.conf", table.concat({
     -- smtpd runs a relative program from /usr/libexec/opensmtpd: the path is absolute
