@@ -12,11 +12,7 @@ local function spawn(dir, w, log, deadline)
   return assert(tonumber(out:match("(%d+)")), out)
 end
 
-local function alive(pid)
-  local _, status = util.run("kill -0 " .. pid .. " 2>/dev/null && " ..
-    "! grep -q '^State:.*[ZX]' /proc/" .. pid .. "/status")
-  return status == 0
-end
+local alive = require("support.proc").alive
 
 describe("mtasts.cache under many processes #slow", function()
   local dir, cleanup, pids = nil, nil, {}
