@@ -4,13 +4,19 @@
 #define _GNU_SOURCE 1  /* dladdr */
 #include "mtasts.h"
 
+#include <curl/curl.h>
+#include <db.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <idn2.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <string.h>
 #include <time.h>
+#include <unbound.h>
+#include <zlib.h>
 
 /* poll(fd, events, timeout) -> true (ready) | false (timed out) | fail. events is "r", "w"
  * or "rw"; timeout in seconds, nil for none. The blocking default of the client's `wait`. */
@@ -46,6 +52,32 @@ static int monotonic(lua_State *L) {
   return 1;
 }
 
+/* library_versions() -> { lua =, curl =, openssl =, bdb =, unbound =, idn2 =, zlib = }: the
+ * versions of the libraries this process runs with (not those it was built against), for
+ * `mtasts --version` and bug reports. */
+static int library_versions(lua_State *L) {
+  lua_createtable(L, 0, 7);
+  lua_pushliteral(L, LUA_VERSION_MAJOR "." LUA_VERSION_MINOR);
+  lua_setfield(L, -2, "lua");
+  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "curl");
+  lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION_STRING));
+  lua_setfield(L, -2, "openssl");
+  {
+    int major, minor, patch;
+    (void)db_version(&major, &minor, &patch);
+    lua_pushfstring(L, "%d.%d.%d", major, minor, patch);
+  }
+  lua_setfield(L, -2, "bdb");
+  lua_pushstring(L, ub_version());
+  lua_setfield(L, -2, "unbound");
+  lua_pushstring(L, idn2_check_version(NULL));
+  lua_setfield(L, -2, "idn2");
+  lua_pushstring(L, zlibVersion());
+  lua_setfield(L, -2, "zlib");
+  return 1;
+}
+
 /* Keep this library loaded until the process ends: Lua unloads C modules when a state
  * closes, but libunbound's thread and libdb's handles of an abandoned environment
  * (cache.c) may outlive the state, and their code and the list that holds those handles
@@ -76,6 +108,8 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   lua_setfield(L, -2, "monotonic");
   lua_pushcfunction(L, core_poll);
   lua_setfield(L, -2, "poll");
+  lua_pushcfunction(L, library_versions);
+  lua_setfield(L, -2, "library_versions");
   mtasts_open_parse(L);
   mtasts_open_cache(L);
   mtasts_open_resolver(L);
