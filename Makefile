@@ -9,15 +9,27 @@ BDB_LIBDIR ?= /usr/lib
 BDB_LIB    ?= db-5.3
 CFLAGS     ?= -O2 -fPIC -g
 LIBFLAG    ?= -shared
-INST_LIBDIR ?= /usr/local/lib/lua/5.4
-INST_LUADIR ?= /usr/local/share/lua/5.4
-INST_BINDIR ?= /usr/local/bin
-# Installs missing Debian packages for a group (build, test, fuzz, rock). The rockspec sets
-# DEPS=true: luarocks users bring their own libraries.
+# Installation: `make install PREFIX=/usr DESTDIR=/tmp/stage`. The Lua directories default to
+# where lua5.4 looks first under PREFIX.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
+INST_LUADIR ?= $(PREFIX)/share/lua/5.4
+INST_BINDIR ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/mtasts
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+# Installs missing Debian packages for a group (build, test, fuzz, rock, bench). The rockspec
+# sets DEPS=true: luarocks users bring their own libraries.
 DEPS       ?= scripts/deps
 FUZZ_SECONDS ?= 60
 FUZZ_CC    ?= clang
 BUSTED     ?= $(LUA) /usr/bin/busted
+# Lua modules the build checks that $(LUA) can load (the rockspec sets it inside a clone, where
+# luarocks is told that Debian's packages provide them: .luarocks/config-5.4.lua).
+CHECK_LUA_DEPS ?=
 
 # Recursive (=), not immediate (:=): pkg-config and the .pc files it reads may come with the
 # packages that scripts/deps installs, which happens after make has read this file. These are
@@ -36,7 +48,13 @@ ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 
-all: build/mtasts/core.so
+all: build/mtasts/core.so $(if $(strip $(CHECK_LUA_DEPS)),check-lua-deps)
+
+check-lua-deps:
+	@miss=""; for m in $(CHECK_LUA_DEPS); do \
+	  $(LUA) -e "require('$$m')" >/dev/null 2>&1 || miss="$$miss $$m"; done; \
+	if [ -n "$$miss" ]; then echo "mtasts: $(LUA) cannot load the Lua modules:$$miss" \
+	  "(on Debian: apt-get install lua-cjson lua-argparse lua-cqueues)" >&2; exit 1; fi
 
 build/obj/%.o: module/%.c | deps-build
 	@mkdir -p $(@D)
@@ -162,26 +180,78 @@ bench: deps-test deps-bench all $(SUPPORT) build/bench/smclient build/bench/smce
 demo: deps-test all $(SUPPORT)
 	@$(LUA) examples/demo.lua
 
-install: all
-	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts
+# The demo's fixture world in the foreground, for trying the CLI by hand; Ctrl-C stops it.
+world: deps-test all $(SUPPORT)
+	@$(LUA) examples/world.lua
+
+# --- installation ---
+# install-lua: the module, the Lua files and the two programs as they are (what the rockspec
+# installs; luarocks wraps the programs with its own paths). install: all of that, with the
+# programs told where their modules are, and the man pages, the systemd units (with the
+# installed paths), the sysusers.d/tmpfiles.d snippets and the docs.
+LUA_FILES := $(wildcard lua/mtasts/*.lua)
+PROGRAMS  := mtasts mtasts-opensmtpd-filter
+MANPAGES  := man/mtasts.1 man/mtasts-opensmtpd-filter.1
+UNITS_IN  := $(wildcard dist/systemd/*.in)
+UNITS     := $(patsubst dist/systemd/%.in,%,$(UNITS_IN)) $(notdir $(wildcard dist/systemd/*.timer))
+DOCS      := README.md LICENSE $(wildcard docs/*.md)
+
+install-lua: all
+	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts $(DESTDIR)$(INST_BINDIR)
 	install -m 755 build/mtasts/core.so $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
-	install -m 644 lua/mtasts/*.lua $(DESTDIR)$(INST_LUADIR)/mtasts/
-	install -d $(DESTDIR)$(INST_BINDIR)
-	install -m 755 bin/mtasts $(DESTDIR)$(INST_BINDIR)/mtasts
-	install -m 755 bin/mtasts-opensmtpd-filter $(DESTDIR)$(INST_BINDIR)/mtasts-opensmtpd-filter
+	install -m 644 $(LUA_FILES) $(DESTDIR)$(INST_LUADIR)/mtasts/
+	for p in $(PROGRAMS); do install -m 755 bin/$$p $(DESTDIR)$(INST_BINDIR)/$$p; done
+
+install: install-lua
+	for p in $(PROGRAMS); do \
+	  sed 's|^local INSTALL_PATHS = nil$$|local INSTALL_PATHS = { "$(INST_LUADIR)", "$(INST_LIBDIR)" }|' \
+	    bin/$$p > $(DESTDIR)$(INST_BINDIR)/$$p; done
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+	  $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)
+	install -m 644 $(MANPAGES) $(DESTDIR)$(MANDIR)/man1/
+	for u in $(UNITS_IN); do \
+	  sed 's|@BINDIR@|$(INST_BINDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u .in); \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$u .in); done
+	install -m 644 dist/systemd/*.timer $(DESTDIR)$(UNITDIR)/
+	install -m 644 dist/sysusers.d/mtasts.conf $(DESTDIR)$(SYSUSERSDIR)/mtasts.conf
+	install -m 644 dist/tmpfiles.d/mtasts.conf $(DESTDIR)$(TMPFILESDIR)/mtasts.conf
+	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	@echo "installed under $(DESTDIR)$(PREFIX); next: systemd-sysusers; systemd-tmpfiles --create;" \
+	  "systemctl enable --now mtasts-postfix.service mtasts-refresh.timer mtasts-report.timer"
+
+# Removes what install put there; never the state directory (/var/lib/mtasts).
+uninstall:
+	rm -f $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
+	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/,$(notdir $(LUA_FILES)))
+	rm -f $(addprefix $(DESTDIR)$(INST_BINDIR)/,$(PROGRAMS))
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES)))
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	rm -f $(DESTDIR)$(SYSUSERSDIR)/mtasts.conf $(DESTDIR)$(TMPFILESDIR)/mtasts.conf
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
+	-rmdir $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf build
 
+# Every target, one line each (spec/build_spec.lua checks that each .PHONY target is here).
 help:
-	@echo "make          build build/mtasts/core.so"
-	@echo "make test     every suite (lint, specs, C replay under ASan); last line 'N passed, N failed'"
-	@echo "make unit     the specs that start no servers"
-	@echo "make asan     the specs against an ASan/UBSan build of the module"
-	@echo "make valgrind every spec, and the Lua processes they start, under valgrind memcheck"
-	@echo "make fuzz     each libFuzzer harness for FUZZ_SECONDS (default 60)"
-	@echo "make bench    benchmarks"
-	@echo "make demo     the demo"
+	@echo "make             build build/mtasts/core.so (also: make all)"
+	@echo "make demo        the main job end to end on the built-in fixture world (DNS, HTTPS, test CA)"
+	@echo "make world       that fixture world in the foreground, with the flags to try mtasts by hand"
+	@echo "make test        every suite (lint, specs, C replay under ASan); last line 'N passed, N failed'"
+	@echo "make unit        lint and the specs that start no servers"
+	@echo "make lint        luacheck only"
+	@echo "make asan        the specs against an ASan/UBSan build of the module"
+	@echo "make valgrind    every spec, and the Lua processes they start, under valgrind memcheck"
+	@echo "make fuzz        each libFuzzer harness for FUZZ_SECONDS (default 60; HARNESSES=...)"
+	@echo "make fuzz-merge  minimise what make fuzz found into fuzz/corpus/"
+	@echo "make bench       benchmarks, against postfix-mta-sts-resolver where it applies"
+	@echo "make install     everything under PREFIX (default /usr/local), staged in DESTDIR"
+	@echo "make install-lua the module, Lua files and programs only (what the rockspec installs)"
+	@echo "make uninstall   remove what make install put there (same PREFIX and DESTDIR)"
+	@echo "make clean       remove build/"
+	@echo "make help        this list"
 
 -include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
-.PHONY: all test unit lint asan valgrind fuzz fuzz-merge bench demo install clean help
+.PHONY: all check-lua-deps test unit lint asan valgrind fuzz fuzz-merge bench demo world install install-lua \
+  uninstall clean help
