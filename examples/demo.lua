@@ -1,56 +1,31 @@
 -- examples/demo.lua: what `make demo` runs. It starts the fixture world of the specs (a DNS
--- server, an HTTPS server with a test CA) on loopback, runs the mtasts CLI against a handful
--- of domains, and stops the servers again. Nothing leaves this machine.
+-- server, an HTTPS server with a test CA: spec/support/world.lua) on loopback, runs the mtasts
+-- CLI against a handful of domains, printing each command exactly as it runs it, and stops
+-- the servers again. Nothing leaves this machine. `make world` starts the same world and
+-- leaves it running, for trying the commands by hand.
 package.path = "./lua/?.lua;./lua/?/init.lua;./spec/?.lua;" .. package.path
 package.cpath = "./build/?.so;" .. package.cpath
 local util = require("support.util")
 local proc = require("support.proc")
+local world = require("support.world")
 
-local ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.enforce.example\nmax_age: 86400\n"
-local DOMAINS = {
-  { "enforce", "MX 10 mx1.enforce", "MX 20 mx2.enforce",
-    site = { body = ENFORCE } },
-  { "testing", "MX 10 mx.testing", "MX 20 backup.elsewhere",
-    site = { body = "version: STSv1\nmode: testing\nmx: mx.testing.example\nmax_age: 3600\n" } },
-  { "none", "MX 10 mx.none",
-    site = { body = "version: STSv1\nmode: none\nmax_age: 86400\n" } },
-  { "expired", "MX 10 mx.expired",
-    site = { body = "version: STSv1\nmode: enforce\nmx: mx.expired.example\nmax_age: 86400\n",
-      cert = "expired" } },
-  { "plain", "MX 10 mx.plain", record = false },
-}
-
-local function heading(s) io.write("\n\27[1m== ", s, "\27[0m\n") end
+-- bold headings on a terminal only: a log file or a pipe gets plain text
+local tty = os.execute("test -t 1") == true
+local function heading(s)
+  io.write("\n", tty and "\27[1m" or "", "== ", s, tty and "\27[0m" or "", "\n")
+end
 
 local dir = util.tmpdir()
 local ok, err = pcall(function()
   io.write("Starting the fixture world (NSD, nginx, a test CA) on loopback...\n")
-  local ca = require("support.ca").new(dir .. "/ca")
-  local records, sites = {}, {}
-  for _, d in ipairs(DOMAINS) do
-    local name = d[1]
-    for i = 2, #d do records[#records + 1] = name .. " IN " .. d[i] end
-    if d.record ~= false then
-      records[#records + 1] = ('_mta-sts.%s IN TXT "v=STSv1; id=%s1;"'):format(name, name)
-      records[#records + 1] = "mta-sts." .. name .. " IN A 127.0.0.1"
-      records[#records + 1] = ('_smtp._tls.%s IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@%s.example%s"')
-        :format(name, name, name == "enforce" and ",https://tlsrpt.enforce.example/report" or "")
-    end
-    if d.site then
-      d.site.host = "mta-sts." .. name .. ".example"
-      sites[#sites + 1] = d.site
-    end
-  end
-  records[#records + 1] = "tlsrpt.enforce IN A 127.0.0.1"
-  sites[#sites + 1] = { host = "tlsrpt.enforce.example" }    -- takes POSTed reports
-  local dns = require("support.dns").start({ ["example."] = records })
-  local web = require("support.https").start(ca, sites)
-  local cli = "bin/mtasts --db " .. dir .. "/cache --nameserver " .. dns.nameserver ..
-    " --trust-anchor none --cafile " .. ca.cafile .. " --connect-to :443:127.0.0.1:" .. web.port ..
-    " --timeout 5"
+  local w = world.start(dir)
+  io.write("DNS on ", w.dns.nameserver, ", HTTPS on 127.0.0.1:", w.web.port,
+    ", test CA in ", w.ca.cafile, "\n")
+  local cli = "bin/mtasts " .. w.flags
   local function run(args)
-    io.write("\n$ mtasts ", args, "\n")
-    local out, status = util.run(cli .. " " .. args)
+    local cmd = cli .. " " .. args
+    io.write("\n$ ", cmd, "\n")
+    local out, status = util.run(cmd)
     io.write(out)
     -- 0: a policy, 1: none, 2: temporary failure; anything else is the demo failing
     if status > 2 or out:find("stack traceback", 1, true) then
@@ -58,7 +33,7 @@ local ok, err = pcall(function()
     end
   end
   heading("check: MX hosts, MTA-STS record and policy, TLSRPT record, the delivery plan")
-  for _, d in ipairs(DOMAINS) do run("check " .. d[1] .. ".example") end
+  for _, d in ipairs(world.DOMAINS) do run("check " .. d[1] .. ".example") end
   heading("lookup through the cache: the first time fetches, the second is served from it")
   run("lookup enforce.example")
   run("lookup enforce.example")
@@ -74,14 +49,11 @@ local ok, err = pcall(function()
   local delivery = require("mtasts.delivery")
   local tlsrpt = require("mtasts.tlsrpt")
   local yesterday = tlsrpt.day_of(os.time() - 86400)
-  local sts = assert(mtasts.open{ path = dir .. "/cache", nameserver = dns.nameserver,
-    trust_anchor = false, cafile = ca.cafile, connect_to = { ":443:127.0.0.1:" .. web.port },
-    timeouts = { dns = 5, fetch = 5 } })
-  local store = assert(tlsrpt.open{ path = dir .. "/cache", submitter = "mail.sender.example" })
-  for _, d in ipairs(DOMAINS) do
+  local sts = assert(mtasts.open(w.open_opts))
+  local store = assert(tlsrpt.open{ path = w.db, submitter = "mail.sender.example" })
+  for _, d in ipairs(world.DOMAINS) do
     local domain = d[1] .. ".example"
-    local mx = {}
-    for i = 2, #d do mx[#mx + 1] = d[i]:match("^MX %d+ (%S+)") .. ".example" end
+    local mx = world.mx_hosts(d)
     for _ = 1, 5 do     -- five messages each; the first MX host answers with TLS
       local policy, result, _, msg, code = sts:get(domain)
       local plan = delivery.plan{ domain = domain, mx = mx, policy = policy, result = result,
@@ -102,8 +74,7 @@ local ok, err = pcall(function()
   local mail = util.run("grep -l 'TLS-Report-Domain: enforce.example' " .. dir ..
     "/outbox/* | head -1"):gsub("%s+$", "")
   run("report show " .. mail)
-  web.stop()
-  dns.stop()
+  w.stop()
 end)
 proc.stop_all()
 util.run("rm -rf '" .. dir .. "'")
@@ -111,4 +82,5 @@ if not ok then
   io.stderr:write("demo failed: ", tostring(err), "\n")
   os.exit(1)
 end
-io.write("\nThe fixture servers are stopped. See README.md and docs/ for what comes next.\n")
+io.write("\nThe fixture servers are stopped. `make world` starts them again and leaves them\n",
+  "running, for trying these commands by hand. See README.md and docs/ for what comes next.\n")
