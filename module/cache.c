@@ -1,5 +1,5 @@
 /* cache.c: the MTA-STS policy cache on a transactional Berkeley DB 5.3 environment.
- * Pure C, no Lua. Semantics: REFERENCE.md §5; operations: module/cache.h.
+ * Pure C, no Lua. Semantics: docs/conformance.md §5; operations: module/cache.h.
  *
  * Many processes share one environment directory. Berkeley DB 5.3 as Debian builds it uses
  * plain process-shared pthread mutexes: a process killed inside a BDB call (during a

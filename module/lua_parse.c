@@ -1,5 +1,6 @@
 /* lua_parse.c: Lua bindings of parse.c and domain.c. Translate, and do nothing else.
- * Contract: DESIGN.md §3 "Parsing"; errors: docs/errors.md. */
+ * Contract: docs/parsing.md and docs/architecture.md ("Public contract"); errors:
+ * docs/errors.md. */
 #include "mtasts.h"
 
 #include <lauxlib.h>

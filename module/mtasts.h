@@ -12,7 +12,7 @@
 #define MTASTS_EXPORT __attribute__((visibility("default")))
 #define MTASTS_VERSION "0.1.0"
 
-/* Limits (REFERENCE.md §1-§3). */
+/* Limits (docs/conformance.md §1-§3). */
 #define MTASTS_RECORD_MAX 4096        /* a TXT record (strings concatenated) */
 #define MTASTS_POLICY_MAX 65536       /* a policy body */
 #define MTASTS_MAX_AGE_MAX 31557600u  /* larger max_age values are clamped to this */

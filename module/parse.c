@@ -1,6 +1,6 @@
 /* parse.c: strict parsers for MTA-STS records and policies, TLSRPT records, and MX matching.
  * Pure C, no Lua: the bindings (lua_parse.c) and the fuzz harnesses (fuzz/) call it.
- * Rules: REFERENCE.md §1, §3, §4, §7; grammar: RFC 8461 §3.1-3.2, RFC 8460 §3. */
+ * Rules: docs/conformance.md §1, §3, §4, §7; grammar: RFC 8461 §3.1-3.2, RFC 8460 §3. */
 #include "mtasts.h"
 
 #include <stdarg.h>

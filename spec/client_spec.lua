@@ -1,5 +1,5 @@
 -- mtasts.open and sts:get with a fake clock, resolver and fetcher: every branch of
--- REFERENCE.md §5 and the TLSRPT result of each.
+-- docs/conformance.md §5 and the TLSRPT result of each.
 local mtasts = require("mtasts")
 local util = require("support.util")
 

@@ -1,4 +1,4 @@
--- mtasts.delivery: per-MX decisions (REFERENCE.md §6) and session outcomes.
+-- mtasts.delivery: per-MX decisions (docs/conformance.md §6) and session outcomes.
 local delivery = require("mtasts.delivery")
 local tlsrpt = require("mtasts.tlsrpt")
 local mtasts = require("mtasts")

@@ -1,5 +1,5 @@
 -- Policy discovery end to end: mtasts.resolver against NSD, mtasts.fetch against nginx and a
--- stalling server, all on loopback, with certificates from a test CA (REFERENCE.md §1-§2).
+-- stalling server, all on loopback, with certificates from a test CA (docs/conformance.md §1-§2).
 local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
 local sts = require("mtasts.sts")

@@ -1,4 +1,4 @@
--- The pure parsers of DESIGN.md §3 "Parsing", driven by the case tables in spec/cases/
+-- The pure parsers of docs/parsing.md, driven by the case tables in spec/cases/
 -- (the same tables seed the fuzz corpora: fuzz/seeds.lua).
 local mtasts = require("mtasts")
 

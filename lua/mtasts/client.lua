@@ -1,6 +1,7 @@
---- mtasts.client: the policy lookup a mail server calls on every delivery (DESIGN.md §3,
--- REFERENCE.md §5): the cache, the record check, the fetch, and the TLSRPT result of each
--- branch. Opened with mtasts.open{...}. Reference: docs/client.md.
+--- mtasts.client: the policy lookup a mail server calls on every delivery (contract:
+-- docs/architecture.md "Public contract"; rules: docs/conformance.md §5): the cache, the
+-- record check, the fetch, and the TLSRPT result of each branch. Opened with
+-- mtasts.open{...}. Reference: docs/client.md.
 local core = require("mtasts.core")
 local sts = require("mtasts.sts")
 local tlsrpt = require("mtasts.tlsrpt")
@@ -134,7 +135,7 @@ function Client:_upsert(ascii, record_id, text, now)
   if not ok then self.log("mtasts: cache: " .. tostring(err)) end
 end
 
--- No usable row: look the record up and fetch (REFERENCE.md §5, "get, no row").
+-- No usable row: look the record up and fetch (docs/conformance.md §5, "No usable row").
 function Client:_first(ascii, now)
   local record, rerr, rcode, rreason = sts.record(self.resolver, ascii)
   if not record then
@@ -269,7 +270,7 @@ function Client:delete(domain)
   return cache:delete(ascii)
 end
 
--- Refresh one due row (REFERENCE.md §5, proactive refresh); returns the outcome.
+-- Refresh one due row (docs/conformance.md §5, proactive refresh); returns the outcome.
 function Client:_refresh_one(ascii, now)
   local row = self.cache:lookup(ascii, now)
   local record, _, rcode = sts.record(self.resolver, ascii)

@@ -1,4 +1,4 @@
---- mtasts.delivery: what a sending MTA does with a policy, per MX host (REFERENCE.md §6,
+--- mtasts.delivery: what a sending MTA does with a policy, per MX host (docs/conformance.md §6,
 -- mox queue/direct.go). Pure decisions on tables; nothing here does I/O.
 -- Reference: docs/delivery.md.
 local core = require("mtasts.core")

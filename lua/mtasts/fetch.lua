@@ -1,8 +1,9 @@
 --- mtasts.fetch: fetching MTA-STS policies (and POSTing reports) over HTTPS without blocking
 -- the host. The C object (mtasts.core.fetcher_new) runs transfers on a curl multi handle and
 -- returns raw facts; this module resolves the policy host through mtasts.resolver, waits
--- with the injected `wait`, and classifies failures into the codes of DESIGN.md §3 and the
--- TLSRPT failure reasons of docs/errors.md. Reference: docs/fetch.md.
+-- with the injected `wait`, and classifies failures into the codes of docs/architecture.md
+-- ("Public contract") and the TLSRPT failure reasons of docs/errors.md. Reference:
+-- docs/fetch.md.
 local core = require("mtasts.core")
 local pending = require("mtasts.pending")
 
@@ -44,7 +45,7 @@ end
 
 local function await(f, id) return pending.await(state[f], f, id) end
 
--- OpenSSL verify results (X509_V_ERR_*) -> TLSRPT failure reasons (REFERENCE.md §2).
+-- OpenSSL verify results (X509_V_ERR_*) -> TLSRPT failure reasons (docs/conformance.md §2).
 local VERIFY = {
   [10] = "certificate-expired",        -- CERT_HAS_EXPIRED
   [62] = "certificate-host-mismatch",  -- HOSTNAME_MISMATCH

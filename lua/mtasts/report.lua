@@ -7,7 +7,7 @@
 -- report) or "0" (a result of delivering a report: included, never the reason for one);
 -- rtype "S" (summary: success, failure) or "D" (failure detail: count); policy and detail
 -- are canonical encodings (policy_blob, detail_blob), so equal fields merge into one counter
--- (REFERENCE.md §7).
+-- (docs/conformance.md §7.2).
 -- Delivery state lives under "Q" day NUL kind policy-domain NUL [destination] as JSON.
 local core = require("mtasts.core")
 local json = require("mtasts.json")
@@ -187,8 +187,9 @@ local function bump(self, key, a, b)
   end
 end
 
---- Record a result (DESIGN.md §3 "TLSRPT result"). opts: day ("YYYY-MM-DD", default today
--- by the store's clock), recipient_domain (default the policy domain), host (an MX host /
+--- Record a result (docs/architecture.md, "The TLSRPT result table"). opts: day
+-- ("YYYY-MM-DD", default today by the store's clock), recipient_domain (default the policy
+-- domain), host (an MX host /
 -- DANE result; default: policy type tlsa), report (false for results of delivering a
 -- report: included in reports, never the cause of one). Batched: returns true, or a
 -- failure of the flush it triggered (the batch is kept and retried).

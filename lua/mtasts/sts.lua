@@ -1,5 +1,5 @@
 --- mtasts.sts: discovering a domain's MTA-STS policy: the TXT record, then the policy file
--- (REFERENCE.md §1-§2; mox's mtasts.Get). No cache here: the client (mtasts.open) keeps
+-- (docs/conformance.md §1-§2; mox's mtasts.Get). No cache here: the client (mtasts.open) keeps
 -- what this finds. Reference: docs/fetch.md.
 local core = require("mtasts.core")
 

@@ -1,7 +1,7 @@
 --- mtasts.tlsrpt: SMTP TLS Reporting (RFC 8460): the TXT record parser, the TLSRPT result
--- tables the client and delivery build (DESIGN.md §3 "TLSRPT result"), report JSON, file
--- names and mail messages, incoming reports, and `open` for the result store
--- (mtasts.report). Reference: docs/tlsrpt.md, docs/incoming-reports.md.
+-- tables the client and delivery build (docs/architecture.md, "The TLSRPT result table"),
+-- report JSON, file names and mail messages, incoming reports, and `open` for the result
+-- store (mtasts.report). Reference: docs/tlsrpt.md, docs/incoming-reports.md.
 local core = require("mtasts.core")
 local json = require("mtasts.json")
 

@@ -1,4 +1,5 @@
--- MX matching cases (REFERENCE.md §4, RFC 8461 §4.1): { name, {patterns}, host, expected }.
+-- MX matching cases (docs/conformance.md §4, RFC 8461 §4.1):
+-- { name, {patterns}, host, expected }.
 return {
   { "an exact name", { "mx.example.com" }, "mx.example.com", true },
   { "the host in another case", { "mx.example.com" }, "MX.Example.COM", true },

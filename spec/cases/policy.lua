@@ -1,4 +1,4 @@
--- MTA-STS policy cases (REFERENCE.md §3, RFC 8461 §3.2): { name, input, expect }.
+-- MTA-STS policy cases (docs/conformance.md §3, RFC 8461 §3.2): { name, input, expect }.
 -- expect is the parsed table, or { err = "text the message must contain" }.
 local function pol(mode, max_age, mx, ...)
   local ext = {}

@@ -1,4 +1,4 @@
--- MTA-STS TXT record cases (REFERENCE.md §1, RFC 8461 §3.1): { name, input, expect }.
+-- MTA-STS TXT record cases (docs/conformance.md §1, RFC 8461 §3.1): { name, input, expect }.
 -- expect is the parsed table, or { err = "text the message must contain" }.
 local function rec(id, ...)
   local ext = {}

@@ -1,4 +1,4 @@
--- TLSRPT TXT record cases (REFERENCE.md §7, RFC 8460 §3): { name, input, expect }.
+-- TLSRPT TXT record cases (docs/conformance.md §7.1, RFC 8460 §3): { name, input, expect }.
 local function rec(rua, ...)
   local ext = {}
   local kv = { ... }
