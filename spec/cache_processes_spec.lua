@@ -1,5 +1,5 @@
 -- Many processes on one cache while one of them is killed with SIGKILL at random moments
--- and restarted (issue: "a committed upsert survives kill -9 at any instant"). Tagged #slow:
+-- and restarted: a committed upsert survives kill -9 at any instant. Tagged #slow:
 -- `make unit` leaves it out; `make test` runs it (about 12 s).
 local core = require("mtasts.core")
 local util = require("support.util")

@@ -1,5 +1,5 @@
 -- Four processes add results to one store at once while one of them is killed with SIGKILL
--- mid-run (issue 6: "totals equal what was acknowledged"). Tagged #slow: `make unit` leaves
+-- mid-run: the totals equal what was acknowledged. Tagged #slow: `make unit` leaves
 -- it out; `make test` runs it.
 local tlsrpt = require("mtasts.tlsrpt")
 local core = require("mtasts.core")
