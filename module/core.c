@@ -6,6 +6,7 @@
 
 #include <curl/curl.h>
 #include <db.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <idn2.h>
@@ -14,6 +15,7 @@
 #include <openssl/crypto.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unbound.h>
 #include <zlib.h>
@@ -78,6 +80,46 @@ static int library_versions(lua_State *L) {
   return 1;
 }
 
+/* nofile([want]) -> soft, hard, open: the process's limit on open descriptors
+ * (RLIMIT_NOFILE) and how many are open now (-1 when /proc is not there). With want, the soft
+ * limit is first raised towards want (never above the hard limit, never lowered), as servers
+ * do at start; a refusal leaves it as it was. */
+static int nofile(lua_State *L) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "getrlimit: %s", strerror(errno));
+    lua_pushliteral(L, "EIO");
+    return 3;
+  }
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer want = luaL_checkinteger(L, 1);
+    rlim_t target = want < 0 ? 0 : (rlim_t)want;
+    if (rl.rlim_max != RLIM_INFINITY && target > rl.rlim_max) target = rl.rlim_max;
+    if (rl.rlim_cur != RLIM_INFINITY && target > rl.rlim_cur) {
+      struct rlimit raised = rl;
+      raised.rlim_cur = target;
+      if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    }
+  }
+  lua_pushinteger(L, rl.rlim_cur == RLIM_INFINITY ? LUA_MAXINTEGER : (lua_Integer)rl.rlim_cur);
+  lua_pushinteger(L, rl.rlim_max == RLIM_INFINITY ? LUA_MAXINTEGER : (lua_Integer)rl.rlim_max);
+  {
+    DIR *d = opendir("/proc/self/fd");
+    lua_Integer n = -1;
+    if (d) {
+      struct dirent *e;
+      n = 0;
+      while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.') n++;
+      closedir(d);
+      n--;   /* the directory's own descriptor */
+    }
+    lua_pushinteger(L, n);
+  }
+  return 3;
+}
+
 /* Keep this library loaded until the process ends: Lua unloads C modules when a state
  * closes, but libunbound's thread and libdb's handles of an abandoned environment
  * (cache.c) may outlive the state, and their code and the list that holds those handles
@@ -110,6 +152,8 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   lua_setfield(L, -2, "poll");
   lua_pushcfunction(L, library_versions);
   lua_setfield(L, -2, "library_versions");
+  lua_pushcfunction(L, nofile);
+  lua_setfield(L, -2, "nofile");
   mtasts_open_parse(L);
   mtasts_open_cache(L);
   mtasts_open_resolver(L);

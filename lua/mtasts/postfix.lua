@@ -21,9 +21,16 @@ local concat, format = table.concat, string.format
 local find, sub, byte = string.find, string.sub, string.byte
 local monotime = cqueues.monotime
 
-local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1 }
-local EAGAIN = require("cqueues.errno").EAGAIN
+local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1,
+  MAX_CONNECTIONS = 1024, MAX_LOOKUPS = 256, MEMO_BYTES = 8 * 1024 * 1024 }
+local errno = require("cqueues.errno")
+local EAGAIN, ETIMEDOUT = errno.EAGAIN, errno.ETIMEDOUT
 local poll = cqueues.poll
+local core = require("mtasts.core")
+
+-- Descriptors a lookup in flight may hold (the resolver's sockets for its queries, the
+-- fetcher's connection), and those kept free beyond what is open when the server starts.
+local FDS_PER_LOOKUP, FDS_SPARE = 3, 32
 
 -- --- the protocol, pure functions ---
 
@@ -87,9 +94,12 @@ function _M.key_domain(key)
 end
 
 -- { policy_string = text } for Postfix's attribute syntax (braces when it has white space).
+-- A value with a brace could close the group and add attributes of its own (tafile=...):
+-- nil, and the caller leaves it out.
 local function attr(name, value)
   value = tostring(value):gsub("[%c]", " ")
-  if value:find("[%s{}]") or value == "" then return "{ " .. name .. " = " .. value .. " }" end
+  if value:find("[{}]") then return nil end
+  if value:find("%s") or value == "" then return "{ " .. name .. " = " .. value .. " }" end
   return name .. "=" .. value
 end
 
@@ -97,6 +107,8 @@ end
 -- require_sni (default true), tlsrpt (Postfix 3.10 attributes), text (the policy text, for
 -- policy_string), domain, failure (a TLSRPT result type when the lookup failed),
 -- failure_level (the security level to send with a failure; no failure answer without it).
+-- Policy lines holding '{' or '}' are left out of the policy_string attributes: Postfix's
+-- attribute syntax has no escape for them.
 function _M.answer(policy, opts)
   opts = opts or {}
   local mode = policy and policy.mode
@@ -110,7 +122,7 @@ function _M.answer(policy, opts)
       out[#out + 1] = "policy_domain=" .. tostring(opts.domain)
       for _, p in ipairs(policy.mx) do out[#out + 1] = "mx_host_pattern=" .. p end
       for _, line in ipairs(tlsrpt.policy_strings(opts.text)) do
-        out[#out + 1] = attr("policy_string", line)
+        out[#out + 1] = attr("policy_string", line)   -- nil (left out) for a line with braces
       end
     end
     return "OK " .. concat(out, " ")
@@ -131,12 +143,18 @@ local function zone_of(self, name)
   return self.zones[name] or self.zones["*"] or {}
 end
 
--- Answer one request "name key" with the client.
-local function lookup(self, request)
+-- The map name and domain of a request that needs a lookup; or nil and the answer when it
+-- needs none (a malformed request, an IP literal, a parent-domain key, no domain).
+local function parse_request(request)
   local name, key = request:match("^(%S+) (.+)$")
-  if not name then return "PERM malformed request" end
+  if not name then return nil, "PERM malformed request" end
   local domain = _M.key_domain(key)
-  if not domain then return "NOTFOUND " end
+  if not domain then return nil, "NOTFOUND " end
+  return name, domain
+end
+
+-- Answer one request (map name, domain) with the client.
+local function lookup(self, name, domain)
   local zone = zone_of(self, name)
   local ok, policy, result, _, msg, code = pcall(self.client.get, self.client, domain)
   if not ok then
@@ -155,6 +173,10 @@ local function lookup(self, request)
     for _, s in ipairs(result and result.policy and result.policy.strings or {}) do
       text = (text and text .. "\n" or "") .. s
     end
+    if text and find(text, "[{}]") then
+      self:note("braces", "warning", domain .. ": policy lines with '{' or '}' are left out " ..
+        "of the TLSRPT attributes")
+    end
   end
   return _M.answer(policy, { strict_testing = zone.strict_testing,
     require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
@@ -163,18 +185,27 @@ end
 
 -- Recent answers by request ("name key"), kept MEMO_SECONDS, as the netstrings to write: a
 -- burst of requests for one domain costs one client lookup, and an answer can be written
--- without a coroutine. `now` is the loop's time when the request's bytes were read.
+-- without a coroutine. `now` is the loop's time when the request's bytes were read. Two
+-- generations: the current one is retired after MEMO_SECONDS, or once it holds memo_bytes,
+-- and the one before it is dropped then; so the memo never holds more than twice memo_bytes,
+-- and answers older than two MEMO_SECONDS are gone.
 local function memo_get(self, request, now)
-  local m = self.memo[request]
+  local m = self.memo[request] or self.memo_old[request]
   if m and m[2] > now then return m[1] end
 end
 
 local function memo_put(self, request, reply)
   if self.memo_seconds <= 0 then return end
-  if self.memo_n >= 100000 then self.memo, self.memo_n = {}, 0 end
-  if not self.memo[request] then self.memo_n = self.memo_n + 1 end
-  self.memo[request] = { reply, monotime() + self.memo_seconds }
+  local t = monotime()
+  if t >= self.memo_retire or self.memo_used >= self.memo_bytes then
+    self.memo_old, self.memo, self.memo_used = self.memo, {}, 0
+    self.memo_retire = t + self.memo_seconds
+  end
+  if not self.memo[request] then self.memo_used = self.memo_used + #request + #reply + 96 end
+  self.memo[request] = { reply, t + self.memo_seconds }
 end
+
+local BUSY = _M.netstring("TEMP busy: too many lookups in flight")
 
 -- One connection: read netstrings, start a lookup per request, write answers in order.
 -- The path of a remembered answer with nothing before it (the common case) is kept short:
@@ -203,6 +234,7 @@ local function serve_connection(self, con)
       writer_wake:wait()
     end
     self.connections[con] = nil
+    self.nconnections = self.nconnections - 1
     con:close()
   end)
   local buf, pos, idle, now = "", 1, 0, monotime()
@@ -216,6 +248,11 @@ local function serve_connection(self, con)
     if value then
       pos = nextpos
       local known = memo_get(self, value, now)
+      local name, domain
+      if not known then
+        name, domain = parse_request(value)
+        if not name then known = _M.netstring(domain) end   -- answered without a lookup
+      end
       if known and next_write == next_slot and not closed then
         -- nothing waits before it: answer now, no coroutine (into the socket's buffer: the
         -- raw send, as cqueues' write adds two layers of Lua per call)
@@ -227,10 +264,26 @@ local function serve_connection(self, con)
         if known then
           answers[slot] = known
           writer_wake:signal()
+        elseif self.lookups >= self.max_lookups then
+          -- at the cap: Postfix defers this delivery and asks again, rather than wait here
+          self.counts.busy = self.counts.busy + 1
+          self:note("busy", "warning", ("%d lookups in flight, the limit: answering TEMP"):format(
+            self.lookups))
+          answers[slot] = BUSY
+          writer_wake:signal()
         else
+          self.lookups = self.lookups + 1
           self.loop:wrap(function()
-            local reply = _M.netstring(lookup(self, value))
-            memo_put(self, value, reply)
+            local ok, answer = pcall(lookup, self, name, domain)
+            self.lookups = self.lookups - 1
+            local reply
+            if ok then
+              reply = _M.netstring(answer)
+              memo_put(self, value, reply)
+            else
+              self.log("error", "lookup: " .. tostring(answer))
+              reply = _M.netstring("TEMP internal error")
+            end
             answers[slot] = reply
             writer_wake:signal()
           end)
@@ -268,14 +321,29 @@ end
 -- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
 -- require_sni =, tlsrpt =, failure_level = } }, "*" for any other name), log
 -- (function(level, message)), max_request, idle_timeout, on_lookup, memo_seconds (how long
--- an answer is reused for the same request: default 1; 0 turns it off).
+-- an answer is reused for the same request: default 1; 0 turns it off), memo_bytes (what
+-- the memo may hold, default 8 MiB), max_connections (default 1024: a connection over it is
+-- closed at once, so Postfix defers), max_lookups (lookups in flight, default 256: a request
+-- over it is answered TEMP). Both caps are lowered to fit the descriptor limit.
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
+  for _, k in ipairs({ "max_request", "idle_timeout", "memo_seconds", "memo_bytes",
+    "max_connections", "max_lookups" }) do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v // 1 and k ~= "memo_seconds") then
+      error("bad option '" .. k .. "' to 'new' (a non-negative integer expected, got " ..
+        tostring(v) .. ")", 2)
+    end
+  end
   local self = setmetatable({ loop = cqueues.new(), zones = opts.zones or {},
     log = opts.log or function() end, max_request = opts.max_request or _M.MAX_REQUEST,
     idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
-    on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_n = 0,
-    memo_seconds = opts.memo_seconds or _M.MEMO_SECONDS }, server_mt)
+    on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_old = {}, memo_used = 0,
+    memo_retire = 0, memo_seconds = opts.memo_seconds or _M.MEMO_SECONDS,
+    memo_bytes = opts.memo_bytes or _M.MEMO_BYTES, nconnections = 0, lookups = 0,
+    max_connections = opts.max_connections or _M.MAX_CONNECTIONS,
+    max_lookups = opts.max_lookups or _M.MAX_LOOKUPS, noted = {},
+    counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0 } }, server_mt)
   if opts.client then
     self.client = opts.client
   else
@@ -292,7 +360,52 @@ function _M.new(opts)
     local ok, err = self:listen(spec, opts.socket_mode)
     if not ok then self:close() return nil, err, "listen" end
   end
+  self:fit_descriptors()
   return self
+end
+
+--- Log a message of a kind at most once every 10 seconds, saying how many were held back.
+function Server:note(kind, level, msg)
+  local now = monotime()
+  local n = self.noted[kind]
+  if n and now < n.next then
+    n.held = n.held + 1
+    return
+  end
+  local held = n and n.held or 0
+  self.noted[kind] = { next = now + 10, held = 0 }
+  self.log(level, held > 0 and ("%s (and %d more like it)"):format(msg, held) or msg)
+end
+
+--- Fit max_connections and max_lookups to the descriptor limit: raise the soft limit as far
+-- as they need (and the hard limit allows), else lower them, keeping descriptors free for
+-- the resolver, the fetcher and the cache. Returns the two caps.
+function Server:fit_descriptors()
+  local _, _, open = core.nofile()
+  local reserve = (open and open > 0 and open or 16) + FDS_SPARE
+  local need = reserve + self.max_connections + FDS_PER_LOOKUP * self.max_lookups
+  local soft = core.nofile(need)
+  if soft and soft < need then
+    local room = soft - reserve
+    local conns = math.max(1, math.min(self.max_connections, room // 2))
+    local lookups = math.max(1, math.min(self.max_lookups, (room - conns) // FDS_PER_LOOKUP))
+    self.log("warning", ("the descriptor limit is %d: serving at most %d connections and " ..
+      "%d lookups at once (asked for %d and %d; raise LimitNOFILE or ulimit -n)"):format(
+      soft, conns, lookups, self.max_connections, self.max_lookups))
+    self.max_connections, self.max_lookups = conns, lookups
+  end
+  return self.max_connections, self.max_lookups
+end
+
+--- What the server holds and has refused: { connections =, lookups =, max_connections =,
+-- max_lookups =, accepted = (connections served so far), refused = (connections closed at
+-- the cap), busy = (requests answered TEMP at the cap), accept_errors = (accept failures,
+-- e.g. out of descriptors), memo_bytes = }.
+function Server:stats()
+  return { connections = self.nconnections, lookups = self.lookups,
+    max_connections = self.max_connections, max_lookups = self.max_lookups,
+    accepted = self.counts.accepted, refused = self.counts.refused, busy = self.counts.busy,
+    accept_errors = self.counts.accept_errors, memo_bytes = self.memo_used }
 end
 
 --- Listen on "inet:HOST:PORT" (PORT 0: any free port), "HOST:PORT", or "unix:PATH".
@@ -320,12 +433,36 @@ function Server:listen(spec, mode)
     bound = "inet:" .. tostring(host) .. ":" .. tostring(port)
   end
   self.listeners[#self.listeners + 1] = { srv = srv, spec = bound }
+  -- errors as values, not raised: out of descriptors (EMFILE, ENFILE) or memory is a
+  -- moment's trouble, and the loop must go on accepting once it passes
+  srv:onerror(function(_, _, why) return why end)
   self.loop:wrap(function()
+    local delay = 0.05
     while not self.stopping do
-      local accepted, con = pcall(srv.accept, srv, 1)   -- raises once stop() closed it
-      if not accepted then break end
-      if con then
-        self.loop:wrap(function() serve_connection(self, con) end)
+      local accepted, con, aerr = pcall(srv.accept, srv, 1)
+      if self.stopping then
+        if accepted and con then con:close() end
+        break
+      end
+      if accepted and con then
+        delay = 0.05
+        if self.nconnections >= self.max_connections then
+          self.counts.refused = self.counts.refused + 1
+          self:note("refused", "warning", ("%d connections, the limit: closing a new one on " ..
+            "%s (Postfix defers its lookups)"):format(self.nconnections, bound))
+          con:close()
+        else
+          self.nconnections = self.nconnections + 1
+          self.counts.accepted = self.counts.accepted + 1
+          self.loop:wrap(function() serve_connection(self, con) end)
+        end
+      elseif not accepted or (aerr and aerr ~= ETIMEDOUT) then
+        self.counts.accept_errors = self.counts.accept_errors + 1
+        local why = accepted and errno.strerror(aerr) or tostring(con)
+        self:note("accept", "error", ("accept on %s: %s (%d connections open); retrying in " ..
+          "%.2f s"):format(bound, why, self.nconnections, delay))
+        cqueues.sleep(delay)
+        delay = math.min(delay * 2, 1)
       end
     end
   end)

@@ -1,0 +1,285 @@
+-- The socketmap server under pressure (docs/security.md): out of descriptors it keeps
+-- accepting once descriptors are free again; over its connection cap it closes new
+-- connections at once; over its lookup cap it answers TEMP; its answer memo stays within
+-- its byte budget; policy lines cannot add Postfix attributes.
+local cqueues = require("cqueues")
+local socket = require("cqueues.socket")
+local postfix = require("mtasts.postfix")
+local util = require("support.util")
+local proc = require("support.proc")
+
+-- A client that answers after `delay` seconds: no policy.
+local function slow_client(delay)
+  return { get = function()
+    if delay > 0 then cqueues.sleep(delay) end
+    return nil, { policy = { type = "no-policy-found" }, summary = {}, failures = {} }, true
+  end, close = function() end }
+end
+
+local function connect(port)
+  local con = assert(socket.connect("127.0.0.1", port))
+  con:setmode("b", "b")
+  return con
+end
+
+-- Read n netstring answers from con (nil in the list where the connection ended first).
+local function answers(con, n, timeout)
+  local got, buf = {}, ""
+  local deadline = cqueues.monotime() + (timeout or 10)
+  while #got < n and cqueues.monotime() < deadline do
+    local v, rest = postfix.netstring_decode(buf, 100000)
+    if v then
+      got[#got + 1], buf = v, rest
+    else
+      local chunk = con:xread(-4096, "b", deadline - cqueues.monotime())
+      if not chunk then break end
+      buf = buf .. chunk
+    end
+  end
+  return got
+end
+
+-- Run fn in the server's loop, then stop the server and close it.
+local function with_server(opts, fn)
+  local logs = {}
+  opts.listen = { "inet:127.0.0.1:0" }
+  opts.log = function(level, msg) logs[#logs + 1] = level .. ": " .. msg end
+  local srv = assert(postfix.new(opts))
+  local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+  local ok, err
+  srv.loop:wrap(function()
+    ok, err = pcall(fn, srv, port, logs)
+    srv:stop()
+  end)
+  srv:run{ signals = false }
+  srv:close()
+  assert(ok, err)
+end
+
+describe("mtasts.postfix server limits", function()
+  it("closes connections over max_connections at once and serves the others", function()
+    with_server({ client = slow_client(0), max_connections = 3 }, function(srv, port, logs)
+      local cons = {}
+      for i = 1, 5 do cons[i] = connect(port) end
+      cqueues.sleep(0.2)
+      for i = 1, 5 do
+        cons[i]:write(postfix.netstring("postfix a" .. i .. ".example"))
+        cons[i]:flush()
+      end
+      for i = 1, 3 do assert.same({ "NOTFOUND " }, answers(cons[i], 1, 5), "connection " .. i) end
+      for i = 4, 5 do assert.same({}, answers(cons[i], 1, 5), "connection " .. i) end
+      assert.equal(2, srv:stats().refused)
+      assert.matches("3 connections, the limit", table.concat(logs, "\n"), 1, true)
+      for i = 1, 5 do cons[i]:close() end
+      cqueues.sleep(0.2)
+      local again = connect(port)
+      again:write(postfix.netstring("postfix b.example"))
+      again:flush()
+      assert.same({ "NOTFOUND " }, answers(again, 1, 5))
+      again:close()
+    end)
+  end)
+
+  it("answers TEMP for requests over max_lookups, in request order, and goes on", function()
+    with_server({ client = slow_client(0.3), max_lookups = 2 }, function(srv, port)
+      local con = connect(port)
+      for i = 1, 5 do con:write(postfix.netstring("postfix d" .. i .. ".example")) end
+      con:flush()
+      local got = answers(con, 5, 10)
+      assert.same({ "NOTFOUND ", "NOTFOUND ", "TEMP busy: too many lookups in flight",
+        "TEMP busy: too many lookups in flight", "TEMP busy: too many lookups in flight" }, got)
+      assert.equal(3, srv:stats().busy)
+      assert.equal(0, srv:stats().lookups)
+      con:write(postfix.netstring("postfix d3.example"))
+      con:flush()
+      assert.same({ "NOTFOUND " }, answers(con, 1, 5))
+      con:close()
+    end)
+  end)
+
+  it("keeps its answer memo within memo_bytes", function()
+    with_server({ client = slow_client(0), memo_bytes = 20000 }, function(srv, port)
+      local con = connect(port)
+      for round = 1, 4 do
+        for i = 1, 250 do
+          con:write(postfix.netstring(("postfix r%d-%03d-%s.example"):format(round, i,
+            ("x"):rep(100))))
+        end
+        con:flush()
+        assert.equal(250, #answers(con, 250, 10))
+      end
+      local used = srv:stats().memo_bytes
+      assert.is_true(used <= 20000 + 400, "memo holds " .. used .. " bytes")
+      con:close()
+    end)
+  end)
+
+  it("lowers its caps to fit the descriptor limit, and says so", function()
+    local script = [[
+      local postfix = require("mtasts.postfix")
+      local logs = {}
+      local srv = assert(postfix.new{ client = { get = function() end, close = function() end },
+        listen = { "inet:127.0.0.1:0" }, log = function(_, m) logs[#logs + 1] = m end })
+      local st = srv:stats()
+      srv:close()
+      io.write(st.max_connections, " ", st.max_lookups, "\n", table.concat(logs, "\n"))
+    ]]
+    local dir, cleanup = util.tmpdir()
+    finally(cleanup)
+    util.write(dir .. "/fit.lua", script)
+    local out, status = util.run("prlimit --nofile=128:128 " .. util.lua_cmd() .. " " .. dir ..
+      "/fit.lua")
+    assert.equal(0, status, out)
+    local conns, lookups = out:match("^(%d+) (%d+)\n")
+    conns, lookups = tonumber(conns), tonumber(lookups)
+    assert.truthy(conns and lookups, out)
+    assert.is_true(conns >= 1 and conns + 3 * lookups <= 128 - 32, out)
+    assert.matches("the descriptor limit is 128", out, 1, true)
+  end)
+end)
+
+describe("mtasts.postfix server out of descriptors #fixture", function()
+  -- A server process whose descriptors are all taken (by files it opens itself) when a
+  -- connection arrives: accept fails with EMFILE. It frees them a second later; the waiting
+  -- connection must then be accepted and answered.
+  it("logs EMFILE, backs off and accepts again once descriptors are free", function()
+    local dir, cleanup = util.tmpdir()
+    finally(cleanup)
+    util.write(dir .. "/emfile.lua", [[
+      local cqueues = require("cqueues")
+      local postfix = require("mtasts.postfix")
+      local srv = assert(postfix.new{ listen = { "inet:127.0.0.1:0" },
+        client = { get = function() return nil end, close = function() end },
+        log = function(level, m) io.stderr:write(level, ": ", m, "\n") end })
+      local hog = {}
+      repeat
+        local f = io.open("/dev/null")
+        hog[#hog + 1] = f
+      until not f
+      io.stdout:write(srv:addresses()[1], "\n")
+      io.stdout:flush()
+      srv.loop:wrap(function()
+        while srv:stats().accept_errors == 0 do cqueues.sleep(0.05) end
+        cqueues.sleep(1)
+        for _, f in ipairs(hog) do f:close() end
+        hog = nil
+        collectgarbage()
+        while srv:stats().accepted == 0 do cqueues.sleep(0.05) end
+        cqueues.sleep(2)
+        srv:stop()
+      end)
+      srv:run{ signals = false }
+      io.stderr:write("accept errors: ", srv:stats().accept_errors, "\n")
+      srv:close()
+    ]])
+    local log = dir .. "/emfile.log"
+    local pid = proc.spawn("emfile", "prlimit --nofile=64:64 " .. util.lua_cmd() .. " " .. dir ..
+      "/emfile.lua", log)
+    local port
+    assert.is_true(proc.poll(function()
+      port = tonumber((util.run("cat " .. log):match("inet:127%.0%.0%.1:(%d+)")))
+      return port ~= nil or not proc.alive(pid)
+    end, util.within(10)), util.run("cat " .. log))
+    assert.truthy(port, util.run("cat " .. log))
+    local got
+    local loop = cqueues.new()
+    loop:wrap(function()
+      local con = connect(port)
+      con:write(postfix.netstring("postfix late.example"))
+      con:flush()
+      got = answers(con, 1, util.within(10))
+      con:close()
+    end)
+    assert(loop:loop())
+    assert.same({ "NOTFOUND " }, got, util.run("cat " .. log))
+    assert.is_true(proc.poll(function() return not proc.alive(pid) end, util.within(10)))
+    local text = util.run("cat " .. log)
+    assert.matches("Too many open files", text, 1, true)
+    assert.matches("retrying in", text, 1, true)
+  end)
+end)
+
+describe("mtasts.postfix answers", function()
+  it("leave out policy lines that could add Postfix attributes", function()
+    local policy = { mode = "enforce", mx = { "mx.example.com" } }
+    local a = postfix.answer(policy, { tlsrpt = true, domain = "example.com",
+      text = "version: STSv1\nmode: enforce\nmx: mx.example.com\n" ..
+        "x: } tafile=/etc/passwd level=may {\nmax_age: 86400\n" })
+    assert.is_nil(a:find("tafile", 1, true), a)
+    assert.is_nil(a:find("level=may", 1, true), a)
+    assert.matches("{ policy_string = max_age: 86400 }", a, 1, true)
+    assert.equal(select(2, a:gsub("{", "")), select(2, a:gsub("}", "")))
+  end)
+end)
+
+
+
+describe("mtasts serve postfix at a low descriptor limit #fixture", function()
+  -- The attack of the audit: one connection pipelines 400 lookups of distinct domains whose
+  -- policy hosts never answer, against a server limited to 256 descriptors. Lookups past the
+  -- cap are answered TEMP at once; the resolver never runs out of sockets; other connections
+  -- are served meanwhile and afterwards.
+  it("answers every request and stays open to others", function()
+    local dir, cleanup = util.tmpdir()
+    finally(function()
+      proc.stop_all()
+      cleanup()
+    end)
+    local dns = require("support.dns").start({ ["example."] = {
+      '*.slow IN TXT "v=STSv1; id=1;"', "*.slow IN A 127.0.0.1" } })
+    finally(dns.stop)
+    local stall = proc.free_port()
+    proc.spawn("stall", "build/support/stall " .. stall .. " 120", dir .. "/stall.log")
+    assert(proc.poll(function() return proc.tcp_open(stall) end, 10))
+    local out = dir .. "/server.out"
+    local pid = proc.spawn("mtasts-serve", "prlimit --nofile=256:256 " .. util.lua_cmd() ..
+      " bin/mtasts --db " .. dir .. "/cache --nameserver " .. dns.nameserver ..
+      " --trust-anchor none --connect-to :443:127.0.0.1:" .. stall .. " --timeout 3" ..
+      " serve postfix --listen inet:127.0.0.1:0", out)
+    local port
+    assert(proc.poll(function()
+      port = tonumber((util.run("cat " .. out):match("inet:127%.0%.0%.1:(%d+)")))
+      return port or not proc.alive(pid)
+    end, util.within(10)), util.run("cat " .. out))
+    assert.truthy(port, util.run("cat " .. out))
+    local got, quick, after
+    local loop = cqueues.new()
+    loop:wrap(function()
+      local con = connect(port)
+      for i = 1, 400 do con:write(postfix.netstring("postfix d" .. i .. ".slow.example")) end
+      con:flush()
+      cqueues.running():wrap(function()
+        cqueues.sleep(0.5)
+        local other = connect(port)
+        local t0 = cqueues.monotime()
+        other:write(postfix.netstring("postfix [192.0.2.1]"))
+        other:flush()
+        quick = { answers(other, 1, 5), cqueues.monotime() - t0 }
+        other:close()
+      end)
+      got = answers(con, 400, util.within(60))
+      con:close()
+      local last = connect(port)
+      last:write(postfix.netstring("postfix [192.0.2.2]"))
+      last:flush()
+      after = answers(last, 1, 5)
+      last:close()
+    end)
+    assert(loop:loop())
+    local log = util.run("cat " .. out)
+    assert.equal(400, #got, log)
+    local busy, none = 0, 0
+    for _, a in ipairs(got) do
+      if a == "NOTFOUND " then none = none + 1
+      elseif a:match("^TEMP busy") then busy = busy + 1 end
+    end
+    assert.equal(400, busy + none, log)
+    assert.is_true(none >= 1 and busy >= 1, ("%d NOTFOUND, %d TEMP"):format(none, busy))
+    assert.same({ "NOTFOUND " }, quick[1])
+    assert.is_true(quick[2] < util.within(1), "the other connection waited " .. quick[2] .. " s")
+    assert.same({ "NOTFOUND " }, after)
+    assert.is_nil(log:find("Too many open files", 1, true), log)
+    assert.is_nil(log:find("can't create socket", 1, true), log)
+    assert.matches("the descriptor limit is 256", log, 1, true)
+  end)
+end)
