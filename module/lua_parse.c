@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdio.h>
 #include <string.h>
 
 #define PARSEBOX_MT "mtasts.parsebox"
@@ -183,6 +184,21 @@ static int domain(lua_State *L) {
   return 2;
 }
 
+/* mailto_address(uri) -> address | fail "record-syntax": the percent-decoded addr-spec of a
+ * mailto: URI, checked as the rua parser checks it. */
+static int mailto_address(lua_State *L) {
+  size_t n, an;
+  const char *s = check_bytes(L, 1, &n), *why;
+  char addr[MTASTS_MAILTO_MAX + 1], err[MTASTS_ERR_MAX], q[4 * 64 + 4];
+  if (!mtasts_mailto_address(s, n, addr, &an, &why)) {
+    mtasts_quote(q, sizeof q, s, n, 64);
+    snprintf(err, sizeof err, "mailto URI '%s' %s", q, why);
+    return fail(L, err, "record-syntax");
+  }
+  lua_pushlstring(L, addr, an);
+  return 1;
+}
+
 /* matches(policy, host) -> boolean. policy is a table with an mx array of patterns. */
 static int matches(lua_State *L) {
   size_t n, i, len;
@@ -221,6 +237,7 @@ void mtasts_open_parse(lua_State *L) {
     { "is_tlsrpt_record", is_tlsrpt_record },
     { "domain", domain },
     { "matches", matches },
+    { "mailto_address", mailto_address },
     { NULL, NULL }
   };
   luaL_setfuncs(L, f, 0);

@@ -61,6 +61,14 @@ void mtasts_policy_free(mtasts_policy *p);
 int mtasts_parse_tlsrpt_record(const char *s, size_t n, mtasts_tlsrpt_record *out, char *err);
 void mtasts_tlsrpt_record_free(mtasts_tlsrpt_record *r);
 
+/* The address of a mailto: URI (RFC 6068), percent-decoded, up to any "?hfields": 1 and
+ * the address in out (MTASTS_MAILTO_MAX + 1 bytes, NUL-terminated; its length in *outn)
+ * when it is an RFC 5322 addr-spec without control characters (a dot-atom or quoted
+ * local-part, a host name of two or more labels as domain); else 0 with the reason in *why.
+ * The rua parser applies it, and the report sender delivers to nothing else. */
+#define MTASTS_MAILTO_MAX 254
+int mtasts_mailto_address(const char *p, size_t n, char *out, size_t *outn, const char **why);
+
 /* 1 when a TXT string is an MTA-STS (or TLSRPT) record candidate: starts with the version
  * tag followed by a delimiter (space, tab or ';'). Used to pick records out of a TXT set. */
 int mtasts_is_sts_record(const char *s, size_t n);

@@ -201,20 +201,125 @@ void mtasts_record_free(mtasts_record *r) {
   memset(r, 0, sizeof *r);
 }
 
-/* A TLSRPT rua URI: mailto:local@domain[?hfields] or https://authority[/...]. */
+static int hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* RFC 5322 atext. */
+static int is_atext(int c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
+}
+
+/* A host name: LDH labels of 1-63 bytes, not starting or ending with '-', 253 bytes at most,
+ * at least two labels. */
+static int valid_hostname(const char *p, size_t n) {
+  size_t i, label = 0, labels = 1;
+  if (n == 0 || n > 253) return 0;
+  for (i = 0; i < n; i++) {
+    int c = (unsigned char)p[i];
+    if (c == '.') {
+      if (label == 0 || p[i - 1] == '-') return 0;
+      label = 0;
+      labels++;
+      continue;
+    }
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '-'))
+      return 0;
+    if (c == '-' && label == 0) return 0;
+    if (++label > 63) return 0;
+  }
+  return label > 0 && p[n - 1] != '-' && labels >= 2;
+}
+
+int mtasts_mailto_address(const char *p, size_t n, char *out, size_t *outn, const char **why) {
+  size_t i, len = 0, at;
+  if (n < 7 || strncasecmp(p, "mailto:", 7) != 0) {
+    *why = "is not a mailto: URI";
+    return 0;
+  }
+  /* percent-decode the address (up to any ?hfields) into out */
+  for (i = 7; i < n && p[i] != '?'; i++) {
+    int c = (unsigned char)p[i];
+    if (c == '%') {
+      int hi = i + 2 < n ? hexval((unsigned char)p[i + 1]) : -1;
+      int lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
+      if (hi < 0 || lo < 0) {
+        *why = "has a '%' that is not followed by two hex digits";
+        return 0;
+      }
+      c = hi * 16 + lo;
+      i += 2;
+    }
+    if (c < 0x20 || c > 0x7e) {
+      *why = "has a control or non-ASCII character in its address (after %-decoding)";
+      return 0;
+    }
+    if (len == MTASTS_MAILTO_MAX) {
+      *why = "has an address longer than 254 bytes";
+      return 0;
+    }
+    out[len++] = (char)c;
+  }
+  out[len] = '\0';
+  /* local-part "@" domain: the domain after the last '@' */
+  for (at = len; at > 0 && out[at - 1] != '@'; at--) {}
+  if (at < 2 || at == len) {
+    *why = "is not mailto:local-part@domain";
+    return 0;
+  }
+  at--;   /* the index of '@' */
+  if (!valid_hostname(out + at + 1, len - at - 1)) {
+    *why = "has a domain that is not a host name";
+    return 0;
+  }
+  if (out[0] == '"') {            /* quoted-string: qtext and quoted-pairs, space allowed */
+    if (at < 2 || out[at - 1] != '"') {
+      *why = "has a malformed quoted local-part";
+      return 0;
+    }
+    for (i = 1; i < at - 1; i++) {
+      if (out[i] == '\\') {
+        if (++i >= at - 1) { *why = "has a malformed quoted local-part"; return 0; }
+      } else if (out[i] == '"') {
+        *why = "has a malformed quoted local-part";
+        return 0;
+      }
+    }
+  } else {                          /* dot-atom: atext, single dots inside */
+    for (i = 0; i < at; i++) {
+      int c = (unsigned char)out[i];
+      if (c == '.') {
+        if (i == 0 || i + 1 == at || out[i - 1] == '.') {
+          *why = "has a local-part with a leading, trailing or double dot";
+          return 0;
+        }
+      } else if (!is_atext(c)) {
+        *why = "has a character its local-part may not hold unquoted";
+        return 0;
+      }
+    }
+  }
+  *outn = len;
+  return 1;
+}
+
+/* A TLSRPT rua URI: mailto:local@domain[?hfields] (the address checked after
+ * percent-decoding) or https://authority[/...]. */
 static int valid_rua_uri(mtasts_span u, const char **why) {
-  size_t i, at = 0, end;
+  size_t i, end;
   for (i = 0; i < u.n; i++) {
     unsigned char c = (unsigned char)u.p[i];
     if (c < 0x21 || c > 0x7e) { *why = "contains a space, control or non-ASCII byte"; return 0; }
   }
   if (u.n > 7 && strncasecmp(u.p, "mailto:", 7) == 0) {
-    for (end = 7; end < u.n && u.p[end] != '?'; end++)
-      if (u.p[end] == '@') at = end;
-    if (at <= 7 || at + 1 >= end) { *why = "is not mailto:user@domain"; return 0; }
-    for (i = 7; i < at; i++)
-      if (u.p[i] == '@') { *why = "has two '@'"; return 0; }
-    return 1;
+    char addr[MTASTS_MAILTO_MAX + 1];
+    size_t an;
+    return mtasts_mailto_address(u.p, u.n, addr, &an, why);
   }
   if (u.n > 8 && strncasecmp(u.p, "https://", 8) == 0) {
     for (end = 8; end < u.n && u.p[end] != '/' && u.p[end] != '?' && u.p[end] != '#'; end++) {}

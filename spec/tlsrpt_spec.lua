@@ -467,6 +467,60 @@ describe("mtasts.tlsrpt store", function()
       assert.equal(3, sent.policies[1].summary["total-successful-session-count"])
     end)
 
+    it("drops a domain whose rua holds a control character; the others go out", function()
+      local fetcher = fake_fetcher(200)
+      store = open{ resolver = fake_resolver({
+        ["_smtp._tls.a.example"] = "v=TLSRPTv1; rua=mailto:x%01y@a.example",
+        ["_smtp._tls.b.example"] = "v=TLSRPTv1; rua=mailto:x%00y@b.example",
+        ["_smtp._tls.c.example"] = "v=TLSRPTv1; rua=mailto:tlsrpt@c.example" }),
+        fetcher = fetcher, sendmail = sendmail() }
+      store:add(sts("a.example", 1))
+      store:add(sts("b.example", 1))
+      store:add(sts("c.example", 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal(2, sum.dropped)
+      local m = mails()
+      assert.equal(1, #m)
+      assert.truthy(m[1]:find("\nTo: tlsrpt@c.example\n", 1, true))
+      assert.equal(3, assert(store:send(DAY)).done)
+    end)
+
+    it("records a destination that raises as failed and delivers the rest", function()
+      local fetcher = fake_fetcher(200)
+      local post = fetcher.post
+      function fetcher.post(f, url, ...)
+        if url:match("boom") then error("something broke inside the delivery") end
+        return post(f, url, ...)
+      end
+      local logs = {}
+      store = open{ resolver = fake_resolver({
+        ["_smtp._tls.a.example"] = "v=TLSRPTv1; rua=https://r.example/boom,https://r.example/a",
+        ["_smtp._tls.b.example"] = "v=TLSRPTv1; rua=https://r.example/b" }),
+        fetcher = fetcher, max_attempts = 2, backoff = 1,
+        log = function(m) logs[#logs + 1] = m end }
+      store:add(sts("a.example", 1))
+      store:add(sts("b.example", 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(2, sum.sent)
+      assert.equal(1, sum.retry)
+      assert.matches("something broke inside the delivery", table.concat(logs, "\n"), 1, true)
+      now = now + 10
+      sum = assert(store:send(DAY))
+      assert.equal(1, sum.failed)       -- the second attempt reaches max_attempts
+      now = now + 10
+      sum = assert(store:send(DAY))
+      assert.equal(2, sum.done)
+      local states = {}
+      for _, d in ipairs(assert(store:deliveries(DAY))) do
+        if d.destination then states[d.destination] = d.status .. "/" .. d.attempts end
+      end
+      assert.same({ ["https://r.example/boom"] = "failed/2", ["https://r.example/a"] = "sent/1",
+        ["https://r.example/b"] = "sent/1" }, states)
+    end)
+
     it("skips days without failures when asked", function()
       local fetcher = fake_fetcher(200)
       store = open{ resolver = fake_resolver({ ["_smtp._tls.a.example"] =

@@ -13,8 +13,8 @@ local core = require("mtasts.core")
 local json = require("mtasts.json")
 local tlsrpt = require("mtasts.tlsrpt")
 
-local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
-  error, tostring, tonumber, setmetatable, pcall
+local type, pairs, ipairs, error, tostring, setmetatable, pcall = type, pairs, ipairs,
+  error, tostring, setmetatable, pcall
 local sort, format, math_type, unpack, concat = table.sort, string.format, math.type,
   string.unpack, table.concat
 
@@ -516,16 +516,12 @@ local function jitter(self, name)
   return h % (self.window // 1 + 1)
 end
 
-local function percent_decode(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
---- The address of a mailto: URI (the part before any ?query), or nil.
+--- The address of a mailto: URI (the part before any ?query), percent-decoded and checked
+-- as the record parser checks it (an RFC 5322 addr-spec, no control characters), or nil and
+-- the reason.
 function _M.mailto_address(uri)
-  local addr = uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:([^?]+)")
-  addr = addr and percent_decode(addr)
-  if not addr or not addr:match("^[^@%s<>,;\"]+@[%w%-%.]+$") then return nil end
-  return addr
+  local addr, why = core.mailto_address(uri)
+  return addr, why
 end
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -557,6 +553,18 @@ local function deliver_https(self, body, uri)
   if status >= 200 and status < 300 then return true end
   -- RFC 8460 §5.2: 4xx other than too large is permanent for this report; retry 5xx
   return nil, ("%s: HTTP %d"):format(uri, status), status == 413 or (status >= 400 and status < 500)
+end
+
+-- Deliver one report to one rua URI: true, or nil, why, permanent.
+local function deliver(self, report, body, uri)
+  if uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:") then
+    return deliver_mail(self, report, body, uri)
+  elseif uri:match("^https://") then
+    local n, nerr = net(self)
+    if not n then return nil, nerr end
+    return deliver_https(self, body, uri)
+  end
+  return nil, uri .. ": not a mailto: or https: URI", true
 end
 
 -- Look up the TLSRPT record of a report's domain: rua list, or nil, why, final.
@@ -635,15 +643,11 @@ local function send_one(self, day, domain, host, now, summary)
         local claim = { status = "sending", attempts = attempts, ["until"] = now + _M.LEASE }
         if set_state(self, dkey, draw, claim) then
           local cur = json.encode(claim)
-          local ok, err, permanent
-          if uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:") then
-            ok, err, permanent = deliver_mail(self, report, body, uri)
-          elseif uri:match("^https://") then
-            local n, nerr = net(self)
-            if not n then ok, err = nil, nerr
-            else ok, err, permanent = deliver_https(self, body, uri) end
-          else
-            ok, err, permanent = nil, uri .. ": not a mailto: or https: URI", true
+          -- each destination on its own: whatever one does (even raise), it is recorded as
+          -- that destination's failure and the others still go out
+          local done, ok, err, permanent = pcall(deliver, self, report, body, uri)
+          if not done then
+            ok, err, permanent = nil, uri .. ": " .. tostring(ok), attempts >= self.max_attempts
           end
           local new
           if ok then
@@ -702,7 +706,12 @@ function Store:send(day)
         if now < finish + 1 + jitter(self, r.domain) then
           summary.waiting = summary.waiting + 1
         else
-          send_one(self, d, r.domain, r.host, now, summary)
+          -- one report's trouble (a raised error included) is that report's, not the run's
+          local sent_ok, serr = pcall(send_one, self, d, r.domain, r.host, now, summary)
+          if not sent_ok then
+            summary.retry = summary.retry + 1
+            self.log(("mtasts: report %s %s: %s; will retry"):format(d, r.domain, tostring(serr)))
+          end
         end
       end
     elseif day then
