@@ -1,4 +1,4 @@
--- bin/mtasts against the fixture world, and `make demo`'s script.
+-- bin/mtasts against the fixture world.
 local cjson = require("cjson")
 local util = require("support.util")
 local proc = require("support.proc")
@@ -188,14 +188,24 @@ describe("bin/mtasts report #fixture", function()
   end)
 end)
 
-describe("make demo #fixture", function()
-  it("runs end to end and stops its servers", function()
-    local out, status = util.run(util.lua_cmd() .. " examples/demo.lua")
+describe("bin/mtasts output #fixture", function()
+  it("report show escapes the control characters of what a sender wrote", function()
+    local report = { ["organization-name"] = "Evil\27]0;owned\7 Org\27[2J",
+      ["date-range"] = { ["start-datetime"] = "2026-11-20T00:00:00Z",
+        ["end-datetime"] = "2026-11-20T23:59:59Z" },
+      ["contact-info"] = "a\r\nfake line", ["report-id"] = "id\194\155x",
+      policies = { { policy = { ["policy-type"] = "sts", ["policy-domain"] = "x.example" },
+        summary = { ["total-successful-session-count"] = 1,
+          ["total-failure-session-count"] = 0 }, ["failure-details"] = {} } } }
+    local file = world.dir .. "/evil.json"
+    util.write(file, require("mtasts.tlsrpt").encode(report))
+    local out, status = mtasts("report show " .. file)
     assert.equal(0, status, out)
-    assert.matches("deliver:  mx1.enforce.example, TLS required", out, 1, true)
-    assert.matches("refuse:   mx2.enforce.example (not in the policy)", out, 1, true)
-    assert.matches("sts-webpki-invalid, certificate-expired", out, 1, true)
-    assert.matches("The fixture servers are stopped", out, 1, true)
+    assert.is_nil(out:find("[\0-\8\11-\31\127]"), out)
+    assert.is_nil(out:find("\194[\128-\159]"), out)
+    assert.matches("Evil\\x1b]0;owned\\x07 Org\\x1b[2J", out, 1, true)
+    assert.matches("a\\x0d\\nfake line", out, 1, true)
+    assert.matches("id\\u009bx", out, 1, true)
   end)
 end)
 
