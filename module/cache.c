@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,7 @@ const char *mtasts_code_name(int rc) {
   case EBUSY: return "EBUSY";
   case ENAMETOOLONG: return "ENAMETOOLONG";
   case ETIMEDOUT: return "ETIMEDOUT";
+  case ELOOP: return "ELOOP";
   default: return "BDB_ERROR";
   }
 }
@@ -166,11 +168,12 @@ static int gate_map(shared_env *s, char *err) {
   gate_t *g;
   int fd, rc = 0;
   snprintf(file, sizeof file, "%s/%s", s->path, GATE_FILE);
-  if ((fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+  if ((fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
     rc = errno;
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: open %s: %s%s", s->path, GATE_FILE,
              strerror(rc), rc == EACCES || rc == EROFS ?
-             "; the directory and its files must be writable by this user" : "");
+             "; the directory and its files must be writable by this user" :
+             rc == ELOOP ? " (a symbolic link: refused)" : "");
     return rc;
   }
   memset(&fl, 0, sizeof fl);
@@ -458,6 +461,41 @@ static int enter(shared_env *s, char *err) {
 
 static void leave(shared_env *s) { pthread_mutex_unlock(&s->gate->mu); }
 
+/* The directory must be this user's and writable by nobody else: anyone else who can write
+ * it could plant links there (mtasts.gate, a log file, policies.db) that make this process,
+ * often root, overwrite another file. Berkeley DB opens its files without O_NOFOLLOW, so the
+ * directory is what keeps them safe. */
+static int check_dir(const char *path, char *err) {
+  struct stat st;
+  uid_t me = geteuid();
+  if (stat(path, &st) != 0) {
+    int rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
+    return rc;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: not a directory", path);
+    return ENOTDIR;
+  }
+  if (st.st_uid != me) {
+    struct passwd *pw = getpwuid(st.st_uid);
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory belongs to %s (uid %u), not to "
+             "this user (uid %u): its owner could plant links that make this process "
+             "overwrite other files; run mtasts as %s (e.g. with sudo -u or runuser -u)",
+             path, pw ? pw->pw_name : "another user", (unsigned)st.st_uid, (unsigned)me,
+             pw ? pw->pw_name : "the directory's owner");
+    return EPERM;
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory is writable by %s (mode %04o): "
+             "a link planted there could make this process overwrite other files; "
+             "run chmod go-w on it", path, st.st_mode & S_IWOTH ? "others" : "its group",
+             (unsigned)(st.st_mode & 07777));
+    return EPERM;
+  }
+  return 0;
+}
+
 int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
   char real[PATH_MAX];
   shared_env *s;
@@ -473,6 +511,7 @@ int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
     return rc;
   }
+  if ((rc = check_dir(real, err)) != 0) return rc;
   if (!(c = calloc(1, sizeof *c))) return ENOMEM;
   pthread_mutex_lock(&registry_mu);
   for (s = registry; s; s = s->next)
@@ -1130,7 +1169,7 @@ static int copy_file(const char *from, const char *to, int uncheck) {
   ssize_t n;
   int in = open(from, O_RDONLY | O_CLOEXEC), out, rc = 0, first = uncheck;
   if (in < 0) return errno;
-  if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+  if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
     rc = errno;
     close(in);
     return rc;
@@ -1468,8 +1507,9 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
              real);
     return EBUSY;
   }
+  if ((rc = check_dir(real, err)) != 0) return rc;
   snprintf(gate, sizeof gate, "%s/%s", real, GATE_FILE);
-  if ((fd = open(gate, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+  if ((fd = open(gate, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
     rc = errno;
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: open %s: %s", real, GATE_FILE, strerror(rc));
     return rc;

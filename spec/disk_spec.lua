@@ -207,3 +207,67 @@ describe("a hostile disk", function()
     util.run("rm -rf " .. path .. ".broken-*")
   end)
 end)
+
+describe("a state directory others could write", function()
+  local dir, cleanup
+  before_each(function()
+    dir, cleanup = util.tmpdir()
+    util.run("chmod 755 " .. dir)
+    util.write(dir .. "/target", "precious\n")
+  end)
+  after_each(function() cleanup() end)
+
+  local function target()
+    local f = assert(io.open(dir .. "/target"))
+    local t = f:read("a")
+    f:close()
+    return t
+  end
+
+  it("refuses an mtasts.gate that is a symbolic link, and leaves its target alone", function()
+    util.run("mkdir -m 700 " .. dir .. "/db && ln -s " .. dir .. "/target " .. dir ..
+      "/db/mtasts.gate")
+    for _, open in ipairs({ core.cache_open, core.results_open }) do
+      local c, msg, code = open(dir .. "/db")
+      assert.is_nil(c)
+      assert.equal("ELOOP", code, msg)
+      assert.matches("symbolic link", msg, 1, true)
+    end
+    local r, msg, code = core.cache_rebuild(dir .. "/db")
+    assert.is_nil(r)
+    assert.equal("ELOOP", code, msg)
+    assert.equal("precious\n", target())
+  end)
+
+  it("refuses a directory that belongs to another user, as the CLI run as root would", function()
+    -- the audit's attack: nobody owns the directory and plants the gate as a link
+    util.run("mkdir -m 700 " .. dir .. "/db && ln -s " .. dir .. "/target " .. dir ..
+      "/db/mtasts.gate && chown -h -R 65534:65534 " .. dir .. "/db")
+    local c, msg, code = core.cache_open(dir .. "/db")
+    assert.is_nil(c)
+    assert.equal("EPERM", code)
+    assert.matches("belongs to nobody (uid 65534), not to this user", msg, 1, true)
+    assert.matches("run mtasts as nobody", msg, 1, true)
+    local out, status = util.run(util.lua_cmd() .. " bin/mtasts --db " .. dir ..
+      "/db cache list")
+    assert.equal(3, status, out)
+    assert.matches("belongs to nobody", out, 1, true)
+    assert.equal("precious\n", target())
+  end)
+
+  it("refuses a directory its group or others can write", function()
+    for mode, who in pairs({ ["0770"] = "its group", ["0777"] = "others",
+      ["1777"] = "others" }) do
+      local path = dir .. "/db" .. mode
+      util.run("mkdir " .. path .. " && chmod " .. mode .. " " .. path)
+      local c, msg, code = core.cache_open(path)
+      assert.is_nil(c, mode)
+      assert.equal("EPERM", code, mode)
+      assert.matches("writable by " .. who, msg, 1, true)
+      assert.matches("chmod go-w", msg, 1, true)
+      local store, smsg = tlsrpt.open{ path = path }
+      assert.is_nil(store, mode)
+      assert.matches("writable by " .. who, smsg, 1, true)
+    end
+  end)
+end)
