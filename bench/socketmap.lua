@@ -142,7 +142,8 @@ local ok, err = pcall(function()
     local port = proc.free_port()
     local out = dir .. "/mtasts.out"
     local pid = proc.spawn("mtasts", util.lua_cmd() .. " bin/mtasts --db " .. dir ..
-      "/mtasts-db --nameserver 127.0.0.1@53 --trust-anchor none --cafile " .. ca.cafile ..
+      "/mtasts-db --nameserver 127.0.0.1@53 --trust-anchor none --allow-private-addresses " ..
+      "--cafile " .. ca.cafile ..
       " --timeout 10 serve postfix --listen inet:127.0.0.1:" .. port, out)
     assert(proc.poll(function() return proc.tcp_open(port) end, 10), util.run("cat " .. out))
     servers[#servers + 1] = { name = "mtasts", port = port, pid = pid }

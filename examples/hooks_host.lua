@@ -11,6 +11,7 @@
 --   --connect-to SPEC     curl CONNECT_TO for policy hosts (repeatable)
 --   --smtp HOST=ADDR:PORT where to reach an MX host (repeatable; default: its name, port 25)
 --   --day YYYY-MM-DD      record results under this day
+--   --allow-private-addresses  fetch policies from loopback and private addresses (tests)
 -- Prints one line per recipient: "<rcpt> delivered|deferred|bounced <host or -> <why>".
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
 package.cpath = "./build/?.so;" .. package.cpath
@@ -31,13 +32,14 @@ while i <= #arg do
     opts.smtp[host] = { addr = addr, port = port }
     i = i + 2
   elseif a == "--day" then opts.day = arg[i + 1] i = i + 2
+  elseif a == "--allow-private-addresses" then opts.allow_private = true i = i + 1
   else rest[#rest + 1] = a i = i + 1 end
 end
 local file = assert(rest[1], "usage: hooks_host.lua [options] MESSAGE-FILE RCPT...")
 
 local h = assert(hooks.new{ client_opts = { path = opts.db, nameserver = opts.nameserver,
   trust_anchor = false, cafile = opts.cafile, connect_to = opts.connect_to,
-  timeouts = { dns = 3, fetch = 3 } },
+  timeouts = { dns = 3, fetch = 3 }, allow_private_addresses = opts.allow_private },
   store_opts = { path = opts.db, submitter = "mail.sender.example" } })
 if opts.day then
   -- record under a fixed day (the store's clock decides the day)

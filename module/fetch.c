@@ -11,8 +11,10 @@
 #define _GNU_SOURCE 1
 #include "fetch.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +39,7 @@ struct mtasts_fetcher {
   char *cafile, *capath, *proxy;    /* owned copies */
   long timeout_ms, connect_timeout_ms;
   size_t max_size;
+  int allow_private;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -98,6 +102,68 @@ static CURLcode on_ssl_ctx(CURL *e, void *sslctx, void *ud) {
   return CURLE_OK;
 }
 
+static int v4_is_global(uint32_t a) {
+  static const struct { uint32_t net, mask; } deny[] = {
+    { 0x00000000u, 0xff000000u },   /* 0.0.0.0/8 "this network" */
+    { 0x0a000000u, 0xff000000u },   /* 10.0.0.0/8 private */
+    { 0x64400000u, 0xffc00000u },   /* 100.64.0.0/10 CGNAT */
+    { 0x7f000000u, 0xff000000u },   /* 127.0.0.0/8 loopback */
+    { 0xa9fe0000u, 0xffff0000u },   /* 169.254.0.0/16 link-local (cloud metadata) */
+    { 0xac100000u, 0xfff00000u },   /* 172.16.0.0/12 private */
+    { 0xc0000000u, 0xffffff00u },   /* 192.0.0.0/24 protocol assignments */
+    { 0xc0000200u, 0xffffff00u },   /* 192.0.2.0/24 documentation */
+    { 0xc0a80000u, 0xffff0000u },   /* 192.168.0.0/16 private */
+    { 0xc6120000u, 0xfffe0000u },   /* 198.18.0.0/15 benchmarking */
+    { 0xc6336400u, 0xffffff00u },   /* 198.51.100.0/24 documentation */
+    { 0xcb007100u, 0xffffff00u },   /* 203.0.113.0/24 documentation */
+    { 0xe0000000u, 0xe0000000u },   /* 224.0.0.0/3 multicast, reserved, broadcast */
+  };
+  size_t i;
+  for (i = 0; i < sizeof deny / sizeof deny[0]; i++)
+    if ((a & deny[i].mask) == deny[i].net) return 0;
+  return 1;
+}
+
+int mtasts_address_is_global(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    return v4_is_global(ntohl(s4->sin_addr.s_addr));
+  }
+  if (sa->sa_family == AF_INET6) {
+    const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    static const unsigned char zero[15] = { 0 };
+    if (memcmp(b, mapped, 12) == 0)
+      return v4_is_global((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 |
+                          (uint32_t)b[14] << 8 | b[15]);
+    if (memcmp(b, zero, 15) == 0) return 0;                  /* :: and ::1 */
+    if ((b[0] & 0xfe) == 0xfc) return 0;                     /* fc00::/7 unique local */
+    if (b[0] == 0xfe && (b[1] & 0x80) == 0x80) return 0;     /* fe80::/10, fec0::/10 */
+    if (b[0] == 0xff) return 0;                              /* ff00::/8 multicast */
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) return 0; /* doc */
+    if (b[0] == 0x01 && b[1] == 0x00 && memcmp(b + 2, zero, 6) == 0) return 0; /* 100::/64 */
+    return 1;
+  }
+  return 0;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: the one place every connection passes, whatever named the
+ * address (DNS, a RESOLVE entry, CONNECT_TO): a non-global address is refused unless the
+ * fetcher allows them, and noted in the transfer so the failure can say why. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  mtasts_transfer *t = ud;
+  (void)purpose;
+  if (!t->allow_private && !mtasts_address_is_global(&a->addr)) {
+    const void *raw = a->family == AF_INET6
+      ? (const void *)&((const struct sockaddr_in6 *)&a->addr)->sin6_addr
+      : (const void *)&((const struct sockaddr_in *)&a->addr)->sin_addr;
+    if (!inet_ntop(a->family, raw, t->refused, sizeof t->refused))
+      snprintf(t->refused, sizeof t->refused, "a non-global address");
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 static void free_transfer(mtasts_transfer *t) {
   if (t->easy) curl_easy_cleanup(t->easy);
   curl_slist_free_all(t->headers);
@@ -124,6 +190,7 @@ int mtasts_fetcher_new(const mtasts_fetch_opts *o, mtasts_fetcher **out, char *e
   f->timeout_ms = (long)(o->timeout * 1000);
   f->connect_timeout_ms = (long)(o->connect_timeout * 1000);
   f->max_size = o->max_size;
+  f->allow_private = o->allow_private;
   if ((o->cafile && !(f->cafile = strdup(o->cafile))) ||
       (o->capath && !(f->capath = strdup(o->capath))) ||
       (o->proxy && !(f->proxy = strdup(o->proxy))))
@@ -176,6 +243,9 @@ int mtasts_fetcher_add(mtasts_fetcher *f, const mtasts_fetch_req *r, int *id, ch
   if (!t || !(t->host = strdup(r->host)) || !(e = curl_easy_init())) goto oom;
   t->easy = e;
   t->max_size = f->max_size;
+  /* through a proxy, the proxy connects to the host: the check applies to what the
+   * configured resolver answers (lua/mtasts/fetch.lua), not to the proxy's address */
+  t->allow_private = f->allow_private || f->proxy != NULL;
   t->id = ++f->next_id;
   for (i = 0; i < r->n_resolve; i++) {
     struct curl_slist *l = curl_slist_append(t->resolve, r->resolve[i]);
@@ -205,6 +275,8 @@ int mtasts_fetcher_add(mtasts_fetcher *f, const mtasts_fetch_req *r, int *id, ch
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)f->max_size);
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, t);
   if (f->connect_to) curl_easy_setopt(e, CURLOPT_CONNECT_TO, f->connect_to);
   if (t->resolve) curl_easy_setopt(e, CURLOPT_RESOLVE, t->resolve);
   if (r->body) {

@@ -11,6 +11,7 @@ typedef struct {
   size_t n_connect_to;
   double timeout, connect_timeout;   /* seconds */
   size_t max_size;               /* body limit, enforced while streaming */
+  int allow_private;             /* connect to non-global addresses too (tests, labs) */
 } mtasts_fetch_opts;
 
 typedef struct {
@@ -31,6 +32,8 @@ typedef struct mtasts_transfer {
   void *headers, *resolve;       /* curl_slist *, owned */
   char *host, *post;             /* owned copies */
   int done, too_large;
+  char refused[64];              /* a non-global address curl was about to connect to */
+  int allow_private;
   int curl_code;                 /* CURLcode */
   long status;                   /* HTTP status, 0 without a response */
   long verify_result;            /* OpenSSL X509_V_* of the peer chain */
@@ -53,6 +56,11 @@ void mtasts_fetcher_pop(mtasts_fetcher *f);
 void mtasts_fetcher_cancel(mtasts_fetcher *f, int id);
 size_t mtasts_fetcher_running(mtasts_fetcher *f);
 const char *mtasts_curl_code_name(int code);
+/* 1 when an address (AF_INET or AF_INET6) is globally routable: not loopback, private,
+ * link-local, unique-local, CGNAT, multicast, documentation, benchmarking or reserved (an
+ * IPv4-mapped IPv6 address is judged by its IPv4 address). */
+struct sockaddr;
+int mtasts_address_is_global(const struct sockaddr *a);
 const char *mtasts_verify_error_string(long v);
 
 #endif

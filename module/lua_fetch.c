@@ -2,9 +2,12 @@
  * Contract: docs/fetch.md. */
 #include "fetch.h"
 
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define FETCHER_MT "mtasts.fetcher"
 #define MAX_LIST 64
@@ -79,10 +82,10 @@ static double opt_number(lua_State *L, int t, const char *k, double dflt, const 
 }
 
 /* fetcher_new{ cafile=, capath=, proxy=, connect_to=, timeout=, connect_timeout=,
- *              max_size= } -> fetcher | fail */
+ *              max_size=, allow_private= } -> fetcher | fail */
 static int fetcher_new(lua_State *L) {
   static const char *const keys[] = { "cafile", "capath", "proxy", "connect_to", "timeout",
-                                      "connect_timeout", "max_size", NULL };
+                                      "connect_timeout", "max_size", "allow_private", NULL };
   const char *ct[MAX_LIST];
   char err[MTASTS_ERR_MAX];
   mtasts_fetch_opts o;
@@ -98,6 +101,9 @@ static int fetcher_new(lua_State *L) {
   o.timeout = opt_number(L, 1, "timeout", 60, "fetcher_new");
   o.connect_timeout = opt_number(L, 1, "connect_timeout", o.timeout, "fetcher_new");
   o.max_size = (size_t)opt_number(L, 1, "max_size", MTASTS_POLICY_MAX, "fetcher_new");
+  lua_getfield(L, 1, "allow_private");
+  o.allow_private = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   u = lua_newuserdatauv(L, sizeof *u, 0);
   u->f = NULL;
   luaL_setmetatable(L, FETCHER_MT);
@@ -157,7 +163,7 @@ static int fetcher_step(lua_State *L) {
 }
 
 /* f:done() -> { { id=, curl_code=, error=, status=, verify_result=, verify_error=,
- *                 content_type=, body=, too_large= }, ... } */
+ *                 content_type=, body=, too_large=, refused_address= }, ... } */
 static int fetcher_done(lua_State *L) {
   lfetcher *u = fetcher_check(L, 1);
   mtasts_transfer *t;
@@ -190,6 +196,10 @@ static int fetcher_done(lua_State *L) {
     lua_setfield(L, -2, "body");
     lua_pushboolean(L, t->too_large);
     lua_setfield(L, -2, "too_large");
+    if (t->refused[0]) {
+      lua_pushstring(L, t->refused);
+      lua_setfield(L, -2, "refused_address");
+    }
     lua_rawseti(L, -2, ++n);
     mtasts_fetcher_pop(u->f);
   }
@@ -227,6 +237,26 @@ static int fetcher__tostring(lua_State *L) {
   return 1;
 }
 
+/* is_global_address(ip) -> boolean | fail: whether the fetcher would connect to an IPv4 or
+ * IPv6 address without allow_private (mtasts_address_is_global). */
+static int is_global_address(lua_State *L) {
+  const char *ip = luaL_checkstring(L, 1);
+  struct sockaddr_in6 a6;
+  struct sockaddr_in a4;
+  memset(&a6, 0, sizeof a6);
+  memset(&a4, 0, sizeof a4);
+  if (inet_pton(AF_INET, ip, &a4.sin_addr) == 1) {
+    a4.sin_family = AF_INET;
+    lua_pushboolean(L, mtasts_address_is_global((struct sockaddr *)&a4));
+  } else if (inet_pton(AF_INET6, ip, &a6.sin6_addr) == 1) {
+    a6.sin6_family = AF_INET6;
+    lua_pushboolean(L, mtasts_address_is_global((struct sockaddr *)&a6));
+  } else {
+    return fail(L, "not an IPv4 or IPv6 address", "EINVAL");
+  }
+  return 1;
+}
+
 void mtasts_open_fetch(lua_State *L) {
   static const luaL_Reg meta[] = {
     { "__gc", fetcher__gc },
@@ -255,4 +285,6 @@ void mtasts_open_fetch(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, fetcher_new);
   lua_setfield(L, -2, "fetcher_new");
+  lua_pushcfunction(L, is_global_address);
+  lua_setfield(L, -2, "is_global_address");
 }

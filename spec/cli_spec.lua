@@ -22,7 +22,8 @@ setup(function()
     { host = "mta-sts.gone.example", body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
   })
   world.cli = util.lua_cmd() .. " bin/mtasts --db " .. dir .. "/cache --nameserver " ..
-    world.dns.nameserver .. " --trust-anchor none --cafile " .. ca.cafile ..
+    world.dns.nameserver .. " --trust-anchor none --allow-private-addresses --cafile " ..
+    ca.cafile ..
     " --connect-to :443:127.0.0.1:" .. world.web.port .. " --timeout 3"
 end)
 
@@ -218,7 +219,7 @@ describe("refresh on the fixture world #fixture", function()
         nameserver = world.dns.nameserver, trust_anchor = false,
         cafile = world.dir .. "/ca/trusted/ca.crt",
         connect_to = { ":443:127.0.0.1:" .. world.web.port }, timeouts = { dns = 3, fetch = 3 },
-        clock = function() return now end })
+        clock = function() return now end, allow_private_addresses = true })
       assert.equal("enforce", sts:get("enforce.example").mode)
       sts.cache:upsert("vanished.example", "1", "version: STSv1\nmode: none\nmax_age: 86400\n", now)
       sts.cache:upsert("kept.example", "1",

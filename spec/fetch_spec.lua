@@ -94,7 +94,7 @@ setup(function()
   world.r = assert(resolver.new{ nameserver = world.dns.nameserver, trust_anchor = false,
     timeout = 2 })
   world.f = assert(fetch.new{ resolver = world.r, cafile = world.ca.cafile,
-    connect_to = connect_to, timeout = 2 })
+    connect_to = connect_to, timeout = 2, allow_private_addresses = true })
 end)
 
 teardown(function()
@@ -229,7 +229,7 @@ describe("policy discovery #fixture", function()
     local connect_to = {}
     for _, c in ipairs(world.https.connect_to) do connect_to[#connect_to + 1] = c end
     local f = assert(fetch.new{ resolver = r, cafile = world.ca.cafile, timeout = 2,
-      connect_to = connect_to, wait = wait })
+      connect_to = connect_to, wait = wait, allow_private_addresses = true })
     local domains = { "trickle.example" }
     for i = 1, 19 do
       domains[#domains + 1] = ({ "enforce", "testing", "none", "notfound" })[i % 4 + 1] ..
@@ -284,6 +284,23 @@ describe("policy discovery #fixture", function()
     assert.equal("only https:// URLs with a host", msg)
   end)
 
+  it("refuses a policy host at a loopback address unless allowed", function()
+    local f = assert(fetch.new{ resolver = world.r, cafile = world.ca.cafile,
+      connect_to = world.https.connect_to, timeout = 2 })
+    local text, msg, code, reason = f:fetch("enforce.example")
+    assert.is_nil(text)
+    assert.equal("policy-fetch", code)
+    assert.equal("address-not-global", reason)
+    assert.matches("127.0.0.1 is not a global address", msg, 1, true)
+    -- a POST too, whatever the URL names
+    local status, pmsg, pcode, preason = f:post("https://127.0.0.1:" .. world.https.port ..
+      "/report", "x", "text/plain")
+    assert.is_nil(status)
+    assert.equal("policy-fetch", pcode)
+    assert.equal("address-not-global", preason, pmsg)
+    f:close()
+  end)
+
   it("raises on misuse and closes cleanly", function()
     assert.has_error(function() fetch.new{ nope = true } end,
       "bad argument #1 to 'new' (unknown option 'nope')")
@@ -293,5 +310,21 @@ describe("policy discovery #fixture", function()
     assert.is_true(f:close())
     assert.equal("mtasts.fetcher (closed)", tostring(f))
     assert.has_error(function() f:fd() end, "attempt to use a closed mtasts.fetcher")
+  end)
+end)
+
+describe("mtasts.core.is_global_address", function()
+  it("tells the addresses a fetcher connects to from those it refuses", function()
+    local global = { "8.8.8.8", "1.1.1.1", "193.0.14.129", "2001:4860:4860::8888",
+      "2a00:1450::1", "::ffff:8.8.8.8" }
+    local internal = { "0.0.0.0", "10.1.2.3", "100.64.0.1", "127.0.0.1", "127.255.0.9",
+      "169.254.169.254", "172.16.0.1", "172.31.255.255", "192.0.2.10", "192.168.1.1",
+      "198.18.0.1", "198.51.100.7", "203.0.113.9", "224.0.0.251", "240.0.0.1",
+      "255.255.255.255", "::", "::1", "fe80::1", "fec0::1", "fc00::1", "fd12:3456::1",
+      "ff02::1", "2001:db8::1", "100::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1" }
+    for _, ip in ipairs(global) do assert.is_true(core.is_global_address(ip), ip) end
+    for _, ip in ipairs(internal) do assert.is_false(core.is_global_address(ip), ip) end
+    assert.same({ nil, "not an IPv4 or IPv6 address", "EINVAL" },
+      { core.is_global_address("mta-sts.example") })
   end)
 end)

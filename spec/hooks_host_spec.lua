@@ -42,7 +42,8 @@ describe("examples/hooks_host.lua #fixture", function()
       smtpd = smtpd })
     util.write(dir .. "/msg.eml", "From: postmaster@sender.example\r\nSubject: hello\r\n\r\nhi\r\n")
     world.cmd = util.lua_cmd() .. " examples/hooks_host.lua --db " .. dir .. "/db --nameserver " ..
-      world.dns.nameserver .. " --cafile " .. ca.cafile .. " --connect-to :443:127.0.0.1:" ..
+      world.dns.nameserver .. " --allow-private-addresses --cafile " .. ca.cafile ..
+      " --connect-to :443:127.0.0.1:" ..
       world.web.port .. " --day " .. DAY .. " " .. table.concat(map, " ") .. " " .. dir ..
       "/msg.eml"
   end)

@@ -85,7 +85,7 @@ describe("a hostile network #fixture", function()
     return assert(mtasts.open{ path = path, nameserver = opts.nameserver or
       world.dns.nameserver, trust_anchor = false, cafile = world.ca.cafile,
       connect_to = connect_to, timeouts = { dns = 2, fetch = 3 }, recheck = 0,
-      clock = function() return now end })
+      clock = function() return now end, allow_private_addresses = true })
   end
 
   local function rss_kib()

@@ -234,7 +234,8 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
     local out = dir .. "/server.out"
     local pid = proc.spawn("mtasts-serve", "prlimit --nofile=256:256 " .. util.lua_cmd() ..
       " bin/mtasts --db " .. dir .. "/cache --nameserver " .. dns.nameserver ..
-      " --trust-anchor none --connect-to :443:127.0.0.1:" .. stall .. " --timeout 3" ..
+      " --trust-anchor none --allow-private-addresses --connect-to :443:127.0.0.1:" .. stall ..
+      " --timeout 3" ..
       " serve postfix --listen inet:127.0.0.1:0", out)
     local port
     assert(proc.poll(function()

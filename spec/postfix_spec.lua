@@ -90,7 +90,8 @@ describe("mtasts serve postfix #fixture", function()
     proc.spawn("stall", "build/support/stall " .. stall .. " 600", dir .. "/stall.log")
     assert(proc.poll(function() return proc.tcp_open(stall) end, 10))
     local cmd = util.lua_cmd() .. " bin/mtasts --db " .. dir .. "/cache --nameserver " ..
-      world.dns.nameserver .. " --trust-anchor none --cafile " .. ca.cafile ..
+      world.dns.nameserver .. " --trust-anchor none --allow-private-addresses --cafile " ..
+      ca.cafile ..
       " --connect-to mta-sts.stall.example:443:127.0.0.1:" .. stall ..
       " --connect-to :443:127.0.0.1:" .. world.web.port .. " --timeout 3 serve postfix" ..
       " --listen inet:127.0.0.1:0 --listen unix:" .. dir .. "/pf.sock --socket-mode 0660" ..

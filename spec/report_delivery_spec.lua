@@ -20,7 +20,28 @@ describe("#fixture report delivery", function()
     local dir = util.tmpdir()
     world.dir = dir
     world.ca = require("support.ca").new(dir .. "/ca")
+    world.https = https.start(world.ca, {
+      { host = "reports.good.example" },
+      { host = "reports.expired.example", cert = "expired" },
+      { host = "reports.busy.example", report = "return 503;" },
+      { host = "reports.ported.example" },
+    })
+    -- twelve report hosts that accept TCP and never answer TLS
+    world.stall = proc.free_port()
+    proc.spawn("stall", "build/support/stall " .. world.stall .. " 600", dir .. "/stall.log")
+    assert(proc.poll(function() return proc.tcp_open(world.stall) end, 10))
+    local fanout = {}
+    for i = 1, 12 do
+      fanout[i] = ('"https://r%d.stall.example:%d/report%s"'):format(i, world.stall,
+        i < 12 and "," or "")
+    end
     world.dns = dns.start({ ["example."] = {
+      -- only NSD knows this name, and the URL names nginx's port: reached through the
+      -- configured resolver, never connect_to or the system's resolver
+      '_smtp._tls.ported IN TXT "v=TLSRPTv1; rua=https://reports.ported.example:' ..
+        world.https.port .. '/report"', "reports.ported IN A 127.0.0.1",
+      '_smtp._tls.fanout IN TXT "v=TLSRPTv1; rua=" ' .. table.concat(fanout, " "),
+      "*.stall IN A 127.0.0.1",
       '_smtp._tls.good IN TXT "v=TLSRPTv1; rua=https://reports.good.example/report,' ..
         'mailto:' .. MAILBOX .. '"',
       '_smtp._tls.mail IN TXT "v=TLSRPTv1; rua=mailto:' .. MAILBOX .. '"',
@@ -29,11 +50,6 @@ describe("#fixture report delivery", function()
       "reports.good IN A 127.0.0.1", "reports.expired IN A 127.0.0.1",
       "reports.busy IN A 127.0.0.1", "norecord IN A 127.0.0.1",
     } })
-    world.https = https.start(world.ca, {
-      { host = "reports.good.example" },
-      { host = "reports.expired.example", cert = "expired" },
-      { host = "reports.busy.example", report = "return 503;" },
-    })
     world.mta = postfix.start({ MAILBOX })
     -- a submission command that fails while the file `down` exists
     world.sendmail = dir .. "/sendmail"
@@ -51,12 +67,15 @@ describe("#fixture report delivery", function()
   end)
 
   local now, dbdir
-  local function open()
-    return assert(tlsrpt.open{ path = dbdir, submitter = "mail.sender.example",
+  local function open(opts)
+    local o = { path = dbdir, submitter = "mail.sender.example",
       organization = "Sender", from = "reports@sender.example", window = 0, backoff = 60,
       clock = function() return now end, nameserver = world.dns.nameserver,
       trust_anchor = false, cafile = world.ca.cafile, connect_to = world.https.connect_to,
-      timeouts = { dns = 2, fetch = 3 }, sendmail = world.sendmail })
+      timeouts = { dns = 2, fetch = 3 }, sendmail = world.sendmail,
+      allow_private_addresses = true }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return assert(tlsrpt.open(o))
   end
   local function result(domain, success, failure)
     local r = tlsrpt.sts_result(domain, POLICY, { mx = { "mx1.good.example" } })
@@ -110,6 +129,52 @@ describe("#fixture report delivery", function()
     assert.equal(before_posts + 1, #world.https.reports())
   end)
 
+  it("resolves a report host through the configured resolver, at the URL's port", function()
+    local before = #world.https.reports()
+    local store = open()
+    store:add(result("ported.example", 3, 0))
+    now = AFTER
+    local sum = assert(store:send(DAY))
+    assert.equal(1, sum.sent)
+    assert.equal(before + 1, #world.https.reports())
+    store:close()
+  end)
+
+  it("refuses a report host at an internal address unless allowed, at once", function()
+    local before = #world.https.reports()
+    local logs = {}
+    local store = open{ allow_private_addresses = false,
+      log = function(m) logs[#logs + 1] = m end }
+    store:add(result("good.example", 1, 0))
+    store:add(result("ported.example", 1, 0))
+    now = AFTER
+    local sum = assert(store:send(DAY))
+    -- good.example's mailto goes out; both https destinations fail for good
+    assert.equal(1, sum.sent)
+    assert.equal(2, sum.failed)
+    assert.equal(0, sum.retry)
+    assert.equal(before, #world.https.reports())
+    assert.matches("127.0.0.1 is not a global address", table.concat(logs, "\n"), 1, true)
+    store:close()
+  end)
+
+  it("sends to at most ten destinations of a record, all at once", function()
+    local logs = {}
+    local store = open{ timeouts = { dns = 2, fetch = 1 }, max_attempts = 1,
+      log = function(m) logs[#logs + 1] = m end }
+    store:add(result("fanout.example", 1, 0))
+    now = AFTER
+    local t0 = require("mtasts.core").monotonic()
+    local sum = assert(store:send(DAY))
+    local took = require("mtasts.core").monotonic() - t0
+    assert.equal(10, sum.failed)
+    assert.is_true(took < util.within(5), ("ten stalled POSTs took %.1f s"):format(took))
+    local text = table.concat(logs, "\n")
+    assert.matches("the record names 12 destinations; sending to the first 10", text, 1, true)
+    assert.is_nil(text:find("r11.stall.example", 1, true))
+    store:close()
+  end)
+
   it("retries a failed mail submission after the backoff, across a restart", function()
     local before = #world.mta:messages(MAILBOX)
     util.write(world.dir .. "/down", "")
@@ -133,7 +198,7 @@ describe("#fixture report delivery", function()
       window = 0, backoff = 1, max_attempts = 2, clock = function() return now end,
       nameserver = world.dns.nameserver, trust_anchor = false, cafile = world.ca.cafile,
       connect_to = world.https.connect_to, timeouts = { dns = 2, fetch = 3 },
-      log = function(m) world.last_log = m end })
+      log = function(m) world.last_log = m end, allow_private_addresses = true })
     store:add(result("expired.example", 1, 0))
     store:add(result("busy.example", 1, 0))
     now = AFTER

@@ -9,7 +9,8 @@ describe("make demo #fixture", function()
     local out, status = util.run(util.lua_cmd() .. " examples/demo.lua | cat")
     assert.equal(0, status, out)
     assert.matches("\n%$ bin/mtasts %-%-db %S+ %-%-nameserver 127%.0%.0%.1@%d+ " ..
-      "%-%-trust%-anchor none %-%-cafile %S+ %-%-connect%-to :443:127%.0%.0%.1:%d+ " ..
+      "%-%-trust%-anchor none %-%-allow%-private%-addresses %-%-cafile %S+ " ..
+      "%-%-connect%-to :443:127%.0%.0%.1:%d+ " ..
       "%-%-timeout 5 check enforce%.example\n", out)
     assert.is_nil(out:find("\27", 1, true), "an escape sequence went into a pipe")
     assert.matches("deliver:  mx1.enforce.example, TLS required", out, 1, true)

@@ -16,7 +16,8 @@ local client_mt = { __index = Client, __name = "mtasts.client" }
 
 local OPTIONS = { path = true, resolver = true, fetcher = true, clock = true, wait = true,
   recheck = true, timeouts = true, cafile = true, capath = true, proxy = true,
-  connect_to = true, nameserver = true, trust_anchor = true, log = true }
+  connect_to = true, nameserver = true, trust_anchor = true, log = true,
+  allow_private_addresses = true }
 
 local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 3) end
 
@@ -90,7 +91,8 @@ function _M.open(opts)
     f, err, code = require("mtasts.fetch").new{
       resolver = type(self.resolver.a) == "function" and self.resolver or nil,
       cafile = opts.cafile, capath = opts.capath, proxy = opts.proxy,
-      connect_to = opts.connect_to, timeout = timeouts.fetch, wait = wait }
+      connect_to = opts.connect_to, timeout = timeouts.fetch, wait = wait,
+      allow_private_addresses = opts.allow_private_addresses }
     if not f then self:close() return nil, err, code end
     self.fetcher, self.owned.fetcher = f, true
   end

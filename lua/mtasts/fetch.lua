@@ -16,11 +16,15 @@ local methods = core.fetcher_methods
 local state = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = { resolver = true, cafile = true, capath = true, proxy = true,
-  connect_to = true, timeout = true, connect_timeout = true, max_size = true, wait = true }
+  connect_to = true, timeout = true, connect_timeout = true, max_size = true, wait = true,
+  allow_private_addresses = true }
 
---- Create a fetcher. opts: resolver (an mtasts.resolver for the policy host; without one
--- curl resolves it), cafile, capath, proxy, connect_to (curl CONNECT_TO entries), timeout
--- (total, seconds, default 60), connect_timeout, max_size (default 65536), wait.
+--- Create a fetcher. opts: resolver (an mtasts.resolver for the policy host and report
+-- hosts; without one curl resolves them), cafile, capath, proxy, connect_to (curl CONNECT_TO
+-- entries), timeout (total, seconds, default 60), connect_timeout, max_size (default 65536),
+-- wait, allow_private_addresses (default false: connections to loopback, private,
+-- link-local, unique-local, CGNAT, multicast and other non-global addresses are refused,
+-- whatever named them).
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -35,7 +39,8 @@ function _M.new(opts)
   local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
   local f, err, code = core.fetcher_new{ cafile = opts.cafile, capath = opts.capath,
     proxy = opts.proxy, connect_to = opts.connect_to, timeout = timeout,
-    connect_timeout = opts.connect_timeout, max_size = opts.max_size or _M.MAX_SIZE }
+    connect_timeout = opts.connect_timeout, max_size = opts.max_size or _M.MAX_SIZE,
+    allow_private = opts.allow_private_addresses and true or false }
   if not f then return nil, err, code end
   local st = pending.new(opts.wait or core.poll)
   st.resolver, st.timeout, st.max_size = opts.resolver, timeout, opts.max_size or _M.MAX_SIZE
@@ -126,6 +131,12 @@ local function addresses(r, host)
   return nil, host .. ": " .. tostring(aerr), "policy-fetch", "dns-" .. tostring(acode)
 end
 
+-- A transfer that failed because every address it tried was not a global one.
+local function refused(host, t)
+  return nil, ("%s: %s is not a global address (allow_private_addresses allows it)"):format(
+    host, t.refused_address), "policy-fetch", "address-not-global"
+end
+
 --- Run one transfer to the end: the raw result table of f:done(), or nil, msg, code.
 function methods:transfer(req)
   local st = state[self]
@@ -156,6 +167,7 @@ function methods:fetch(domain)
       "policy-syntax", "policy-too-large"
   end
   if t.curl_code ~= "CURLE_OK" then
+    if t.refused_address then return refused(host, t) end
     local reason = cert_reason(t)
     if reason then
       return nil, ("%s: certificate: %s"):format(host, t.verify_error), "policy-fetch", reason
@@ -178,21 +190,49 @@ function methods:fetch(domain)
     content_type_ok = _M.is_text_plain(t.content_type) }
 end
 
---- POST `body` to an https URL with the same safety rules (no redirects, verified TLS,
--- size limits). Returns the HTTP status and response body, or nil, message, code, reason.
-function methods:post(url, body, content_type)
+--- Start a POST of `body` to an https URL, with the same safety rules as a policy fetch
+-- (no redirects, verified TLS, size limits, the host resolved through the fetcher's
+-- resolver, no non-global address unless allowed). Returns a handle for post_finish, or nil,
+-- message, code, reason. Several may run at once.
+function methods:post_start(url, body, content_type)
+  local st = state[self]
+  if not st then error("fetcher not made by mtasts.fetch.new", 2) end
   local host = type(url) == "string" and url:match("^https://([^/:?#]+)")
   if not host then return nil, "only https:// URLs with a host", "policy-fetch", "bad-url" end
-  local t, err, code = self:transfer{ url = url, host = host, body = body,
-    content_type = content_type }
+  local resolve
+  if st.resolver and not host:match("^%[") and not host:match("^%d+%.%d+%.%d+%.%d+$") then
+    local port = url:match("^https://[^/:?#]+:(%d+)") or "443"
+    local r, msg, code, reason = addresses(st.resolver, host)
+    if not r then return nil, msg, code == "no-policy" and "policy-fetch" or code, reason end
+    resolve = { (r[1]:gsub(":443:", ":" .. port .. ":", 1)) }
+  end
+  local id, err, code = self:add{ url = url, host = host, body = body,
+    content_type = content_type, resolve = resolve }
+  if not id then return nil, err, code, "fetch-failed" end
+  return { id = id, host = host }
+end
+
+--- Wait for a POST started with post_start: the HTTP status and response body, or nil,
+-- message, code, reason.
+function methods:post_finish(h)
+  local t, err, code = await(self, h.id)
   if not t then return nil, err, code, "fetch-failed" end
   if t.curl_code ~= "CURLE_OK" and not t.too_large then
+    if t.refused_address then return refused(h.host, t) end
     local reason = cert_reason(t)
     local why = reason and t.verify_error or t.error
     reason = reason or CURL[t.curl_code] or ("fetch-failed+" .. t.curl_code)
-    return nil, ("%s: %s"):format(host, why), "policy-fetch", reason
+    return nil, ("%s: %s"):format(h.host, why), "policy-fetch", reason
   end
   return t.status, t.body
+end
+
+--- POST `body` to an https URL and wait for the answer (post_start, then post_finish).
+-- Returns the HTTP status and response body, or nil, message, code, reason.
+function methods:post(url, body, content_type)
+  local h, err, code, reason = self:post_start(url, body, content_type)
+  if not h then return nil, err, code, reason end
+  return self:post_finish(h)
 end
 
 return _M

@@ -19,7 +19,7 @@ local sort, format, math_type, unpack, concat = table.sort, string.format, math.
   string.unpack, table.concat
 
 local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
-  MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900,
+  MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900, MAX_RUA = 10,
   SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120 }
 
 local Store = {}
@@ -30,7 +30,7 @@ local OPTIONS = { path = true, organization = true, contact = true, submitter = 
   sendmail_timeout = true, window = true, retention = true, batch_size = true,
   batch_interval = true, max_attempts = true, backoff = true, skip_without_failures = true,
   nameserver = true, trust_anchor = true, cafile = true, connect_to = true, timeouts = true,
-  log = true, wait = true }
+  log = true, wait = true, allow_private_addresses = true, max_rua = true }
 
 local function argerror(fn, msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 3) end
 
@@ -77,7 +77,8 @@ function _M.open(opts)
     resolver = opts.resolver, fetcher = opts.fetcher, owned = {},
     net = { nameserver = opts.nameserver, trust_anchor = opts.trust_anchor,
       cafile = opts.cafile, connect_to = opts.connect_to, timeouts = opts.timeouts or {},
-      wait = opts.wait },
+      wait = opts.wait, allow_private_addresses = opts.allow_private_addresses },
+    max_rua = opts.max_rua or _M.MAX_RUA,
     pending = {}, npending = 0, since = nil, lowered = {}, nlowered = 0,
     is_open = true,
   }, store_mt)
@@ -491,7 +492,8 @@ local function net(self)
     local f, err, code = require("mtasts.fetch").new{
       resolver = type(self.resolver.a) == "function" and self.resolver or nil,
       cafile = self.net.cafile, connect_to = self.net.connect_to,
-      timeout = self.net.timeouts.fetch, wait = wait }
+      timeout = self.net.timeouts.fetch, wait = wait,
+      allow_private_addresses = self.net.allow_private_addresses }
     if not f then return nil, err, code end
     self.fetcher, self.owned.fetcher = f, true
   end
@@ -545,26 +547,44 @@ local function deliver_mail(self, report, body, uri)
     tostring(status))
 end
 
-local function deliver_https(self, body, uri)
-  local status, err, code, reason = self.fetcher:post(uri, body, "application/tlsrpt+gzip")
+-- The outcome of a POST (status, or nil, err, code, reason): true, or nil, why, permanent.
+local function https_outcome(uri, status, err, code, reason)
   if not status then
-    return nil, ("%s: %s (%s)"):format(uri, tostring(err), tostring(reason or code))
+    -- a host that resolves only to internal addresses will not change by retrying
+    return nil, ("%s: %s (%s)"):format(uri, tostring(err), tostring(reason or code)),
+      reason == "address-not-global"
   end
   if status >= 200 and status < 300 then return true end
   -- RFC 8460 §5.2: 4xx other than too large is permanent for this report; retry 5xx
   return nil, ("%s: HTTP %d"):format(uri, status), status == 413 or (status >= 400 and status < 500)
 end
 
--- Deliver one report to one rua URI: true, or nil, why, permanent.
-local function deliver(self, report, body, uri)
+-- Start delivering one report to one rua URI: an https POST is started and a function that
+-- finishes it is returned (so POSTs to several destinations run at once); anything else is
+-- delivered now, and a function that returns the outcome is returned. The outcome: true, or
+-- nil, why, permanent.
+local function deliver_start(self, report, body, uri)
+  local outcome
   if uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:") then
-    return deliver_mail(self, report, body, uri)
+    outcome = { deliver_mail(self, report, body, uri) }
   elseif uri:match("^https://") then
     local n, nerr = net(self)
-    if not n then return nil, nerr end
-    return deliver_https(self, body, uri)
+    if not n then
+      outcome = { nil, nerr }
+    elseif self.fetcher.post_start then
+      local h, err, code, reason = self.fetcher:post_start(uri, body, "application/tlsrpt+gzip")
+      if not h then
+        outcome = { https_outcome(uri, nil, err, code, reason) }
+      else
+        return function() return https_outcome(uri, self.fetcher:post_finish(h)) end
+      end
+    else
+      outcome = { https_outcome(uri, self.fetcher:post(uri, body, "application/tlsrpt+gzip")) }
+    end
+  else
+    outcome = { nil, uri .. ": not a mailto: or https: URI", true }
   end
-  return nil, uri .. ": not a mailto: or https: URI", true
+  return function() return outcome[1], outcome[2], outcome[3] end
 end
 
 -- Look up the TLSRPT record of a report's domain: rua list, or nil, why, final.
@@ -626,52 +646,68 @@ local function send_one(self, day, domain, host, now, summary)
     return
   end
   local body = tlsrpt.gzip(report)
-  local open_left, seen = 0, {}
+  local open_left, seen, list = 0, {}, {}
   for _, uri in ipairs(rua) do
     if not seen[uri] then
       seen[uri] = true
-      local dkey = qbase .. uri
-      local draw = self.db:get(dkey)
-      local ds = decode_state(draw) or {}
-      local busy = ds.status == "sending" and ds["until"] and now < ds["until"]
-      if ds.status == "sent" or ds.status == "failed" then   -- luacheck: ignore 542
-        -- delivered, or given up on, before
-      elseif busy or (ds.next and now < ds.next) then
-        open_left = open_left + 1
-      else
-        local attempts = (ds.attempts or 0) + 1
-        local claim = { status = "sending", attempts = attempts, ["until"] = now + _M.LEASE }
-        if set_state(self, dkey, draw, claim) then
-          local cur = json.encode(claim)
-          -- each destination on its own: whatever one does (even raise), it is recorded as
-          -- that destination's failure and the others still go out
-          local done, ok, err, permanent = pcall(deliver, self, report, body, uri)
-          if not done then
-            ok, err, permanent = nil, uri .. ": " .. tostring(ok), attempts >= self.max_attempts
-          end
-          local new
-          if ok then
-            new = { status = "sent", attempts = attempts, at = self.clock() }
-            summary.sent = summary.sent + 1
-          elseif permanent or attempts >= self.max_attempts then
-            new = { status = "failed", attempts = attempts, at = self.clock(), error = err }
-            summary.failed = summary.failed + 1
-            self.log(("mtasts: report %s %s to %s failed: %s"):format(day, domain, uri,
-              tostring(err)))
-          else
-            new = { status = "pending", attempts = attempts, error = err,
-              next = self.clock() + backoff(self, attempts) }
-            summary.retry = summary.retry + 1
-            open_left = open_left + 1
-            self.log(("mtasts: report %s %s to %s: %s; will retry"):format(day, domain, uri,
-              tostring(err)))
-          end
-          set_state(self, dkey, cur, new)
-        else
-          open_left = open_left + 1   -- another process took it just now
+      list[#list + 1] = uri
+    end
+  end
+  if #list > self.max_rua then
+    -- RFC 8460 expects a few; a record naming hundreds would make us its mail cannon
+    self.log(("mtasts: report %s %s: the record names %d destinations; sending to the first " ..
+      "%d"):format(day, domain, #list, self.max_rua))
+    for i = #list, self.max_rua + 1, -1 do list[i] = nil end
+  end
+  -- claim every destination that is due, start them all (POSTs run at once), then record
+  -- each outcome on its own: whatever one does, even raise, is that destination's failure
+  local jobs = {}
+  for _, uri in ipairs(list) do
+    local dkey = qbase .. uri
+    local draw = self.db:get(dkey)
+    local ds = decode_state(draw) or {}
+    local busy = ds.status == "sending" and ds["until"] and now < ds["until"]
+    if ds.status == "sent" or ds.status == "failed" then   -- luacheck: ignore 542
+      -- delivered, or given up on, before
+    elseif busy or (ds.next and now < ds.next) then
+      open_left = open_left + 1
+    else
+      local attempts = (ds.attempts or 0) + 1
+      local claim = { status = "sending", attempts = attempts, ["until"] = now + _M.LEASE }
+      if set_state(self, dkey, draw, claim) then
+        local started, finish = pcall(deliver_start, self, report, body, uri)
+        if not started then
+          local raised = uri .. ": " .. tostring(finish)
+          finish = function() return nil, raised end
         end
+        jobs[#jobs + 1] = { uri = uri, dkey = dkey, cur = json.encode(claim),
+          attempts = attempts, finish = finish }
+      else
+        open_left = open_left + 1   -- another process took it just now
       end
     end
+  end
+  for _, j in ipairs(jobs) do
+    local done, ok, err, permanent = pcall(j.finish)
+    if not done then ok, err, permanent = nil, j.uri .. ": " .. tostring(ok), false end
+    local new
+    if ok then
+      new = { status = "sent", attempts = j.attempts, at = self.clock() }
+      summary.sent = summary.sent + 1
+    elseif permanent or j.attempts >= self.max_attempts then
+      new = { status = "failed", attempts = j.attempts, at = self.clock(), error = err }
+      summary.failed = summary.failed + 1
+      self.log(("mtasts: report %s %s to %s failed: %s"):format(day, domain, j.uri,
+        tostring(err)))
+    else
+      new = { status = "pending", attempts = j.attempts, error = err,
+        next = self.clock() + backoff(self, j.attempts) }
+      summary.retry = summary.retry + 1
+      open_left = open_left + 1
+      self.log(("mtasts: report %s %s to %s: %s; will retry"):format(day, domain, j.uri,
+        tostring(err)))
+    end
+    set_state(self, j.dkey, j.cur, new)
   end
   if open_left == 0 then set_state(self, qbase, raw, { status = "done", at = self.clock() }) end
 end

@@ -59,7 +59,8 @@ local ok, err = pcall(function()
   local serve_out = dir .. "/serve.out"
   os.remove(serve_out)
   local serve = proc.spawn("mtasts-serve", util.lua_cmd() .. " bin/mtasts --db " .. dir ..
-    "/cache --nameserver 127.0.0.1@53 --trust-anchor none --cafile " .. ca.cafile ..
+    "/cache --nameserver 127.0.0.1@53 --trust-anchor none --allow-private-addresses --cafile " ..
+    ca.cafile ..
     " --connect-to :443:127.0.0.1:" .. web.port .. " --timeout 3 serve postfix" ..
     " --listen inet:127.0.0.1:0 -v", serve_out)
   assert(proc.poll(function() return util.run("cat " .. serve_out):match("inet:127") end, 10))

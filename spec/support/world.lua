@@ -67,11 +67,13 @@ function _M.start(dir)
     error(err, 0)
   end
   w.flags = "--db " .. w.db .. " --nameserver " .. w.dns.nameserver ..
-    " --trust-anchor none --cafile " .. ca.cafile .. " --connect-to :443:127.0.0.1:" ..
+    " --trust-anchor none --allow-private-addresses --cafile " .. ca.cafile ..
+    " --connect-to :443:127.0.0.1:" ..
     w.web.port .. " --timeout 5"
   --- the same, as options of mtasts.open
   w.open_opts = { path = w.db, nameserver = w.dns.nameserver, trust_anchor = false,
     cafile = ca.cafile, connect_to = { ":443:127.0.0.1:" .. w.web.port },
+    allow_private_addresses = true,
     timeouts = { dns = 5, fetch = 5 } }
   function w.stop()
     w.web.stop()
