@@ -86,6 +86,66 @@ describe("mtasts.opensmtpd filter", function()
     assert.equal("filter-dataline|s4|tok|.", out[#out])
   end)
 
+  it("holds at most max_held_total bytes across sessions; the rest streams, marked BUSY",
+    function()
+    f = opensmtpd.new{ addresses = { "tlsrpt@example.org" }, max_held = 1000,
+      max_held_total = 1500, write = function(l) out[#out + 1] = l end }
+    for _, sid in ipairs({ "a", "b" }) do
+      f:line("report|0.6|1.0|smtp-in|tx-rcpt|" .. sid .. "|m1|ok|<tlsrpt@example.org>")
+    end
+    local line = ("y"):rep(98)
+    for _ = 1, 8 do feed("0.6", "a", { line }) end          -- a holds 800 bytes
+    for _ = 1, 7 do feed("0.6", "b", { line }) end          -- 1500 in all: the limit
+    assert.equal(800 + 700, f.held_total)
+    assert.same({}, out)
+    feed("0.6", "b", { line })
+    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(BUSY%)", out[1])
+    assert.equal(800, f.held_total)
+    feed("0.6", "a", { "." })
+    assert.equal(0, f.held_total)
+    -- a session that ends without its "." gives its bytes back too
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|c|m1|ok|<tlsrpt@example.org>")
+    feed("0.6", "c", { line, line })
+    assert.equal(200, f.held_total)
+    f:line("report|0.6|1.0|smtp-in|link-disconnect|c")
+    assert.equal(0, f.held_total)
+  end)
+
+  it("stores within the directory's limits, and says when it does not", function()
+    local logs = {}
+    f = opensmtpd.new{ addresses = { "tlsrpt@example.org" }, report_dir = dir,
+      max_store_files = 2, write = function(l) out[#out + 1] = l end,
+      log = function(m) logs[#logs + 1] = m end }
+    for i = 1, 3 do
+      out = {}
+      local sid = "s" .. i
+      f:line("report|0.6|1.0|smtp-in|tx-rcpt|" .. sid .. "|m1|ok|<tlsrpt@example.org>")
+      feed("0.6", sid, message())
+      feed("0.6", sid, { "." })
+      if i < 3 then
+        assert.matches("parsed; report%-id=r%-1; organization=Org; policies=example.org$", out[1])
+      else
+        assert.matches("; not stored: the report directory is full$", out[1])
+      end
+    end
+    assert.equal(2, select(2, util.run("ls " .. dir):gsub("%.json", "")))
+    assert.matches("holds 2 reports", table.concat(logs, "\n"), 1, true)
+  end)
+
+  it("removes an X-Mtasts-TLSRPT header the sender wrote", function()
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s9|m1|ok|<tlsrpt@example.org>")
+    feed("0.6", "s9", { "From: a@evil.example", "X-Mtasts-TLSRPT: parsed; report-id=fake;",
+      "\torganization=Trusted", "x-mtasts-tlsrpt: parsed", "Subject: hi", "",
+      "X-Mtasts-TLSRPT: in the body, kept", "." })
+    local text = table.concat(out, "\n")
+    assert.matches("^filter%-dataline|s9|tok|X%-Mtasts%-TLSRPT: not parsed", text)
+    assert.is_nil(text:find("report-id=fake", 1, true))
+    assert.is_nil(text:find("organization=Trusted", 1, true))
+    assert.is_nil(text:find("x-mtasts-tlsrpt: parsed", 1, true))
+    assert.matches("Subject: hi", text, 1, true)
+    assert.matches("X-Mtasts-TLSRPT: in the body, kept", text, 1, true)
+  end)
+
   it("answers other filter phases proceed, in the order of the protocol version", function()
     f:line("filter|0.6|1.0|smtp-in|rcpt-to|s5|tok5|<a@b>")
     f:line("filter|0.4|1.0|smtp-in|rcpt-to|s6|tok6|<a@b>")
@@ -114,5 +174,34 @@ describe("mtasts.opensmtpd filter", function()
     assert.equal("no-policy-found", r.policies[1].policy["policy-type"])
     assert.equal(1, r.policies[1].summary["total-successful-session-count"])
     store:close()
+  end)
+end)
+
+describe("mtasts.opensmtpd filter against hostile reports", function()
+  -- the audit's inputs, in a process of its own (spec/support/filter_load.lua): before the
+  -- limits, the bomb was stored as a 16.8 MB file and the 80,000 parts took 1.7 s to refuse
+  it("refuses the bomb and the parts quickly, and stays small", function()
+    local dir, cleanup = util.tmpdir()
+    finally(cleanup)
+    util.run("mkdir " .. dir .. "/reports")
+    local out, status = util.run(util.lua_cmd() .. " spec/support/filter_load.lua make " ..
+      dir .. "/input")
+    assert.equal(0, status, out)
+    out, status = util.run(util.lua_cmd() .. " spec/support/filter_load.lua run " .. dir ..
+      "/input " .. dir .. "/reports")
+    assert.equal(0, status, out)
+    local r = require("cjson").decode(out:match("{.*}"))
+    assert.matches("not parsed %(TOO_LARGE%): report: the gzip data inflates to over 4194304",
+      r.headers.bomb)
+    assert.matches("^X%-Mtasts%-TLSRPT: parsed; report%-id=big", r.headers.legit)
+    assert.matches("more than 100 MIME parts", r.headers.parts)
+    assert.equal(1, #r.files)
+    print(("\n    longest protocol line (a whole parse) %.2f s, peak memory %d MiB"):format(
+      r.longest, r.hwm_kib // 1024))
+    assert.is_true(r.longest < util.within(1.5), "a parse took " .. r.longest .. " s")
+    if (os.getenv("MTASTS_VALGRIND") or "") == "" and (os.getenv("MTASTS_PRELOAD") or "") == ""
+    then
+      assert.is_true(r.hwm_kib < 100 * 1024, "peak memory " .. r.hwm_kib .. " KiB")
+    end
   end)
 end)

@@ -15,7 +15,12 @@ local pairs, ipairs, tostring, tonumber, pcall, setmetatable = pairs, ipairs, to
   tonumber, pcall, setmetatable
 local concat, format = table.concat, string.format
 
-local _M = { MAX_HELD = 16 * 1024 * 1024 }
+-- What the filter may hold and store (docs/opensmtpd.md "Limits"): one TLSRPT message held
+-- for parsing, all of them together, the JSON one report may inflate to, and the report
+-- directory's size and file count.
+local _M = { MAX_HELD = 4 * 1024 * 1024, MAX_HELD_TOTAL = 16 * 1024 * 1024,
+  MAX_JSON = 4 * 1024 * 1024, MAX_STORE_BYTES = 256 * 1024 * 1024, MAX_STORE_FILES = 10000,
+  RESCAN = 60 }
 local Filter = {}
 local filter_mt = { __index = Filter, __name = "mtasts.opensmtpd.filter" }
 
@@ -41,7 +46,10 @@ end
 --- opts: addresses (TLSRPT mailboxes, lower-case, or "@domain" for a whole domain),
 -- report_dir (where parsed reports go; nil: not stored), store (a result store for smtp-out
 -- sessions; nil: not recorded), policy_of (function(domain) -> policy, text from the cache),
--- write (function(line) for stdout), log (function(message) for stderr), clock.
+-- write (function(line) for stdout), log (function(message) for stderr), clock; limits:
+-- max_held (bytes of one message held for parsing), max_held_total (of all messages held at
+-- once), max_json (bytes of JSON one report may inflate to), max_store_bytes and
+-- max_store_files (what the report directory may hold).
 function _M.new(opts)
   opts = opts or {}
   local addresses = {}
@@ -51,8 +59,77 @@ function _M.new(opts)
       io.stdout:write(l, "\n")
       io.stdout:flush()
     end, log = opts.log or function() end, clock = opts.clock or os.time,
-    max_held = opts.max_held or _M.MAX_HELD, sessions = {}, out = {}, ready = false,
-    stored = 0, seq = 0 }, filter_mt)
+    max_held = opts.max_held or _M.MAX_HELD,
+    max_held_total = opts.max_held_total or _M.MAX_HELD_TOTAL,
+    max_json = opts.max_json or _M.MAX_JSON,
+    max_store_bytes = opts.max_store_bytes or _M.MAX_STORE_BYTES,
+    max_store_files = opts.max_store_files or _M.MAX_STORE_FILES,
+    held_total = 0, usage = nil, noted = {}, sessions = {}, out = {}, ready = false,
+    stored = 0, refused = 0, seq = 0 }, filter_mt)
+end
+
+-- Log a kind of message at most once a minute.
+local function note(self, kind, msg)
+  local now = self.clock()
+  if (self.noted[kind] or -math.huge) + 60 <= now then
+    self.noted[kind] = now
+    self.log(msg)
+  end
+end
+
+-- What the report directory holds: { bytes =, files =, at = }, scanned at first use and
+-- again at most once a minute when a report would not fit (an operator may have cleaned up).
+local function usage(self, want)
+  local u = self.usage
+  if u and (u.bytes + want <= self.max_store_bytes and u.files < self.max_store_files or
+      self.clock() < u.at + _M.RESCAN) then
+    return u
+  end
+  u = { bytes = 0, files = 0, at = self.clock() }
+  local dir = self.report_dir:gsub("'", "'\\''")
+  local p = io.popen("find '" .. dir .. "' -maxdepth 1 -type f -name '*.json' " ..
+    "-printf '%s\\n' 2>/dev/null")
+  if p then
+    for size in p:lines() do
+      u.bytes = u.bytes + (tonumber(size) or 0)
+      u.files = u.files + 1
+    end
+    p:close()
+  end
+  self.usage = u
+  return u
+end
+
+-- Write a parsed report into the report directory, within its limits: true, or nil, why.
+local function store_report(self, sid, report)
+  local text = json.encode(report) .. "\n"
+  local u = usage(self, #text)
+  if u.files >= self.max_store_files or u.bytes + #text > self.max_store_bytes then
+    self.refused = self.refused + 1
+    note(self, "full", ("mtasts-opensmtpd: %s holds %d reports, %d bytes (limits %d, %d): " ..
+      "not storing more until some are removed"):format(self.report_dir, u.files, u.bytes,
+      self.max_store_files, self.max_store_bytes))
+    return nil, "the report directory is full"
+  end
+  self.seq = self.seq + 1
+  local name = format("%s/%d-%s-%d.json", self.report_dir, self.clock() // 1, sid, self.seq)
+  local f = assert(io.open(name .. ".tmp", "wb"))
+  local ok, err = f:write(text)
+  f:close()
+  if not ok then
+    os.remove(name .. ".tmp")
+    error(err, 0)
+  end
+  assert(os.rename(name .. ".tmp", name))
+  u.bytes, u.files = u.bytes + #text, u.files + 1
+  self.stored = self.stored + 1
+  return true
+end
+
+-- Forget what a session holds.
+local function drop_held(self, s)
+  if s.held then self.held_total = self.held_total - s.held.size end
+  s.held = nil
 end
 
 local function is_tlsrpt_rcpt(self, addr)
@@ -100,21 +177,35 @@ local function safe_header(s)
   return (tostring(s):gsub("[%c]", " "):sub(1, 200))
 end
 
+-- Pass held lines on, without any X-Mtasts-TLSRPT header (and its continuation lines) the
+-- sender put in the message's own header: only the one this filter adds may be believed.
+local function pass_held(self, version, sid, token, lines)
+  local in_head, dropping = true, false
+  for _, l in ipairs(lines) do
+    if in_head then
+      if l == "" then in_head = false
+      elseif dropping and l:find("^[ \t]") then goto continue
+      else dropping = l:sub(1, 16):lower() == "x-mtasts-tlsrpt:" end
+    end
+    if not (in_head and dropping) then dataline(self, version, sid, token, l) end
+    ::continue::
+  end
+end
+
 -- A held TLSRPT message is complete: parse it, store it, pass it on with the header.
 local function release(self, version, sid, token, s)
   local held = s.held
-  s.held = nil
+  drop_held(self, s)
   local header
   local ok, err = pcall(function()
-    local lines = {}
-    for i, l in ipairs(held.lines) do
-      lines[i] = l:sub(1, 1) == "." and l:sub(2) or l     -- undo dot-stuffing
-    end
     local report, msg, code
-    if held.too_large then
-      msg, code = "over " .. self.max_held .. " bytes", "TOO_LARGE"
-    else
-      report, msg, code = tlsrpt.parse_report(concat(lines, "\r\n") .. "\r\n")
+    do
+      local lines = {}
+      for i, l in ipairs(held.lines) do
+        lines[i] = l:sub(1, 1) == "." and l:sub(2) or l     -- undo dot-stuffing
+      end
+      report, msg, code = tlsrpt.parse_report(concat(lines, "\r\n") .. "\r\n",
+        { max_input = self.max_held, max_json = self.max_json })
     end
     if report then
       local policies = {}
@@ -125,13 +216,8 @@ local function release(self, version, sid, token, s)
         safe_header(report["report-id"]), safe_header(report["organization-name"]),
         safe_header(concat(policies, ",")))
       if self.report_dir then
-        self.seq = self.seq + 1
-        local name = format("%s/%d-%s-%d.json", self.report_dir, self.clock() // 1, sid, self.seq)
-        local f = assert(io.open(name .. ".tmp", "wb"))
-        f:write(json.encode(report), "\n")
-        f:close()
-        assert(os.rename(name .. ".tmp", name))
-        self.stored = self.stored + 1
+        local stored, why = store_report(self, sid, report)
+        if not stored then header = header .. "; not stored: " .. why end
       end
     else
       header = "X-Mtasts-TLSRPT: not parsed (" .. tostring(code) .. "): " .. safe_header(msg)
@@ -142,7 +228,7 @@ local function release(self, version, sid, token, s)
     header = "X-Mtasts-TLSRPT: not processed (internal error)"
   end
   dataline(self, version, sid, token, header)
-  for _, l in ipairs(held.lines) do dataline(self, version, sid, token, l) end
+  pass_held(self, version, sid, token, held.lines)
   dataline(self, version, sid, token, ".")
 end
 
@@ -153,27 +239,39 @@ local function on_data_line(self, version, sid, token, line)
     return
   end
   if line == "." then
-    if s.held and not s.held.too_large then release(self, version, sid, token, s)
+    if s.held and not s.streaming then release(self, version, sid, token, s)
     else dataline(self, version, sid, token, line) end
-    s.held = nil
-    s.tlsrpt = false
+    drop_held(self, s)
+    s.tlsrpt, s.streaming = false, false
+    return
+  end
+  if s.streaming then
+    dataline(self, version, sid, token, line)     -- the header went out already
     return
   end
   if not s.held then s.held = { lines = {}, size = 0 } end
   local held = s.held
-  if held.too_large then
-    dataline(self, version, sid, token, line)     -- the header went out already
+  local size = #line + 2
+  local why
+  if held.size + size > self.max_held then
+    why = "(TOO_LARGE): over " .. self.max_held .. " bytes"
+  elseif self.held_total + size > self.max_held_total then
+    why = "(BUSY): other reports in flight hold " .. self.held_total .. " bytes"
+    note(self, "busy", "mtasts-opensmtpd: " .. self.held_total .. " bytes held for parsing, " ..
+      "the limit: passing a report on unparsed")
+  end
+  if why then
+    -- too much to hold: say so, and stream the rest
+    dataline(self, version, sid, token, "X-Mtasts-TLSRPT: not parsed " .. why)
+    pass_held(self, version, sid, token, held.lines)
+    dataline(self, version, sid, token, line)
+    drop_held(self, s)
+    s.streaming = true
     return
   end
   held.lines[#held.lines + 1] = line
-  held.size = held.size + #line + 2
-  if held.size > self.max_held then
-    -- too large to hold: say so, and stream the rest
-    dataline(self, version, sid, token, "X-Mtasts-TLSRPT: not parsed (TOO_LARGE): over " ..
-      self.max_held .. " bytes")
-    for _, l in ipairs(held.lines) do dataline(self, version, sid, token, l) end
-    held.lines, held.too_large = {}, true
-  end
+  held.size = held.size + size
+  self.held_total = self.held_total + size
 end
 
 -- smtp-out: record the sessions that established TLS, per recipient domain.
@@ -226,6 +324,7 @@ function Filter:line(line)
     if event == "link-disconnect" then
       local s = self.sessions[key]
       if s and subsystem == "smtp-out" then pcall(out_session_end, self, s) end
+      if self.sessions[sid] then drop_held(self, self.sessions[sid]) end
       self.sessions[key] = nil
       self.sessions[sid] = nil
       return
@@ -237,7 +336,8 @@ function Filter:line(line)
         local _, result, addr = rest:match("^([^|]*)|([^|]*)|(.*)$")
         if result == "ok" and is_tlsrpt_rcpt(self, addr) then s.tlsrpt = true end
       elseif event == "tx-reset" then
-        s.tlsrpt, s.held = false, nil
+        drop_held(self, s)
+        s.tlsrpt, s.streaming = false, false
       end
     elseif subsystem == "smtp-out" then
       local s = self.sessions[key] or { rcpts = {} }

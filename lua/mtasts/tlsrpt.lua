@@ -222,6 +222,7 @@ end
 
 _M.MAX_INPUT = 16 * 1024 * 1024     -- bytes of message or file accepted
 _M.MAX_JSON = 16 * 1024 * 1024      -- bytes of JSON a gzip body may inflate to
+_M.MAX_PARTS = 100                  -- MIME parts looked at in one message, nested ones too
 
 local function bad(msg) return nil, msg, "report-syntax" end
 
@@ -322,16 +323,20 @@ local function decode_json(text)
   return check_report(r, cjson.null)
 end
 
-local function from_body(body)
+local function from_body(body, lim)
   if body:sub(1, 2) == "\31\139" then
-    local text, err, code = core.gunzip(body, _M.MAX_JSON)
+    local text, err, code = core.gunzip(body, lim.max_json)
     if not text then
       if code == "TOO_LARGE" then
-        return nil, "report: the gzip data inflates to over " .. _M.MAX_JSON .. " bytes", code
+        return nil, "report: the gzip data inflates to over " .. lim.max_json .. " bytes", code
       end
       return nil, "report: " .. tostring(err), "GZIP"
     end
     return decode_json(text)
+  end
+  if #body > lim.max_json then
+    return nil, "report: " .. #body .. " bytes of JSON is over the limit of " .. lim.max_json,
+      "TOO_LARGE"
   end
   return decode_json(body)
 end
@@ -380,7 +385,7 @@ end
 local REPORT_TYPES = { ["application/tlsrpt+gzip"] = true, ["application/tlsrpt+json"] = true,
   ["application/gzip"] = true, ["application/json"] = true, ["application/x-gzip"] = true }
 
-local function from_entity(text, depth)
+local function from_entity(text, depth, lim)
   local headers, body = split_entity(text)
   local mime, params = content_type(headers["content-type"])
   if mime:match("^multipart/") then
@@ -396,6 +401,10 @@ local function from_entity(text, depth)
     while s do
       local ns, ne = body:find(delim, e + 1)
       if not ns then break end
+      lim.parts = lim.parts + 1
+      if lim.parts > lim.max_parts then
+        return nil, "report: more than " .. lim.max_parts .. " MIME parts", "report-syntax"
+      end
       local part = body:sub(e + 1, ns - 1):gsub("^[ \t]*\r?\n", ""):gsub("\r$", "")
       parts[#parts + 1] = part
       s, e = ns, ne
@@ -406,7 +415,7 @@ local function from_entity(text, depth)
       local h = split_entity(part)
       local pm = content_type(h["content-type"])
       if REPORT_TYPES[pm] or pm:match("^multipart/") then
-        local r, err, code = from_entity(part, depth + 1)
+        local r, err, code = from_entity(part, depth + 1, lim)
         if r then return r end
         last_err, last_code = err, code
       end
@@ -417,7 +426,7 @@ local function from_entity(text, depth)
   if REPORT_TYPES[mime] then
     local data, err, code = decode_transfer(body, headers["content-transfer-encoding"])
     if not data then return nil, err, code end
-    return from_body(data)
+    return from_body(data, lim)
   end
   return nil, "report: a " .. mime .. " message is not a TLS report", "report-syntax"
 end
@@ -425,17 +434,25 @@ end
 --- Parse an incoming report: JSON, gzip JSON, or a whole message (multipart/report with a
 -- tlsrpt part, or a bare application/tlsrpt+json or +gzip body). Returns the report table
 -- (the JSON's shape and hyphenated keys, `mx-host`, `policy-string` and `failure-details`
--- always arrays) or nil, message, code: report-syntax, GZIP, TOO_LARGE.
-function _M.parse_report(data)
+-- always arrays) or nil, message, code: report-syntax, GZIP, TOO_LARGE. opts (optional):
+-- max_input (bytes of data, default MAX_INPUT), max_json (bytes of JSON, inflated or not,
+-- default MAX_JSON), max_parts (MIME parts looked at, default MAX_PARTS): what one report
+-- may cost, in memory and time. A second argument that is not a table is ignored.
+function _M.parse_report(data, opts)
   if type(data) ~= "string" then
     error("bad argument #1 to 'parse_report' (string expected, got " .. type(data) .. ")", 2)
   end
-  if #data > _M.MAX_INPUT then
-    return nil, "report: " .. #data .. " bytes is over the limit of " .. _M.MAX_INPUT, "TOO_LARGE"
+  -- a table, or ignored: parse_report(text:gsub(...)) passes gsub's count along
+  if type(opts) ~= "table" then opts = {} end
+  local lim = { max_input = opts.max_input or _M.MAX_INPUT, max_json = opts.max_json or
+    _M.MAX_JSON, max_parts = opts.max_parts or _M.MAX_PARTS, parts = 0 }
+  if #data > lim.max_input then
+    return nil, "report: " .. #data .. " bytes is over the limit of " .. lim.max_input,
+      "TOO_LARGE"
   end
-  if data:sub(1, 2) == "\31\139" then return from_body(data) end
-  if data:match("^%s*{") then return decode_json(data) end
-  if data:match("^[!-9;-~]+:") then return from_entity(data, 0) end
+  if data:sub(1, 2) == "\31\139" then return from_body(data, lim) end
+  if data:match("^%s*{") then return from_body(data, lim) end
+  if data:match("^[!-9;-~]+:") then return from_entity(data, 0, lim) end
   return bad("report: neither JSON, gzip nor a mail message")
 end
 
