@@ -22,6 +22,7 @@
 #include "cache.h"
 #include "results.h"
 
+#include <ctype.h>
 #include <db.h>
 #include <dirent.h>
 #include <errno.h>
@@ -43,7 +44,7 @@
 #define RESULTS_FILE "results.db"    /* the TLSRPT result store (results.c) */
 #define GATE_FILE "mtasts.gate"
 #define GATE_MAGIC 0x6d747367u     /* "mtsg" */
-#define GATE_VERSION 2
+#define GATE_VERSION 3
 #define GATE_TIMEOUT_S 5           /* longest wait for the gate before giving up */
 #define MAX_RETRIES 6              /* deadlocks between threads of a process, per operation */
 
@@ -54,6 +55,7 @@ typedef struct {
   uint64_t recoveries;            /* recoveries after a death or a panic, since made */
   uint32_t need_recover;          /* set when the gate is made: the next opener recovers */
   uint32_t damaged;               /* the file failed verification after a recovery */
+  uint32_t closed_clean;          /* the last user closed the cache (not killed) */
   pthread_mutex_t mu;             /* robust, process-shared */
 } gate_t;
 
@@ -152,6 +154,20 @@ static int mkdirs(const char *path) {
   return 0;
 }
 
+/* Unlink the shared region files (__db.001, __db.002, ...) of a directory nobody uses. */
+static void remove_regions(const char *path) {
+  char file[PATH_MAX + 64];
+  DIR *d = opendir(path);
+  struct dirent *e;
+  if (!d) return;
+  while ((e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, "__db.", 5) != 0 || !isdigit((unsigned char)e->d_name[5])) continue;
+    snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+    (void)unlink(file);
+  }
+  closedir(d);
+}
+
 static void gate_boot_id(char out[40]) {
   FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
   memset(out, 0, 40);
@@ -220,10 +236,26 @@ static int gate_map(shared_env *s, char *err) {
     if (msync(g, sizeof *g, MS_SYNC) != 0 && rc == 0) rc = errno;
   }
   if (rc == 0) {
+    /* Nobody else has the cache open (byte 1 is free; we hold byte 0, so nobody can join
+     * meanwhile): the shared regions (__db.00N) belong to no live process, and whatever is
+     * in them, damage included, is a leftover; a flipped byte in one crashed or hung the next
+     * opener inside libdb. So they are never joined: after a clean close (the files and the
+     * log hold everything) they are removed and made anew; after a kill, recovery makes them
+     * anew from the files and the log. */
+    char region[PATH_MAX + 16];
+    snprintf(region, sizeof region, "%s/__db.001", s->path);
+    fl.l_type = F_WRLCK;
+    fl.l_start = 1;
+    if (fcntl(fd, F_SETLK, &fl) == 0 && access(region, F_OK) == 0) {
+      /* removed here, not by libdb: DB_ENV->remove and DB_RECOVER read the old regions
+       * first, and a damaged one hung or crashed them too */
+      remove_regions(s->path);
+      if (!g->closed_clean) g->need_recover = 1;
+    }
+    g->closed_clean = 0;
     /* byte 1, shared, for as long as this process has the cache open (the kernel drops it
      * when the process dies): rebuild takes it exclusively to know nobody uses the cache */
     fl.l_type = F_RDLCK;
-    fl.l_start = 1;
     if (fcntl(fd, F_SETLK, &fl) != 0) rc = errno;
   }
   if (rc == 0) s->gate = g;
@@ -551,6 +583,22 @@ int mtasts_cache_open(const char *path, mtasts_cache **out, char *err) {
   return 0;
 }
 
+/* After a clean close: if no other process has the cache open, say so in the gate, so that
+ * the next opener makes the shared regions anew without a recovery (gate_map). Byte 0 keeps
+ * openers out meanwhile; closing the gate descriptor afterwards drops both locks at once. */
+static void mark_closed_clean(shared_env *s) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_len = 1;
+  while (fcntl(s->gate_fd, F_SETLKW, &fl) != 0)
+    if (errno != EINTR) return;
+  fl.l_start = 1;
+  if (fcntl(s->gate_fd, F_SETLK, &fl) != 0) return;     /* someone else still uses it */
+  s->gate->closed_clean = 1;
+}
+
 int mtasts_cache_close(mtasts_cache *c, char *err) {
   shared_env *s = c->s, **pp;
   int rc = 0;
@@ -572,7 +620,9 @@ int mtasts_cache_close(mtasts_cache *c, char *err) {
         int r2 = s->env->close(s->env, 0);
         if (r2 != 0 && rc == 0) rc = fail(err, r2, s->path, "close");
       }
+      s->env = NULL;
       leave(s);
+      if (rc == 0 && !s->gate->damaged) mark_closed_clean(s);
     }
     if (s->pid == getpid()) {
       munmap(s->gate, sizeof *s->gate);
