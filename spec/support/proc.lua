@@ -13,11 +13,21 @@ local function used_ports()
   return used
 end
 
+-- A random port in 20000-59999 from /dev/urandom, not math.random: busted seeds that with
+-- the time, so two copies of the suite started in the same second picked the same "free"
+-- ports in the same order, and one copy's servers answered the other's clients.
+local function random_port()
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local bytes = f:read(4)
+  f:close()
+  return 20000 + string.unpack("<I4", bytes) % 40000
+end
+
 --- A port that nothing listens on now (20000-59999).
 function _M.free_port()
   local used = used_ports()
   for _ = 1, 100 do
-    local p = math.random(20000, 59999)
+    local p = random_port()
     if not used[p] then return p end
   end
   error("no free port found")
