@@ -114,6 +114,90 @@ describe("mtasts.postfix server limits", function()
     end)
   end)
 
+  it("gives a connection's slot back when the peer resets it, or stops reading and idles",
+    function()
+    -- answers of about 7 KB (an enforce policy of 200 mx patterns), so that a peer that
+    -- reads none of them fills the kernel's buffers and the server's writes stall
+    local mx = {}
+    for i = 1, 200 do mx[i] = ("mx%03d.some-long-name.example.com"):format(i) end
+    local client = { close = function() end, get = function()
+      return { mode = "enforce", mx = mx }, { policy = { type = "sts" }, summary = {},
+        failures = {} }, true
+    end }
+    with_server({ client = client, max_connections = 2, write_timeout = 1, idle_timeout = 2 },
+      function(srv, port)
+      local reset, stuck = connect(port), connect(port)
+      local junk = postfix.netstring("postfix big.example"):rep(4000)
+      for _, c in ipairs({ reset, stuck }) do
+        c:setmode("b", "bn")
+        c:onerror(function(_, _, why) return why end)
+        c:settimeout(0.5)
+        c:write(junk)
+        c:flush()
+      end
+      local t0 = cqueues.monotime()
+      while srv:stats().accepted < 2 and cqueues.monotime() - t0 < util.within(10) do
+        cqueues.sleep(0.05)
+      end
+      assert.equal(2, srv:stats().connections)
+      reset:close()    -- with answers unread in its buffer: the kernel sends an RST
+      t0 = cqueues.monotime()
+      while srv:stats().connections > 0 and cqueues.monotime() - t0 < util.within(15) do
+        cqueues.sleep(0.1)
+      end
+      assert.equal(0, srv:stats().connections, "a slot stayed taken")
+      stuck:close()
+      local again = connect(port)
+      again:write(postfix.netstring("postfix [192.0.2.9]"))
+      again:flush()
+      assert.same({ "NOTFOUND " }, answers(again, 1, 5))
+      again:close()
+    end)
+  end)
+
+  it("stops reading a connection whose answers wait, so its memory stays small", function()
+    with_server({ client = slow_client(2), max_pending = 16 }, function(srv, port)
+      local con = connect(port)
+      con:setmode("b", "bn")
+      con:onerror(function(_, _, why) return why end)
+      con:settimeout(0.2)
+      con:write(postfix.netstring("postfix stalls.example"))   -- 2 s before its answer
+      collectgarbage()
+      local before = collectgarbage("count")
+      local junk = postfix.netstring("postfix [192.0.2.1]"):rep(2000)
+      -- up to 8 MB of requests, as fast as the kernel takes them (each flush waits at most
+      -- 50 ms, and lets the server run); ten flushes in a row that time out end it
+      local sent, stalled = 0, 0
+      while sent < 8000000 and stalled < 10 do
+        if stalled == 0 then sent = sent + (con:send(junk, 1, #junk, "n") or 0) end
+        if con:flush("n", 0.05) then stalled = 0 else stalled = stalled + 1 end
+      end
+      collectgarbage()
+      -- the server runs in this Lua state: without back-pressure it reads all 8 MB and keeps
+      -- an answer for each request (4 MiB of heap; with it, under 0.1 MiB)
+      local grew = collectgarbage("count") - before
+      assert.is_true(grew < 1024, ("the Lua heap grew by %d KiB after %d bytes"):format(
+        grew // 1, sent))
+      con:close()
+      assert.is_true(srv:stats().connections <= 1)
+    end)
+  end)
+
+  it("lets what the cache answers through at the lookup cap", function()
+    local client = slow_client(0.5)
+    client.answers_now = function(_, domain) return domain == "cached.example" end
+    with_server({ client = client, max_lookups = 1 }, function(_, port)
+      local con = connect(port)
+      con:write(postfix.netstring("postfix slow.example"))
+      con:write(postfix.netstring("postfix cached.example"))
+      con:write(postfix.netstring("postfix other.example"))
+      con:flush()
+      assert.same({ "NOTFOUND ", "NOTFOUND ", "TEMP busy: too many lookups in flight" },
+        answers(con, 3, 10))
+      con:close()
+    end)
+  end)
+
   it("lowers its caps to fit the descriptor limit, and says so", function()
     local script = [[
       local postfix = require("mtasts.postfix")
@@ -209,16 +293,21 @@ describe("mtasts.postfix answers", function()
     assert.is_nil(a:find("level=may", 1, true), a)
     assert.matches("{ policy_string = max_age: 86400 }", a, 1, true)
     assert.equal(select(2, a:gsub("{", "")), select(2, a:gsub("}", "")))
+    -- Postfix splits at commas too: a value with one is braced whole
+    a = postfix.answer(policy, { tlsrpt = true, domain = "example.com",
+      text = "version: STSv1\nmode: enforce\nx:a,tafile=/etc/passwd\n" })
+    assert.matches("{ policy_string = x:a,tafile=/etc/passwd }", a, 1, true)
+    assert.is_nil(a:find(" policy_string=x:a", 1, true), a)
   end)
 end)
 
 
 
 describe("mtasts serve postfix at a low descriptor limit #fixture", function()
-  -- The attack of the audit: one connection pipelines 400 lookups of distinct domains whose
-  -- policy hosts never answer, against a server limited to 256 descriptors. Lookups past the
-  -- cap are answered TEMP at once; the resolver never runs out of sockets; other connections
-  -- are served meanwhile and afterwards.
+  -- The attack of the audit: 400 pipelined lookups of distinct domains whose policy hosts
+  -- never answer, against a server limited to 256 descriptors. Lookups past the cap are
+  -- answered TEMP at once; the resolver never runs out of sockets; other connections are
+  -- served meanwhile and afterwards.
   it("answers every request and stays open to others", function()
     local dir, cleanup = util.tmpdir()
     finally(function()
@@ -246,9 +335,16 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
     local got, quick, after
     local loop = cqueues.new()
     loop:wrap(function()
-      local con = connect(port)
-      for i = 1, 400 do con:write(postfix.netstring("postfix d" .. i .. ".slow.example")) end
-      con:flush()
+      -- four connections of 100 each: one connection alone is read only while at most 64 of
+      -- its answers wait, so these are what reaches the lookup cap at once
+      local cons = {}
+      for c = 1, 4 do
+        cons[c] = connect(port)
+        for i = 1, 100 do
+          cons[c]:write(postfix.netstring(("postfix c%dd%d.slow.example"):format(c, i)))
+        end
+        cons[c]:flush()
+      end
       cqueues.running():wrap(function()
         cqueues.sleep(0.5)
         local other = connect(port)
@@ -258,8 +354,16 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
         quick = { answers(other, 1, 5), cqueues.monotime() - t0 }
         other:close()
       end)
-      got = answers(con, 400, util.within(60))
-      con:close()
+      got = {}
+      local done = 0
+      for c = 1, 4 do
+        cqueues.running():wrap(function()
+          for _, a in ipairs(answers(cons[c], 100, util.within(60))) do got[#got + 1] = a end
+          cons[c]:close()
+          done = done + 1
+        end)
+      end
+      while done < 4 do cqueues.sleep(0.1) end
       local last = connect(port)
       last:write(postfix.netstring("postfix [192.0.2.2]"))
       last:flush()

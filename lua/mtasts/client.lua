@@ -57,7 +57,8 @@ function _M.open(opts)
   if type(timeouts) ~= "table" then argerror("timeouts must be a table") end
 
   local self = setmetatable({ recheck = recheck, clock = opts.clock or os.time,
-    log = opts.log or function() end, negative = {}, inflight = {}, owned = {} }, client_mt)
+    log = opts.log or function() end, negative = {}, negative_old = {}, negative_n = 0,
+    negative_rotate = 0, inflight = {}, owned = {} }, client_mt)
   -- the default wait yields inside refresh's own loop, and blocks in poll elsewhere
   self.wait = opts.wait or function(fd, events, timeout)
     if self.yielding and coroutine.isyieldable() then
@@ -137,15 +138,37 @@ function Client:_upsert(ascii, record_id, text, now)
   if not ok then self.log("mtasts: cache: " .. tostring(err)) end
 end
 
+-- Negative answers ("no MTA-STS record") are remembered for `recheck` seconds in two
+-- generations: the current one is retired every `recheck` seconds, or at NEGATIVE_MAX
+-- entries, and the one before it is dropped then. So a server asked about endless distinct
+-- domains without MTA-STS holds at most two generations of them.
+local NEGATIVE_MAX = 100000
+
+local function remember_negative(self, ascii, now, result)
+  if now >= self.negative_rotate or self.negative_n >= NEGATIVE_MAX then
+    self.negative_old, self.negative, self.negative_n = self.negative, {}, 0
+    self.negative_rotate = now + self.recheck
+  end
+  if not self.negative[ascii] then self.negative_n = self.negative_n + 1 end
+  self.negative[ascii] = { expires = now + self.recheck, result = result }
+end
+
+local function negative_of(self, ascii)
+  return self.negative[ascii] or self.negative_old[ascii]
+end
+
+local function forget_negative(self, ascii)
+  if self.negative[ascii] then self.negative_n = self.negative_n - 1 end
+  self.negative[ascii], self.negative_old[ascii] = nil, nil
+end
+
 -- No usable row: look the record up and fetch (docs/conformance.md §5, "No usable row").
 function Client:_first(ascii, now)
   local record, rerr, rcode, rreason = sts.record(self.resolver, ascii)
   if not record then
     if rcode == "no-record" then
       local result = tlsrpt.no_policy_result(ascii)
-      if self.recheck > 0 then
-        self.negative[ascii] = { expires = now + self.recheck, result = result }
-      end
+      if self.recheck > 0 then remember_negative(self, ascii, now, result) end
       return nil, copy(result), true
     end
     local result = sts_failure(ascii, "sts-policy-fetch-error", record_reason(rcode, rreason))
@@ -166,10 +189,10 @@ end
 -- The lookup itself, without coalescing.
 function Client:_get(ascii, force)
   local now = self.clock()
-  local neg = self.negative[ascii]
+  local neg = negative_of(self, ascii)
   if neg then
     if not force and now < neg.expires then return nil, copy(neg.result), false end
-    self.negative[ascii] = nil
+    forget_negative(self, ascii)
   end
   local cache = cache_of(self)
   local row, cerr
@@ -253,6 +276,23 @@ function Client:get(domain, opts)
   return unpack(ret, 2, ret.n)
 end
 
+--- True when get(domain) would answer now, without DNS or HTTPS: a lookup of it is in
+-- flight already, or a negative answer is remembered, or the cache holds a backoff row or a
+-- row checked less than `recheck` seconds ago. For servers that cap their lookups in flight
+-- (mtasts.postfix): what the cache answers need not wait behind the cap.
+function Client:answers_now(domain)
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
+  local ascii = core.domain(domain)
+  if not ascii then return true end                 -- answered at once: domain-syntax
+  if self.inflight[ascii] then return true end
+  local now = self.clock()
+  local neg = negative_of(self, ascii)
+  if neg and now < neg.expires then return true end
+  local cache = cache_of(self)
+  local row = cache and cache:lookup(ascii, now)
+  return row ~= nil and (row.backoff or now - row.last_update < self.recheck) or false
+end
+
 --- Every cached row, most recently used first (docs/cache.md shows a row).
 function Client:records()
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
@@ -266,7 +306,7 @@ function Client:delete(domain)
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   local ascii, err, code = core.domain(domain)
   if not ascii then return nil, err, code end
-  self.negative[ascii] = nil
+  forget_negative(self, ascii)
   local cache = cache_of(self)
   if not cache then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
   return cache:delete(ascii)

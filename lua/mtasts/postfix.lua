@@ -22,7 +22,8 @@ local find, sub, byte = string.find, string.sub, string.byte
 local monotime = cqueues.monotime
 
 local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1,
-  MAX_CONNECTIONS = 1024, MAX_LOOKUPS = 256, MEMO_BYTES = 8 * 1024 * 1024 }
+  MAX_CONNECTIONS = 1024, MAX_LOOKUPS = 256, MEMO_BYTES = 8 * 1024 * 1024, WRITE_TIMEOUT = 30,
+  MAX_PENDING = 64 }
 local errno = require("cqueues.errno")
 local EAGAIN, ETIMEDOUT = errno.EAGAIN, errno.ETIMEDOUT
 local poll = cqueues.poll
@@ -99,7 +100,8 @@ end
 local function attr(name, value)
   value = tostring(value):gsub("[%c]", " ")
   if value:find("[{}]") then return nil end
-  if value:find("%s") or value == "" then return "{ " .. name .. " = " .. value .. " }" end
+  -- Postfix splits attributes at white space and commas: braces keep the value whole
+  if value:find("[%s,]") or value == "" then return "{ " .. name .. " = " .. value .. " }" end
   return name .. "=" .. value
 end
 
@@ -198,7 +200,8 @@ local function memo_put(self, request, reply)
   if self.memo_seconds <= 0 then return end
   local t = monotime()
   if t >= self.memo_retire or self.memo_used >= self.memo_bytes then
-    self.memo_old, self.memo, self.memo_used = self.memo, {}, 0
+    self.memo_old, self.memo = self.memo, {}
+    self.memo_old_used, self.memo_used = self.memo_used, 0
     self.memo_retire = t + self.memo_seconds
   end
   if not self.memo[request] then self.memo_used = self.memo_used + #request + #reply + 96 end
@@ -207,110 +210,158 @@ end
 
 local BUSY = _M.netstring("TEMP busy: too many lookups in flight")
 
+-- Put s into the connection's output buffer within write_timeout seconds: true, or nil when
+-- the peer does not take it. (cqueues' write waits afresh after every partial write, and
+-- then flushes without a time limit: a peer that stops reading held it forever.)
+local function send_all(self, con, s, i)
+  i = i or 1
+  local deadline = monotime() + self.write_timeout
+  while true do
+    local n, err = con:send(s, i, #s, "f")
+    i = i + (n or 0)
+    if i > #s then return true end
+    if err ~= EAGAIN then return nil end
+    local left = deadline - monotime()
+    if left <= 0 then return nil end
+    poll(con, left)
+  end
+end
+
+-- Flush the output buffer within write_timeout seconds: true, or false.
+local function flush(self, con)
+  return con:flush("n", self.write_timeout) and true or false
+end
+
 -- One connection: read netstrings, start a lookup per request, write answers in order.
 -- The path of a remembered answer with nothing before it (the common case) is kept short:
 -- no coroutine, no copy of the input, one write and one flush per chunk read.
+-- Whatever the peer does (reset, stop reading, pipeline without end), the connection's slot
+-- is given back: socket errors are values, writes and flushes time out (write_timeout), at
+-- most max_pending answers wait to be written before the reader stops reading, and both
+-- halves run under pcall with one cleanup.
 local function serve_connection(self, con)
   con:setmode("b", "bf")    -- writes are buffered; flushed when there is nothing more to read
+  con:onerror(function(_, _, why) return why end)
   self.connections[con] = true
   local answers, next_write, next_slot = {}, 1, 1
-  local writer_wake = condition.new()
+  local writer_wake, reader_wake = condition.new(), condition.new()
   local reading, closed = true, false
   local max = self.max_request
   local maxdigits = #tostring(max)
   self.loop:wrap(function()     -- the writer: answers in request order
-    while true do
-      while answers[next_write] do
-        local a = answers[next_write]
-        answers[next_write] = nil
-        next_write = next_write + 1
-        if not closed then
-          local ok = con:write(a)
-          if ok then ok = con:flush() end
-          if not ok then closed = true end
+    local ok, err = pcall(function()
+      while true do
+        while answers[next_write] do
+          local a = answers[next_write]
+          answers[next_write] = nil
+          next_write = next_write + 1
+          if not closed then
+            if not (send_all(self, con, a) and flush(self, con)) then closed = true end
+          end
+          reader_wake:signal()
         end
+        if not reading and next_write == next_slot then break end
+        if closed and not reading then break end
+        writer_wake:wait()
       end
-      if not reading and next_write == next_slot then break end
-      writer_wake:wait()
-    end
+    end)
+    if not ok then self.log("warning", "connection writer: " .. tostring(err)) end
+    closed = true
+    reader_wake:signal()
     self.connections[con] = nil
     self.nconnections = self.nconnections - 1
     con:close()
   end)
-  local buf, pos, idle, now = "", 1, 0, monotime()
-  while reading do
-    local value, nextpos, err = take(buf, pos, max, maxdigits)
-    if err then
-      self.log("warning", "closing a connection: " .. err)
-      closed = true
-      break
-    end
-    if value then
-      pos = nextpos
-      local known = memo_get(self, value, now)
-      local name, domain
-      if not known then
-        name, domain = parse_request(value)
-        if not name then known = _M.netstring(domain) end   -- answered without a lookup
+  local ok, err = pcall(function()
+    local buf, pos, idle, now = "", 1, 0, monotime()
+    while reading and not closed do
+      -- back-pressure: Postfix asks one request at a time; a peer that pipelines without
+      -- reading its answers is not read from until they are written
+      while next_slot - next_write >= self.max_pending and not closed do
+        if not flush(self, con) then closed = true end
+        reader_wake:wait(1)
       end
-      if known and next_write == next_slot and not closed then
-        -- nothing waits before it: answer now, no coroutine (into the socket's buffer: the
-        -- raw send, as cqueues' write adds two layers of Lua per call)
-        local n = con:send(known, 1, #known, "f")
-        if n < #known and not con:write(sub(known, n + 1)) then closed = true end
-      else
-        local slot = next_slot
-        next_slot = next_slot + 1
-        if known then
-          answers[slot] = known
-          writer_wake:signal()
-        elseif self.lookups >= self.max_lookups then
-          -- at the cap: Postfix defers this delivery and asks again, rather than wait here
-          self.counts.busy = self.counts.busy + 1
-          self:note("busy", "warning", ("%d lookups in flight, the limit: answering TEMP"):format(
-            self.lookups))
-          answers[slot] = BUSY
-          writer_wake:signal()
+      if closed then break end
+      local value, nextpos, terr = take(buf, pos, max, maxdigits)
+      if terr then
+        self.log("warning", "closing a connection: " .. terr)
+        closed = true
+        break
+      end
+      if value then
+        pos = nextpos
+        local known = memo_get(self, value, now)
+        local name, domain
+        if not known then
+          name, domain = parse_request(value)
+          if not name then known = _M.netstring(domain) end   -- answered without a lookup
+        end
+        if known and next_write == next_slot then
+          -- nothing waits before it: answer now, no coroutine (into the socket's buffer:
+          -- the raw send, as cqueues' write adds two layers of Lua per call)
+          local n = con:send(known, 1, #known, "f") or 0
+          if n < #known and not send_all(self, con, known, n + 1) then closed = true end
         else
-          self.lookups = self.lookups + 1
-          self.loop:wrap(function()
-            local ok, answer = pcall(lookup, self, name, domain)
-            self.lookups = self.lookups - 1
-            local reply
-            if ok then
-              reply = _M.netstring(answer)
-              memo_put(self, value, reply)
-            else
-              self.log("error", "lookup: " .. tostring(answer))
-              reply = _M.netstring("TEMP internal error")
-            end
-            answers[slot] = reply
+          local slot = next_slot
+          next_slot = next_slot + 1
+          if known then
+            answers[slot] = known
             writer_wake:signal()
-          end)
+          elseif self.lookups >= self.max_lookups and not (self.client.answers_now and
+              self.client:answers_now(domain)) then
+            -- at the cap: Postfix defers this delivery and asks again, rather than wait
+            -- here (what the cache answers at once still goes through)
+            self.counts.busy = self.counts.busy + 1
+            self:note("busy", "warning", ("%d lookups in flight, the limit: answering " ..
+              "TEMP"):format(self.lookups))
+            answers[slot] = BUSY
+            writer_wake:signal()
+          else
+            self.lookups = self.lookups + 1
+            self.loop:wrap(function()
+              local looked, answer = pcall(lookup, self, name, domain)
+              self.lookups = self.lookups - 1
+              local reply
+              if looked then
+                reply = _M.netstring(answer)
+                memo_put(self, value, reply)
+              else
+                self.log("error", "lookup: " .. tostring(answer))
+                reply = _M.netstring("TEMP internal error")
+              end
+              answers[slot] = reply
+              writer_wake:signal()
+            end)
+          end
+        end
+      else
+        if not flush(self, con) then closed = true break end
+        -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
+        if self.stopping and next_write == next_slot then break end
+        -- cqueues' xread inlined: recv, and on EAGAIN wait for the socket (a second at
+        -- most). (Waiting first would save the EAGAIN when requests come one at a time, but
+        -- a cqueues socket polls for what its last call needed: before an EAGAIN, that is
+        -- not input.)
+        local chunk, rerr = con:recv(-4096)
+        if not chunk and rerr == EAGAIN then
+          poll(con, 1)
+          chunk, rerr = con:recv(-4096)
+        end
+        if chunk then
+          if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
+          pos, idle, now = 1, 0, monotime()
+        elseif rerr == EAGAIN then
+          if monotime() - now >= idle + 1 then idle = idle + 1 end
+          if idle >= self.idle_timeout then break end
+        else
+          break                      -- closed by Postfix (nil), or an error
         end
       end
-    else
-      if not closed and not con:flush() then closed = true end
-      -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
-      if self.stopping and next_write == next_slot then break end
-      -- cqueues' xread inlined: recv, and on EAGAIN wait for the socket (a second at most).
-      -- (Waiting first would save the EAGAIN when requests come one at a time, but a cqueues
-      -- socket polls for what its last call needed: before an EAGAIN, that is not input.)
-      local chunk, rerr = con:recv(-4096)
-      if not chunk and rerr == EAGAIN then
-        poll(con, 1)
-        chunk, rerr = con:recv(-4096)
-      end
-      if chunk then
-        if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
-        pos, idle, now = 1, 0, monotime()
-      elseif rerr == EAGAIN then
-        if monotime() - now >= idle + 1 then idle = idle + 1 end
-        if idle >= self.idle_timeout then break end
-      else
-        break                      -- closed by Postfix (nil), or an error
-      end
     end
+  end)
+  if not ok then
+    self.log("warning", "connection reader: " .. tostring(err))
+    closed = true
   end
   reading = false
   writer_wake:signal()
@@ -324,11 +375,14 @@ end
 -- an answer is reused for the same request: default 1; 0 turns it off), memo_bytes (what
 -- the memo may hold, default 8 MiB), max_connections (default 1024: a connection over it is
 -- closed at once, so Postfix defers), max_lookups (lookups in flight, default 256: a request
--- over it is answered TEMP). Both caps are lowered to fit the descriptor limit.
+-- over it is answered TEMP, unless the cache answers it at once). Both caps are lowered to
+-- fit the descriptor limit. write_timeout (default 30 s: a peer that reads none of its
+-- answers for that long is dropped), max_pending (answers waiting to be written on one
+-- connection before it is not read from, default 64).
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
   for _, k in ipairs({ "max_request", "idle_timeout", "memo_seconds", "memo_bytes",
-    "max_connections", "max_lookups" }) do
+    "max_connections", "max_lookups", "write_timeout", "max_pending" }) do
     local v = opts[k]
     if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v // 1 and k ~= "memo_seconds") then
       error("bad option '" .. k .. "' to 'new' (a non-negative integer expected, got " ..
@@ -343,6 +397,8 @@ function _M.new(opts)
     memo_bytes = opts.memo_bytes or _M.MEMO_BYTES, nconnections = 0, lookups = 0,
     max_connections = opts.max_connections or _M.MAX_CONNECTIONS,
     max_lookups = opts.max_lookups or _M.MAX_LOOKUPS, noted = {},
+    write_timeout = opts.write_timeout or _M.WRITE_TIMEOUT,
+    max_pending = opts.max_pending or _M.MAX_PENDING, memo_old_used = 0,
     counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0 } }, server_mt)
   if opts.client then
     self.client = opts.client
@@ -400,12 +456,13 @@ end
 --- What the server holds and has refused: { connections =, lookups =, max_connections =,
 -- max_lookups =, accepted = (connections served so far), refused = (connections closed at
 -- the cap), busy = (requests answered TEMP at the cap), accept_errors = (accept failures,
--- e.g. out of descriptors), memo_bytes = }.
+-- e.g. out of descriptors), memo_bytes = (both generations) }.
 function Server:stats()
   return { connections = self.nconnections, lookups = self.lookups,
     max_connections = self.max_connections, max_lookups = self.max_lookups,
     accepted = self.counts.accepted, refused = self.counts.refused, busy = self.counts.busy,
-    accept_errors = self.counts.accept_errors, memo_bytes = self.memo_used }
+    accept_errors = self.counts.accept_errors,
+    memo_bytes = self.memo_used + self.memo_old_used }
 end
 
 --- Listen on "inet:HOST:PORT" (PORT 0: any free port), "HOST:PORT", or "unix:PATH".
