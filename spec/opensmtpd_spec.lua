@@ -132,6 +132,26 @@ describe("mtasts.opensmtpd filter", function()
     assert.matches("holds 2 reports", table.concat(logs, "\n"), 1, true)
   end)
 
+  it("removes a sender's X-Mtasts-TLSRPT header also from a message it streams", function()
+    f = opensmtpd.new{ addresses = { "tlsrpt@example.org" }, max_held = 200,
+      write = function(l) out[#out + 1] = l end }
+    f:line("report|0.6|1.0|smtp-in|tx-rcpt|s8|m1|ok|<tlsrpt@example.org>")
+    local lines = { "From: a@evil.example" }
+    for i = 1, 10 do lines[#lines + 1] = "X-Padding-" .. i .. ": " .. ("p"):rep(30) end
+    lines[#lines + 1] = "X-Mtasts-TLSRPT: parsed; report-id=forged"
+    lines[#lines + 1] = "X-Mtasts-TLSRPT : parsed; report-id=obsolete-form"
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = "body"
+    lines[#lines + 1] = "."
+    feed("0.6", "s8", lines)
+    local text = table.concat(out, "\n")
+    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(TOO_LARGE%)", out[1])
+    assert.is_nil(text:find("forged", 1, true), text)
+    assert.is_nil(text:find("obsolete-form", 1, true), text)
+    assert.matches("X-Padding-10:", text, 1, true)
+    assert.matches("|body\n", text, 1, true)
+  end)
+
   it("removes an X-Mtasts-TLSRPT header the sender wrote", function()
     f:line("report|0.6|1.0|smtp-in|tx-rcpt|s9|m1|ok|<tlsrpt@example.org>")
     feed("0.6", "s9", { "From: a@evil.example", "X-Mtasts-TLSRPT: parsed; report-id=fake;",

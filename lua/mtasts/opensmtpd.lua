@@ -177,19 +177,27 @@ local function safe_header(s)
   return (tostring(s):gsub("[%c]", " "):sub(1, 200))
 end
 
--- Pass held lines on, without any X-Mtasts-TLSRPT header (and its continuation lines) the
--- sender put in the message's own header: only the one this filter adds may be believed.
-local function pass_held(self, version, sid, token, lines)
-  local in_head, dropping = true, false
-  for _, l in ipairs(lines) do
-    if in_head then
-      if l == "" then in_head = false
-      elseif dropping and l:find("^[ \t]") then goto continue
-      else dropping = l:sub(1, 16):lower() == "x-mtasts-tlsrpt:" end
+-- Pass a line of a TLSRPT message on, unless it belongs to an X-Mtasts-TLSRPT header the
+-- sender put in the message's own header (continuation lines too, and the obsolete form
+-- with white space before the colon): only the header this filter adds may be believed.
+-- hs: the session's header state, { body = true once past the header }.
+local function pass_line(self, version, sid, token, hs, l)
+  if not hs.body then
+    if l == "" then
+      hs.body = true
+    elseif hs.dropping and l:find("^[ \t]") then
+      return                                           -- a continuation of a dropped header
+    else
+      hs.dropping = l:lower():find("^x%-mtasts%-tlsrpt[ \t]*:") ~= nil
+      if hs.dropping then return end
     end
-    if not (in_head and dropping) then dataline(self, version, sid, token, l) end
-    ::continue::
   end
+  dataline(self, version, sid, token, l)
+end
+
+local function pass_held(self, version, sid, token, s, lines)
+  s.hs = s.hs or {}
+  for _, l in ipairs(lines) do pass_line(self, version, sid, token, s.hs, l) end
 end
 
 -- A held TLSRPT message is complete: parse it, store it, pass it on with the header.
@@ -228,7 +236,7 @@ local function release(self, version, sid, token, s)
     header = "X-Mtasts-TLSRPT: not processed (internal error)"
   end
   dataline(self, version, sid, token, header)
-  pass_held(self, version, sid, token, held.lines)
+  pass_held(self, version, sid, token, s, held.lines)
   dataline(self, version, sid, token, ".")
 end
 
@@ -242,11 +250,11 @@ local function on_data_line(self, version, sid, token, line)
     if s.held and not s.streaming then release(self, version, sid, token, s)
     else dataline(self, version, sid, token, line) end
     drop_held(self, s)
-    s.tlsrpt, s.streaming = false, false
+    s.tlsrpt, s.streaming, s.hs = false, false, nil
     return
   end
   if s.streaming then
-    dataline(self, version, sid, token, line)     -- the header went out already
+    pass_line(self, version, sid, token, s.hs, line)   -- our header went out already
     return
   end
   if not s.held then s.held = { lines = {}, size = 0 } end
@@ -263,8 +271,8 @@ local function on_data_line(self, version, sid, token, line)
   if why then
     -- too much to hold: say so, and stream the rest
     dataline(self, version, sid, token, "X-Mtasts-TLSRPT: not parsed " .. why)
-    pass_held(self, version, sid, token, held.lines)
-    dataline(self, version, sid, token, line)
+    pass_held(self, version, sid, token, s, held.lines)
+    pass_line(self, version, sid, token, s.hs, line)
     drop_held(self, s)
     s.streaming = true
     return
@@ -337,7 +345,7 @@ function Filter:line(line)
         if result == "ok" and is_tlsrpt_rcpt(self, addr) then s.tlsrpt = true end
       elseif event == "tx-reset" then
         drop_held(self, s)
-        s.tlsrpt, s.streaming = false, false
+        s.tlsrpt, s.streaming, s.hs = false, false, nil
       end
     elseif subsystem == "smtp-out" then
       local s = self.sessions[key] or { rcpts = {} }
