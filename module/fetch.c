@@ -133,9 +133,17 @@ int mtasts_address_is_global(const struct sockaddr *sa) {
     const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
     static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
     static const unsigned char zero[15] = { 0 };
-    if (memcmp(b, mapped, 12) == 0)
+    static const unsigned char nat64[12] = { 0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0 };
+    /* an IPv4 address carried in IPv6: IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96, and
+     * IPv4-compatible ::/96 are judged by the IPv4 address; 6to4 2002::/16 by the one in
+     * bytes 2-5 */
+    if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 ||
+        (memcmp(b, zero, 12) == 0 && (b[12] | b[13] | b[14]) != 0))
       return v4_is_global((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 |
                           (uint32_t)b[14] << 8 | b[15]);
+    if (b[0] == 0x20 && b[1] == 0x02)
+      return v4_is_global((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 |
+                          (uint32_t)b[4] << 8 | b[5]);
     if (memcmp(b, zero, 15) == 0) return 0;                  /* :: and ::1 */
     if ((b[0] & 0xfe) == 0xfc) return 0;                     /* fc00::/7 unique local */
     if (b[0] == 0xfe && (b[1] & 0x80) == 0x80) return 0;     /* fe80::/10, fec0::/10 */
@@ -161,6 +169,7 @@ static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_
       snprintf(t->refused, sizeof t->refused, "a non-global address");
     return CURL_SOCKET_BAD;
   }
+  t->opened++;
   return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
 
@@ -243,8 +252,8 @@ int mtasts_fetcher_add(mtasts_fetcher *f, const mtasts_fetch_req *r, int *id, ch
   if (!t || !(t->host = strdup(r->host)) || !(e = curl_easy_init())) goto oom;
   t->easy = e;
   t->max_size = f->max_size;
-  /* through a proxy, the proxy connects to the host: the check applies to what the
-   * configured resolver answers (lua/mtasts/fetch.lua), not to the proxy's address */
+  /* through a proxy, it is the proxy that connects to the host: no check here (the
+   * operator chose the proxy, and its address may well be a private one) */
   t->allow_private = f->allow_private || f->proxy != NULL;
   t->id = ++f->next_id;
   for (i = 0; i < r->n_resolve; i++) {

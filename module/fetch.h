@@ -33,6 +33,7 @@ typedef struct mtasts_transfer {
   char *host, *post;             /* owned copies */
   int done, too_large;
   char refused[64];              /* a non-global address curl was about to connect to */
+  int opened;                    /* sockets opened: refused means something only at 0 */
   int allow_private;
   int curl_code;                 /* CURLcode */
   long status;                   /* HTTP status, 0 without a response */

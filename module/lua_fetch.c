@@ -196,7 +196,7 @@ static int fetcher_done(lua_State *L) {
     lua_setfield(L, -2, "body");
     lua_pushboolean(L, t->too_large);
     lua_setfield(L, -2, "too_large");
-    if (t->refused[0]) {
+    if (t->refused[0] && t->opened == 0) {   /* refused, and nothing else was tried */
       lua_pushstring(L, t->refused);
       lua_setfield(L, -2, "refused_address");
     }

@@ -316,12 +316,13 @@ end)
 describe("mtasts.core.is_global_address", function()
   it("tells the addresses a fetcher connects to from those it refuses", function()
     local global = { "8.8.8.8", "1.1.1.1", "193.0.14.129", "2001:4860:4860::8888",
-      "2a00:1450::1", "::ffff:8.8.8.8" }
+      "2a00:1450::1", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1" }
     local internal = { "0.0.0.0", "10.1.2.3", "100.64.0.1", "127.0.0.1", "127.255.0.9",
       "169.254.169.254", "172.16.0.1", "172.31.255.255", "192.0.2.10", "192.168.1.1",
       "198.18.0.1", "198.51.100.7", "203.0.113.9", "224.0.0.251", "240.0.0.1",
       "255.255.255.255", "::", "::1", "fe80::1", "fec0::1", "fc00::1", "fd12:3456::1",
-      "ff02::1", "2001:db8::1", "100::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1" }
+      "ff02::1", "2001:db8::1", "100::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+      "64:ff9b::a00:1", "64:ff9b::7f00:1", "2002:c0a8:101::1", "2002:7f00:1::1", "::10.0.0.1" }
     for _, ip in ipairs(global) do assert.is_true(core.is_global_address(ip), ip) end
     for _, ip in ipairs(internal) do assert.is_false(core.is_global_address(ip), ip) end
     assert.same({ nil, "not an IPv4 or IPv6 address", "EINVAL" },
