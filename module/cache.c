@@ -44,7 +44,7 @@
 #define RESULTS_FILE "results.db"    /* the TLSRPT result store (results.c) */
 #define GATE_FILE "mtasts.gate"
 #define GATE_MAGIC 0x6d747367u     /* "mtsg" */
-#define GATE_VERSION 3
+#define GATE_VERSION 2
 #define GATE_TIMEOUT_S 5           /* longest wait for the gate before giving up */
 #define MAX_RETRIES 6              /* deadlocks between threads of a process, per operation */
 
@@ -55,8 +55,11 @@ typedef struct {
   uint64_t recoveries;            /* recoveries after a death or a panic, since made */
   uint32_t need_recover;          /* set when the gate is made: the next opener recovers */
   uint32_t damaged;               /* the file failed verification after a recovery */
-  uint32_t closed_clean;          /* the last user closed the cache (not killed) */
   pthread_mutex_t mu;             /* robust, process-shared */
+  /* Appended later, so that processes of the earlier layout (the same version) still find
+   * the mutex where they put it; a gate file of that layout is extended with zeros. */
+  uint32_t closed_clean;          /* the last user closed the cache (not killed) ... */
+  uint64_t clean_log;             /* ... and the log looked like this then (log_fingerprint) */
 } gate_t;
 
 typedef struct shared_env {
@@ -154,6 +157,39 @@ static int mkdirs(const char *path) {
   return 0;
 }
 
+/* What the log files of a directory look like: their numbers, sizes and modification times,
+ * hashed (FNV-1a). Any write to the log changes it. */
+static uint64_t log_fingerprint(const char *path) {
+  char file[PATH_MAX + 64];
+  uint64_t h = 14695981039346656037ull;
+  DIR *d = opendir(path);
+  struct dirent *e;
+  if (!d) return 0;
+  while ((e = readdir(d)) != NULL) {
+    struct stat st;
+    uint64_t v[4];
+    size_t i;
+    if (strncmp(e->d_name, "log.", 4) != 0) continue;
+    snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+    if (lstat(file, &st) != 0) continue;
+    v[0] = strtoull(e->d_name + 4, NULL, 10);
+    v[1] = (uint64_t)st.st_size;
+    v[2] = (uint64_t)st.st_mtim.tv_sec;
+    v[3] = (uint64_t)st.st_mtim.tv_nsec;
+    /* order-free: the directory's order may change, so each file's hash is added */
+    {
+      uint64_t fh = 14695981039346656037ull;
+      for (i = 0; i < sizeof v; i++) {
+        fh ^= ((const unsigned char *)v)[i];
+        fh *= 1099511628211ull;
+      }
+      h += fh;
+    }
+  }
+  closedir(d);
+  return h;
+}
+
 /* Unlink the shared region files (__db.001, __db.002, ...) of a directory nobody uses. */
 static void remove_regions(const char *path) {
   char file[PATH_MAX + 64];
@@ -215,6 +251,19 @@ static int gate_map(shared_env *s, char *err) {
   gate_boot_id(boot);
   if (g->magic != GATE_MAGIC || g->version != GATE_VERSION || memcmp(g->boot_id, boot, 40)) {
     pthread_mutexattr_t a;
+    /* never re-made under a process that uses it (another version of mtasts, or damage):
+     * its mutex would be pulled from under it */
+    fl.l_type = F_WRLCK;
+    fl.l_start = 1;
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+      rc = EBUSY;
+      snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %s is of another version of mtasts (or "
+               "damaged) and processes use the cache: restart them (an upgrade leaves the old "
+               "ones running)", s->path, GATE_FILE);
+      munmap(g, sizeof *g);
+      goto done;
+    }
+    fl.l_start = 0;
     /* continue the count; from an unknown state start far from any earlier count, so a
      * stale handle can never mistake the new generation for its own */
     struct timespec now;
@@ -248,9 +297,12 @@ static int gate_map(shared_env *s, char *err) {
     fl.l_start = 1;
     if (fcntl(fd, F_SETLK, &fl) == 0 && access(region, F_OK) == 0) {
       /* removed here, not by libdb: DB_ENV->remove and DB_RECOVER read the old regions
-       * first, and a damaged one hung or crashed them too */
+       * first, and a damaged one hung or crashed them too. Clean means: the last user
+       * closed it, and nobody has written to the log since (a process of an earlier
+       * version, which does not clear the mark, may have used it and been killed) */
+      int clean = g->closed_clean && g->clean_log == log_fingerprint(s->path);
       remove_regions(s->path);
-      if (!g->closed_clean) g->need_recover = 1;
+      if (!clean) g->need_recover = 1;
     }
     g->closed_clean = 0;
     /* byte 1, shared, for as long as this process has the cache open (the kernel drops it
@@ -596,6 +648,7 @@ static void mark_closed_clean(shared_env *s) {
     if (errno != EINTR) return;
   fl.l_start = 1;
   if (fcntl(s->gate_fd, F_SETLK, &fl) != 0) return;     /* someone else still uses it */
+  s->gate->clean_log = log_fingerprint(s->path);
   s->gate->closed_clean = 1;
 }
 
@@ -1125,12 +1178,6 @@ int mtasts_cache_verify(mtasts_cache *c, char *err) {
 
 /* --- rebuild --- */
 
-static int hexval(int c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 /* A dump line " 6b6579..." into b; 0, or -1 when it is not one. */
 static int unhex(const char *line, mtasts_buf *b) {
@@ -1138,7 +1185,7 @@ static int unhex(const char *line, mtasts_buf *b) {
   if (n < 1 || line[0] != ' ' || (n - 1) % 2 != 0) return -1;
   if (mtasts_buf_reserve(b, (n - 1) / 2 + 1) != 0) return -1;
   for (i = 1; i < n; i += 2) {
-    int h = hexval((unsigned char)line[i]), l = hexval((unsigned char)line[i + 1]);
+    int h = mtasts_hexval((unsigned char)line[i]), l = mtasts_hexval((unsigned char)line[i + 1]);
     if (h < 0 || l < 0) return -1;
     b->p[(i - 1) / 2] = (unsigned char)(h << 4 | l);
   }
@@ -1516,18 +1563,22 @@ static int recovered_copy(const char *dir, const char *scratch, int *stopped) {
   }
 }
 
+/* Remove a scratch directory this process made, and the files in it. Never through a
+ * symbolic link (the directory sits beside the cache, in a parent others may write): the
+ * directory is opened with O_NOFOLLOW and its files are unlinked relative to it. */
 static void remove_dir(const char *dir) {
-  char file[PATH_MAX + 300];
-  DIR *dh = opendir(dir);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR *dh;
   struct dirent *e;
-  if (!dh) return;
+  if (fd < 0) return;
+  if (!(dh = fdopendir(fd))) {
+    close(fd);
+    return;
+  }
   while ((e = readdir(dh)))
-    if (e->d_name[0] != '.') {
-      snprintf(file, sizeof file, "%s/%s", dir, e->d_name);
-      unlink(file);
-    }
-  closedir(dh);
-  rmdir(dir);
+    if (e->d_name[0] != '.') (void)unlinkat(fd, e->d_name, 0);
+  closedir(dh);     /* closes fd */
+  (void)rmdir(dir);
 }
 
 int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
@@ -1578,7 +1629,15 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
   }
   snprintf(fresh, sizeof fresh, "%s.rebuild-%ld", real, (long)getpid());
   snprintf(scratch, sizeof scratch, "%s.recover-%ld", real, (long)getpid());
-  remove_dir(scratch);
+  /* both are made here, by mkdir, which never follows a link: a name someone planted beside
+   * the cache is an error (fresh) or means no recovered copy (scratch), never a path to
+   * write into or delete through */
+  if (mkdir(fresh, 0700) != 0) {
+    rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: make %.160s: %s", real, fresh, strerror(rc));
+    close(fd);
+    return rc;
+  }
   from = recovered_copy(real, scratch, &r->stopped) ? scratch : real;
   if ((rc = mtasts_cache_open(fresh, &c, err)) == 0) {
     rc = salvage_into(from, c, r, err);

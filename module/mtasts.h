@@ -84,6 +84,14 @@ const char *mtasts_mode_name(int mode);
  * \xNN, cut at max input bytes with "...". out must hold 4*max+4 bytes. */
 void mtasts_quote(char *out, size_t outlen, const char *p, size_t n, size_t max);
 
+/* The value of a hex digit, or -1. */
+static inline int mtasts_hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 /* --- domain names (domain.c) --- */
 /* Convert a domain name (A-labels, U-labels, any case, optional trailing dot) to its
  * lower-case A-label form. ascii must hold MTASTS_NAME_MAX+1 bytes. 0 or -1 with err. */

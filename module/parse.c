@@ -201,39 +201,11 @@ void mtasts_record_free(mtasts_record *r) {
   memset(r, 0, sizeof *r);
 }
 
-static int hexval(int c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 /* RFC 5322 atext. */
 static int is_atext(int c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
          (c != 0 && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
-}
-
-/* A host name: LDH labels of 1-63 bytes, not starting or ending with '-', 253 bytes at most,
- * at least two labels. */
-static int valid_hostname(const char *p, size_t n) {
-  size_t i, label = 0, labels = 1;
-  if (n == 0 || n > 253) return 0;
-  for (i = 0; i < n; i++) {
-    int c = (unsigned char)p[i];
-    if (c == '.') {
-      if (label == 0 || p[i - 1] == '-') return 0;
-      label = 0;
-      labels++;
-      continue;
-    }
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '-'))
-      return 0;
-    if (c == '-' && label == 0) return 0;
-    if (++label > 63) return 0;
-  }
-  return label > 0 && p[n - 1] != '-' && labels >= 2;
 }
 
 int mtasts_mailto_address(const char *p, size_t n, char *out, size_t *outn, const char **why) {
@@ -246,8 +218,8 @@ int mtasts_mailto_address(const char *p, size_t n, char *out, size_t *outn, cons
   for (i = 7; i < n && p[i] != '?'; i++) {
     int c = (unsigned char)p[i];
     if (c == '%') {
-      int hi = i + 2 < n ? hexval((unsigned char)p[i + 1]) : -1;
-      int lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
+      int hi = i + 2 < n ? mtasts_hexval((unsigned char)p[i + 1]) : -1;
+      int lo = i + 2 < n ? mtasts_hexval((unsigned char)p[i + 2]) : -1;
       if (hi < 0 || lo < 0) {
         *why = "has a '%' that is not followed by two hex digits";
         return 0;
@@ -273,9 +245,14 @@ int mtasts_mailto_address(const char *p, size_t n, char *out, size_t *outn, cons
     return 0;
   }
   at--;   /* the index of '@' */
-  if (!valid_hostname(out + at + 1, len - at - 1)) {
-    *why = "has a domain that is not a host name";
-    return 0;
+  {   /* the domain: what mtasts.domain accepts (LDH labels, no numeric top label), two
+       * labels or more */
+    char ascii[MTASTS_NAME_MAX + 1], derr[MTASTS_ERR_MAX];
+    if (!memchr(out + at + 1, '.', len - at - 1) || out[len - 1] == '.' ||
+        mtasts_domain_ascii(out + at + 1, len - at - 1, ascii, derr) != 0) {
+      *why = "has a domain that is not a host name";
+      return 0;
+    }
   }
   if (out[0] == '"') {            /* quoted-string: qtext and quoted-pairs, space allowed */
     if (at < 2 || out[at - 1] != '"') {
