@@ -521,6 +521,37 @@ describe("mtasts.tlsrpt store", function()
         ["https://r.example/b"] = "sent/1" }, states)
     end)
 
+    it("runs POSTs at once through post_start/post_finish; a raise in either is that URI's",
+      function()
+      local started, order = {}, {}
+      local fetcher = { posts = {} }
+      function fetcher.post_start(_, url, body)
+        order[#order + 1] = "start " .. url
+        if url:match("boom%-start") then error("broke while starting") end
+        started[#started + 1] = url
+        return { url = url, body = body }
+      end
+      function fetcher.post_finish(_, h)
+        order[#order + 1] = "finish " .. h.url
+        if h.url:match("boom%-finish") then error("broke while waiting") end
+        fetcher.posts[#fetcher.posts + 1] = { url = h.url, body = h.body }
+        return 200, ""
+      end
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.a.example"] = "v=TLSRPTv1; " ..
+        "rua=https://r.example/boom-start,https://r.example/ok,https://r.example/boom-finish" }),
+        fetcher = fetcher, max_attempts = 1 }
+      store:add(sts("a.example", 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(1, sum.sent)
+      assert.equal(2, sum.failed)
+      -- every start comes before the first finish: the POSTs run together
+      assert.same({ "start https://r.example/boom-start", "start https://r.example/ok",
+        "start https://r.example/boom-finish", "finish https://r.example/ok",
+        "finish https://r.example/boom-finish" }, order)
+      assert.equal("https://r.example/ok", fetcher.posts[1].url)
+    end)
+
     it("skips days without failures when asked", function()
       local fetcher = fake_fetcher(200)
       store = open{ resolver = fake_resolver({ ["_smtp._tls.a.example"] =

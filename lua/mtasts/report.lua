@@ -659,8 +659,9 @@ local function send_one(self, day, domain, host, now, summary)
       "%d"):format(day, domain, #list, self.max_rua))
     for i = #list, self.max_rua + 1, -1 do list[i] = nil end
   end
-  -- claim every destination that is due, start them all (POSTs run at once), then record
-  -- each outcome on its own: whatever one does, even raise, is that destination's failure
+  -- claim every destination that is due, then deliver (POSTs run at once), then record each
+  -- outcome on its own: whatever one does, even raise, is that destination's failure. Nothing
+  -- is started before every claim is made, so an error there leaves no transfer running.
   local jobs = {}
   for _, uri in ipairs(list) do
     local dkey = qbase .. uri
@@ -673,17 +674,27 @@ local function send_one(self, day, domain, host, now, summary)
       open_left = open_left + 1
     else
       local attempts = (ds.attempts or 0) + 1
-      local claim = { status = "sending", attempts = attempts, ["until"] = now + _M.LEASE }
+      local claim = { status = "sending", attempts = attempts,
+        ["until"] = self.clock() + _M.LEASE }
       if set_state(self, dkey, draw, claim) then
-        local started, finish = pcall(deliver_start, self, report, body, uri)
-        if not started then
-          local raised = uri .. ": " .. tostring(finish)
-          finish = function() return nil, raised end
-        end
         jobs[#jobs + 1] = { uri = uri, dkey = dkey, cur = json.encode(claim),
-          attempts = attempts, finish = finish }
+          attempts = attempts, https = uri:match("^https://") ~= nil }
       else
         open_left = open_left + 1   -- another process took it just now
+      end
+    end
+  end
+  -- mail first, then the POSTs, started together: a POST's timeout runs while it waits, so
+  -- none is started before a slow submission command
+  for pass = 1, 2 do
+    for _, j in ipairs(jobs) do
+      if j.https == (pass == 2) then
+        local started, finish = pcall(deliver_start, self, report, body, j.uri)
+        if not started then
+          local raised = j.uri .. ": " .. tostring(finish)
+          finish = function() return nil, raised end
+        end
+        j.finish = finish
       end
     end
   end
