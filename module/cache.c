@@ -36,6 +36,7 @@
 #include <sys/mman.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -190,6 +191,15 @@ static uint64_t log_fingerprint(const char *path) {
   return h;
 }
 
+/* Whether the file system has room to make the shared regions anew: removing the old ones
+ * gives their blocks back, and the new ones take as many; what may come on top (the log
+ * made ready again, growth) is kept under 2 MiB. */
+static int room_for_regions(const char *path) {
+  struct statvfs fs;
+  if (statvfs(path, &fs) != 0) return 1;
+  return (unsigned long long)fs.f_bavail * fs.f_frsize >= (2ull << 20);
+}
+
 /* Unlink the shared region files (__db.001, __db.002, ...) of a directory nobody uses. */
 static void remove_regions(const char *path) {
   char file[PATH_MAX + 64];
@@ -301,8 +311,13 @@ static int gate_map(shared_env *s, char *err) {
        * closed it, and nobody has written to the log since (a process of an earlier
        * version, which does not clear the mark, may have used it and been killed) */
       int clean = g->closed_clean && g->clean_log == log_fingerprint(s->path);
-      remove_regions(s->path);
-      if (!clean) g->need_recover = 1;
+      if (clean && !room_for_regions(s->path)) {
+        /* a disk too full to make them anew: join the cleanly closed ones (as before this
+         * rule), so the cache stays readable rather than fail with ENOSPC */
+      } else {
+        remove_regions(s->path);
+        if (!clean) g->need_recover = 1;
+      }
     }
     g->closed_clean = 0;
     /* byte 1, shared, for as long as this process has the cache open (the kernel drops it
@@ -562,7 +577,9 @@ static int check_dir(const char *path, char *err) {
     return ENOTDIR;
   }
   if (st.st_uid != me) {
-    struct passwd *pw = getpwuid(st.st_uid);
+    struct passwd pwd, *pw = NULL;
+    char buf[1024];
+    if (getpwuid_r(st.st_uid, &pwd, buf, sizeof buf, &pw) != 0) pw = NULL;
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory belongs to %s (uid %u), not to "
              "this user (uid %u): its owner could plant links that make this process "
              "overwrite other files; run mtasts as %s (e.g. with sudo -u or runuser -u)",
