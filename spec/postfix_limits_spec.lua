@@ -310,13 +310,15 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
   -- served meanwhile and afterwards.
   it("answers every request and stays open to others", function()
     local dir, cleanup = util.tmpdir()
+    local dns
+    -- one finally: busted keeps only the last one a test registers
     finally(function()
+      if dns then dns.stop() end
       proc.stop_all()
       cleanup()
     end)
-    local dns = require("support.dns").start({ ["example."] = {
+    dns = require("support.dns").start({ ["example."] = {
       '*.slow IN TXT "v=STSv1; id=1;"', "*.slow IN A 127.0.0.1" } })
-    finally(dns.stop)
     local stall = proc.free_port()
     proc.spawn("stall", "build/support/stall " .. stall .. " 120", dir .. "/stall.log")
     assert(proc.poll(function() return proc.tcp_open(stall) end, 10))
@@ -352,6 +354,7 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
         other:write(postfix.netstring("postfix [192.0.2.1]"))
         other:flush()
         quick = { answers(other, 1, 5), cqueues.monotime() - t0 }
+        print("QUICK", quick[2])
         other:close()
       end)
       got = {}
@@ -381,7 +384,10 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
     assert.equal(400, busy + none, log)
     assert.is_true(none >= 1 and busy >= 1, ("%d NOTFOUND, %d TEMP"):format(none, busy))
     assert.same({ "NOTFOUND " }, quick[1])
-    assert.is_true(quick[2] < util.within(1), "the other connection waited " .. quick[2] .. " s")
+    -- well before the stalled lookups end (3 s); not at once, though: each of the ~30 policy
+    -- fetches that start together costs OpenSSL ~20 ms of CPU in the loop (a new SSL_CTX)
+    assert.is_true(quick[2] < util.within(2), "the other connection waited " .. quick[2] ..
+      " s: " .. log)
     assert.same({ "NOTFOUND " }, after)
     assert.is_nil(log:find("Too many open files", 1, true), log)
     assert.is_nil(log:find("can't create socket", 1, true), log)
