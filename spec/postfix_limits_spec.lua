@@ -354,7 +354,6 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
         other:write(postfix.netstring("postfix [192.0.2.1]"))
         other:flush()
         quick = { answers(other, 1, 5), cqueues.monotime() - t0 }
-        print("QUICK", quick[2])
         other:close()
       end)
       got = {}
