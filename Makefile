@@ -127,7 +127,7 @@ unit: deps-test all $(SUPPORT)
 lint: deps-test
 	luacheck lua spec fuzz bench examples bin/mtasts bin/mtasts-opensmtpd-filter
 
-asan: deps-test build/asan/mtasts/core.so $(SUPPORT) $(OPENSMTPD) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
+asan: deps-test all build/asan/mtasts/core.so $(SUPPORT) $(OPENSMTPD) $(addprefix build/replay/,$(HARNESSES)) build/fuzz/seeds/.stamp
 	@MTASTS_CPATH=./build/asan/?.so MTASTS_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
 	  MTASTS_TIME_SCALE=3 scripts/test all
 
