@@ -94,35 +94,35 @@ static void errcall(const DB_ENV *e, const char *pfx, const char *msg) {
 
 const char *mtasts_code_name(int rc) {
   switch (rc) {
-  case DB_NOTFOUND: return "DB_NOTFOUND";
-  case DB_LOCK_DEADLOCK: return "DB_LOCK_DEADLOCK";
-  case DB_LOCK_NOTGRANTED: return "DB_LOCK_NOTGRANTED";
-  case DB_RUNRECOVERY: return "DB_RUNRECOVERY";
-  case DB_VERIFY_BAD: return "DB_VERIFY_BAD";
-  case DB_OLD_VERSION: return "DB_OLD_VERSION";
-  case DB_VERSION_MISMATCH: return "DB_VERSION_MISMATCH";
-  case DB_PAGE_NOTFOUND: return "DB_PAGE_NOTFOUND";
-  case MTASTS_ECORRUPT: return "CORRUPT";
+  case DB_NOTFOUND: return "db-notfound";
+  case DB_LOCK_DEADLOCK: return "db-lock-deadlock";
+  case DB_LOCK_NOTGRANTED: return "db-lock-notgranted";
+  case DB_RUNRECOVERY: return "db-runrecovery";
+  case DB_VERIFY_BAD: return "db-verify-bad";
+  case DB_OLD_VERSION: return "db-old-version";
+  case DB_VERSION_MISMATCH: return "db-version-mismatch";
+  case DB_PAGE_NOTFOUND: return "db-page-notfound";
+  case MTASTS_ECORRUPT: return "corrupt";
   case MTASTS_EPOLICY: return "policy-syntax";
   case MTASTS_EDOMAIN: return "domain-syntax";
-  case ENOENT: return "ENOENT";
-  case EACCES: return "EACCES";
-  case EPERM: return "EPERM";
-  case ENOSPC: return "ENOSPC";
-  case EDQUOT: return "EDQUOT";
-  case EFBIG: return "EFBIG";
-  case EROFS: return "EROFS";
-  case EIO: return "EIO";
-  case ENOMEM: return "ENOMEM";
-  case EINVAL: return "EINVAL";
-  case ENOTDIR: return "ENOTDIR";
-  case EEXIST: return "EEXIST";
-  case EAGAIN: return "EAGAIN";
-  case EBUSY: return "EBUSY";
-  case ENAMETOOLONG: return "ENAMETOOLONG";
-  case ETIMEDOUT: return "ETIMEDOUT";
-  case ELOOP: return "ELOOP";
-  default: return "BDB_ERROR";
+  case ENOENT: return "enoent";
+  case EACCES: return "eacces";
+  case EPERM: return "eperm";
+  case ENOSPC: return "enospc";
+  case EDQUOT: return "edquot";
+  case EFBIG: return "efbig";
+  case EROFS: return "erofs";
+  case EIO: return "eio";
+  case ENOMEM: return "enomem";
+  case EINVAL: return "einval";
+  case ENOTDIR: return "enotdir";
+  case EEXIST: return "eexist";
+  case EAGAIN: return "eagain";
+  case EBUSY: return "ebusy";
+  case ENAMETOOLONG: return "enametoolong";
+  case ETIMEDOUT: return "etimedout";
+  case ELOOP: return "eloop";
+  default: return "bdb-error";
   }
 }
 

@@ -38,7 +38,7 @@ static int core_poll(lua_State *L) {
   if (rc < 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "poll: %s", strerror(errno));
-    lua_pushliteral(L, "EPOLL");
+    lua_pushliteral(L, "epoll");
     return 3;
   }
   lua_pushboolean(L, rc > 0);
@@ -89,7 +89,7 @@ static int nofile(lua_State *L) {
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "getrlimit: %s", strerror(errno));
-    lua_pushliteral(L, "EIO");
+    lua_pushliteral(L, "eio");
     return 3;
   }
   if (!lua_isnoneornil(L, 1)) {

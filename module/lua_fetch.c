@@ -252,7 +252,7 @@ static int is_global_address(lua_State *L) {
     a6.sin6_family = AF_INET6;
     lua_pushboolean(L, mtasts_address_is_global((struct sockaddr *)&a6));
   } else {
-    return fail(L, "not an IPv4 or IPv6 address", "EINVAL");
+    return fail(L, "not an IPv4 or IPv6 address", "einval");
   }
   return 1;
 }

@@ -217,8 +217,8 @@ static int results__tostring(lua_State *L) {
 static int codec_fail(lua_State *L, int rc, const char *err, const char *code) {
   lua_pushnil(L);
   lua_pushstring(L, rc == MTASTS_CODEC_ENOMEM ? "out of memory" : err);
-  lua_pushstring(L, rc == MTASTS_CODEC_ELARGE ? "TOO_LARGE" :
-                    rc == MTASTS_CODEC_ENOMEM ? "ENOMEM" : code);
+  lua_pushstring(L, rc == MTASTS_CODEC_ELARGE ? "too-large" :
+                    rc == MTASTS_CODEC_ENOMEM ? "enomem" : code);
   return 3;
 }
 
@@ -237,7 +237,7 @@ static int core_gzip(lua_State *L) {
   return 1;
 }
 
-/* gunzip(s, limit) -> data | nil, msg, "GZIP"|"TOO_LARGE" */
+/* gunzip(s, limit) -> data | nil, msg, "gzip"|"too-large" */
 static int core_gunzip(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
@@ -248,7 +248,7 @@ static int core_gunzip(lua_State *L) {
   luaL_argcheck(L, limit >= 0 && limit <= (1 << 30), 2, "limit out of range");
   if ((rc = mtasts_gunzip((const unsigned char *)s, n, (size_t)limit, &b, err)) != 0) {
     mtasts_buf_free(&b);
-    return codec_fail(L, rc, err, "GZIP");
+    return codec_fail(L, rc, err, "gzip");
   }
   lua_pushlstring(L, (const char *)b.p, b.n);
   mtasts_buf_free(&b);
@@ -271,7 +271,7 @@ static int core_base64_encode(lua_State *L) {
   return 1;
 }
 
-/* base64_decode(s) -> data | nil, msg, "BASE64" */
+/* base64_decode(s) -> data | nil, msg, "base64" */
 static int core_base64_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
@@ -280,7 +280,7 @@ static int core_base64_decode(lua_State *L) {
   int rc = mtasts_base64_decode((const unsigned char *)s, n, &b, err);
   if (rc != 0) {
     mtasts_buf_free(&b);
-    return codec_fail(L, rc, err, "BASE64");
+    return codec_fail(L, rc, err, "base64");
   }
   lua_pushlstring(L, (const char *)b.p, b.n);
   mtasts_buf_free(&b);

@@ -325,7 +325,7 @@ describe("mtasts.core.is_global_address", function()
       "64:ff9b::a00:1", "64:ff9b::7f00:1", "2002:c0a8:101::1", "2002:7f00:1::1", "::10.0.0.1" }
     for _, ip in ipairs(global) do assert.is_true(core.is_global_address(ip), ip) end
     for _, ip in ipairs(internal) do assert.is_false(core.is_global_address(ip), ip) end
-    assert.same({ nil, "not an IPv4 or IPv6 address", "EINVAL" },
+    assert.same({ nil, "not an IPv4 or IPv6 address", "einval" },
       { core.is_global_address("mta-sts.example") })
   end)
 end)

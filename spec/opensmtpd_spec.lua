@@ -81,12 +81,12 @@ describe("mtasts.opensmtpd filter", function()
     for i = 1, 20 do lines[i] = ("line %02d xxxxxxxxxx"):format(i) end
     lines[#lines + 1] = "."
     feed("0.6", "s4", lines)
-    assert.matches("TOO_LARGE", out[1])
+    assert.matches("too-large", out[1])
     assert.equal(#lines + 1, #out)
     assert.equal("filter-dataline|s4|tok|.", out[#out])
   end)
 
-  it("holds at most max_held_total bytes across sessions; the rest streams, marked BUSY",
+  it("holds at most max_held_total bytes across sessions; the rest streams, marked busy",
     function()
     f = opensmtpd.new{ addresses = { "tlsrpt@example.org" }, max_held = 1000,
       max_held_total = 1500, write = function(l) out[#out + 1] = l end }
@@ -99,7 +99,7 @@ describe("mtasts.opensmtpd filter", function()
     assert.equal(800 + 700, f.held_total)
     assert.same({}, out)
     feed("0.6", "b", { line })
-    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(BUSY%)", out[1])
+    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(busy%)", out[1])
     assert.equal(800, f.held_total)
     feed("0.6", "a", { "." })
     assert.equal(0, f.held_total)
@@ -145,7 +145,7 @@ describe("mtasts.opensmtpd filter", function()
     lines[#lines + 1] = "."
     feed("0.6", "s8", lines)
     local text = table.concat(out, "\n")
-    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(TOO_LARGE%)", out[1])
+    assert.matches("X%-Mtasts%-TLSRPT: not parsed %(too%-large%)", out[1])
     assert.is_nil(text:find("forged", 1, true), text)
     assert.is_nil(text:find("obsolete-form", 1, true), text)
     assert.matches("X-Padding-10:", text, 1, true)
@@ -211,7 +211,7 @@ describe("mtasts.opensmtpd filter against hostile reports", function()
       "/input " .. dir .. "/reports")
     assert.equal(0, status, out)
     local r = require("cjson").decode(out:match("{.*}"))
-    assert.matches("not parsed %(TOO_LARGE%): report: the gzip data inflates to over 4194304",
+    assert.matches("not parsed %(too%-large%): report: the gzip data inflates to over 4194304",
       r.headers.bomb)
     assert.matches("^X%-Mtasts%-TLSRPT: parsed; report%-id=big", r.headers.legit)
     assert.matches("more than 100 MIME parts", r.headers.parts)

@@ -23,8 +23,8 @@ local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 
 
 -- Cache failures the client rides out (it goes on without the cache, and logs); anything
 -- else (a directory it may not write, say) makes mtasts.open fail.
-local DAMAGE = { CORRUPT = true, DB_RUNRECOVERY = true, DB_VERIFY_BAD = true,
-  DB_PAGE_NOTFOUND = true, DB_OLD_VERSION = true, BDB_ERROR = true }
+local DAMAGE = { corrupt = true, ["db-runrecovery"] = true, ["db-verify-bad"] = true,
+  ["db-page-notfound"] = true, ["db-old-version"] = true, ["bdb-error"] = true }
 
 -- The cache, or nil while it is unavailable (reopened at most once a minute).
 local function cache_of(self)
@@ -297,7 +297,7 @@ end
 function Client:records()
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   local cache = cache_of(self)
-  if not cache then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
+  if not cache then return nil, "the cache is unavailable (see the log)", "corrupt" end
   return cache:list()
 end
 
@@ -308,7 +308,7 @@ function Client:delete(domain)
   if not ascii then return nil, err, code end
   forget_negative(self, ascii)
   local cache = cache_of(self)
-  if not cache then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
+  if not cache then return nil, "the cache is unavailable (see the log)", "corrupt" end
   return cache:delete(ascii)
 end
 
@@ -338,7 +338,7 @@ end
 -- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed }.
 function Client:refresh(opts)
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
-  if not cache_of(self) then return nil, "the cache is unavailable (see the log)", "CORRUPT" end
+  if not cache_of(self) then return nil, "the cache is unavailable (see the log)", "corrupt" end
   opts = opts or {}
   local window, concurrency = opts.window or 0, opts.concurrency or 10
   local now = self.clock()

@@ -262,9 +262,9 @@ local function on_data_line(self, version, sid, token, line)
   local size = #line + 2
   local why
   if held.size + size > self.max_held then
-    why = "(TOO_LARGE): over " .. self.max_held .. " bytes"
+    why = "(too-large): over " .. self.max_held .. " bytes"
   elseif self.held_total + size > self.max_held_total then
-    why = "(BUSY): other reports in flight hold " .. self.held_total .. " bytes"
+    why = "(busy): other reports in flight hold " .. self.held_total .. " bytes"
     note(self, "busy", "mtasts-opensmtpd: " .. self.held_total .. " bytes held for parsing, " ..
       "the limit: passing a report on unparsed")
   end

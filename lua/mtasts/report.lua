@@ -782,7 +782,7 @@ function Store:build(day, dir)
       if r.host then name = name:gsub("%.json%.gz$", ".mx.json.gz") end
       local path = dir .. "/" .. name
       local f, ferr = io.open(path, "wb")
-      if not f then return nil, ferr, "EIO" end
+      if not f then return nil, ferr, "eio" end
       f:write(tlsrpt.gzip(report))
       f:close()
       files[#files + 1] = path

@@ -327,16 +327,16 @@ local function from_body(body, lim)
   if body:sub(1, 2) == "\31\139" then
     local text, err, code = core.gunzip(body, lim.max_json)
     if not text then
-      if code == "TOO_LARGE" then
+      if code == "too-large" then
         return nil, "report: the gzip data inflates to over " .. lim.max_json .. " bytes", code
       end
-      return nil, "report: " .. tostring(err), "GZIP"
+      return nil, "report: " .. tostring(err), "gzip"
     end
     return decode_json(text)
   end
   if #body > lim.max_json then
     return nil, "report: " .. #body .. " bytes of JSON is over the limit of " .. lim.max_json,
-      "TOO_LARGE"
+      "too-large"
   end
   return decode_json(body)
 end
@@ -434,7 +434,7 @@ end
 --- Parse an incoming report: JSON, gzip JSON, or a whole message (multipart/report with a
 -- tlsrpt part, or a bare application/tlsrpt+json or +gzip body). Returns the report table
 -- (the JSON's shape and hyphenated keys, `mx-host`, `policy-string` and `failure-details`
--- always arrays) or nil, message, code: report-syntax, GZIP, TOO_LARGE. opts (optional):
+-- always arrays) or nil, message, code: report-syntax, gzip, too-large. opts (optional):
 -- max_input (bytes of data, default MAX_INPUT), max_json (bytes of JSON, inflated or not,
 -- default MAX_JSON), max_parts (MIME parts looked at, default MAX_PARTS): what one report
 -- may cost, in memory and time. A second argument that is not a table is ignored.
@@ -448,7 +448,7 @@ function _M.parse_report(data, opts)
     _M.MAX_JSON, max_parts = opts.max_parts or _M.MAX_PARTS, parts = 0 }
   if #data > lim.max_input then
     return nil, "report: " .. #data .. " bytes is over the limit of " .. lim.max_input,
-      "TOO_LARGE"
+      "too-large"
   end
   if data:sub(1, 2) == "\31\139" then return from_body(data, lim) end
   if data:match("^%s*{") then return from_body(data, lim) end
