@@ -191,6 +191,7 @@ world: deps-test all $(SUPPORT)
 # programs told where their modules are, and the man pages, the systemd units (with the
 # installed paths), the sysusers.d/tmpfiles.d snippets and the docs.
 LUA_FILES := $(wildcard lua/mtasts/*.lua)
+LUA_TLSRPT := $(wildcard lua/mtasts/tlsrpt/*.lua)
 PROGRAMS  := mtasts mtasts-opensmtpd-filter
 MANPAGES  := man/mtasts.1 man/mtasts-opensmtpd-filter.1
 UNITS_IN  := $(wildcard dist/systemd/*.in)
@@ -198,9 +199,10 @@ UNITS     := $(patsubst dist/systemd/%.in,%,$(UNITS_IN)) $(notdir $(wildcard dis
 DOCS      := README.md LICENSE $(wildcard docs/*.md)
 
 install-lua: all
-	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts $(DESTDIR)$(INST_BINDIR)
+	install -d $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt $(DESTDIR)$(INST_BINDIR)
 	install -m 755 build/mtasts/core.so $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
 	install -m 644 $(LUA_FILES) $(DESTDIR)$(INST_LUADIR)/mtasts/
+	install -m 644 $(LUA_TLSRPT) $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt/
 	for p in $(PROGRAMS); do install -m 755 bin/$$p $(DESTDIR)$(INST_BINDIR)/$$p; done
 
 install: install-lua
@@ -224,6 +226,8 @@ install: install-lua
 uninstall:
 	rm -f $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
 	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/,$(notdir $(LUA_FILES)))
+	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt/,$(notdir $(LUA_TLSRPT)))
+	-rmdir $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt 2>/dev/null
 	rm -f $(addprefix $(DESTDIR)$(INST_BINDIR)/,$(PROGRAMS))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES)))
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))

@@ -6,7 +6,7 @@ package.cpath = (os.getenv("MTASTS_CPATH") or "./build/?.so") .. ";" .. package.
 local core = require("mtasts.core")
 local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
-local sts = require("mtasts.sts")
+local sts = require("mtasts.discover")
 local util = require("support.util")
 local proc = require("support.proc")
 

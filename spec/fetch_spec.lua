@@ -2,7 +2,7 @@
 -- stalling server, all on loopback, with certificates from a test CA (docs/conformance.md §1-§2).
 local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
-local sts = require("mtasts.sts")
+local sts = require("mtasts.discover")
 local core = require("mtasts.core")
 local util = require("support.util")
 local proc = require("support.proc")

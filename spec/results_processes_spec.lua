@@ -27,7 +27,7 @@ local function last_ack(log)
   return n, done
 end
 
-describe("mtasts.report store under many processes #slow", function()
+describe("mtasts.tlsrpt.store under many processes #slow", function()
   local dir, cleanup, pids = nil, nil, {}
   before_each(function() dir, cleanup = util.tmpdir() end)
   after_each(function()

@@ -1,4 +1,4 @@
--- mtasts.tlsrpt and mtasts.report: recording, merging, reports, messages, delivery state,
+-- mtasts.tlsrpt and mtasts.tlsrpt.store: recording, merging, reports, messages, delivery state,
 -- incoming reports. Fake resolver, fetcher, clock and submission command; the real servers
 -- are in report_delivery_spec.lua.
 local tlsrpt = require("mtasts.tlsrpt")
@@ -211,7 +211,7 @@ describe("mtasts.tlsrpt store", function()
       store = open()
       store:close()
       assert.has_error(function() store:add(sts()) end,
-        "attempt to use a closed mtasts.report.store")
+        "attempt to use a closed mtasts.tlsrpt.store")
       store = nil
     end)
   end)

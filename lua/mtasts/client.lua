@@ -3,8 +3,10 @@
 -- record check, the fetch, and the TLSRPT result of each branch. Opened with
 -- mtasts.open{...}. Reference: docs/client.md.
 local core = require("mtasts.core")
-local sts = require("mtasts.sts")
-local tlsrpt = require("mtasts.tlsrpt")
+local discover = require("mtasts.discover")
+local tlsrpt = require("mtasts.tlsrpt.format")
+local resolver = require("mtasts.resolver")
+local fetch = require("mtasts.fetch")
 
 local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, error, setmetatable,
   pcall
@@ -81,7 +83,7 @@ function _M.open(opts)
   self.resolver = opts.resolver
   if not self.resolver then
     local r
-    r, err, code = require("mtasts.resolver").new{ nameserver = opts.nameserver,
+    r, err, code = resolver.new{ nameserver = opts.nameserver,
       trust_anchor = opts.trust_anchor, timeout = timeouts.dns, wait = wait }
     if not r then self:close() return nil, err, code end
     self.resolver, self.owned.resolver = r, true
@@ -89,7 +91,7 @@ function _M.open(opts)
   self.fetcher = opts.fetcher
   if not self.fetcher then
     local f
-    f, err, code = require("mtasts.fetch").new{
+    f, err, code = fetch.new{
       resolver = type(self.resolver.a) == "function" and self.resolver or nil,
       cafile = opts.cafile, capath = opts.capath, proxy = opts.proxy,
       connect_to = opts.connect_to, timeout = timeouts.fetch, wait = wait,
@@ -164,7 +166,7 @@ end
 
 -- No usable row: look the record up and fetch (docs/conformance.md §5, "No usable row").
 function Client:_first(ascii, now)
-  local record, rerr, rcode, rreason = sts.record(self.resolver, ascii)
+  local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
   if not record then
     if rcode == "no-record" then
       local result = tlsrpt.no_policy_result(ascii)
@@ -175,11 +177,11 @@ function Client:_first(ascii, now)
     if rcode == "dns" then return nil, result, false, rerr, "dns" end
     return nil, result, true   -- multiple records, record syntax: nothing stored
   end
-  local policy, text, info, reason = sts.policy(self.fetcher, ascii)
+  local policy, text, info, reason = discover.policy(self.fetcher, ascii)
   if not policy then
     local code = info
     self:_upsert(ascii, record.id, nil, now)    -- back off for 300 s
-    return nil, sts_failure(ascii, require("mtasts.fetch").result_type(code, reason), reason),
+    return nil, sts_failure(ascii, fetch.result_type(code, reason), reason),
       true
   end
   self:_upsert(ascii, record.id, text, now)
@@ -208,7 +210,7 @@ function Client:_get(ascii, force)
   if not force and now - row.last_update < self.recheck then
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), false
   end
-  local record, _, rcode, rreason = sts.record(self.resolver, ascii)
+  local record, _, rcode, rreason = discover.record(self.resolver, ascii)
   if not record then
     -- keep serving the cached policy: a removed or blocked record never drops it early
     local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
@@ -222,10 +224,10 @@ function Client:_get(ascii, force)
     if ok == nil then self.log("mtasts: cache: " .. tostring(err)) end
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), true
   end
-  local policy, text, info, reason = sts.policy(self.fetcher, ascii)
+  local policy, text, info, reason = discover.policy(self.fetcher, ascii)
   if not policy then
     local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
-    tlsrpt.add_failure(result, require("mtasts.fetch").result_type(info, reason),
+    tlsrpt.add_failure(result, fetch.result_type(info, reason),
       reason .. "+fallback-to-cached-policy")
     return cached, result, false
   end
@@ -315,7 +317,7 @@ end
 -- Refresh one due row (docs/conformance.md §5, proactive refresh); returns the outcome.
 function Client:_refresh_one(ascii, now)
   local row = self.cache:lookup(ascii, now)
-  local record, _, rcode = sts.record(self.resolver, ascii)
+  local record, _, rcode = discover.record(self.resolver, ascii)
   if not record then
     if rcode == "no-record" and (not row or row.backoff or row.policy.mode == "none") then
       self.cache:delete(ascii)
@@ -327,7 +329,7 @@ function Client:_refresh_one(ascii, now)
     self.cache:mark_checked(ascii, now, true)
     return "extended"
   end
-  local policy, text = sts.policy(self.fetcher, ascii)
+  local policy, text = discover.policy(self.fetcher, ascii)
   if not policy then return "failed" end
   self:_upsert(ascii, record.id, text, now)
   return "updated"

@@ -2,7 +2,7 @@
 -- mox queue/direct.go). Pure decisions on tables; nothing here does I/O.
 -- Reference: docs/delivery.md.
 local core = require("mtasts.core")
-local tlsrpt = require("mtasts.tlsrpt")
+local tlsrpt = require("mtasts.tlsrpt.format")
 
 local type, ipairs, pairs, error = type, ipairs, pairs, error
 

@@ -4,6 +4,7 @@
 -- Reference: docs/parsing.md, docs/client.md.
 local core = require("mtasts.core")
 local tlsrpt = require("mtasts.tlsrpt")
+local client = require("mtasts.client")
 
 local _M = {
   _VERSION = core.version,
@@ -30,6 +31,6 @@ _M.domain = core.domain
 _M.is_record = core.is_sts_record
 
 --- Open a client: the policy cache, a resolver and a fetcher (docs/client.md).
-function _M.open(opts) return require("mtasts.client").open(opts) end
+_M.open = client.open
 
 return _M

@@ -1,4 +1,4 @@
---- mtasts.report: the TLSRPT result store (RFC 8460): recording results, building the daily
+--- mtasts.tlsrpt.store: the TLSRPT result store (RFC 8460): recording results, building the daily
 -- reports, delivering them. Opened with tlsrpt.open{...}. Reference: docs/tlsrpt.md.
 --
 -- Storage (results.db in a cache environment, module/results.c) holds counters under keys
@@ -11,7 +11,9 @@
 -- Delivery state lives under "Q" day NUL kind policy-domain NUL [destination] as JSON.
 local core = require("mtasts.core")
 local json = require("mtasts.json")
-local tlsrpt = require("mtasts.tlsrpt")
+local tlsrpt = require("mtasts.tlsrpt.format")
+local resolver = require("mtasts.resolver")
+local fetch = require("mtasts.fetch")
 
 local type, pairs, ipairs, error, tostring, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, setmetatable, pcall
@@ -23,7 +25,7 @@ local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDO
   SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120 }
 
 local Store = {}
-local store_mt = { __index = Store, __name = "mtasts.report.store" }
+local store_mt = { __index = Store, __name = "mtasts.tlsrpt.store" }
 
 local OPTIONS = { path = true, organization = true, contact = true, submitter = true,
   from = true, clock = true, resolver = true, fetcher = true, sendmail = true,
@@ -87,7 +89,7 @@ end
 
 local function check(self, fn)
   if getmetatable(self) ~= store_mt then error("bad self to '" .. fn .. "'", 3) end
-  if not self.is_open then error("attempt to use a closed mtasts.report.store", 3) end
+  if not self.is_open then error("attempt to use a closed mtasts.tlsrpt.store", 3) end
 end
 
 local function check_day(day, fn, argn)
@@ -483,13 +485,13 @@ store_mt.__gc = function(self) if self.is_open then pcall(Store.close, self) end
 local function net(self)
   local wait = self.net.wait
   if not self.resolver then
-    local r, err, code = require("mtasts.resolver").new{ nameserver = self.net.nameserver,
+    local r, err, code = resolver.new{ nameserver = self.net.nameserver,
       trust_anchor = self.net.trust_anchor, timeout = self.net.timeouts.dns, wait = wait }
     if not r then return nil, err, code end
     self.resolver, self.owned.resolver = r, true
   end
   if not self.fetcher then
-    local f, err, code = require("mtasts.fetch").new{
+    local f, err, code = fetch.new{
       resolver = type(self.resolver.a) == "function" and self.resolver or nil,
       cafile = self.net.cafile, connect_to = self.net.connect_to,
       timeout = self.net.timeouts.fetch, wait = wait,

@@ -1,4 +1,4 @@
---- mtasts.sts: discovering a domain's MTA-STS policy: the TXT record, then the policy file
+--- mtasts.discover: discovering a domain's MTA-STS policy: the TXT record, then the policy file
 -- (docs/conformance.md §1-§2; mox's mtasts.Get). No cache here: the client (mtasts.open) keeps
 -- what this finds. Reference: docs/fetch.md.
 local core = require("mtasts.core")
