@@ -161,11 +161,18 @@ describe("mtasts.open", function()
       assert.same({ result_type = "sts-policy-invalid",
         failure_reason_code = "content-type-not-text-plain", count = 1 }, result.failures[1])
     end)
-    it("fails with domain-syntax on a name that is no domain", function()
-      local policy, msg, code = sts:get("192.0.2.1")
-      assert.is_nil(policy)
-      assert.equal("domain-syntax", code)
-      assert.is_string(msg)
+    it("fails with domain-syntax on a name that is no domain, in the positions of every failure",
+      function()
+      for _, name in ipairs({ "192.0.2.1", "bad..domain", "", ("a"):rep(64) .. ".example" }) do
+        local n = select("#", sts:get(name))
+        local policy, result, fresh, msg, code = sts:get(name)
+        assert.equal(5, n)
+        assert.is_nil(policy)
+        assert.is_nil(result)         -- there is no policy domain to report on
+        assert.is_false(fresh)
+        assert.equal("domain-syntax", code)
+        assert.is_string(msg)
+      end
     end)
   end)
 
@@ -313,7 +320,7 @@ describe("mtasts.open", function()
       util.run("mkdir -p " .. path .. " && cp spec/fixtures/damaged-page/* " .. path .. "/")
       local logged = {}
       local c = assert(mtasts.open{ path = path, resolver = w.resolver, fetcher = w.fetcher,
-        clock = w.clock, log = function(m) logged[#logged + 1] = m end })
+        clock = w.clock, log = function(_, m) logged[#logged + 1] = m end })
       w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
       w.policy["example.com"] = ENFORCE
       assert.equal("enforce", c:get("example.com").mode)

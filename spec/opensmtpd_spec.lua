@@ -115,7 +115,7 @@ describe("mtasts.opensmtpd filter", function()
     local logs = {}
     f = opensmtpd.new{ addresses = { "tlsrpt@example.org" }, report_dir = dir,
       max_store_files = 2, write = function(l) out[#out + 1] = l end,
-      log = function(m) logs[#logs + 1] = m end }
+      log = function(_, m) logs[#logs + 1] = m end }
     for i = 1, 3 do
       out = {}
       local sid = "s" .. i

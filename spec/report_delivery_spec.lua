@@ -144,7 +144,7 @@ describe("#fixture report delivery", function()
     local before = #world.https.reports()
     local logs = {}
     local store = open{ allow_private_addresses = false,
-      log = function(m) logs[#logs + 1] = m end }
+      log = function(_, m) logs[#logs + 1] = m end }
     store:add(result("good.example", 1, 0))
     store:add(result("ported.example", 1, 0))
     now = AFTER
@@ -161,7 +161,7 @@ describe("#fixture report delivery", function()
   it("sends to at most ten destinations of a record, all at once", function()
     local logs = {}
     local store = open{ timeouts = { dns = 2, fetch = 1 }, max_attempts = 1,
-      log = function(m) logs[#logs + 1] = m end }
+      log = function(_, m) logs[#logs + 1] = m end }
     store:add(result("fanout.example", 1, 0))
     now = AFTER
     local t0 = require("mtasts.core").monotonic()
@@ -198,7 +198,7 @@ describe("#fixture report delivery", function()
       window = 0, backoff = 1, max_attempts = 2, clock = function() return now end,
       nameserver = world.dns.nameserver, trust_anchor = false, cafile = world.ca.cafile,
       connect_to = world.https.connect_to, timeouts = { dns = 2, fetch = 3 },
-      log = function(m) world.last_log = m end, allow_private_addresses = true })
+      log = function(_, m) world.last_log = m end, allow_private_addresses = true })
     store:add(result("expired.example", 1, 0))
     store:add(result("busy.example", 1, 0))
     now = AFTER

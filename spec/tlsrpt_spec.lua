@@ -499,7 +499,7 @@ describe("mtasts.tlsrpt store", function()
         ["_smtp._tls.a.example"] = "v=TLSRPTv1; rua=https://r.example/boom,https://r.example/a",
         ["_smtp._tls.b.example"] = "v=TLSRPTv1; rua=https://r.example/b" }),
         fetcher = fetcher, max_attempts = 2, backoff = 1,
-        log = function(m) logs[#logs + 1] = m end }
+        log = function(_, m) logs[#logs + 1] = m end }
       store:add(sts("a.example", 1))
       store:add(sts("b.example", 1))
       now = tlsrpt.day_start(DAY) + 86400 + 60

@@ -35,7 +35,7 @@ local function cache_of(self)
   if self.cache_retry and now < self.cache_retry then return nil end
   local cache, err = core.cache_open(self.path)
   if not cache then
-    self.log("mtasts: " .. tostring(err))
+    self.log("err", tostring(err))
     self.cache_retry = now + 60
     return nil
   end
@@ -74,7 +74,7 @@ function _M.open(opts)
   if not cache then
     if not DAMAGE[code] then return nil, err, code end
     -- a damaged cache: mail keeps flowing without it until it is rebuilt
-    self.log("mtasts: " .. tostring(err))
+    self.log("err", tostring(err))
     self.cache_retry = self.clock() + 60
   end
   self.cache = cache
@@ -137,7 +137,7 @@ function Client:_upsert(ascii, record_id, text, now)
   local cache = cache_of(self)
   if not cache then return end
   local ok, err = cache:upsert(ascii, record_id, text, now)
-  if not ok then self.log("mtasts: cache: " .. tostring(err)) end
+  if not ok then self.log("err", "cache: " .. tostring(err)) end
 end
 
 -- Negative answers ("no MTA-STS record") are remembered for `recheck` seconds in two
@@ -199,7 +199,7 @@ function Client:_get(ascii, force)
   local cache = cache_of(self)
   local row, cerr
   if cache then row, cerr = cache:lookup(ascii, now) end
-  if cerr then self.log("mtasts: cache: " .. tostring(cerr)) end  -- carry on without it
+  if cerr then self.log("err", "cache: " .. tostring(cerr)) end  -- carry on without it
   if not row then return self:_first(ascii, now) end
   if row.backoff then
     if force then return self:_first(ascii, now) end
@@ -221,7 +221,7 @@ function Client:_get(ascii, force)
   end
   if record.id == row.record_id then
     local ok, err = cache:mark_checked(ascii, now)
-    if ok == nil then self.log("mtasts: cache: " .. tostring(err)) end
+    if ok == nil then self.log("err", "cache: " .. tostring(err)) end
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), true
   end
   local policy, text, info, reason = discover.policy(self.fetcher, ascii)
@@ -243,8 +243,9 @@ function Client:_fd()
 end
 
 --- Look up the policy of `domain`. Returns policy, result, fresh; policy nil without an
--- error means no MTA-STS (or backing off). On a temporary error: nil, result, false,
--- message, code. A domain that is no domain name: nil, message, "domain-syntax".
+-- error means no MTA-STS (or backing off). On a failure: nil, result, false, message, code;
+-- for a name that is no domain, result is nil (there is no policy domain to report on) and
+-- code is "domain-syntax".
 -- opts.force re-reads the TXT record whatever recheck says.
 function Client:get(domain, opts)
   if getmetatable(self) ~= client_mt then error("bad self (mtasts.client expected)", 2) end
@@ -256,7 +257,7 @@ function Client:get(domain, opts)
     error("bad argument #2 to 'get' (table expected, got " .. type(opts) .. ")", 2)
   end
   local ascii, err, code = core.domain(domain)
-  if not ascii then return nil, err, code end
+  if not ascii then return nil, nil, false, err, code end
   local force = opts and opts.force or false
   local key = force and ascii .. " force" or ascii
   local slot = self.inflight[key]
@@ -293,6 +294,18 @@ function Client:answers_now(domain)
   local cache = cache_of(self)
   local row = cache and cache:lookup(ascii, now)
   return row ~= nil and (row.backoff or now - row.last_update < self.recheck) or false
+end
+
+--- The cached row of `domain` as `records` shows it, without DNS or HTTPS: where a policy
+-- came from, whether the domain is backing off. nil when there is none; nil, message, code
+-- on failure (domain-syntax, or the cache's codes).
+function Client:cached(domain)
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
+  local ascii, err, code = core.domain(domain)
+  if not ascii then return nil, err, code end
+  local cache = cache_of(self)
+  if not cache then return nil, "the cache is unavailable (see the log)", "corrupt" end
+  return cache:lookup(ascii, self.clock())
 end
 
 --- Every cached row, most recently used first (docs/cache.md shows a row).
@@ -364,7 +377,7 @@ function Client:refresh(opts)
         while core.monotonic() - t0 < starts[i] do coroutine.yield(-1, "r", 0.05) end
         local ok, outcome = pcall(self._refresh_one, self, due[i], self.clock())
         if not ok then
-          self.log("mtasts: refresh " .. due[i] .. ": " .. tostring(outcome))
+          self.log("err", "refresh " .. due[i] .. ": " .. tostring(outcome))
           outcome = "failed"
         end
         summary[outcome] = summary[outcome] + 1
@@ -396,14 +409,25 @@ function Client:refresh(opts)
   return summary
 end
 
---- Close the cache, and the resolver and fetcher the client made. Returns true.
+--- Close the cache, and the resolver and fetcher the client made. Returns true, or nil,
+-- message, code when one of them failed to close (the rest are closed all the same); a
+-- second close returns true.
 function Client:close()
-  if self.owned.fetcher and self.fetcher then self.fetcher:close() end
-  if self.owned.resolver and self.resolver then self.resolver:close() end
-  if self.cache then self.cache:close() end
-  self.cache, self.resolver, self.fetcher, self.is_open = nil, nil, nil, false
+  if not self.is_open then return true end
+  self.is_open = false
+  local ok, err, code = true, nil, nil
+  local function step(obj)
+    local r, e, c = obj:close()
+    if r == nil and ok then ok, err, code = nil, e, c end
+  end
+  if self.owned.fetcher and self.fetcher then step(self.fetcher) end
+  if self.owned.resolver and self.resolver then step(self.resolver) end
+  if self.cache then step(self.cache) end
+  self.cache, self.resolver, self.fetcher = nil, nil, nil
+  if not ok then return nil, err, code end
   return true
 end
 client_mt.__close = Client.close
+client_mt.__gc = Client.close
 
 return _M

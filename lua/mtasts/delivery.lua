@@ -9,7 +9,7 @@ local type, ipairs, pairs, error = type, ipairs, pairs, error
 local _M = {}
 
 local PLAN_KEYS = { domain = true, mx = true, policy = true, result = true,
-  tls_required_no = true, require_tls = true, policy_error = true }
+  tls_required_no = true, require_tls = true, policy_error = true, policy_code = true }
 
 local function host_of(mx)
   if type(mx) == "table" then return mx.host end
@@ -19,8 +19,11 @@ end
 --- Decide, per MX host, how to deliver. opts:
 --   domain            the recipient domain (the policy was looked up there)
 --   mx                the MX hosts in preference order (names, or { host = } tables)
---   policy, result    what client:get returned (policy may be nil: no MTA-STS)
---   policy_error      set when client:get failed temporarily (its message)
+--   policy, result    what client:get returned (policy may be nil: no MTA-STS; result is nil
+--                     for a name that is no domain)
+--   policy_error      set when client:get failed (its message, position 4)
+--   policy_code       its code (position 5): "domain-syntax" means the name can have no
+--                     policy, so there is nothing to wait for: no policy applies
 --   tls_required_no   the message has "TLS-Required: No" (RFC 8689): policies are ignored
 --   require_tls       the message asks for REQUIRETLS (RFC 8689)
 -- Returns { hosts = { { host =, tls = "required"|"opportunistic", verify_pkix = } },
@@ -39,7 +42,8 @@ function _M.plan(opts)
   local policy, result = opts.policy, opts.result
   local plan = { hosts = {}, skipped = {}, plaintext_fallback = true }
 
-  if opts.policy_error and not opts.tls_required_no then
+  if opts.policy_error and opts.policy_code ~= "domain-syntax" and not opts.tls_required_no
+  then
     -- a temporary policy error defers the attempt: delivering now could be a downgrade
     plan.defer = "mta-sts policy lookup failed: " .. tostring(opts.policy_error)
     plan.plaintext_fallback = false
@@ -82,14 +86,16 @@ local DETAIL_KEYS = { "result_type", "failure_reason_code", "receiving_mx_hostna
 
 --- Record the outcome of one SMTP session with `host` in `result`: { ok = true }, or
 -- { result_type =, failure_reason_code =, receiving_ip =, ... } for a failure. A failure
--- detail equal in every field but the count to an existing one is merged into it.
+-- detail equal in every field but the count to an existing one is merged into it. Returns
+-- result; a nil result (client:get of a name that is no domain) records nothing: nil.
 function _M.outcome(result, host, outcome)
-  if type(result) ~= "table" or type(result.summary) ~= "table" then
+  if result ~= nil and (type(result) ~= "table" or type(result.summary) ~= "table") then
     error("bad argument #1 to 'outcome' (a TLSRPT result expected)", 2)
   end
   if type(outcome) ~= "table" then
     error("bad argument #3 to 'outcome' (table expected, got " .. type(outcome) .. ")", 2)
   end
+  if result == nil then return nil end
   if outcome.ok then
     result.summary.success = result.summary.success + 1
     return result

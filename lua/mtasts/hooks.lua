@@ -16,10 +16,21 @@ local hooks_mt = { __index = Hooks, __name = "mtasts.hooks" }
 
 --- opts: client (an mtasts client) or client_opts (for mtasts.open); store (a result
 -- store) or store_opts (for tlsrpt.open), or store = false for no recording; log.
+local OPTIONS = { client = true, client_opts = true, store = true, store_opts = true,
+  log = true }
+
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then
+      error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
+    end
+  end
+  if opts.log ~= nil and type(opts.log) ~= "function" then
+    error("bad argument #1 to 'new' (log must be a function)", 2)
+  end
   local self = setmetatable({ attempts = setmetatable({}, { __mode = "k" }),
-    log = opts.log or function() end, owned = {} }, hooks_mt)
+    log = opts.log or function() end, owned = {}, is_open = true }, hooks_mt)
   self.client = opts.client
   if not self.client then
     local c, err, code = mtasts.open(opts.client_opts or {})
@@ -64,8 +75,16 @@ local function finish(self, msg, domain)
   a.recorded = true
   local ok, err, code = self.store:add(a.result, { recipient_domain = domain,
     report = not is_report(msg) })
-  if not ok then self.log("mtasts: recording a TLSRPT result failed: " .. tostring(err)) end
+  if not ok then self.log("err", "recording a TLSRPT result failed: " .. tostring(err)) end
   return ok, err, code
+end
+
+-- Methods raise on a wrong self and once the object is closed.
+local function live(self, fn)
+  if getmetatable(self) ~= hooks_mt then
+    error("bad self to '" .. fn .. "' (mtasts.hooks expected)", 3)
+  end
+  if not self.is_open then error("attempt to use a closed mtasts.hooks", 3) end
 end
 
 --- The MX hosts to try for `domain`, in order, with what TLS each requires:
@@ -76,6 +95,7 @@ end
 -- msg.is_report or msg.headers["TLS-Report-Domain"]. opts.force re-reads the TXT record
 -- (call it before failing a message permanently, RFC 8461 §5.1).
 function Hooks:get_mx(domain, mx, msg, opts)
+  live(self, "get_mx")
   if type(domain) ~= "string" then error("bad argument #1 to 'get_mx' (string expected)", 2) end
   if type(mx) ~= "table" then error("bad argument #2 to 'get_mx' (table expected)", 2) end
   if type(msg) ~= "table" then error("bad argument #3 to 'get_mx' (table expected)", 2) end
@@ -99,6 +119,7 @@ function Hooks:get_mx(domain, mx, msg, opts)
   for i, m in ipairs(list) do names[i] = m.host end
   local plan = delivery.plan{ domain = domain, mx = names, policy = policy, result = result,
     policy_error = perr and (tostring(perr) .. " (" .. tostring(pcode) .. ")") or nil,
+    policy_code = pcode,
     tls_required_no = msg.tls_required_no == true, require_tls = msg.require_tls == true }
   self.attempts[msg] = self.attempts[msg] or {}
   self.attempts[msg][domain] = { result = result, plan = plan, policy = policy }
@@ -128,6 +149,7 @@ end
 -- "starttls-not-supported"). Sessions that never reached TLS (connection refused) are not
 -- TLS results: do not record them.
 function Hooks:session(msg, domain, host, outcome)
+  live(self, "session")
   local a = attempt_of(self, msg, domain)
   if not a or not a.result then return false end
   delivery.outcome(a.result, host, outcome)
@@ -139,6 +161,7 @@ end
 -- without TLS }). Records a successful session unless the host already did, and ends the
 -- attempt.
 function Hooks:delivered(msg, domain, host, info)
+  live(self, "delivered")
   local a = attempt_of(self, msg, domain)
   info = info or {}
   if a and a.result and not a.sessions and info.tls ~= false then
@@ -150,6 +173,7 @@ end
 --- The attempt failed temporarily. info may carry a TLS failure ({ result_type =, ... })
 -- for the last host tried, recorded as its session. Ends the attempt.
 function Hooks:deferred(msg, domain, host, info)
+  live(self, "deferred")
   if info and info.result_type and host then self:session(msg, domain, host, info) end
   return finish(self, msg, domain)
 end
@@ -157,20 +181,43 @@ end
 --- The message failed permanently; as deferred. Before bouncing because of the policy, a
 -- host should call get_mx again with { force = true }: the policy may have changed.
 function Hooks:bounced(msg, domain, host, info)
+  live(self, "bounced")
   return self:deferred(msg, domain, host, info)
 end
 
 --- Commit the result store's batch (call from the host's timer).
 function Hooks:flush()
+  live(self, "flush")
   if self.store then return self.store:flush() end
   return true
 end
 
+--- Close the store and the client the hooks made (the ones passed in are the caller's):
+-- the store's batch is committed first. Returns true, or nil, message, code when closing one
+-- failed (the other is closed all the same); a second close returns true.
 function Hooks:close()
-  if self.owned.store and self.store then self.store:close() end
+  if not self.is_open then return true end
+  self.is_open = false
+  local ok, err, code = true, nil, nil
+  if self.owned.store and self.store then ok, err, code = self.store:close() end
+  if self.owned.client and self.client then
+    local r, e, c = self.client:close()
+    if r == nil and ok then ok, err, code = nil, e, c end
+  end
+  self.owned = {}
+  if not ok then return nil, err, code end
+  return true
+end
+hooks_mt.__close = Hooks.close
+
+-- The finalizer releases what the hooks made without writing: a batch not flushed or closed
+-- is not committed by the garbage collector.
+hooks_mt.__gc = function(self)
+  if not self.is_open then return end
+  self.is_open = false
+  if self.owned.store and self.store then self.store:release() end
   if self.owned.client and self.client then self.client:close() end
   self.owned = {}
 end
-hooks_mt.__close = Hooks.close
 
 return _M

@@ -30,6 +30,10 @@ _M.domain = core.domain
 --- True when a TXT string is an MTA-STS record candidate ("v=STSv1" and a delimiter).
 _M.is_record = core.is_sts_record
 
+--- The versions of the libraries the module runs on: { lua =, curl =, openssl =, bdb =,
+-- unbound =, idn2 =, zlib = } (what `mtasts --version` prints).
+_M.library_versions = core.library_versions
+
 --- Open a client: the policy cache, a resolver and a fetcher (docs/client.md).
 _M.open = client.open
 

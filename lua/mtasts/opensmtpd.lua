@@ -46,12 +46,31 @@ end
 --- opts: addresses (TLSRPT mailboxes, lower-case, or "@domain" for a whole domain),
 -- report_dir (where parsed reports go; nil: not stored), store (a result store for smtp-out
 -- sessions; nil: not recorded), policy_of (function(domain) -> policy, text from the cache),
--- write (function(line) for stdout), log (function(message) for stderr), clock; limits:
+-- write (function(line) for stdout), log (function(level, message)), clock; limits:
 -- max_held (bytes of one message held for parsing), max_held_total (of all messages held at
 -- once), max_json (bytes of JSON one report may inflate to), max_store_bytes and
 -- max_store_files (what the report directory may hold).
+local OPTIONS = { addresses = true, report_dir = true, store = true, policy_of = true,
+  write = true, log = true, clock = true, max_held = true, max_held_total = true,
+  max_json = true, max_store_bytes = true, max_store_files = true }
+
+local function argerror(msg) error("bad argument #1 to 'new' (" .. msg .. ")", 3) end
+
 function _M.new(opts)
   opts = opts or {}
+  if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then argerror("unknown option '" .. tostring(k) .. "'") end
+  end
+  for _, k in ipairs({ "policy_of", "write", "log", "clock" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror(k .. " must be a function") end
+  end
+  for _, k in ipairs({ "max_held", "max_held_total", "max_json", "max_store_bytes",
+      "max_store_files" }) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "number" or opts[k] < 0) then
+      argerror(k .. " must be a number >= 0")
+    end
+  end
   local addresses = {}
   for _, a in ipairs(opts.addresses or {}) do addresses[a:lower()] = true end
   return setmetatable({ addresses = addresses, report_dir = opts.report_dir,
@@ -65,7 +84,7 @@ function _M.new(opts)
     max_store_bytes = opts.max_store_bytes or _M.MAX_STORE_BYTES,
     max_store_files = opts.max_store_files or _M.MAX_STORE_FILES,
     held_total = 0, usage = nil, noted = {}, sessions = {}, out = {}, ready = false,
-    stored = 0, refused = 0, seq = 0 }, filter_mt)
+    stored = 0, refused = 0, seq = 0, is_open = true }, filter_mt)
 end
 
 -- Log a kind of message at most once a minute.
@@ -73,7 +92,7 @@ local function note(self, kind, msg)
   local now = self.clock()
   if (self.noted[kind] or -math.huge) + 60 <= now then
     self.noted[kind] = now
-    self.log(msg)
+    self.log("warning", msg)
   end
 end
 
@@ -106,7 +125,7 @@ local function store_report(self, sid, report)
   local u = usage(self, #text)
   if u.files >= self.max_store_files or u.bytes + #text > self.max_store_bytes then
     self.refused = self.refused + 1
-    note(self, "full", ("mtasts-opensmtpd: %s holds %d reports, %d bytes (limits %d, %d): " ..
+    note(self, "full", ("%s holds %d reports, %d bytes (limits %d, %d): " ..
       "not storing more until some are removed"):format(self.report_dir, u.files, u.bytes,
       self.max_store_files, self.max_store_bytes))
     return nil, "the report directory is full"
@@ -232,7 +251,7 @@ local function release(self, version, sid, token, s)
     end
   end)
   if not ok then
-    self.log("mtasts-opensmtpd: " .. tostring(err))
+    self.log("err", tostring(err))
     header = "X-Mtasts-TLSRPT: not processed (internal error)"
   end
   dataline(self, version, sid, token, header)
@@ -265,7 +284,7 @@ local function on_data_line(self, version, sid, token, line)
     why = "(too-large): over " .. self.max_held .. " bytes"
   elseif self.held_total + size > self.max_held_total then
     why = "(busy): other reports in flight hold " .. self.held_total .. " bytes"
-    note(self, "busy", "mtasts-opensmtpd: " .. self.held_total .. " bytes held for parsing, " ..
+    note(self, "busy", self.held_total .. " bytes held for parsing, " ..
       "the limit: passing a report on unparsed")
   end
   if why then
@@ -296,12 +315,13 @@ local function out_session_end(self, s)
     local result = policy and tlsrpt.sts_result(d, text, policy) or tlsrpt.no_policy_result(d)
     result.summary.success = 1
     local ok, err = self.store:add(result, { recipient_domain = d })
-    if not ok then self.log("mtasts-opensmtpd: recording failed: " .. tostring(err)) end
+    if not ok then self.log("err", "recording failed: " .. tostring(err)) end
   end
 end
 
 --- Handle one line from smtpd.
 function Filter:line(line)
+  if not self.is_open then error("attempt to use a closed mtasts.opensmtpd.filter", 2) end
   if line:sub(1, 7) == "config|" then
     if line == "config|ready" then register(self) end
     return
@@ -314,7 +334,7 @@ function Filter:line(line)
     if phase == "data-line" then
       local ok, err = pcall(on_data_line, self, version, sid, token, f[8] or "")
       if not ok then
-        self.log("mtasts-opensmtpd: " .. tostring(err))
+        self.log("err", tostring(err))
         dataline(self, version, sid, token, f[8] or "")
       end
     elseif version_at_least(version, "0.5") then
@@ -362,14 +382,26 @@ function Filter:line(line)
   end
 end
 
---- Run on stdin until it closes (the executable bin/mtasts-opensmtpd-filter).
+--- Run on stdin until it closes (the executable bin/mtasts-opensmtpd-filter), then flush
+-- the store. Returns true, or nil, message, code when that flush failed.
 function Filter:run(input)
+  if not self.is_open then error("attempt to use a closed mtasts.opensmtpd.filter", 2) end
   input = input or io.stdin
   for line in input:lines() do
     local ok, err = pcall(self.line, self, line)
-    if not ok then self.log("mtasts-opensmtpd: " .. tostring(err)) end
+    if not ok then self.log("err", tostring(err)) end
   end
-  if self.store then self.store:close() end
+  if self.store then return self.store:flush() end
+  return true
 end
+
+--- Close the filter. It owns nothing (the store and policy_of are the caller's): true; a
+-- second close returns true too.
+function Filter:close()
+  self.is_open = false
+  return true
+end
+filter_mt.__close = Filter.close
+filter_mt.__gc = Filter.close
 
 return _M

@@ -160,8 +160,12 @@ local function lookup(self, name, domain)
   local zone = zone_of(self, name)
   local ok, policy, result, _, msg, code = pcall(self.client.get, self.client, domain)
   if not ok then
-    self.log("error", "lookup " .. domain .. ": " .. tostring(policy))
+    self.log("err", "lookup " .. domain .. ": " .. tostring(policy))
     return "TEMP internal error"
+  end
+  if code == "domain-syntax" then    -- a name that can have no policy: nothing to enforce
+    self.log("debug", ("%s: %s"):format(domain, tostring(msg)))
+    return _M.answer(nil)
   end
   local failure
   if msg then
@@ -326,7 +330,7 @@ local function serve_connection(self, con)
                 reply = _M.netstring(answer)
                 memo_put(self, value, reply)
               else
-                self.log("error", "lookup: " .. tostring(answer))
+                self.log("err", "lookup: " .. tostring(answer))
                 reply = _M.netstring("TEMP internal error")
               end
               answers[slot] = reply
@@ -379,8 +383,23 @@ end
 -- fit the descriptor limit. write_timeout (default 30 s: a peer that reads none of its
 -- answers for that long is dropped), max_pending (answers waiting to be written on one
 -- connection before it is not read from, default 64).
+local OPTIONS = { client = true, client_opts = true, listen = true, socket_mode = true,
+  zones = true, log = true, max_request = true, idle_timeout = true, on_lookup = true,
+  memo_seconds = true, memo_bytes = true, max_connections = true, max_lookups = true,
+  write_timeout = true, max_pending = true }
+
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then
+      error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
+    end
+  end
+  for _, k in ipairs({ "log", "on_lookup" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then
+      error("bad argument #1 to 'new' (" .. k .. " must be a function)", 2)
+    end
+  end
   for _, k in ipairs({ "max_request", "idle_timeout", "memo_seconds", "memo_bytes",
     "max_connections", "max_lookups", "write_timeout", "max_pending" }) do
     local v = opts[k]
@@ -399,7 +418,8 @@ function _M.new(opts)
     max_lookups = opts.max_lookups or _M.MAX_LOOKUPS, noted = {},
     write_timeout = opts.write_timeout or _M.WRITE_TIMEOUT,
     max_pending = opts.max_pending or _M.MAX_PENDING, memo_old_used = 0,
-    counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0 } }, server_mt)
+    counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0 }, is_open = true },
+    server_mt)
   if opts.client then
     self.client = opts.client
   else
@@ -420,8 +440,17 @@ function _M.new(opts)
   return self
 end
 
+-- Methods raise on a wrong self and once the object is closed.
+local function live(self, fn)
+  if getmetatable(self) ~= server_mt then
+    error("bad self to '" .. fn .. "' (mtasts.postfix.server expected)", 3)
+  end
+  if not self.is_open then error("attempt to use a closed mtasts.postfix.server", 3) end
+end
+
 --- Log a message of a kind at most once every 10 seconds, saying how many were held back.
 function Server:note(kind, level, msg)
+  live(self, "note")
   local now = monotime()
   local n = self.noted[kind]
   if n and now < n.next then
@@ -437,6 +466,7 @@ end
 -- as they need (and the hard limit allows), else lower them, keeping descriptors free for
 -- the resolver, the fetcher and the cache. Returns the two caps.
 function Server:fit_descriptors()
+  live(self, "fit_descriptors")
   local _, _, open = core.nofile()
   local reserve = (open and open > 0 and open or 16) + FDS_SPARE
   local need = reserve + self.max_connections + FDS_PER_LOOKUP * self.max_lookups
@@ -458,6 +488,7 @@ end
 -- the cap), busy = (requests answered TEMP at the cap), accept_errors = (accept failures,
 -- e.g. out of descriptors), memo_bytes = (both generations) }.
 function Server:stats()
+  live(self, "stats")
   return { connections = self.nconnections, lookups = self.lookups,
     max_connections = self.max_connections, max_lookups = self.max_lookups,
     accepted = self.counts.accepted, refused = self.counts.refused, busy = self.counts.busy,
@@ -468,6 +499,7 @@ end
 --- Listen on "inet:HOST:PORT" (PORT 0: any free port), "HOST:PORT", or "unix:PATH".
 -- Returns the bound address as "inet:host:port" / "unix:path", or nil, message.
 function Server:listen(spec, mode)
+  live(self, "listen")
   local path = spec:match("^unix:(.+)$")
   local srv, err
   if mode and not tostring(mode):match("^0?[0-7][0-7][0-7]$") then
@@ -516,7 +548,7 @@ function Server:listen(spec, mode)
       elseif not accepted or (aerr and aerr ~= ETIMEDOUT) then
         self.counts.accept_errors = self.counts.accept_errors + 1
         local why = accepted and errno.strerror(aerr) or tostring(con)
-        self:note("accept", "error", ("accept on %s: %s (%d connections open); retrying in " ..
+        self:note("accept", "err", ("accept on %s: %s (%d connections open); retrying in " ..
           "%.2f s"):format(bound, why, self.nconnections, delay))
         cqueues.sleep(delay)
         delay = math.min(delay * 2, 1)
@@ -528,6 +560,7 @@ end
 
 --- The addresses listened on.
 function Server:addresses()
+  live(self, "addresses")
   local out = {}
   for i, l in ipairs(self.listeners) do out[i] = l.spec end
   return out
@@ -536,6 +569,7 @@ end
 --- Stop accepting; idle connections close within a second, busy ones once their answers
 -- are written; run() returns then, or after SHUTDOWN_GRACE seconds in any case.
 function Server:stop()
+  live(self, "stop")
   if self.stopping then return end
   self.stopping = true
   self.stop_by = cqueues.monotime() + _M.SHUTDOWN_GRACE
@@ -544,6 +578,7 @@ end
 
 --- Run the loop until stop() and every connection has closed; SIGTERM and SIGINT stop.
 function Server:run(opts)
+  live(self, "run")
   opts = opts or {}
   if opts.signals ~= false then
     local ok, signal = pcall(require, "cqueues.signal")
@@ -565,7 +600,7 @@ function Server:run(opts)
   end
   while not self.loop:empty() do
     local ok, err = self.loop:step(1)
-    if not ok then self.log("error", "loop: " .. tostring(err)) end
+    if not ok then self.log("err", "loop: " .. tostring(err)) end
     if self.stopping and (next(self.connections) == nil or cqueues.monotime() > self.stop_by)
     then
       break
@@ -577,35 +612,21 @@ end
 --- Step the loop once (for hosts and specs that drive it): see cqueues step.
 function Server:step(timeout) return self.loop:step(timeout) end
 
+--- Close the listeners and connections, and the client the server made. Returns true, or
+-- nil, message, code when closing that client failed; a second close returns true.
 function Server:close()
-  self.stopping = true
+  if not self.is_open then return true end
+  self.is_open, self.stopping = false, true
   for _, l in ipairs(self.listeners) do pcall(l.srv.close, l.srv) end
   for con in pairs(self.connections) do pcall(con.close, con) end
-  if self.owns_client then self.client:close() end
+  local ok, err, code = true, nil, nil
+  if self.owns_client then ok, err, code = self.client:close() end
   self.owns_client = false
+  if not ok then return nil, err, code end
+  return true
 end
+server_mt.__close = Server.close
+server_mt.__gc = Server.close
 
---- A logger: to stderr, or to syslog (/dev/log, facility mail) with ident "mtasts".
-function _M.logger(kind, verbose)
-  local LEVELS = { error = 3, warning = 4, notice = 5, info = 6, debug = 7 }
-  if kind == "syslog" then
-    local sock = socket.connect{ path = "/dev/log", type = socket.SOCK_DGRAM }
-    if sock then
-      sock:setmode("b", "b")
-      local f = io.open("/proc/self/stat")
-      local pid = f and f:read("n") or 0
-      if f then f:close() end
-      return function(level, msg)
-        if level == "debug" and not verbose then return end
-        sock:write(format("<%d>mtasts[%d]: %s", 2 * 8 + (LEVELS[level] or 6), pid, msg))
-        sock:flush()
-      end
-    end
-  end
-  return function(level, msg)
-    if (level == "debug" or level == "info") and not verbose then return end
-    io.stderr:write(os.date("!%Y-%m-%dT%H:%M:%SZ "), "mtasts ", level, ": ", msg, "\n")
-  end
-end
 
 return _M

@@ -464,21 +464,42 @@ function Store:prune(retention)
   return total
 end
 
---- Commit the batch and close. true, or nil, message, code (the close happens anyway).
-function Store:close()
-  if not self.is_open then return true end
-  local ok, err, code = self:flush()
-  if not ok then self.log("mtasts: results lost at close: " .. tostring(err)) end
+-- Close the database and what the store made, committing nothing: true, or nil, message,
+-- code.
+local function close_handles(self)
   self.is_open = false
-  local ok2, e2, c2 = self.db:close()
+  local ok, err, code = self.db:close()
   if self.owned.resolver and self.resolver.close then self.resolver:close() end
   if self.owned.fetcher and self.fetcher.close then self.fetcher:close() end
+  return ok, err, code
+end
+
+--- Commit the batch and close. true, or nil, message, code (the close happens anyway, and
+-- the results of a batch that could not be committed are lost: the log says how many). A
+-- second close returns true.
+function Store:close()
+  if not self.is_open then return true end
+  local n = self.npending
+  local ok, err, code = self:flush()
+  if not ok then
+    self.log("err", ("%d results lost at close: %s"):format(n, tostring(err)))
+  end
+  local ok2, e2, c2 = close_handles(self)
   if not ok then return nil, err, code end
   if not ok2 then return nil, e2, c2 end
   return true
 end
+
+--- Close without committing the batch (what the garbage collector does: a finalizer neither
+-- writes nor logs). Returns true, or nil, message, code; true when closed already.
+function Store:release()
+  if not self.is_open then return true end
+  local ok, err, code = close_handles(self)
+  if not ok then return nil, err, code end
+  return true
+end
 store_mt.__close = Store.close
-store_mt.__gc = function(self) if self.is_open then pcall(Store.close, self) end end
+store_mt.__gc = Store.release
 
 -- --- delivery ---
 
@@ -503,8 +524,27 @@ local function net(self)
 end
 
 -- Replace a state value if it is still `old` (another process may be at it).
+-- A failure of the store's own database while sending: raised inside send_one (so a report
+-- is never delivered on a state that was not written) and returned by send.
+local DbFailure = { __tostring = function(e) return e.msg end }
+
+local function db_check(v, err, code)
+  if v == nil and err ~= nil then
+    error(setmetatable({ msg = tostring(err), code = code }, DbFailure), 0)
+  end
+  return v
+end
+
+-- The delivery state under key: the decoded table (or {}), and the raw value for a cas.
+local function get_state(self, key)
+  local raw = db_check(self.db:get(key))
+  return decode_state(raw) or {}, raw
+end
+
+-- Swap the state under key from old to new: true, or false when another process changed it
+-- first. A database failure raises a DbFailure.
 local function set_state(self, key, old, new)
-  return self.db:cas(key, old, json.encode(new))
+  return db_check(self.db:cas(key, old, json.encode(new)))
 end
 
 local function backoff(self, attempts)
@@ -614,8 +654,7 @@ end
 -- Deliver one report to every destination; returns a summary word for it.
 local function send_one(self, day, domain, host, now, summary)
   local qbase = "Q" .. day .. "\0" .. (host and "h" or "d") .. domain .. "\0"
-  local raw = self.db:get(qbase)
-  local st = decode_state(raw) or {}
+  local st, raw = get_state(self, qbase)
   if st.status == "done" or st.status == "dropped" then
     summary.done = summary.done + 1
     return
@@ -626,7 +665,7 @@ local function send_one(self, day, domain, host, now, summary)
     local new = { status = "dropped", reason = why, at = now }
     if set_state(self, qbase, raw, new) then
       summary.dropped = summary.dropped + 1
-      self.log(("mtasts: report %s %s%s not sent: %s"):format(day, domain,
+      self.log("notice", ("report %s %s%s not sent: %s"):format(day, domain,
         host and " (mx)" or "", why))
     end
   end
@@ -644,7 +683,7 @@ local function send_one(self, day, domain, host, now, summary)
     if attempts >= self.max_attempts then return drop(why .. " (gave up)") end
     set_state(self, qbase, raw, new)
     summary.retry = summary.retry + 1
-    self.log("mtasts: report " .. day .. " " .. domain .. ": " .. why .. "; will retry")
+    self.log("warning", "report " .. day .. " " .. domain .. ": " .. why .. "; will retry")
     return
   end
   local body = tlsrpt.gzip(report)
@@ -657,7 +696,7 @@ local function send_one(self, day, domain, host, now, summary)
   end
   if #list > self.max_rua then
     -- RFC 8460 expects a few; a record naming hundreds would make us its mail cannon
-    self.log(("mtasts: report %s %s: the record names %d destinations; sending to the first " ..
+    self.log("warning", ("report %s %s: the record names %d destinations; sending to the first " ..
       "%d"):format(day, domain, #list, self.max_rua))
     for i = #list, self.max_rua + 1, -1 do list[i] = nil end
   end
@@ -667,8 +706,7 @@ local function send_one(self, day, domain, host, now, summary)
   local jobs = {}
   for _, uri in ipairs(list) do
     local dkey = qbase .. uri
-    local draw = self.db:get(dkey)
-    local ds = decode_state(draw) or {}
+    local ds, draw = get_state(self, dkey)
     local busy = ds.status == "sending" and ds["until"] and now < ds["until"]
     if ds.status == "sent" or ds.status == "failed" then   -- luacheck: ignore 542
       -- delivered, or given up on, before
@@ -700,6 +738,7 @@ local function send_one(self, day, domain, host, now, summary)
       end
     end
   end
+  local failed_write
   for _, j in ipairs(jobs) do
     local done, ok, err, permanent = pcall(j.finish)
     if not done then ok, err, permanent = nil, j.uri .. ": " .. tostring(ok), false end
@@ -710,18 +749,21 @@ local function send_one(self, day, domain, host, now, summary)
     elseif permanent or j.attempts >= self.max_attempts then
       new = { status = "failed", attempts = j.attempts, at = self.clock(), error = err }
       summary.failed = summary.failed + 1
-      self.log(("mtasts: report %s %s to %s failed: %s"):format(day, domain, j.uri,
+      self.log("err", ("report %s %s to %s failed: %s"):format(day, domain, j.uri,
         tostring(err)))
     else
       new = { status = "pending", attempts = j.attempts, error = err,
         next = self.clock() + backoff(self, j.attempts) }
       summary.retry = summary.retry + 1
       open_left = open_left + 1
-      self.log(("mtasts: report %s %s to %s: %s; will retry"):format(day, domain, j.uri,
+      self.log("warning", ("report %s %s to %s: %s; will retry"):format(day, domain, j.uri,
         tostring(err)))
     end
-    set_state(self, j.dkey, j.cur, new)
+    -- every outcome is written, even after one write failed; the first failure is raised
+    local wrote, werr = pcall(set_state, self, j.dkey, j.cur, new)
+    if not wrote then failed_write = failed_write or werr end
   end
+  if failed_write then error(failed_write, 0) end
   if open_left == 0 then set_state(self, qbase, raw, { status = "done", at = self.clock() }) end
 end
 
@@ -757,9 +799,15 @@ function Store:send(day)
         else
           -- one report's trouble (a raised error included) is that report's, not the run's
           local sent_ok, serr = pcall(send_one, self, d, r.domain, r.host, now, summary)
-          if not sent_ok then
+          if not sent_ok and getmetatable(serr) == DbFailure then
+            -- the store cannot record what it does: stop before delivering anything more
+            self.log("err", ("report %s %s: the delivery state cannot be written: %s; " ..
+              "stopping"):format(d, r.domain, serr.msg))
+            return nil, "delivery state: " .. serr.msg, serr.code
+          elseif not sent_ok then
             summary.retry = summary.retry + 1
-            self.log(("mtasts: report %s %s: %s; will retry"):format(d, r.domain, tostring(serr)))
+            self.log("warning", ("report %s %s: %s; will retry"):format(d, r.domain,
+              tostring(serr)))
           end
         end
       end

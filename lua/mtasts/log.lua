@@ -1,0 +1,76 @@
+--- mtasts.log: the one logger shape every module takes as its `log` option,
+-- `log(level, message)`, with syslog's level names, and the two loggers the programs use:
+-- to stderr, or to syslog. Reference: docs/log.md.
+local type, error, tostring = type, error, tostring
+local format = string.format
+
+local _M = {}
+
+--- The levels, as syslog names them, with their syslog priorities.
+_M.LEVELS = { emerg = 0, alert = 1, crit = 2, err = 3, warning = 4, notice = 5, info = 6,
+  debug = 7 }
+
+--- A logger that says nothing: the default of every `log` option.
+function _M.null() end
+
+--- Raise unless `level` is one of the level names (for loggers that check their callers).
+function _M.check(level)
+  if _M.LEVELS[level] == nil then
+    error(("bad argument #1 to 'log' (a syslog level name expected, got %s)"):format(
+      type(level) == "string" and format("%q", level:sub(1, 20)) or type(level)), 3)
+  end
+end
+
+local OPTIONS = { to = true, verbose = true, ident = true, facility = true }
+local FACILITIES = { mail = 2, daemon = 3, user = 1, local0 = 16, local1 = 17, local2 = 18,
+  local3 = 19, local4 = 20, local5 = 21, local6 = 22, local7 = 23 }
+
+--- A logger. opts: to = "stderr" (default) or "syslog" (/dev/log), verbose (also info and
+-- debug on stderr, debug on syslog), ident (default "mtasts"), facility (syslog, default
+-- "mail"). Returns log(level, message); when /dev/log cannot be reached it falls back to
+-- stderr, and says so there once.
+function _M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then
+      error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
+    end
+  end
+  local to, verbose, ident = opts.to or "stderr", opts.verbose == true, opts.ident or "mtasts"
+  if to ~= "stderr" and to ~= "syslog" then
+    error("bad argument #1 to 'new' (to must be \"stderr\" or \"syslog\")", 2)
+  end
+  local facility = FACILITIES[opts.facility or "mail"]
+  if not facility then
+    error("bad argument #1 to 'new' (unknown facility '" .. tostring(opts.facility) .. "')", 2)
+  end
+  local function stderr(level, msg)
+    _M.check(level)
+    if (level == "debug" or level == "info") and not verbose then return end
+    io.stderr:write(os.date("!%Y-%m-%dT%H:%M:%SZ "), ident, " ", level, ": ", tostring(msg),
+      "\n")
+  end
+  if to == "stderr" then return stderr end
+  local socket = require("cqueues.socket")   -- only for syslog
+  local sock = socket.connect{ path = "/dev/log", type = socket.SOCK_DGRAM }
+  if not sock then
+    stderr("warning", "cannot reach syslog at /dev/log; logging to stderr")
+    return stderr
+  end
+  sock:setmode("b", "b")
+  local f = io.open("/proc/self/stat")
+  local pid = f and f:read("n") or 0
+  if f then f:close() end
+  return function(level, msg)
+    _M.check(level)
+    if level == "debug" and not verbose then return end
+    sock:write(format("<%d>%s[%d]: %s", facility * 8 + _M.LEVELS[level], ident, pid,
+      tostring(msg)))
+    sock:flush()
+  end
+end
+
+return _M
