@@ -190,6 +190,46 @@ describe("every class has the same lifecycle", function()
   end)
 end)
 
+describe("store:send when the delivery state cannot be written", function()
+  it("stops with the database's failure instead of going on without a record", function()
+    local dir, cleanup = util.tmpdir()
+    local now = NOW
+    local posts = 0
+    local logs = {}
+    local store = assert(tlsrpt.open{ path = dir, submitter = "mail.sender.example",
+      clock = function() return now end, window = 0,
+      log = function(level, m) logs[#logs + 1] = level .. ": " .. m end,
+      resolver = { txt = function(_, name)
+        if name == "_smtp._tls.example.com" then
+          return { "v=TLSRPTv1; rua=https://r.example/x" }
+        end
+        return nil, "no such name", "nxdomain"
+      end },
+      fetcher = { post = function() posts = posts + 1 return 200 end } })
+    local result = tlsrpt.no_policy_result("example.com")
+    result.summary.success = 1
+    assert(store:add(result, { day = DAY }))
+    assert(store:flush())
+    -- the database refuses every compare-and-swap, as a full disk would
+    local db = store.db
+    store.db = setmetatable({ cas = function() return nil, "disk full", "enospc" end }, {
+      __index = function(_, k) return function(_, ...) return db[k](db, ...) end end })
+    now = tlsrpt.day_start(DAY) + 86400 + 60
+    local ok, msg, code = store:send(DAY)
+    assert.is_nil(ok)
+    assert.equal("enospc", code)
+    assert.equal("delivery state: disk full", msg)
+    assert.equal(0, posts)            -- nothing delivered on a claim that was not written
+    assert.equal("err: report " .. DAY .. " example.com: the delivery state cannot be " ..
+      "written: disk full; stopping", logs[#logs])
+    store.db = db
+    local sum = assert(store:send(DAY))
+    assert.equal(1, sum.sent, require("mtasts.json").encode(sum) .. table.concat(logs, "\n"))
+    store:close()
+    cleanup()
+  end)
+end)
+
 describe("mtasts.log", function()
   it("takes syslog's level names and refuses others", function()
     local log = mlog.new{ to = "stderr" }

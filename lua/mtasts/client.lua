@@ -33,14 +33,20 @@ local function cache_of(self)
   if self.cache then return self.cache end
   local now = self.clock()
   if self.cache_retry and now < self.cache_retry then return nil end
-  local cache, err = core.cache_open(self.path)
+  local cache, err, code = core.cache_open(self.path)
   if not cache then
     self.log("err", tostring(err))
-    self.cache_retry = now + 60
+    self.cache_retry, self.cache_err, self.cache_code = now + 60, err, code
     return nil
   end
-  self.cache, self.cache_retry = cache, nil
+  self.cache, self.cache_retry, self.cache_err, self.cache_code = cache, nil, nil, nil
   return cache
+end
+
+-- The failure of a call that needs the cache while it is unavailable: why it could not be
+-- opened (corrupt, eacces, ...), as the last attempt said.
+local function unavailable(self)
+  return nil, "the cache is unavailable: " .. tostring(self.cache_err), self.cache_code or "corrupt"
 end
 
 --- Open a client. See docs/client.md for the options.
@@ -75,7 +81,7 @@ function _M.open(opts)
     if not DAMAGE[code] then return nil, err, code end
     -- a damaged cache: mail keeps flowing without it until it is rebuilt
     self.log("err", tostring(err))
-    self.cache_retry = self.clock() + 60
+    self.cache_retry, self.cache_err, self.cache_code = self.clock() + 60, err, code
   end
   self.cache = cache
   self.is_open = true
@@ -304,7 +310,7 @@ function Client:cached(domain)
   local ascii, err, code = core.domain(domain)
   if not ascii then return nil, err, code end
   local cache = cache_of(self)
-  if not cache then return nil, "the cache is unavailable (see the log)", "corrupt" end
+  if not cache then return unavailable(self) end
   return cache:lookup(ascii, self.clock())
 end
 
@@ -312,7 +318,7 @@ end
 function Client:records()
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   local cache = cache_of(self)
-  if not cache then return nil, "the cache is unavailable (see the log)", "corrupt" end
+  if not cache then return unavailable(self) end
   return cache:list()
 end
 
@@ -323,7 +329,7 @@ function Client:delete(domain)
   if not ascii then return nil, err, code end
   forget_negative(self, ascii)
   local cache = cache_of(self)
-  if not cache then return nil, "the cache is unavailable (see the log)", "corrupt" end
+  if not cache then return unavailable(self) end
   return cache:delete(ascii)
 end
 
@@ -353,7 +359,7 @@ end
 -- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed }.
 function Client:refresh(opts)
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
-  if not cache_of(self) then return nil, "the cache is unavailable (see the log)", "corrupt" end
+  if not cache_of(self) then return unavailable(self) end
   opts = opts or {}
   local window, concurrency = opts.window or 0, opts.concurrency or 10
   local now = self.clock()
