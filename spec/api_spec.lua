@@ -164,6 +164,8 @@ describe("every class has the same lifecycle", function()
     unknown(postfix.new, {})
     unknown(opensmtpd.new, {})
     unknown(mlog.new, {})
+    unknown(require("mtasts.fetch").new, {})
+    unknown(require("mtasts.resolver").new, {})
     unknown(delivery.plan, { mx = {} })
   end)
 

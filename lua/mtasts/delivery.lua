@@ -35,7 +35,7 @@ function _M.plan(opts)
   end
   for k in pairs(opts) do
     if not PLAN_KEYS[k] then
-      error("bad argument #1 to 'plan' (unknown option '" .. k .. "')", 2)
+      error("bad argument #1 to 'plan' (unknown option '" .. tostring(k) .. "')", 2)
     end
   end
   if type(opts.mx) ~= "table" then error("bad argument #1 to 'plan' (mx must be a table)", 2) end

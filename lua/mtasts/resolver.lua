@@ -25,7 +25,9 @@ function _M.new(opts)
     error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
   end
   for k in pairs(opts) do
-    if not OPTIONS[k] then error("bad argument #1 to 'new' (unknown option '" .. k .. "')", 2) end
+    if not OPTIONS[k] then
+      error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
+    end
   end
   local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
   if type(timeout) ~= "number" or timeout <= 0 then
