@@ -240,4 +240,23 @@ describe("mtasts.log", function()
       true)
     assert.matches("to must be", raised(mlog.new, { to = "file" }), 1, true)
   end)
+
+  it("writes to a syslog socket, and falls back to stderr where there is none", function()
+    local dir, cleanup = util.tmpdir()
+    local path = dir .. "/log"
+    local srv = assert(socket.listen{ path = path, type = socket.SOCK_DGRAM })
+    srv:setmode("b", "b")
+    assert(srv:listen(5))             -- binds the socket (cqueues binds lazily)
+    local log = mlog.new{ to = "syslog", path = path, ident = "t", facility = "local0" }
+    log("warning", "hello")
+    local got = srv:xread(-1000, "b", 5)
+    assert.matches("^<132>t%[%d+%]: hello$", got or "")
+    srv:close()
+    -- no socket: the logger is made, says so on stderr, and logs there
+    local out = util.run(util.lua_cmd() .. " -e 'local l = require(\"mtasts.log\").new{ to = " ..
+      "\"syslog\", path = \"" .. dir .. "/none\" }; l(\"notice\", \"still here\")' 2>&1")
+    assert.matches("cannot reach syslog at " .. dir .. "/none", out, 1, true)
+    assert.matches("notice: still here", out, 1, true)
+    cleanup()
+  end)
 end)

@@ -21,13 +21,13 @@ function _M.check(level)
   end
 end
 
-local OPTIONS = { to = true, verbose = true, ident = true, facility = true }
+local OPTIONS = { to = true, verbose = true, ident = true, facility = true, path = true }
 local FACILITIES = { mail = 2, daemon = 3, user = 1, local0 = 16, local1 = 17, local2 = 18,
   local3 = 19, local4 = 20, local5 = 21, local6 = 22, local7 = 23 }
 
 --- A logger. opts: to = "stderr" (default) or "syslog" (/dev/log), verbose (also info and
 -- debug on stderr, debug on syslog), ident (default "mtasts"), facility (syslog, default
--- "mail"). Returns log(level, message); when /dev/log cannot be reached it falls back to
+-- "mail"), path (the syslog socket, default /dev/log). Returns log(level, message); when /dev/log cannot be reached it falls back to
 -- stderr, and says so there once.
 function _M.new(opts)
   opts = opts or {}
@@ -55,9 +55,19 @@ function _M.new(opts)
   end
   if to == "stderr" then return stderr end
   local socket = require("cqueues.socket")   -- only for syslog
-  local sock = socket.connect{ path = "/dev/log", type = socket.SOCK_DGRAM }
-  if not sock then
-    stderr("warning", "cannot reach syslog at /dev/log; logging to stderr")
+  -- cqueues connects on first use: connect now, so a missing /dev/log is known here
+  local sock = socket.connect{ path = opts.path or "/dev/log", type = socket.SOCK_DGRAM }
+  local connected, why = false, "no socket"
+  if sock then
+    sock:onerror(function(_, _, e) return e end)
+    connected, why = sock:connect(1)
+    if not connected and type(why) == "number" then
+      why = require("cqueues.errno").strerror(why)
+    end
+  end
+  if not connected then
+    stderr("warning", "cannot reach syslog at " .. (opts.path or "/dev/log") .. " (" ..
+      tostring(why) .. "); logging to stderr")
     return stderr
   end
   sock:setmode("b", "b")

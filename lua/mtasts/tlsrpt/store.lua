@@ -399,17 +399,19 @@ function Store:stats()
   if not days then return nil, err, code end
   local out = { days = {}, pending = self.npending }
   for _, day in ipairs(days) do
-    local recs = self.db:scan("R" .. day .. "\0")
-    local doms = self.db:distinct("R" .. day .. "\0")
+    local recs, rerr, rcode = self.db:scan("R" .. day .. "\0")
+    if not recs then return nil, rerr, rcode end
+    local doms, derr, dcode = self.db:distinct("R" .. day .. "\0")
+    if not doms then return nil, derr, dcode end
     local success, failure = 0, 0
-    for i = 1, #(recs or {}), 2 do
+    for i = 1, #recs, 2 do
       if recs[i]:match("^R[^%z]*%z[^%z]*%z[^%z]*%z[01]S") then
         local a, b = unpack(">I8I8", recs[i + 1])
         success, failure = success + a, failure + b
       end
     end
-    out.days[#out.days + 1] = { day = day, reports = doms and #doms or 0,
-      records = recs and #recs // 2 or 0, success = success, failure = failure }
+    out.days[#out.days + 1] = { day = day, reports = #doms, records = #recs // 2,
+      success = success, failure = failure }
   end
   return out
 end
@@ -660,7 +662,8 @@ local function send_one(self, day, domain, host, now, summary)
     return
   end
   if st.next and now < st.next then summary.waiting = summary.waiting + 1 return end
-  local report, trigger = self:report(domain, day, { host = host })
+  local report, trigger, rcode = self:report(domain, day, { host = host })
+  if report == nil and trigger ~= nil then db_check(nil, trigger, rcode) end  -- a failed read
   local function drop(why)
     local new = { status = "dropped", reason = why, at = now }
     if set_state(self, qbase, raw, new) then
