@@ -98,12 +98,18 @@ describe("mtasts.cache", function()
       end
     end)
     it("raises on misuse", function()
-      assert.has_error(function() cache:lookup(nil, 1) end)
-      assert.has_error(function() cache:lookup("example.com", "now") end)
-      assert.has_error(function() cache:lookup("example.com", 1.5) end)
-      assert.has_error(function() cache:upsert("example.com", nil, TESTING, 1) end)
-      assert.has_error(function() cache:upsert("example.com", "id", 42, 1) end)
-      assert.has_error(function() cache:upsert("example.com", "i\0d", TESTING, 1) end)
+      assert.has_error(function() cache:lookup(nil, 1) end,
+        "bad argument #1 to 'lookup' (string expected, got nil)")
+      assert.has_error(function() cache:lookup("example.com", "now") end,
+        "bad argument #2 to 'lookup' (number expected, got string)")
+      assert.has_error(function() cache:lookup("example.com", 1.5) end,
+        "bad argument #2 to 'lookup' (number has no integer representation)")
+      assert.has_error(function() cache:upsert("example.com", nil, TESTING, 1) end,
+        "bad argument #2 to 'upsert' (string expected, got nil)")
+      assert.has_error(function() cache:upsert("example.com", "id", 42, 1) end,
+        "bad argument #3 to 'upsert' (string expected, got number)")
+      assert.has_error(function() cache:upsert("example.com", "i\0d", TESTING, 1) end,
+        "bad argument #2 to 'upsert' (record id contains a NUL byte)")
     end)
   end)
 
