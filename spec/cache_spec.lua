@@ -260,7 +260,8 @@ describe("mtasts.cache", function()
     it("reports an unreadable database with the path and what to do", function()
       cache:upsert("example.com", "id1", ENFORCE, 1000)
       cache:close()
-      util.run("head -c 16384 /dev/urandom > '" .. dir .. "/cache/policies.db'")
+      util.seed()
+      util.write(dir .. "/cache/policies.db", util.random_bytes(16384))
       local c, msg, code = core.cache_open(dir .. "/cache")
       cache = assert(core.cache_open(dir .. "/fresh"))   -- for after_each
       assert.is_nil(c)
@@ -288,12 +289,13 @@ describe("mtasts.cache", function()
         c:close()
       ]])
       local lua = util.lua_cmd()
+      util.seed()
       for i = 1, 8 do
         local d = dir .. "/damaged" .. i
         local out, status = util.run(lua .. " " .. script .. " " .. d .. " fill")
         assert.equal(0, status, out)
-        util.run("dd if=/dev/urandom of=" .. d .. "/policies.db bs=4096 seek=" .. (1 + i % 4) ..
-          " count=1 conv=notrunc; rm -f " .. d .. "/__db.0*")
+        util.overwrite(d .. "/policies.db", 4096 * (1 + i % 4), util.random_bytes(4096))
+        util.run("rm -f " .. d .. "/__db.0*")
         out, status = util.run(lua .. " " .. script .. " " .. d)
         assert.is_true(status == 0 or status == 1, "exit " .. tostring(status) .. ": " .. out)
       end
@@ -455,8 +457,9 @@ describe("mtasts.core.cache_rebuild", function()
     function()
     local path = where .. "/cache"
     fill(path, 60)
-    util.run("dd if=/dev/urandom of=" .. path .. "/policies.db bs=4096 seek=2 count=1 " ..
-      "conv=notrunc 2>/dev/null; rm -f " .. path .. "/__db.0*")
+    util.seed()
+    util.overwrite(path .. "/policies.db", 4096 * 2, util.random_bytes(4096))
+    util.run("rm -f " .. path .. "/__db.0*")
     -- a server goes on looking domains up: the damaged page panics the environment, and
     -- recovery, replaying the log onto it, fails; every call fails cleanly from then on
     local c = core.cache_open(path)
@@ -483,8 +486,9 @@ describe("mtasts.core.cache_rebuild", function()
   it("gives an empty working cache for a file of garbage", function()
     local path = where .. "/cache"
     fill(path, 5)
-    util.run("head -c 20000 /dev/urandom > " .. path .. "/policies.db; rm -f " .. path ..
-      "/__db.0*")
+    util.seed()
+    util.write(path .. "/policies.db", util.random_bytes(20000))
+    util.run("rm -f " .. path .. "/__db.0*")
     local r = assert(core.cache_rebuild(path))
     assert.equal(0, r.salvaged)
     local c = assert(core.cache_open(path))

@@ -42,6 +42,45 @@ function _M.write(path, data)
   f:close()
 end
 
+--- Overwrite part of a file in place, as `dd conv=notrunc` does: data at byte offset.
+function _M.overwrite(path, offset, data)
+  local f = assert(io.open(path, "r+b"))
+  assert(f:seek("set", offset))
+  f:write(data)
+  f:close()
+end
+
+local seed_value
+
+--- The seed of the specs' random data and choices: MTASTS_SEED when set, else one from
+-- /dev/urandom, chosen once per process and printed to stderr when first used, so that a
+-- failing run replays with MTASTS_SEED=<seed>. Each call reseeds math.random with it: a test
+-- that calls seed() first draws the same numbers whichever tests ran before it.
+function _M.seed()
+  if not seed_value then
+    local env = os.getenv("MTASTS_SEED")
+    if env and env ~= "" then
+      seed_value = math.tointeger(tonumber(env)) or error("MTASTS_SEED is not an integer: " .. env)
+    else
+      local f = assert(io.open("/dev/urandom", "rb"))
+      seed_value = string.unpack("<I4", f:read(4))
+      f:close()
+    end
+    io.stderr:write(("\nMTASTS_SEED=%d (the specs' random data and choices; set it to replay)\n")
+      :format(seed_value))
+  end
+  math.randomseed(seed_value)
+  return seed_value
+end
+
+--- n random bytes from math.random (call seed() first): data a seed replays, unlike
+-- /dev/urandom's.
+function _M.random_bytes(n)
+  local t = {}
+  for i = 1, (n + 7) // 8 do t[i] = string.pack("<i8", math.random(0)) end
+  return table.concat(t):sub(1, n)
+end
+
 --- How much longer than normal a timed assertion may take: MTASTS_TIME_SCALE (make valgrind
 -- sets 20; memcheck runs code 10-50 times slower and one thread at a time). The properties
 -- those assertions show (nothing blocks, timeouts hold) are measured by the normal run.
