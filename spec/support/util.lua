@@ -2,7 +2,7 @@
 local _M = {}
 
 -- Under `make asan` the sanitizer runtime is preloaded into lua5.4 (LD_PRELOAD). The commands
--- a Lua process here runs (sh, kill, pkill, nsd, nginx, openssl) must not inherit it: some
+-- a Lua process here runs (sh, kill, ps, nsd, nginx, openssl) must not inherit it: some
 -- uninstrumented tools deadlock at start with it (pkill and nsd did). Every process that
 -- loads this module (busted through spec/helper.lua, examples/demo.lua, bench/) runs its
 -- commands without it; Lua processes that need it get it back from _M.lua_cmd().
