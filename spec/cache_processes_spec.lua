@@ -8,11 +8,13 @@ local WORKERS, SECONDS = 4, 10
 
 local function spawn(dir, w, log, deadline)
   local out = util.run(util.lua_cmd() .. " spec/support/cache_worker.lua " .. dir .. " " .. w ..
-    " " .. log .. " " .. deadline .. " 2>>" .. log .. ".stderr >/dev/null & echo $!")
+    " " .. log .. " " .. deadline .. " " .. math.random(0, 1 << 31) .. " 2>>" .. log ..
+    ".stderr >/dev/null & echo $!")
   return assert(tonumber(out:match("(%d+)")), out)
 end
 
-local alive = require("support.proc").alive
+local proc = require("support.proc")
+local alive = proc.alive
 
 describe("mtasts.cache under many processes #slow", function()
   local dir, cleanup, pids = nil, nil, {}
@@ -27,12 +29,12 @@ describe("mtasts.cache under many processes #slow", function()
       local cachedir = dir .. "/cache"
       local deadline = core.monotonic() + SECONDS
       local logs = {}
+      util.seed()   -- which worker dies when, and each worker's choices (its seed)
       for w = 1, WORKERS do
         logs[w] = dir .. "/worker" .. w .. ".log"
         pids[w] = spawn(cachedir, w, logs[w], deadline)
       end
       local kills = 0
-      math.randomseed(os.time())
       while core.monotonic() < deadline - 0.5 do
         os.execute(string.format("sleep %.2f", 0.05 + math.random() * 0.6))
         local w = math.random(WORKERS)
@@ -43,7 +45,7 @@ describe("mtasts.cache under many processes #slow", function()
       -- wait for the workers to reach the deadline and stop
       local stop_by = deadline + 20
       for w = 1, WORKERS do
-        while alive(pids[w]) and core.monotonic() < stop_by do os.execute("sleep 0.1") end
+        proc.poll(function() return not alive(pids[w]) end, stop_by - core.monotonic())
         assert.is_false(alive(pids[w]), "worker " .. w .. " did not stop")
       end
       assert.is_true(kills >= 10, "only " .. kills .. " kills")

@@ -98,12 +98,18 @@ describe("mtasts.cache", function()
       end
     end)
     it("raises on misuse", function()
-      assert.has_error(function() cache:lookup(nil, 1) end)
-      assert.has_error(function() cache:lookup("example.com", "now") end)
-      assert.has_error(function() cache:lookup("example.com", 1.5) end)
-      assert.has_error(function() cache:upsert("example.com", nil, TESTING, 1) end)
-      assert.has_error(function() cache:upsert("example.com", "id", 42, 1) end)
-      assert.has_error(function() cache:upsert("example.com", "i\0d", TESTING, 1) end)
+      assert.has_error(function() cache:lookup(nil, 1) end,
+        "bad argument #1 to 'lookup' (string expected, got nil)")
+      assert.has_error(function() cache:lookup("example.com", "now") end,
+        "bad argument #2 to 'lookup' (number expected, got string)")
+      assert.has_error(function() cache:lookup("example.com", 1.5) end,
+        "bad argument #2 to 'lookup' (number has no integer representation)")
+      assert.has_error(function() cache:upsert("example.com", nil, TESTING, 1) end,
+        "bad argument #2 to 'upsert' (string expected, got nil)")
+      assert.has_error(function() cache:upsert("example.com", "id", 42, 1) end,
+        "bad argument #3 to 'upsert' (string expected, got number)")
+      assert.has_error(function() cache:upsert("example.com", "i\0d", TESTING, 1) end,
+        "bad argument #2 to 'upsert' (record id contains a NUL byte)")
     end)
   end)
 
@@ -254,7 +260,8 @@ describe("mtasts.cache", function()
     it("reports an unreadable database with the path and what to do", function()
       cache:upsert("example.com", "id1", ENFORCE, 1000)
       cache:close()
-      util.run("head -c 16384 /dev/urandom > '" .. dir .. "/cache/policies.db'")
+      util.seed()
+      util.write(dir .. "/cache/policies.db", util.random_bytes(16384))
       local c, msg, code = core.cache_open(dir .. "/cache")
       cache = assert(core.cache_open(dir .. "/fresh"))   -- for after_each
       assert.is_nil(c)
@@ -282,12 +289,13 @@ describe("mtasts.cache", function()
         c:close()
       ]])
       local lua = util.lua_cmd()
+      util.seed()
       for i = 1, 8 do
         local d = dir .. "/damaged" .. i
         local out, status = util.run(lua .. " " .. script .. " " .. d .. " fill")
         assert.equal(0, status, out)
-        util.run("dd if=/dev/urandom of=" .. d .. "/policies.db bs=4096 seek=" .. (1 + i % 4) ..
-          " count=1 conv=notrunc; rm -f " .. d .. "/__db.0*")
+        util.overwrite(d .. "/policies.db", 4096 * (1 + i % 4), util.random_bytes(4096))
+        util.run("rm -f " .. d .. "/__db.0*")
         out, status = util.run(lua .. " " .. script .. " " .. d)
         assert.is_true(status == 0 or status == 1, "exit " .. tostring(status) .. ": " .. out)
       end
@@ -449,8 +457,9 @@ describe("mtasts.core.cache_rebuild", function()
     function()
     local path = where .. "/cache"
     fill(path, 60)
-    util.run("dd if=/dev/urandom of=" .. path .. "/policies.db bs=4096 seek=2 count=1 " ..
-      "conv=notrunc 2>/dev/null; rm -f " .. path .. "/__db.0*")
+    util.seed()
+    util.overwrite(path .. "/policies.db", 4096 * 2, util.random_bytes(4096))
+    util.run("rm -f " .. path .. "/__db.0*")
     -- a server goes on looking domains up: the damaged page panics the environment, and
     -- recovery, replaying the log onto it, fails; every call fails cleanly from then on
     local c = core.cache_open(path)
@@ -477,8 +486,9 @@ describe("mtasts.core.cache_rebuild", function()
   it("gives an empty working cache for a file of garbage", function()
     local path = where .. "/cache"
     fill(path, 5)
-    util.run("head -c 20000 /dev/urandom > " .. path .. "/policies.db; rm -f " .. path ..
-      "/__db.0*")
+    util.seed()
+    util.write(path .. "/policies.db", util.random_bytes(20000))
+    util.run("rm -f " .. path .. "/__db.0*")
     local r = assert(core.cache_rebuild(path))
     assert.equal(0, r.salvaged)
     local c = assert(core.cache_open(path))
@@ -545,9 +555,9 @@ describe("mtasts.core.cache_rebuild", function()
     ]])
     local holder = io.popen(util.lua_cmd() .. " " .. where .. "/holder.lua " .. path ..
       " > " .. where .. "/holder.out", "w")
-    local deadline = core.monotonic() + 10
-    while not ((io.open(where .. "/holder.out") or { read = function() end }):read("a") or "")
-      :find("open") and core.monotonic() < deadline do end
+    assert(require("support.proc").poll(function()   -- not a busy loop: the CPU is shared
+      return util.run("cat " .. where .. "/holder.out 2>/dev/null"):find("open")
+    end, 10), "the holder did not open the cache")
     local r, msg, code = core.cache_rebuild(path)
     holder:write("\n")
     holder:close()

@@ -340,8 +340,10 @@ describe("mtasts.open", function()
         "bad argument #1 to 'open' (path (the cache directory) is required)")
       assert.has_error(function() mtasts.open{ path = dir, bogus = 1 } end,
         "bad argument #1 to 'open' (unknown option 'bogus')")
-      assert.has_error(function() sts:get(nil) end)
-      assert.has_error(function() sts:get("example.com", "force") end)
+      assert.has_error(function() sts:get(nil) end,
+        "bad argument #1 to 'get' (string expected, got nil)")
+      assert.has_error(function() sts:get("example.com", "force") end,
+        "bad argument #2 to 'get' (table expected, got string)")
     end)
     it("deletes a domain, and closes", function()
       w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }

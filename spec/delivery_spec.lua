@@ -76,10 +76,12 @@ describe("mtasts.delivery.plan", function()
     assert.is_false(plan.plaintext_fallback)
   end)
   it("raises on misuse", function()
-    assert.has_error(function() delivery.plan() end)
+    assert.has_error(function() delivery.plan() end,
+      "bad argument #1 to 'plan' (table expected, got nil)")
     assert.has_error(function() delivery.plan{ mx = MX, nope = 1 } end,
       "bad argument #1 to 'plan' (unknown option 'nope')")
-    assert.has_error(function() delivery.plan{ domain = "x" } end)
+    assert.has_error(function() delivery.plan{ domain = "x" } end,
+      "bad argument #1 to 'plan' (mx must be a table)")
   end)
 end)
 
@@ -100,7 +102,9 @@ describe("mtasts.delivery.outcome", function()
     assert.equal(1, r.failures[2].count)
   end)
   it("raises on misuse", function()
-    assert.has_error(function() delivery.outcome({}, "h", { ok = true }) end)
-    assert.has_error(function() delivery.outcome(result("none"), "h", { reason = "x" }) end)
+    assert.has_error(function() delivery.outcome({}, "h", { ok = true }) end,
+      "bad argument #1 to 'outcome' (a TLSRPT result expected)")
+    assert.has_error(function() delivery.outcome(result("none"), "h", { reason = "x" }) end,
+      "bad argument #3 to 'outcome' (result_type required for a failure)")
   end)
 end)

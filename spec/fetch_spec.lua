@@ -305,7 +305,8 @@ describe("policy discovery #fixture", function()
     assert.has_error(function() fetch.new{ nope = true } end,
       "bad argument #1 to 'new' (unknown option 'nope')")
     local f = assert(fetch.new{})
-    assert.has_error(function() f:add{ url = "https://a.example/" } end)
+    assert.has_error(function() f:add{ url = "https://a.example/" } end,
+      "bad argument #1 to 'add' (host required)")
     assert.is_true(f:close())
     assert.is_true(f:close())
     assert.equal("mtasts.fetcher (closed)", tostring(f))

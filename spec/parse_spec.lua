@@ -27,15 +27,18 @@ end
 describe("mtasts.parse_record", function()
   each(mtasts.parse_record, "record-syntax", require("cases.record"))
   it("raises on a non-string argument", function()
-    assert.has_error(function() mtasts.parse_record(nil) end)
-    assert.has_error(function() mtasts.parse_record(1) end)
+    assert.has_error(function() mtasts.parse_record(nil) end,
+      "bad argument #1 to 'parse_record' (string expected, got nil)")
+    assert.has_error(function() mtasts.parse_record(1) end,
+      "bad argument #1 to 'parse_record' (string expected, got number)")
   end)
 end)
 
 describe("mtasts.parse_policy", function()
   each(mtasts.parse_policy, "policy-syntax", require("cases.policy"))
   it("raises on a non-string argument", function()
-    assert.has_error(function() mtasts.parse_policy({}) end)
+    assert.has_error(function() mtasts.parse_policy({}) end,
+      "bad argument #1 to 'parse_policy' (string expected, got table)")
   end)
   it("accepts a policy of 64 KiB of mx lines", function()
     local lines = { "version: STSv1", "mode: enforce", "max_age: 86400" }
@@ -56,7 +59,8 @@ end)
 describe("mtasts.tlsrpt.parse_record", function()
   each(mtasts.tlsrpt.parse_record, "record-syntax", require("cases.tlsrpt_record"))
   it("raises on a non-string argument", function()
-    assert.has_error(function() mtasts.tlsrpt.parse_record(false) end)
+    assert.has_error(function() mtasts.tlsrpt.parse_record(false) end,
+      "bad argument #1 to 'parse_record' (string expected, got boolean)")
   end)
 end)
 
@@ -86,7 +90,8 @@ describe("mtasts.domain", function()
     end
   end)
   it("raises on a non-string argument", function()
-    assert.has_error(function() mtasts.domain(nil) end)
+    assert.has_error(function() mtasts.domain(nil) end,
+      "bad argument #1 to 'domain' (string expected, got nil)")
   end)
 end)
 
@@ -105,12 +110,14 @@ describe("mtasts.matches", function()
     assert.is_false(mtasts.matches(p, "example.net"))
   end)
   it("raises on misuse", function()
-    assert.has_error(function() mtasts.matches(nil, "a.example") end)
+    assert.has_error(function() mtasts.matches(nil, "a.example") end,
+      "bad argument #1 to 'matches' (table expected, got nil)")
     assert.has_error(function() mtasts.matches({}, "a.example") end,
       "bad argument #1 to 'matches' (policy.mx must be a table of patterns)")
     assert.has_error(function() mtasts.matches({ mx = { 1 } }, "a.example") end,
       "bad argument #1 to 'matches' (policy.mx[1] is not a string)")
-    assert.has_error(function() mtasts.matches({ mx = {} }, nil) end)
+    assert.has_error(function() mtasts.matches({ mx = {} }, nil) end,
+      "bad argument #2 to 'matches' (string expected, got nil)")
   end)
 end)
 

@@ -61,7 +61,8 @@ describe("mtasts.postfix server limits", function()
     with_server({ client = slow_client(0), max_connections = 3 }, function(srv, port, logs)
       local cons = {}
       for i = 1, 5 do cons[i] = connect(port) end
-      cqueues.sleep(0.2)
+      assert(proc.poll(function() return srv:stats().accepted + srv:stats().refused == 5 end,
+        util.within(10), cqueues.sleep), "the server did not take all five connections")
       for i = 1, 5 do
         cons[i]:write(postfix.netstring("postfix a" .. i .. ".example"))
         cons[i]:flush()
@@ -71,7 +72,8 @@ describe("mtasts.postfix server limits", function()
       assert.equal(2, srv:stats().refused)
       assert.matches("3 connections, the limit", table.concat(logs, "\n"), 1, true)
       for i = 1, 5 do cons[i]:close() end
-      cqueues.sleep(0.2)
+      assert(proc.poll(function() return srv:stats().connections == 0 end, util.within(10),
+        cqueues.sleep), "the server did not see the connections close")
       local again = connect(port)
       again:write(postfix.netstring("postfix b.example"))
       again:flush()
@@ -137,16 +139,11 @@ describe("mtasts.postfix server limits", function()
         c:write(junk)
         c:flush()
       end
-      local t0 = cqueues.monotime()
-      while srv:stats().accepted < 2 and cqueues.monotime() - t0 < util.within(10) do
-        cqueues.sleep(0.05)
-      end
+      proc.poll(function() return srv:stats().accepted >= 2 end, util.within(10), cqueues.sleep)
       assert.equal(2, srv:stats().connections)
       reset:close()    -- with answers unread in its buffer: the kernel sends an RST
-      t0 = cqueues.monotime()
-      while srv:stats().connections > 0 and cqueues.monotime() - t0 < util.within(15) do
-        cqueues.sleep(0.1)
-      end
+      proc.poll(function() return srv:stats().connections == 0 end, util.within(15),
+        cqueues.sleep)
       assert.equal(0, srv:stats().connections, "a slot stayed taken")
       stuck:close()
       local again = connect(port)
@@ -234,6 +231,7 @@ describe("mtasts.postfix server out of descriptors #fixture", function()
     util.write(dir .. "/emfile.lua", [[
       local cqueues = require("cqueues")
       local postfix = require("mtasts.postfix")
+      local poll = require("support.proc").poll   -- loaded while descriptors are free
       local srv = assert(postfix.new{ listen = { "inet:127.0.0.1:0" },
         client = { get = function() return nil end, close = function() end },
         log = function(level, m) io.stderr:write(level, ": ", m, "\n") end })
@@ -245,13 +243,15 @@ describe("mtasts.postfix server out of descriptors #fixture", function()
       io.stdout:write(srv:addresses()[1], "\n")
       io.stdout:flush()
       srv.loop:wrap(function()
-        while srv:stats().accept_errors == 0 do cqueues.sleep(0.05) end
-        cqueues.sleep(1)
+        -- no assert: whatever happens, this process frees its descriptors and stops
+        poll(function() return srv:stats().accept_errors > 0 end, 30, cqueues.sleep)
+        cqueues.sleep(1)   -- out of descriptors for a second on purpose: accept backs off
         for _, f in ipairs(hog) do f:close() end
         hog = nil
         collectgarbage()
-        while srv:stats().accepted == 0 do cqueues.sleep(0.05) end
-        cqueues.sleep(2)
+        poll(function() return srv:stats().accepted > 0 end, 30, cqueues.sleep)
+        -- the spec closes its connection once it has read the answer
+        poll(function() return srv:stats().connections == 0 end, 30, cqueues.sleep)
         srv:stop()
       end)
       srv:run{ signals = false }
@@ -350,7 +350,10 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
         cons[c]:flush()
       end
       cqueues.running():wrap(function()
-        cqueues.sleep(0.5)
+        -- once the lookups at the cap all stall: their policy fetches reached the stall server
+        local cap = tonumber(util.run("cat " .. out):match("(%d+) lookups at once")) or 1
+        assert(proc.poll(function() return proc.connections(stall) >= cap end, util.within(10),
+          cqueues.sleep), "the lookups did not reach the stall server")
         local other = connect(port)
         local t0 = cqueues.monotime()
         other:write(postfix.netstring("postfix [192.0.2.1]"))
@@ -367,7 +370,8 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
           done = done + 1
         end)
       end
-      while done < 4 do cqueues.sleep(0.1) end
+      assert(proc.poll(function() return done == 4 end, util.within(90), cqueues.sleep),
+        "the four connections were not all answered")
       local last = connect(port)
       last:write(postfix.netstring("postfix [192.0.2.2]"))
       last:flush()

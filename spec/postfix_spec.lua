@@ -78,6 +78,7 @@ describe("mtasts serve postfix #fixture", function()
       '_mta-sts.testing IN TXT "v=STSv1; id=1;"', "mta-sts.testing IN A 127.0.0.1",
       '_mta-sts.none IN TXT "v=STSv1; id=1;"', "mta-sts.none IN A 127.0.0.1",
       '_mta-sts.stall IN TXT "v=STSv1; id=1;"', "mta-sts.stall IN A 127.0.0.1",
+      '_mta-sts.stall2 IN TXT "v=STSv1; id=1;"', "mta-sts.stall2 IN A 127.0.0.1",
     } })
     world.web = require("support.https").start(ca, {
       { host = "mta-sts.enforce.example", body = "version: STSv1\nmode: enforce\n" ..
@@ -87,12 +88,14 @@ describe("mtasts serve postfix #fixture", function()
       { host = "mta-sts.none.example", body = "version: STSv1\nmode: none\nmax_age: 86400\n" },
     })
     local stall = proc.free_port()
+    world.stall = stall
     proc.spawn("stall", "build/support/stall " .. stall .. " 600", dir .. "/stall.log")
     assert(proc.poll(function() return proc.tcp_open(stall) end, 10))
     local cmd = util.lua_cmd() .. " bin/mtasts --db " .. dir .. "/cache --nameserver " ..
       world.dns.nameserver .. " --trust-anchor none --allow-private-addresses --cafile " ..
       ca.cafile ..
       " --connect-to mta-sts.stall.example:443:127.0.0.1:" .. stall ..
+      " --connect-to mta-sts.stall2.example:443:127.0.0.1:" .. stall ..
       " --connect-to :443:127.0.0.1:" .. world.web.port .. " --timeout 3 serve postfix" ..
       " --listen inet:127.0.0.1:0 --listen unix:" .. dir .. "/pf.sock --socket-mode 0660" ..
       " --zone postfix --zone strict:strict_testing --zone nosni:no_sni" ..
@@ -191,17 +194,21 @@ describe("mtasts serve postfix #fixture", function()
       ask({ "postfix enforce.example" })           -- cached now
       local t0 = core.monotonic()
       local slow_done, fast_at
+      local fetching = proc.connections(world.stall)
       cqueues.running():wrap(function()
         local a = ask({ "postfix stall.example" }, nil, 20)
         slow_done = core.monotonic() - t0
         assert.same({ "NOTFOUND " }, a)
       end)
-      cqueues.sleep(0.1)
+      -- the stalled lookup is in flight once its policy fetch has reached the stall server
+      assert(proc.poll(function() return proc.connections(world.stall) > fetching end, 10,
+        cqueues.sleep), "the stalled lookup did not reach the stall server")
       local fast = ask({ "postfix enforce.example", "postfix [192.0.2.1]" })
       fast_at = core.monotonic() - t0
       assert.matches("^OK secure", fast[1])
       assert.is_true(fast_at < util.within(0.6), "cached answer took " .. fast_at .. " s")
-      while not slow_done do cqueues.sleep(0.05) end
+      assert(proc.poll(function() return slow_done end, 30, cqueues.sleep),
+        "the stalled lookup was never answered")
       assert.is_true(slow_done >= 2, "the stall answered after " .. slow_done .. " s")
       -- on one connection: both lookups run at once, answers come in order
       t0 = core.monotonic()
@@ -273,10 +280,13 @@ describe("mtasts serve postfix #fixture", function()
   it("stops on SIGTERM after answering the request in flight", function()
     run(function()
       local con = connect()
-      con:write(postfix.netstring("postfix stall.example"))
+      local fetching = proc.connections(world.stall)
+      -- stall2: the server remembers stall.example's failed fetch and would answer at once
+      con:write(postfix.netstring("postfix stall2.example"))
       con:flush()
-      cqueues.sleep(0.2)
-      os.execute("pkill -TERM -f 'bin/mtasts --db " .. world.dir .. "'")
+      assert(proc.poll(function() return proc.connections(world.stall) > fetching end, 10,
+        cqueues.sleep), "the lookup did not reach the stall server")   -- in flight now
+      proc.signal(world.pid, "TERM")
       local buf = con:xread(-100, "b", 10)
       assert.equal(postfix.netstring("NOTFOUND "), buf)
       con:close()

@@ -126,8 +126,10 @@ describe("mtasts.resolver #fixture", function()
   it("raises on misuse", function()
     assert.has_error(function() resolver.new{ bogus = 1 } end,
       "bad argument #1 to 'new' (unknown option 'bogus')")
-    assert.has_error(function() r:query("a.example", "SPF", 1) end)
-    assert.has_error(function() r:query("a.example", "TXT", 0) end)
+    assert.has_error(function() r:query("a.example", "SPF", 1) end,
+      "bad argument #2 to 'query' (type is A, AAAA, CNAME, MX, TXT or TLSA)")
+    assert.has_error(function() r:query("a.example", "TXT", 0) end,
+      "bad argument #3 to 'query' (timeout must be positive)")
   end)
   it("closes twice and raises the exact message after close", function()
     local x = assert(resolver.new{ nameserver = server.nameserver, trust_anchor = false })

@@ -13,7 +13,8 @@ local function spawn(dir, w, log)
   return assert(tonumber(out:match("(%d+)")), out)
 end
 
-local alive = require("support.proc").alive
+local proc = require("support.proc")
+local alive = proc.alive
 
 local function last_ack(log)
   local n, done = 0, false
@@ -45,13 +46,12 @@ describe("mtasts.tlsrpt.store under many processes #slow", function()
     -- kill worker 1 once it has committed a few batches, at no particular moment
     local victim = 1
     local until_t = core.monotonic() + 60
-    while last_ack(logs[victim]) < 5 * BATCH and core.monotonic() < until_t do
-      os.execute("sleep 0.01")
-    end
-    os.execute(string.format("sleep %.3f", math.random() * 0.05))
+    proc.poll(function() return last_ack(logs[victim]) >= 5 * BATCH end, until_t - core.monotonic())
+    util.seed()
+    os.execute(string.format("sleep %.3f", math.random() * 0.05))   -- the moment is the test
     os.execute("kill -9 " .. pids[victim])
     for w = 1, WORKERS do
-      while alive(pids[w]) and core.monotonic() < until_t + 60 do os.execute("sleep 0.05") end
+      proc.poll(function() return not alive(pids[w]) end, until_t + 60 - core.monotonic())
       assert.is_false(alive(pids[w]), "worker " .. w .. " did not finish")
     end
 

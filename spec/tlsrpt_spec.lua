@@ -172,14 +172,19 @@ describe("mtasts.tlsrpt store", function()
 
     it("rejects results that are not results", function()
       store = open()
-      assert.has_error(function() store:add(nil) end)
-      assert.has_error(function() store:add({ policy = { type = "dane", domain = "x" } }) end)
-      assert.has_error(function() store:add({ policy = { type = "sts" } }) end)
+      assert.has_error(function() store:add(nil) end,
+        "bad argument #1 to 'add' (a TLSRPT result table expected)")
+      assert.has_error(function() store:add({ policy = { type = "dane", domain = "x" } }) end,
+        "bad argument #1 to 'add' (policy.type must be sts, tlsa or no-policy-found)")
+      assert.has_error(function() store:add({ policy = { type = "sts" } }) end,
+        "bad argument #1 to 'add' (policy.domain must be a domain name)")
       assert.has_error(function()
         store:add({ policy = { type = "sts", domain = "x" }, summary = { success = -1 } })
-      end)
-      assert.has_error(function() store:add(sts(), { day = "2026-13-01" }) end)
-      assert.has_error(function() store:add(sts(), { day = "yesterday" }) end)
+      end, "bad argument #1 to 'add' (summary.success must be a non-negative integer)")
+      assert.has_error(function() store:add(sts(), { day = "2026-13-01" }) end,
+        'bad argument #2 to \'add\' (a UTC day "YYYY-MM-DD" expected, got "2026-13-01")')
+      assert.has_error(function() store:add(sts(), { day = "yesterday" }) end,
+        'bad argument #2 to \'add\' (a UTC day "YYYY-MM-DD" expected, got "yesterday")')
     end)
   end)
 
@@ -322,7 +327,7 @@ describe("mtasts.tlsrpt store", function()
       local report = store:report("example.com", DAY)
       assert.has_error(function()
         tlsrpt.message(report, { from = "a@b", to = "x@y\r\nBcc: z@w" })
-      end)
+      end, "bad argument #2 to 'message' (to must be a one-line string)")
     end)
   end)
 
@@ -655,7 +660,8 @@ describe("mtasts.tlsrpt store", function()
       local c = assert(core.cache_open(dir .. "/db"))
       assert(c:upsert("example.com", "1", POLICY, T0))
       c:close()
-      util.run("head -c 16384 /dev/urandom > " .. dir .. "/db/results.db")
+      util.seed()
+      util.write(dir .. "/db/results.db", util.random_bytes(16384))
       local s2 = open()
       s2:add(sts(nil, 1))
       local ok, msg = s2:flush()
@@ -779,8 +785,10 @@ describe("mtasts.tlsrpt.parse_report", function()
   end)
 
   it("misuse raises", function()
-    assert.has_error(function() tlsrpt.parse_report(nil) end)
-    assert.has_error(function() tlsrpt.filename({}) end)
+    assert.has_error(function() tlsrpt.parse_report(nil) end,
+      "bad argument #1 to 'parse_report' (string expected, got nil)")
+    assert.has_error(function() tlsrpt.filename({}) end,
+      "bad argument #1 (report without date-range, report-id or policy domain)")
   end)
 end)
 

@@ -1,10 +1,11 @@
 -- A cache worker for spec/cache_processes_spec.lua: mixed lookups and upserts until a
--- deadline. usage: cache_worker.lua DIR WORKER LOG DEADLINE(monotonic seconds)
+-- deadline. usage: cache_worker.lua DIR WORKER LOG DEADLINE(monotonic seconds) [SEED]
 -- After each committed upsert it appends "ack <domain> <seq>" to LOG; every 20 operations
 -- it appends "maxwait <seconds>", the longest single operation so far. A restarted worker
 -- continues its sequence above anything its log shows, so sequences only grow.
 local core = require("mtasts.core")
-local dir, worker, logpath, deadline = arg[1], arg[2], arg[3], tonumber(arg[4])
+local dir, worker, logpath, deadline, seed = arg[1], arg[2], arg[3], tonumber(arg[4]),
+  math.tointeger(tonumber(arg[5]))
 
 local seq = 0
 do
@@ -22,7 +23,7 @@ seq = seq + 100000     -- past anything committed but not acknowledged before a 
 local log = assert(io.open(logpath, "a"))
 log:setvbuf("line")
 local clock = core.monotonic
-math.randomseed(math.floor(clock() * 1e6) + #worker)
+math.randomseed(seed or math.floor(clock() * 1e6) + #worker)   -- the spec passes a seed
 
 local t0 = clock()
 local cache, err, code = core.cache_open(dir)

@@ -58,12 +58,14 @@ function _M.alive(pid)
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
---- Poll until fn() is true or the deadline passes; fn is tried at least once.
-function _M.poll(fn, seconds)
+--- Poll until fn() is true or the deadline passes; fn is tried at least once. pause(s) waits
+-- between tries: by default it blocks the process; inside a cqueues loop pass cqueues.sleep,
+-- so the loop's other coroutines run meanwhile.
+function _M.poll(fn, seconds, pause)
   local deadline = core.monotonic() + (seconds or 10)
   repeat
     if fn() then return true end
-    core.poll(-1, "", 0.02)   -- 20 ms between tries (poll ignores fd -1)
+    if pause then pause(0.02) else core.poll(-1, "", 0.02) end   -- 20 ms (poll ignores fd -1)
   until core.monotonic() > deadline
   return false
 end
@@ -74,13 +76,27 @@ function _M.tcp_open(port)
   return status == 0
 end
 
+--- How many TCP connections to 127.0.0.1:port are established now, accepted or not (from
+-- ss): that a client has reached a server that never answers (stall), without a fixed sleep.
+function _M.connections(port)
+  local out = util.run("ss -Htn state established '( sport = :" .. port .. " )'")
+  return select(2, out:gsub("[^\n]+", ""))
+end
+
+--- Send a signal ("TERM", "INT", "KILL") to a process spawn started and to its children, by
+-- pid, never by name. The children (from ps --ppid) are listed before the signal: once their
+-- parent is gone they belong to init. `timeout` relays TERM and INT to its command, not KILL.
+function _M.signal(pid, sig)
+  local pids = { tostring(pid) }
+  for child in util.run("ps -o pid= --ppid " .. pid):gmatch("%d+") do pids[#pids + 1] = child end
+  os.execute("kill -" .. sig .. " " .. table.concat(pids, " ") .. " 2>/dev/null")
+end
+
 --- Stop a process (TERM, then KILL) and wait until it is gone.
 function _M.stop(pid)
   if not running[pid] then return end
-  os.execute("kill -TERM " .. pid .. " 2>/dev/null; pkill -TERM -P " .. pid .. " 2>/dev/null")
-  if not _M.poll(function() return not _M.alive(pid) end, 5) then
-    os.execute("pkill -KILL -P " .. pid .. " 2>/dev/null; kill -KILL " .. pid .. " 2>/dev/null")
-  end
+  _M.signal(pid, "TERM")
+  if not _M.poll(function() return not _M.alive(pid) end, 5) then _M.signal(pid, "KILL") end
   running[pid] = nil
 end
 

@@ -2,7 +2,7 @@
 local _M = {}
 
 -- Under `make asan` the sanitizer runtime is preloaded into lua5.4 (LD_PRELOAD). The commands
--- a Lua process here runs (sh, kill, pkill, nsd, nginx, openssl) must not inherit it: some
+-- a Lua process here runs (sh, kill, ps, nsd, nginx, openssl) must not inherit it: some
 -- uninstrumented tools deadlock at start with it (pkill and nsd did). Every process that
 -- loads this module (busted through spec/helper.lua, examples/demo.lua, bench/) runs its
 -- commands without it; Lua processes that need it get it back from _M.lua_cmd().
@@ -40,6 +40,45 @@ function _M.write(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
   f:close()
+end
+
+--- Overwrite part of a file in place, as `dd conv=notrunc` does: data at byte offset.
+function _M.overwrite(path, offset, data)
+  local f = assert(io.open(path, "r+b"))
+  assert(f:seek("set", offset))
+  f:write(data)
+  f:close()
+end
+
+local seed_value
+
+--- The seed of the specs' random data and choices: MTASTS_SEED when set, else one from
+-- /dev/urandom, chosen once per process and printed to stderr when first used, so that a
+-- failing run replays with MTASTS_SEED=<seed>. Each call reseeds math.random with it: a test
+-- that calls seed() first draws the same numbers whichever tests ran before it.
+function _M.seed()
+  if not seed_value then
+    local env = os.getenv("MTASTS_SEED")
+    if env and env ~= "" then
+      seed_value = math.tointeger(tonumber(env)) or error("MTASTS_SEED is not an integer: " .. env)
+    else
+      local f = assert(io.open("/dev/urandom", "rb"))
+      seed_value = string.unpack("<I4", f:read(4))
+      f:close()
+    end
+    io.stderr:write(("\nMTASTS_SEED=%d (the specs' random data and choices; set it to replay)\n")
+      :format(seed_value))
+  end
+  math.randomseed(seed_value)
+  return seed_value
+end
+
+--- n random bytes from math.random (call seed() first): data a seed replays, unlike
+-- /dev/urandom's.
+function _M.random_bytes(n)
+  local t = {}
+  for i = 1, (n + 7) // 8 do t[i] = string.pack("<i8", math.random(0)) end
+  return table.concat(t):sub(1, n)
 end
 
 --- How much longer than normal a timed assertion may take: MTASTS_TIME_SCALE (make valgrind
