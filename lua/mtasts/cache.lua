@@ -64,6 +64,9 @@ function Cache:close()
   return c:close()
 end
 cache_mt.__close = Cache.close
+cache_mt.__tostring = function(self)
+  return "mtasts.cache.reader " .. (self.c and self.path or "(closed)")
+end
 cache_mt.__gc = Cache.close
 
 return _M

@@ -27,8 +27,8 @@ local FACILITIES = { mail = 2, daemon = 3, user = 1, local0 = 16, local1 = 17, l
 
 --- A logger. opts: to = "stderr" (default) or "syslog" (/dev/log), verbose (also info and
 -- debug on stderr, debug on syslog), ident (default "mtasts"), facility (syslog, default
--- "mail"), path (the syslog socket, default /dev/log). Returns log(level, message); when /dev/log cannot be reached it falls back to
--- stderr, and says so there once.
+-- "mail"), path (the syslog socket, default /dev/log). Returns log(level, message); when
+-- the syslog socket cannot be reached it falls back to stderr, and says so there once.
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then

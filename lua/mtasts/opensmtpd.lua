@@ -11,8 +11,8 @@
 local tlsrpt = require("mtasts.tlsrpt")
 local json = require("mtasts.json")
 
-local pairs, ipairs, tostring, tonumber, pcall, setmetatable = pairs, ipairs, tostring,
-  tonumber, pcall, setmetatable
+local type, error, pairs, ipairs, tostring, tonumber, pcall, setmetatable = type, error, pairs,
+  ipairs, tostring, tonumber, pcall, setmetatable
 local concat, format = table.concat, string.format
 
 -- What the filter may hold and store (docs/opensmtpd.md "Limits"): one TLSRPT message held

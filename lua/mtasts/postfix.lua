@@ -433,8 +433,8 @@ function _M.new(opts)
     self.client, self.owns_client = client, true
   end
   for _, spec in ipairs(opts.listen or {}) do
-    local ok, err = self:listen(spec, opts.socket_mode)
-    if not ok then self:close() return nil, err, "listen" end
+    local ok, err, code = self:listen(spec, opts.socket_mode)
+    if not ok then self:close() return nil, err, code end
   end
   self:fit_descriptors()
   return self
@@ -503,18 +503,20 @@ function Server:listen(spec, mode)
   local path = spec:match("^unix:(.+)$")
   local srv, err
   if mode and not tostring(mode):match("^0?[0-7][0-7][0-7]$") then
-    return nil, "socket mode: expected octal like 0660, got " .. tostring(mode)
+    return nil, "socket mode: expected octal like 0660, got " .. tostring(mode), "listen"
   end
   if path then
     srv, err = socket.listen{ path = path, unlink = true, mode = mode and tonumber(mode, 8) or nil }
   else
     local host, port = spec:gsub("^inet:", ""):match("^%[?([^%]]*)%]?:(%d+)$")
-    if not host then return nil, "listen: expected inet:HOST:PORT or unix:PATH, got " .. spec end
+    if not host then
+      return nil, "listen: expected inet:HOST:PORT or unix:PATH, got " .. spec, "listen"
+    end
     srv, err = socket.listen{ host = host, port = tonumber(port), reuseaddr = true }
   end
-  if not srv then return nil, "listen " .. spec .. ": " .. tostring(err) end
+  if not srv then return nil, "listen " .. spec .. ": " .. tostring(err), "listen" end
   local ok, lerr = srv:listen()
-  if not ok and lerr then return nil, "listen " .. spec .. ": " .. tostring(lerr) end
+  if not ok and lerr then return nil, "listen " .. spec .. ": " .. tostring(lerr), "listen" end
   if path and mode then os.execute(format("chmod %s '%s'", mode, (path:gsub("'", "'\\''")))) end
   local bound = spec
   if not path then
@@ -610,7 +612,10 @@ function Server:run(opts)
 end
 
 --- Step the loop once (for hosts and specs that drive it): see cqueues step.
-function Server:step(timeout) return self.loop:step(timeout) end
+function Server:step(timeout)
+  live(self, "step")
+  return self.loop:step(timeout)
+end
 
 --- Close the listeners and connections, and the client the server made. Returns true, or
 -- nil, message, code when closing that client failed; a second close returns true.
