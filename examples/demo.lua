@@ -57,7 +57,7 @@ local ok, err = pcall(function()
     for _ = 1, 5 do     -- five messages each; the first MX host answers with TLS
       local policy, result, _, msg, code = sts:get(domain)
       local plan = delivery.plan{ domain = domain, mx = mx, policy = policy, result = result,
-        policy_error = msg and code }
+        policy_error = msg, policy_code = code }
       if plan.hosts[1] then delivery.outcome(result, plan.hosts[1].host, { ok = true }) end
       assert(store:add(result, { day = yesterday }))
     end
