@@ -195,6 +195,22 @@ describe("mtasts.opensmtpd filter", function()
     assert.equal(1, r.policies[1].summary["total-successful-session-count"])
     store:close()
   end)
+
+  it("skips a recipient domain that is no domain name, and records the others", function()
+    local store = assert(tlsrpt.open{ path = dir .. "/db", batch_size = 1,
+      clock = function() return tlsrpt.day_start("2026-11-20") + 10 end })
+    local asked = {}
+    f = opensmtpd.new{ store = store, write = function(l) out[#out + 1] = l end,
+      policy_of = function(d) asked[#asked + 1] = d end }
+    f:line("report|0.6|1.0|smtp-out|link-connect|o1|mx.example.com|pass|127.0.0.1:1|192.0.2.1:25")
+    f:line("report|0.6|1.0|smtp-out|link-tls|o1|version=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384")
+    f:line("report|0.6|1.0|smtp-out|tx-rcpt|o1|m1|ok|<u@bad..domain>")
+    f:line("report|0.6|1.0|smtp-out|tx-rcpt|o1|m1|ok|<u@Example.COM>")
+    f:line("report|0.6|1.0|smtp-out|link-disconnect|o1")
+    assert.same({ "example.com" }, asked)
+    assert.same({ { domain = "example.com", host = false } }, assert(store:domains("2026-11-20")))
+    store:close()
+  end)
 end)
 
 describe("mtasts.opensmtpd filter against hostile reports", function()

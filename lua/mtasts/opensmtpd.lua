@@ -8,6 +8,7 @@
 -- smtp-out: the report events show, per session, the peer address, whether TLS was
 -- established, and the recipients; each session that established TLS is recorded as a
 -- successful TLSRPT session of each recipient domain, with the policy the cache holds.
+local core = require("mtasts.core")
 local tlsrpt = require("mtasts.tlsrpt")
 local json = require("mtasts.json")
 
@@ -309,13 +310,17 @@ local function out_session_end(self, s)
     local d = r:lower():match("@([^>]+)>?$")
     if d then domains[d] = true end
   end
-  for d in pairs(domains) do
+  for name in pairs(domains) do
+    -- a recipient domain that is no domain name has no policy to report on: skipped
+    local d = core.domain(name)
+    if not d then goto next_domain end
     local policy, text
     if self.policy_of then policy, text = self.policy_of(d) end
     local result = policy and tlsrpt.sts_result(d, text, policy) or tlsrpt.no_policy_result(d)
     result.summary.success = 1
     local ok, err = self.store:add(result, { recipient_domain = d })
     if not ok then self.log("err", "recording failed: " .. tostring(err)) end
+    ::next_domain::
   end
 end
 
