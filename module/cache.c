@@ -795,18 +795,9 @@ static int put_row(DB *db, DB_TXN *t, const char *key, const mtasts_buf *b) {
   return db->put(db, t, &k, &d, 0);
 }
 
-static void patch_i64(unsigned char *o, int64_t v) {
-  uint64_t u = (uint64_t)v;
-  int i;
-  for (i = 7; i >= 0; i--) { o[i] = (unsigned char)u; u >>= 8; }
-}
+static void patch_i64(unsigned char *o, int64_t v) { mtasts_put_u64(o, (uint64_t)v); }
 
-static int64_t read_i64(const unsigned char *p) {
-  uint64_t u = 0;
-  int i;
-  for (i = 0; i < 8; i++) u = u << 8 | p[i];
-  return (int64_t)u;
-}
+static int64_t read_i64(const unsigned char *p) { return (int64_t)mtasts_get_u64(p); }
 
 static int normalise(const char *domain, char *key, char *err) {
   char why[MTASTS_ERR_MAX];
@@ -1038,11 +1029,10 @@ static int append(mtasts_buf *b, const void *key, size_t kn, const void *row, si
   unsigned char *o;
   if (mtasts_buf_reserve(b, b->n + 6 + kn + rn) != 0) return ENOMEM;
   o = b->p + b->n;
-  o[0] = (unsigned char)(kn >> 8); o[1] = (unsigned char)kn;
+  mtasts_put_u16(o, (uint32_t)kn);
   memcpy(o + 2, key, kn);
   o += 2 + kn;
-  o[0] = (unsigned char)(rn >> 24); o[1] = (unsigned char)(rn >> 16);
-  o[2] = (unsigned char)(rn >> 8); o[3] = (unsigned char)rn;
+  mtasts_put_u32(o, (uint32_t)rn);
   if (rn) memcpy(o + 4, row, rn);
   b->n += 6 + kn + rn;
   return 0;
@@ -1129,7 +1119,7 @@ int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t 
   if ((rc = run(c, op_scan, &x, "prune", err)) != 0) return rc;
   for (i = 0; i < x.count && rc == 0; i++) {
     char key[MTASTS_NAME_MAX + 1];
-    size_t kn = (size_t)b->p[pos] << 8 | b->p[pos + 1];
+    size_t kn = mtasts_get_u16(b->p + pos);
     prune_ctx p;
     memcpy(key, b->p + pos + 2, kn);
     key[kn] = '\0';
@@ -1151,12 +1141,11 @@ static int verify_rows(mtasts_cache *c, char *err) {
   char why[MTASTS_ERR_MAX], first[MTASTS_NAME_MAX + 1] = "";
   int rc = mtasts_cache_scan(c, &b, &count, err);
   for (i = 0; rc == 0 && i < count; i++) {
-    size_t kn = (size_t)b.p[pos] << 8 | b.p[pos + 1], rn;
+    size_t kn = mtasts_get_u16(b.p + pos), rn;
     const unsigned char *key = b.p + pos + 2, *row;
     mtasts_row r;
     pos += 2 + kn;
-    rn = (size_t)b.p[pos] << 24 | (size_t)b.p[pos + 1] << 16 | (size_t)b.p[pos + 2] << 8 |
-         b.p[pos + 3];
+    rn = mtasts_get_u32(b.p + pos);
     row = b.p + pos + 4;
     pos += 4 + rn;
     if (mtasts_row_decode(row, rn, &r, why) != 0 || r.domain.n != kn ||
@@ -1212,12 +1201,6 @@ static int unhex(const char *line, mtasts_buf *b) {
 
 #define SALVAGE_TIMEOUT_S 60
 
-static double mtasts_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* A btree meta page (magic 0x053162, either byte order) with a page size libdb can have. */
 static int is_btree_file(const char *file) {
   unsigned char m[32];
@@ -1227,10 +1210,7 @@ static int is_btree_file(const char *file) {
   if (read(fd, m, sizeof m) == (ssize_t)sizeof m) {
     int le = m[12] == 0x62 && m[13] == 0x31 && m[14] == 0x05 && m[15] == 0;
     int be = m[15] == 0x62 && m[14] == 0x31 && m[13] == 0x05 && m[12] == 0;
-    ps = le ? (unsigned)m[20] | (unsigned)m[21] << 8 | (unsigned)m[22] << 16 |
-                (unsigned)m[23] << 24
-            : (unsigned)m[23] | (unsigned)m[22] << 8 | (unsigned)m[21] << 16 |
-                (unsigned)m[20] << 24;
+    ps = le ? mtasts_get_u32le(m + 20) : mtasts_get_u32(m + 20);
     ok = (le || be) && ps >= 512 && ps <= 65536 && (ps & (ps - 1)) == 0;
   }
   close(fd);
@@ -1255,7 +1235,7 @@ static int op_put_raw(DB_ENV *env, DB *db, void *vctx) {
 static int in_child(void (*fn)(void *), void *arg) {
   pid_t pid = fork();
   int status = 0;
-  double end = mtasts_now() + SALVAGE_TIMEOUT_S;
+  double end = mtasts_monotonic() + SALVAGE_TIMEOUT_S;
   struct timespec nap = { 0, 20 * 1000 * 1000 };
   if (pid == 0) {
     fn(arg);
@@ -1263,7 +1243,7 @@ static int in_child(void (*fn)(void *), void *arg) {
   }
   if (pid < 0) return -1;
   while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (mtasts_now() > end) {
+    if (mtasts_monotonic() > end) {
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
       return -1;

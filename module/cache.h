@@ -3,6 +3,7 @@
 #ifndef MTASTS_CACHE_H
 #define MTASTS_CACHE_H
 
+#include "buf.h"
 #include "mtasts.h"
 
 #include <limits.h>
@@ -10,11 +11,6 @@
 #define MTASTS_ROW_FORMAT 1            /* first byte of every encoded row */
 #define MTASTS_BACKOFF_SECONDS 300     /* a failed fetch is not retried for this long */
 #define MTASTS_TOUCH_SECONDS 60        /* last_use is written at most this often per row */
-
-/* A growable byte buffer, owned by whoever holds it (a Lua userdata in the binding). */
-typedef struct { unsigned char *p; size_t n, cap; } mtasts_buf;
-int mtasts_buf_reserve(mtasts_buf *b, size_t need);   /* 0, or ENOMEM */
-void mtasts_buf_free(mtasts_buf *b);
 
 /* A decoded row. Spans and sections point into the encoded bytes, which must outlive it. */
 typedef struct {

@@ -16,7 +16,6 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unbound.h>
 #include <zlib.h>
 
@@ -48,9 +47,7 @@ static int core_poll(lua_State *L) {
 /* monotonic() -> seconds (float) on a clock that never jumps: for measuring durations in
  * tests and benchmarks. Policy logic takes its time from the client's clock instead. */
 static int monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)mtasts_monotonic());
   return 1;
 }
 

@@ -208,11 +208,10 @@ static int by_use(const void *a, const void *b) {
 
 /* Walk a scan buffer: record at pos -> key, row; returns the next position. */
 static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
-  e->kn = (size_t)b->p[pos] << 8 | b->p[pos + 1];
+  e->kn = mtasts_get_u16(b->p + pos);
   e->key = (const char *)b->p + pos + 2;
   pos += 2 + e->kn;
-  e->rn = (size_t)b->p[pos] << 24 | (size_t)b->p[pos + 1] << 16 | (size_t)b->p[pos + 2] << 8 |
-          b->p[pos + 3];
+  e->rn = mtasts_get_u32(b->p + pos);
   e->row = b->p + pos + 4;
   return pos + 4 + e->rn;
 }

@@ -96,16 +96,12 @@ static int results_apply(lua_State *L) {
   return 1;
 }
 
-static uint32_t rd32(const unsigned char *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 /* push the length-prefixed strings of u->buf as an array */
 static void push_strings(lua_State *L, lresults *u, size_t count) {
   size_t off = 0, i;
   lua_createtable(L, (int)(count > 1000000 ? 1000000 : count), 0);
   for (i = 1; off + 4 <= u->buf.n; i++) {
-    uint32_t n = rd32(u->buf.p + off);
+    uint32_t n = mtasts_get_u32(u->buf.p + off);
     lua_pushlstring(L, (const char *)u->buf.p + off + 4, n);
     lua_rawseti(L, -2, (lua_Integer)i);
     off += 4 + n;

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unbound.h>
 
 #define ROOT_KEY "/usr/share/dns/root.key"   /* Debian's dns-root-data */
@@ -24,12 +23,6 @@ struct mtasts_resolver {
   size_t n_pending;
   int next_id;
 };
-
-double mtasts_monotonic(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void unlink_pending(mtasts_resolver *r, mtasts_dns_query *q) {
   mtasts_dns_query **pp;

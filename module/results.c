@@ -14,35 +14,10 @@ static void dbt(DBT *t, const void *p, size_t n) {
   t->size = (u_int32_t)n;
 }
 
-static void put_u64(unsigned char *o, uint64_t v) {
-  int i;
-  for (i = 7; i >= 0; i--) { o[i] = (unsigned char)(v & 0xff); v >>= 8; }
-}
-
-static uint64_t get_u64(const unsigned char *p) {
-  uint64_t v = 0;
-  int i;
-  for (i = 0; i < 8; i++) v = (v << 8) | p[i];
-  return v;
-}
-
 /* Counts stop at INT64_MAX, the largest a Lua integer holds. */
 static uint64_t sat_add(uint64_t x, uint64_t y) {
   if (x > (uint64_t)INT64_MAX) x = (uint64_t)INT64_MAX;
   return y > (uint64_t)INT64_MAX - x ? (uint64_t)INT64_MAX : x + y;
-}
-
-static int append(mtasts_buf *b, const void *p, size_t n) {
-  unsigned char len[4];
-  if (n > UINT32_MAX || mtasts_buf_reserve(b, b->n + 4 + n) != 0) return ENOMEM;
-  len[0] = (unsigned char)(n >> 24);
-  len[1] = (unsigned char)(n >> 16);
-  len[2] = (unsigned char)(n >> 8);
-  len[3] = (unsigned char)n;
-  memcpy(b->p + b->n, len, 4);
-  if (n) memcpy(b->p + b->n + 4, p, n);
-  b->n += 4 + n;
-  return 0;
 }
 
 /* --- apply --- */
@@ -66,8 +41,8 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
     v.ulen = sizeof cur;
     rc = db->get(db, t, &k, &v, DB_RMW);
     if (rc == 0 && v.size == 16) {
-      a = get_u64(cur);
-      b = get_u64(cur + 8);
+      a = mtasts_get_u64(cur);
+      b = mtasts_get_u64(cur + 8);
     } else if (rc == DB_BUFFER_SMALL || (rc == 0 && v.size != 16)) {
       rc = 0;   /* not a counter record (cannot happen with our keys): start it afresh */
     } else if (rc == DB_NOTFOUND) {
@@ -75,8 +50,8 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
     } else {
       break;
     }
-    put_u64(val, sat_add(a, x->d[i].a));
-    put_u64(val + 8, sat_add(b, x->d[i].b));
+    mtasts_put_u64(val, sat_add(a, x->d[i].a));
+    mtasts_put_u64(val + 8, sat_add(b, x->d[i].b));
     dbt(&v, val, sizeof val);
     if ((rc = db->put(db, t, &k, &v, 0)) != 0) break;
   }
@@ -141,7 +116,7 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
     if (rc != 0) break;
     if (k.size < x->pn || memcmp(k.data, x->prefix, x->pn) != 0) break;
     if (!x->distinct) {
-      if ((rc = append(x->b, k.data, k.size)) != 0 || (rc = append(x->b, d.data, d.size)) != 0)
+      if ((rc = mtasts_buf_add_u32_bytes(x->b, k.data, k.size)) != 0 || (rc = mtasts_buf_add_u32_bytes(x->b, d.data, d.size)) != 0)
         break;
       if (++x->count == x->limit) break;
       continue;
@@ -151,7 +126,7 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
       size_t rn = k.size - x->pn, cn;
       nul = memchr(rest, '\0', rn);
       cn = nul ? (size_t)(nul - rest) : rn;
-      if ((rc = append(x->b, rest, cn)) != 0) break;
+      if ((rc = mtasts_buf_add_u32_bytes(x->b, rest, cn)) != 0) break;
       x->count++;
       /* jump past every key with this component: prefix, component, "\x01" */
       free(seek);
