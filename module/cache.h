@@ -38,11 +38,6 @@ int mtasts_row_next_ext(mtasts_row_iter *it, mtasts_span *k, mtasts_span *v);
 
 /* --- the cache --- */
 
-/* Error codes of our own (BDB codes and errno values are passed through as they are). */
-#define MTASTS_ECORRUPT (-40001)        /* a row that does not decode */
-#define MTASTS_EPOLICY  (-40002)        /* upsert given a policy text that does not parse */
-#define MTASTS_EDOMAIN  (-40003)        /* a key that is not a domain name */
-
 typedef struct mtasts_cache mtasts_cache;
 
 /* Open (creating if needed, mode 0700/0600) the cache environment in directory path.
@@ -113,8 +108,5 @@ typedef int (*mtasts_store_fn)(struct __db_env *env, struct __db *db, void *ctx)
  * lets the environment checkpoint afterwards. 0, or an error code with a message in err. */
 int mtasts_store_run(mtasts_cache *c, mtasts_store_fn fn, void *ctx, int writes,
                      const char *what, char *err);
-
-/* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
-const char *mtasts_code_name(int rc);
 
 #endif

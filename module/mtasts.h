@@ -109,6 +109,15 @@ static inline double mtasts_monotonic(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* --- error codes (errname.c) --- */
+/* Codes of our own; Berkeley DB codes and errno values are passed through as they are. */
+#define MTASTS_ECORRUPT (-40001)        /* a row that does not decode */
+#define MTASTS_EPOLICY  (-40002)        /* upsert given a policy text that does not parse */
+#define MTASTS_EDOMAIN  (-40003)        /* a key that is not a domain name */
+/* The stable code string of an error code (docs/errors.md): "db-runrecovery", "enospc",
+ * "corrupt", ...; "bdb-error" for any other. */
+const char *mtasts_code_name(int rc);
+
 /* --- Lua bindings (lua_*.c); the prototypes need no Lua header --- */
 struct lua_State;
 void mtasts_open_parse(struct lua_State *L);   /* adds the parse functions to the table on top */
