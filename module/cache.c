@@ -761,10 +761,6 @@ static int put_row(DB *db, DB_TXN *t, const char *key, const mtasts_buf *b) {
   return db->put(db, t, &k, &d, 0);
 }
 
-static void patch_i64(unsigned char *o, int64_t v) { mtasts_put_u64(o, (uint64_t)v); }
-
-static int64_t read_i64(const unsigned char *p) { return (int64_t)mtasts_get_u64(p); }
-
 static int normalise(const char *domain, char *key, char *err) {
   char why[MTASTS_ERR_MAX];
   if (mtasts_domain_ascii(domain, strlen(domain), key, why) != 0) {
@@ -793,13 +789,14 @@ static int op_lookup(DB_ENV *env, DB *db, void *vctx) {
 static int op_touch(DB_ENV *env, DB *db, void *vctx) {
   lookup_ctx *x = vctx;
   DB_TXN *t;
+  int64_t last_use;
   int rc, found;
   if ((rc = env->txn_begin(env, NULL, &t, DB_TXN_NOWAIT)) != 0) return rc;
   rc = get_row(db, t, x->key, x->b, DB_RMW, &found);
-  if (rc == 0 && found && x->b->n > MTASTS_ROW_LAST_USE_OFFSET + 8 &&
-      x->b->p[0] == MTASTS_ROW_FORMAT &&
-      read_i64(x->b->p + MTASTS_ROW_LAST_USE_OFFSET) + MTASTS_TOUCH_SECONDS <= x->now) {
-    patch_i64(x->b->p + MTASTS_ROW_LAST_USE_OFFSET, x->now);
+  if (rc == 0 && found &&
+      mtasts_row_get_time(x->b->p, x->b->n, MTASTS_ROW_LAST_USE, &last_use) == 0 &&
+      last_use + MTASTS_TOUCH_SECONDS <= x->now) {
+    (void)mtasts_row_set_time(x->b->p, x->b->n, MTASTS_ROW_LAST_USE, x->now);
     rc = put_row(db, t, x->key, x->b);
   }
   if (rc != 0) { t->abort(t); return rc; }
@@ -860,8 +857,7 @@ static int op_upsert(DB_ENV *env, DB *db, void *vctx) {
   if ((rc = get_row(db, t, x->key, x->b, DB_RMW, &found)) != 0) goto abort;
   /* keep the insertion time of an existing row; a row that does not decode is replaced */
   meta.inserted = x->now;
-  if (found && x->b->n >= 10 && x->b->p[0] == MTASTS_ROW_FORMAT)
-    meta.inserted = read_i64(x->b->p + 2);
+  if (found) (void)mtasts_row_get_time(x->b->p, x->b->n, MTASTS_ROW_INSERTED, &meta.inserted);
   if ((rc = mtasts_row_encode(x->b, &meta, x->p, x->text)) != 0) goto abort;
   if ((rc = put_row(db, t, x->key, x->b)) != 0) goto abort;
   return t->commit(t, 0);
@@ -930,9 +926,10 @@ static int op_mark(DB_ENV *env, DB *db, void *vctx) {
   if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
   if ((rc = get_row(db, t, x->key, x->b, DB_RMW, &x->found)) != 0 || !x->found) goto abort;
   if (mtasts_row_decode(x->b->p, x->b->n, &row, why) != 0) { rc = MTASTS_ECORRUPT; goto abort; }
-  patch_i64(x->b->p + 18, x->now);                                  /* last_update */
+  (void)mtasts_row_set_time(x->b->p, x->b->n, MTASTS_ROW_LAST_UPDATE, x->now);
   if (x->extend && !row.backoff)
-    patch_i64(x->b->p + 10, x->now + (int64_t)row.max_age);        /* valid_end */
+    (void)mtasts_row_set_time(x->b->p, x->b->n, MTASTS_ROW_VALID_END,
+                              x->now + (int64_t)row.max_age);
   if ((rc = put_row(db, t, x->key, x->b)) != 0) goto abort;
   return t->commit(t, DB_TXN_WRITE_NOSYNC);
 abort:
@@ -1022,9 +1019,11 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
     int keep = 1;
     if (k.size == 0 || k.size > MTASTS_NAME_MAX) continue;  /* not a key of ours */
     if (x->kind != SCAN_ALL) {
-      if (d.size < 34 || row[0] != MTASTS_ROW_FORMAT) continue;
-      if (x->kind == SCAN_DUE) keep = read_i64(row + 18) <= x->cutoff;
-      else keep = read_i64(row + MTASTS_ROW_LAST_USE_OFFSET) < x->cutoff;
+      int64_t t;
+      if (mtasts_row_get_time(row, d.size, x->kind == SCAN_DUE ? MTASTS_ROW_LAST_UPDATE
+                                                              : MTASTS_ROW_LAST_USE, &t) != 0)
+        continue;
+      keep = x->kind == SCAN_DUE ? t <= x->cutoff : t < x->cutoff;
     }
     if (!keep) continue;
     if ((rc = append(x->b, k.data, k.size, row, x->kind == SCAN_ALL ? d.size : 0)) != 0) break;
@@ -1059,12 +1058,13 @@ static int op_prune_one(DB_ENV *env, DB *db, void *vctx) {
   prune_ctx *x = vctx;
   DBT k;
   DB_TXN *t;
+  int64_t last_use;
   int rc, found;
   x->deleted = 0;
   if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
   if ((rc = get_row(db, t, x->key, x->b, DB_RMW, &found)) != 0) goto abort;
-  if (found && x->b->n >= 34 && x->b->p[0] == MTASTS_ROW_FORMAT &&
-      read_i64(x->b->p + MTASTS_ROW_LAST_USE_OFFSET) < x->cutoff) {
+  if (found && mtasts_row_get_time(x->b->p, x->b->n, MTASTS_ROW_LAST_USE, &last_use) == 0 &&
+      last_use < x->cutoff) {
     set_key(&k, x->key);
     if ((rc = db->del(db, t, &k, 0)) != 0) goto abort;
     x->deleted = 1;
@@ -1367,7 +1367,7 @@ static int salvage_into(const char *dir, mtasts_cache *c, mtasts_rebuild *r, cha
     mtasts_row row, cur;
     int found;
     if (strncmp(line, "SALVAGE=BEGIN", 13) == 0) { part = 1; continue; }
-    if (unhex(line, &d) != 0 || d.n < 1 || d.p[0] != MTASTS_ROW_FORMAT) continue;
+    if (unhex(line, &d) != 0 || !mtasts_row_format_known(d.p, d.n)) continue;
     if (mtasts_row_decode(d.p, d.n, &row, why) != 0 || memchr(row.domain.p, 0, row.domain.n)) {
       skipped[part]++;
       continue;

@@ -1,40 +1,16 @@
-/* cache.h: the MTA-STS policy cache (cache.c) and its row encoding (row.c). Pure C, no Lua.
- * Included by the binding (lua_cache.c), the fuzz harness of the row decoder and C tools. */
+/* cache.h: the MTA-STS policy cache (cache.c). Pure C, no Lua. Its rows are encoded by
+ * row.c (row.h). Included by the binding (lua_cache.c). */
 #ifndef MTASTS_CACHE_H
 #define MTASTS_CACHE_H
 
 #include "buf.h"
 #include "mtasts.h"
+#include "row.h"
 
 #include <limits.h>
 
-#define MTASTS_ROW_FORMAT 1            /* first byte of every encoded row */
 #define MTASTS_BACKOFF_SECONDS 300     /* a failed fetch is not retried for this long */
 #define MTASTS_TOUCH_SECONDS 60        /* last_use is written at most this often per row */
-
-/* A decoded row. Spans and sections point into the encoded bytes, which must outlive it. */
-typedef struct {
-  int64_t inserted, valid_end, last_update, last_use;
-  int backoff, mode;
-  uint32_t max_age;
-  mtasts_span domain, record_id, policy_text;
-  const unsigned char *mx, *ext;   /* encoded sections, read with mtasts_row_next_* */
-  uint32_t n_mx, n_ext;
-} mtasts_row;
-
-typedef struct { const unsigned char *p; uint32_t left; } mtasts_row_iter;
-
-/* Encode a row into b (replacing its contents). p may be NULL for a backoff row. */
-int mtasts_row_encode(mtasts_buf *b, const mtasts_row *meta, const mtasts_policy *p,
-                      mtasts_span text);
-/* Decode and fully validate an encoded row: 0, or -1 with a message in err. */
-int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *err);
-void mtasts_row_mx_iter(const mtasts_row *row, mtasts_row_iter *it);
-void mtasts_row_ext_iter(const mtasts_row *row, mtasts_row_iter *it);
-int mtasts_row_next_mx(mtasts_row_iter *it, mtasts_span *mx);            /* 1 or 0 at end */
-int mtasts_row_next_ext(mtasts_row_iter *it, mtasts_span *k, mtasts_span *v);
-/* Offset of last_use inside an encoded row (patched in place by a touch). */
-#define MTASTS_ROW_LAST_USE_OFFSET 26
 
 /* --- the cache --- */
 

@@ -10,8 +10,10 @@
  *   u16 mx count,  each: u8 length, pattern (lower-case A-labels)
  *   u16 extension count, each: u8 key length, key, u16 value length, value
  *   u32 policy text length, policy text (as received)
- * A later format bumps the first byte; a decoder refuses formats it does not know. */
-#include "cache.h"
+ * A later format bumps the first byte; a decoder refuses formats it does not know. Only this
+ * file knows the layout: the cache reads and patches the times through mtasts_row_get_time
+ * and mtasts_row_set_time (row.h). */
+#include "row.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -197,4 +199,24 @@ int mtasts_row_next_ext(mtasts_row_iter *it, mtasts_span *k, mtasts_span *v) {
   it->p += 2 + v->n;
   it->left--;
   return 1;
+}
+
+int mtasts_row_format_known(const unsigned char *s, size_t n) {
+  return n >= 1 && s[0] == MTASTS_ROW_FORMAT;
+}
+
+/* Where each time is (the enum's order), and the end of the four. */
+static const size_t time_at[] = { 2, 10, 18, 26 };
+#define TIMES_END 34
+
+int mtasts_row_get_time(const unsigned char *s, size_t n, int field, int64_t *t) {
+  if (!mtasts_row_format_known(s, n) || n < TIMES_END || field < 0 || field > 3) return -1;
+  *t = get_i64(s + time_at[field]);
+  return 0;
+}
+
+int mtasts_row_set_time(unsigned char *s, size_t n, int field, int64_t t) {
+  if (!mtasts_row_format_known(s, n) || n < TIMES_END || field < 0 || field > 3) return -1;
+  put_i64(s + time_at[field], t);
+  return 0;
 }
