@@ -4,6 +4,7 @@
 #define MTASTS_CACHE_H
 
 #include "buf.h"
+#include "env.h"
 #include "mtasts.h"
 #include "row.h"
 
@@ -12,52 +13,38 @@
 #define MTASTS_BACKOFF_SECONDS 300     /* a failed fetch is not retried for this long */
 #define MTASTS_TOUCH_SECONDS 60        /* last_use is written at most this often per row */
 
-/* --- the cache --- */
-
-typedef struct mtasts_cache mtasts_cache;
-
-/* Open (creating if needed, mode 0700/0600) the cache environment in directory path.
- * 0, or an error code with a message in err. *out is set only on success. */
-int mtasts_cache_open(const char *path, mtasts_cache **out, char *err);
-/* Close the handle; the environment closes when the last handle of the process closes.
- * Returns 0 or an error code (the handle is gone either way). */
-int mtasts_cache_close(mtasts_cache *c, char *err);
-const char *mtasts_cache_path(const mtasts_cache *c);
+/* The cache is policies.db of an environment (env.h: mtasts_env_open, mtasts_env_close);
+ * every function takes a handle on it. */
 
 /* Look a domain up. *found is 1 with the row decoded from b when a row exists and
  * now < valid_end; 0 otherwise. Writes last_use when it is MTASTS_TOUCH_SECONDS old.
  * key (MTASTS_NAME_MAX + 1 bytes) receives the domain as the cache keys it (A-labels). */
-int mtasts_cache_lookup(mtasts_cache *c, const char *domain, int64_t now, mtasts_buf *b,
+int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_buf *b,
                         mtasts_row *row, int *found, char *key, char *err);
 /* Insert or replace the row of a domain: a policy (text parsed here), or a backoff row
  * when text is NULL. Committed durably before it returns 0. */
-int mtasts_cache_upsert(mtasts_cache *c, const char *domain, const char *record_id,
+int mtasts_cache_upsert(mtasts_env *e, const char *domain, const char *record_id,
                         const char *text, size_t text_len, int64_t now, mtasts_buf *b,
                         char *err);
 /* The record id was seen unchanged: last_update = now, and with extend also
  * valid_end = now + max_age (not for backoff rows). *found = 0 when there is no row. */
-int mtasts_cache_mark_checked(mtasts_cache *c, const char *domain, int64_t now, int extend,
+int mtasts_cache_mark_checked(mtasts_env *e, const char *domain, int64_t now, int extend,
                               int *found, mtasts_buf *b, char *err);
-int mtasts_cache_delete(mtasts_cache *c, const char *domain, int *found, char *err);
+int mtasts_cache_delete(mtasts_env *e, const char *domain, int *found, char *err);
 
 /* Scans copy what they find into b as records: u16 domain length, domain, u32 row length,
  * row (the row is empty for mtasts_cache_due). *count is the number of records. */
-int mtasts_cache_scan(mtasts_cache *c, mtasts_buf *b, size_t *count, char *err);
+int mtasts_cache_scan(mtasts_env *e, mtasts_buf *b, size_t *count, char *err);
 /* Domains whose last_update <= now - older_than (oldest first is not guaranteed). */
-int mtasts_cache_due(mtasts_cache *c, int64_t now, int64_t older_than, mtasts_buf *b,
+int mtasts_cache_due(mtasts_env *e, int64_t now, int64_t older_than, mtasts_buf *b,
                      size_t *count, char *err);
 /* Delete rows whose last_use < now - unused_for; *deleted is how many. */
-int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t *deleted,
+int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err);
 
 /* Flush everything to the database file (a forced checkpoint), then verify the file's
  * structure with DB->verify. 0, DB_VERIFY_BAD, or another error code. */
-int mtasts_cache_verify(mtasts_cache *c, char *err);
-
-/* The gate's generation (changes with every recovery), and how many recoveries a death
- * inside the cache or a panic caused since the gate was made. */
-uint64_t mtasts_cache_generation(const mtasts_cache *c);
-uint64_t mtasts_cache_recoveries(const mtasts_cache *c);
+int mtasts_cache_verify(mtasts_env *e, char *err);
 
 /* What a rebuild did: policy rows salvaged, rows that did not decode, result store records
  * carried over, how many helper processes (recovery, salvagers) were stopped after
@@ -75,14 +62,5 @@ typedef struct {
  * the log, so writes a killed process committed are kept. Fails with EBUSY while any
  * process has the cache open. */
 int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err);
-
-/* --- the TLSRPT result store (results.c) lives in the same environment, in results.db --- */
-struct __db_env;
-struct __db;
-typedef int (*mtasts_store_fn)(struct __db_env *env, struct __db *db, void *ctx);
-/* Run fn on results.db inside the gate, with the cache's retry and recovery rules; writes
- * lets the environment checkpoint afterwards. 0, or an error code with a message in err. */
-int mtasts_store_run(mtasts_cache *c, mtasts_store_fn fn, void *ctx, int writes,
-                     const char *what, char *err);
 
 #endif

@@ -119,7 +119,7 @@ static int nofile(lua_State *L) {
 
 /* Keep this library loaded until the process ends: Lua unloads C modules when a state
  * closes, but libunbound's thread and libdb's handles of an abandoned environment
- * (cache.c) may outlive the state, and their code and the list that holds those handles
+ * (env.c) may outlive the state, and their code and the list that holds those handles
  * must stay mapped. */
 static void pin_module(void) {
   Dl_info info;

@@ -12,15 +12,15 @@
 #define SCRATCH_MT "mtasts.scratch"
 
 typedef struct {
-  mtasts_cache *c;        /* NULL once closed */
+  mtasts_env *e;          /* NULL once closed */
   mtasts_buf buf;         /* rows read and written; owned here, freed in release */
   mtasts_buf scan;        /* what scans copy out */
 } lcache;
 
 static int cache_release(lcache *u, char *err) {
   int rc = 0;
-  if (u->c) rc = mtasts_cache_close(u->c, err);
-  u->c = NULL;
+  if (u->e) rc = mtasts_env_close(u->e, err);
+  u->e = NULL;
   mtasts_buf_free(&u->buf);
   mtasts_buf_free(&u->scan);
   return rc;
@@ -28,7 +28,7 @@ static int cache_release(lcache *u, char *err) {
 
 static lcache *cache_check(lua_State *L, int idx) {
   lcache *u = luaL_checkudata(L, idx, CACHE_MT);
-  if (!u->c) luaL_error(L, "attempt to use a closed " CACHE_MT);
+  if (!u->e) luaL_error(L, "attempt to use a closed " CACHE_MT);
   return u;
 }
 
@@ -117,7 +117,7 @@ static int cache_open(lua_State *L) {
   int rc;
   memset(u, 0, sizeof *u);
   luaL_setmetatable(L, CACHE_MT);
-  if ((rc = mtasts_cache_open(path, &u->c, err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return fail(L, rc, err);
   return 1;
 }
 
@@ -130,7 +130,7 @@ static int cache_lookup(lua_State *L) {
   char err[MTASTS_ERR_MAX], key[MTASTS_NAME_MAX + 1];
   mtasts_row row;
   if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_lookup(u->c, domain, now, &u->buf, &row, &found, key, err);
+  rc = mtasts_cache_lookup(u->e, domain, now, &u->buf, &row, &found, key, err);
   if (rc != 0) return fail(L, rc, err);
   if (!found) {
     lua_pushnil(L);
@@ -155,7 +155,7 @@ static int cache_upsert(lua_State *L) {
   }
   if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
   if (strlen(id) != idn) return luaL_argerror(L, 3, "record id contains a NUL byte");
-  rc = mtasts_cache_upsert(u->c, domain, id, text, tn, now, &u->buf, err);
+  rc = mtasts_cache_upsert(u->e, domain, id, text, tn, now, &u->buf, err);
   if (rc != 0) return fail(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
@@ -170,7 +170,7 @@ static int cache_mark_checked(lua_State *L) {
   int extend = lua_toboolean(L, 4);
   char err[MTASTS_ERR_MAX];
   if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_mark_checked(u->c, domain, now, extend, &found, &u->buf, err);
+  rc = mtasts_cache_mark_checked(u->e, domain, now, extend, &found, &u->buf, err);
   if (rc != 0) return fail(L, rc, err);
   lua_pushboolean(L, found);
   return 1;
@@ -183,7 +183,7 @@ static int cache_delete(lua_State *L) {
   const char *domain = check_domain(L, 2, &bad);
   char err[MTASTS_ERR_MAX];
   if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_delete(u->c, domain, &found, err);
+  rc = mtasts_cache_delete(u->e, domain, &found, err);
   if (rc != 0) return fail(L, rc, err);
   lua_pushboolean(L, found);
   return 1;
@@ -223,7 +223,7 @@ static int cache_list(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   size_t count, i, pos = 0, n = 0;
   entry *v;
-  int rc = mtasts_cache_scan(u->c, &u->scan, &count, err);
+  int rc = mtasts_cache_scan(u->e, &u->scan, &count, err);
   if (rc != 0) return fail(L, rc, err);
   /* the index lives in a userdata, so nothing is lost if a push below raises */
   v = lua_newuserdatauv(L, (count ? count : 1) * sizeof *v, 0);
@@ -248,7 +248,7 @@ static int cache_due(lua_State *L) {
   int64_t now = check_time(L, 2), older = check_time(L, 3);
   char err[MTASTS_ERR_MAX];
   size_t count, i, pos = 0;
-  int rc = mtasts_cache_due(u->c, now, older, &u->scan, &count, err);
+  int rc = mtasts_cache_due(u->e, now, older, &u->scan, &count, err);
   if (rc != 0) return fail(L, rc, err);
   lua_createtable(L, (int)count, 0);
   for (i = 0; i < count; i++) {
@@ -266,7 +266,7 @@ static int cache_prune(lua_State *L) {
   int64_t now = check_time(L, 2), unused = check_time(L, 3);
   char err[MTASTS_ERR_MAX];
   size_t deleted;
-  int rc = mtasts_cache_prune(u->c, now, unused, &deleted, &u->scan, err);
+  int rc = mtasts_cache_prune(u->e, now, unused, &deleted, &u->scan, err);
   if (rc != 0) return fail(L, rc, err);
   lua_pushinteger(L, (lua_Integer)deleted);
   return 1;
@@ -276,7 +276,7 @@ static int cache_prune(lua_State *L) {
 static int cache_verify(lua_State *L) {
   lcache *u = cache_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  int rc = mtasts_cache_verify(u->c, err);
+  int rc = mtasts_cache_verify(u->e, err);
   if (rc != 0) return fail(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
@@ -286,11 +286,11 @@ static int cache_verify(lua_State *L) {
 static int cache_stats(lua_State *L) {
   lcache *u = cache_check(L, 1);
   lua_createtable(L, 0, 3);
-  lua_pushinteger(L, (lua_Integer)mtasts_cache_recoveries(u->c));
+  lua_pushinteger(L, (lua_Integer)mtasts_env_recoveries(u->e));
   lua_setfield(L, -2, "recoveries");
-  lua_pushstring(L, mtasts_cache_path(u->c));
+  lua_pushstring(L, mtasts_env_path(u->e));
   lua_setfield(L, -2, "path");
-  lua_pushinteger(L, (lua_Integer)mtasts_cache_generation(u->c));
+  lua_pushinteger(L, (lua_Integer)mtasts_env_generation(u->e));
   lua_setfield(L, -2, "generation");
   return 1;
 }
@@ -298,7 +298,7 @@ static int cache_stats(lua_State *L) {
 /* cache:path() -> the directory, resolved */
 static int cache_path(lua_State *L) {
   lcache *u = cache_check(L, 1);
-  lua_pushstring(L, mtasts_cache_path(u->c));
+  lua_pushstring(L, mtasts_env_path(u->e));
   return 1;
 }
 
@@ -320,7 +320,7 @@ static int cache__gc(lua_State *L) {
 
 static int cache__tostring(lua_State *L) {
   lcache *u = luaL_checkudata(L, 1, CACHE_MT);
-  if (u->c) lua_pushfstring(L, CACHE_MT " (%p)", (void *)u);
+  if (u->e) lua_pushfstring(L, CACHE_MT " (%p)", (void *)u);
   else lua_pushliteral(L, CACHE_MT " (closed)");
   return 1;
 }

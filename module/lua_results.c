@@ -10,21 +10,21 @@
 #define RESULTS_MT "mtasts.results"
 
 typedef struct {
-  mtasts_cache *c;        /* NULL once closed */
+  mtasts_env *e;          /* NULL once closed */
   mtasts_buf buf;
 } lresults;
 
 static int results_release(lresults *u, char *err) {
   int rc = 0;
-  if (u->c) rc = mtasts_cache_close(u->c, err);
-  u->c = NULL;
+  if (u->e) rc = mtasts_env_close(u->e, err);
+  u->e = NULL;
   mtasts_buf_free(&u->buf);
   return rc;
 }
 
 static lresults *results_check(lua_State *L, int idx) {
   lresults *u = luaL_checkudata(L, idx, RESULTS_MT);
-  if (!u->c) luaL_error(L, "attempt to use a closed " RESULTS_MT);
+  if (!u->e) luaL_error(L, "attempt to use a closed " RESULTS_MT);
   return u;
 }
 
@@ -49,7 +49,7 @@ static int results_open(lua_State *L) {
   int rc;
   memset(u, 0, sizeof *u);
   luaL_setmetatable(L, RESULTS_MT);
-  if ((rc = mtasts_cache_open(path, &u->c, err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return fail(L, rc, err);
   return 1;
 }
 
@@ -91,7 +91,7 @@ static int results_apply(lua_State *L) {
     d[i].b = (uint64_t)b;
   }
   qsort(d, (size_t)(n / 3), sizeof *d, delta_cmp);
-  if ((rc = mtasts_results_apply(u->c, d, (size_t)(n / 3), err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), err)) != 0) return fail(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -118,7 +118,7 @@ static int results_scan(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_argcheck(L, limit >= 0, 4, "limit must not be negative");
-  if ((rc = mtasts_results_scan(u->c, prefix, pn, after, an, (size_t)limit, &u->buf, &count,
+  if ((rc = mtasts_results_scan(u->e, prefix, pn, after, an, (size_t)limit, &u->buf, &count,
                                 err)) != 0)
     return fail(L, rc, err);
   push_strings(L, u, count * 2);
@@ -132,7 +132,7 @@ static int results_distinct(lua_State *L) {
   const char *prefix = luaL_checklstring(L, 2, &pn);
   char err[MTASTS_ERR_MAX];
   int rc;
-  if ((rc = mtasts_results_distinct(u->c, prefix, pn, &u->buf, &count, err)) != 0)
+  if ((rc = mtasts_results_distinct(u->e, prefix, pn, &u->buf, &count, err)) != 0)
     return fail(L, rc, err);
   push_strings(L, u, count);
   return 1;
@@ -145,7 +145,7 @@ static int results_get(lua_State *L) {
   const char *key = check_key(L, 2, &kn);
   char err[MTASTS_ERR_MAX];
   int rc, found;
-  if ((rc = mtasts_results_get(u->c, key, kn, &u->buf, &found, err)) != 0)
+  if ((rc = mtasts_results_get(u->e, key, kn, &u->buf, &found, err)) != 0)
     return fail(L, rc, err);
   if (!found) lua_pushnil(L);
   else lua_pushlstring(L, (const char *)u->buf.p, u->buf.n);
@@ -162,7 +162,7 @@ static int results_cas(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc, swapped;
   luaL_argcheck(L, vn <= MTASTS_RESULTS_VALUE_MAX, 4, "value too long");
-  if ((rc = mtasts_results_cas(u->c, key, kn, expect, en, value, vn, &swapped, err)) != 0)
+  if ((rc = mtasts_results_cas(u->e, key, kn, expect, en, value, vn, &swapped, err)) != 0)
     return fail(L, rc, err);
   lua_pushboolean(L, swapped);
   return 1;
@@ -175,14 +175,14 @@ static int results_delete_range(lua_State *L) {
   const char *lo = luaL_checklstring(L, 2, &ln);
   const char *hi = luaL_checklstring(L, 3, &hn);
   char err[MTASTS_ERR_MAX];
-  int rc = mtasts_results_delete_range(u->c, lo, ln, hi, hn, &deleted, err);
+  int rc = mtasts_results_delete_range(u->e, lo, ln, hi, hn, &deleted, err);
   if (rc != 0) return fail(L, rc, err);
   lua_pushinteger(L, (lua_Integer)deleted);
   return 1;
 }
 
 static int results_path(lua_State *L) {
-  lua_pushstring(L, mtasts_cache_path(results_check(L, 1)->c));
+  lua_pushstring(L, mtasts_env_path(results_check(L, 1)->e));
   return 1;
 }
 
@@ -203,7 +203,7 @@ static int results__gc(lua_State *L) {
 
 static int results__tostring(lua_State *L) {
   lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
-  if (u->c) lua_pushfstring(L, RESULTS_MT " (%s)", mtasts_cache_path(u->c));
+  if (u->e) lua_pushfstring(L, RESULTS_MT " (%s)", mtasts_env_path(u->e));
   else lua_pushliteral(L, RESULTS_MT " (closed)");
   return 1;
 }

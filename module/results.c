@@ -1,6 +1,7 @@
 /* results.c: the TLSRPT result store: counters and plain values in results.db of a cache
- * environment. Pure C, no Lua. Every operation runs through mtasts_store_run, so it has the
- * cache's gate, recovery and retry rules; every write is one transaction. */
+ * directory's environment (env.c), a peer of the policy cache. Pure C, no Lua. Every
+ * operation runs through mtasts_env_run, so it has the gate, recovery and retry rules; every
+ * write is one transaction. */
 #include "results.h"
 
 #include <db.h>
@@ -63,16 +64,16 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
 }
 
 /* Keys per transaction: each holds a write lock on its page until the commit, and the
- * environment has locks for 3,000 objects (cache.c), so a large batch is split. */
+ * environment has locks for 3,000 objects (env.c), so a large batch is split. */
 #define APPLY_CHUNK 500
 
-int mtasts_results_apply(mtasts_cache *c, const mtasts_delta *d, size_t n, char *err) {
+int mtasts_results_apply(mtasts_env *e, const mtasts_delta *d, size_t n, char *err) {
   size_t off;
   int rc = 0;
   err[0] = '\0';
   for (off = 0; off < n && rc == 0; off += APPLY_CHUNK) {
     apply_ctx x = {d + off, n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK};
-    rc = mtasts_store_run(c, op_apply, &x, 1, "results: add", err);
+    rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_apply, &x, "results: add", err);
   }
   return rc;
 }
@@ -148,18 +149,18 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
   return rc;
 }
 
-int mtasts_results_scan(mtasts_cache *c, const char *prefix, size_t pn, const char *after,
+int mtasts_results_scan(mtasts_env *e, const char *prefix, size_t pn, const char *after,
                         size_t an, size_t limit, mtasts_buf *b, size_t *count, char *err) {
   scan_ctx x = {prefix, after, pn, an, limit, 0, 0, b};
-  int rc = mtasts_store_run(c, op_scan, &x, 0, "results: scan", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_scan, &x, "results: scan", err);
   *count = x.count;
   return rc;
 }
 
-int mtasts_results_distinct(mtasts_cache *c, const char *prefix, size_t pn, mtasts_buf *b,
+int mtasts_results_distinct(mtasts_env *e, const char *prefix, size_t pn, mtasts_buf *b,
                             size_t *count, char *err) {
   scan_ctx x = {prefix, NULL, pn, 0, 0, 0, 1, b};
-  int rc = mtasts_store_run(c, op_scan, &x, 0, "results: scan", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_scan, &x, "results: scan", err);
   *count = x.count;
   return rc;
 }
@@ -196,10 +197,10 @@ static int op_get(DB_ENV *env, DB *db, void *vctx) {
   return read_value(db, NULL, vctx, DB_READ_COMMITTED);
 }
 
-int mtasts_results_get(mtasts_cache *c, const char *key, size_t kn, mtasts_buf *b,
+int mtasts_results_get(mtasts_env *e, const char *key, size_t kn, mtasts_buf *b,
                        int *found, char *err) {
   value_ctx x = {key, NULL, NULL, kn, 0, 0, b, 0};
-  int rc = mtasts_store_run(c, op_get, &x, 0, "results: get", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_get, &x, "results: get", err);
   *found = x.found;
   return rc;
 }
@@ -230,11 +231,11 @@ abort:
   return rc;
 }
 
-int mtasts_results_cas(mtasts_cache *c, const char *key, size_t kn, const char *expect,
+int mtasts_results_cas(mtasts_env *e, const char *key, size_t kn, const char *expect,
                        size_t en, const char *value, size_t vn, int *swapped, char *err) {
   mtasts_buf scratch = {0};
   value_ctx x = {key, expect, value, kn, en, vn, &scratch, 0};
-  int rc = mtasts_store_run(c, op_cas, &x, 1, "results: put", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_cas, &x, "results: put", err);
   *swapped = rc == 0 && x.found;
   mtasts_buf_free(&scratch);
   return rc;
@@ -279,11 +280,11 @@ done:
   return rc;
 }
 
-int mtasts_results_delete_range(mtasts_cache *c, const char *lo, size_t ln, const char *hi,
+int mtasts_results_delete_range(mtasts_env *e, const char *lo, size_t ln, const char *hi,
                                 size_t hn, size_t *deleted, char *err) {
   range_ctx x = {lo, hi, ln, hn, 0, 0};
   int rc;
-  do rc = mtasts_store_run(c, op_delete_some, &x, 1, "results: delete", err);
+  do rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_delete_some, &x, "results: delete", err);
   while (rc == 0 && x.more);
   *deleted = x.deleted;
   return rc;
