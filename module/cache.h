@@ -46,6 +46,17 @@ int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *d
  * structure with DB->verify. 0, DB_VERIFY_BAD, or another error code. */
 int mtasts_cache_verify(mtasts_env *e, char *err);
 
+/* A row read back from a damaged cache (rebuild.c), stored under the domain it names unless
+ * a copy at least as new (by last_update) is there already. *outcome: IGNORED (not a row of
+ * this format), BAD (does not decode, or names no proper domain), ADDED (a domain not there
+ * before, or whose row did not decode), MERGED (a newer copy won, or this one replaced an
+ * older one). old is scratch. 0, or an error code with a message in err. */
+enum { MTASTS_SALVAGE_IGNORED, MTASTS_SALVAGE_BAD, MTASTS_SALVAGE_ADDED, MTASTS_SALVAGE_MERGED };
+int mtasts_cache_put_salvaged(mtasts_env *e, const mtasts_buf *row, mtasts_buf *old,
+                              int *outcome, char *err);
+
+/* --- rebuild (rebuild.c) --- */
+
 /* What a rebuild did: policy rows salvaged, rows that did not decode, result store records
  * carried over, how many helper processes (recovery, salvagers) were stopped after
  * 60 s or died (what they wrote by then is kept), and where the old directory

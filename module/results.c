@@ -289,3 +289,49 @@ int mtasts_results_delete_range(mtasts_env *e, const char *lo, size_t ln, const 
   *deleted = x.deleted;
   return rc;
 }
+
+/* --- salvage (for rebuild.c) --- */
+
+/* The records lua/mtasts/tlsrpt/store.lua writes (docs/tlsrpt.md): a counter under
+ * "R" yyyy-mm-dd NUL ..., a delivery state (a JSON object) under "Q" yyyy-mm-dd NUL .... What
+ * the rest of a key means is the store's business; these are the shapes only. */
+int mtasts_results_is_key(const unsigned char *k, size_t n) {
+  size_t i;
+  if (n < 13 || n > MTASTS_RESULTS_KEY_MAX || (k[0] != 'R' && k[0] != 'Q') || k[11] != 0)
+    return 0;
+  for (i = 1; i <= 10; i++)
+    if (i == 5 || i == 8 ? k[i] != '-' : (k[i] < '0' || k[i] > '9')) return 0;
+  return 1;
+}
+
+int mtasts_results_is_value(const unsigned char *k, const unsigned char *v, size_t vn) {
+  if (k[0] == 'R') return vn == 16;
+  return vn >= 2 && vn <= MTASTS_RESULTS_VALUE_MAX && v[0] == '{' && v[vn - 1] == '}';
+}
+
+typedef struct { const unsigned char *k, *v; size_t kn, vn; int existed; } pair_ctx;
+
+static int op_put_pair(DB_ENV *env, DB *db, void *vctx) {
+  pair_ctx *x = vctx;
+  DB_TXN *t;
+  DBT k, v;
+  int rc;
+  dbt(&k, x->k, x->kn);
+  dbt(&v, x->v, x->vn);
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  /* the plain read comes first and wins: the salvager's copy of a key only fills a gap */
+  if ((rc = db->put(db, t, &k, &v, DB_NOOVERWRITE)) != 0) {
+    t->abort(t);
+    if (rc == DB_KEYEXIST) x->existed = 1;
+    return rc == DB_KEYEXIST ? 0 : rc;
+  }
+  return t->commit(t, DB_TXN_WRITE_NOSYNC);
+}
+
+int mtasts_results_put_salvaged(mtasts_env *e, const unsigned char *k, size_t kn,
+                                const unsigned char *v, size_t vn, int *added, char *err) {
+  pair_ctx x = {k, v, kn, vn, 0};
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_put_pair, &x, "rebuild", err);
+  *added = rc == 0 && !x.existed;
+  return rc;
+}

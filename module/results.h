@@ -44,6 +44,15 @@ int mtasts_results_cas(mtasts_env *e, const char *key, size_t kn, const char *ex
 int mtasts_results_delete_range(mtasts_env *e, const char *lo, size_t ln, const char *hi,
                                 size_t hn, size_t *deleted, char *err);
 
+/* For a rebuild (rebuild.c), which reads records back from a damaged results.db: whether a
+ * key has the shape of the store's keys, and whether a value fits its key (k passed
+ * mtasts_results_is_key). Records that do not are left behind. */
+int mtasts_results_is_key(const unsigned char *k, size_t n);
+int mtasts_results_is_value(const unsigned char *k, const unsigned char *v, size_t vn);
+/* Store a salvaged record unless its key is there already: *added is 1 when it was not. */
+int mtasts_results_put_salvaged(mtasts_env *e, const unsigned char *k, size_t kn,
+                                const unsigned char *v, size_t vn, int *added, char *err);
+
 /* --- codecs (codec.c) --- */
 #define MTASTS_CODEC_ESYNTAX (-1)   /* not gzip / not base64 / damaged */
 #define MTASTS_CODEC_ELARGE (-2)    /* the output would pass the limit */
