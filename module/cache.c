@@ -330,11 +330,64 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
   return rc;
 }
 
-int mtasts_cache_scan(mtasts_env *c, mtasts_buf *b, size_t *count, char *err) {
+int mtasts_cache_next(const mtasts_buf *b, size_t *pos, mtasts_cache_rec *r) {
+  size_t p = *pos;
+  if (p >= b->n) return 0;
+  r->key.n = mtasts_get_u16(b->p + p);
+  r->key.p = (const char *)b->p + p + 2;
+  p += 2 + r->key.n;
+  r->rn = mtasts_get_u32(b->p + p);
+  r->row = b->p + p + 4;
+  *pos = p + 4 + r->rn;
+  return 1;
+}
+
+/* Every row, decoded or not, into b. */
+static int scan_all(mtasts_env *c, mtasts_buf *b, size_t *count, char *err) {
   scan_ctx x = { SCAN_ALL, 0, b, 0 };
   int rc = run(c, op_scan, &x, "list", err);
   *count = x.count;
   return rc;
+}
+
+/* Most recently used first; ties by domain, so the order is stable. */
+static int by_use(const void *a, const void *b) {
+  const mtasts_row *x = a, *y = b;
+  size_t n = x->domain.n < y->domain.n ? x->domain.n : y->domain.n;
+  int c;
+  if (x->last_use != y->last_use) return x->last_use > y->last_use ? -1 : 1;
+  if ((c = memcmp(x->domain.p, y->domain.p, n)) != 0) return c;
+  return x->domain.n < y->domain.n ? -1 : x->domain.n > y->domain.n;
+}
+
+/* A row that decodes and names its own key (key is the domain it was stored under). */
+static int row_of_key(const mtasts_cache_rec *r, mtasts_row *row, char *why) {
+  return mtasts_row_decode(r->row, r->rn, row, why) == 0 && row->domain.n == r->key.n &&
+         memcmp(row->domain.p, r->key.p, r->key.n) == 0;
+}
+
+int mtasts_cache_list(mtasts_env *c, mtasts_buf *scan, mtasts_buf *index,
+                      const mtasts_row **rows, size_t *n, char *err) {
+  char why[MTASTS_ERR_MAX];
+  mtasts_cache_rec r;
+  mtasts_row *v;
+  size_t count, pos = 0, k = 0;
+  int rc = scan_all(c, scan, &count, err);
+  *rows = NULL;
+  *n = 0;
+  if (rc != 0) return rc;
+  if (mtasts_buf_reserve(index, (count ? count : 1) * sizeof *v) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: list: out of memory", mtasts_env_path(c));
+    return ENOMEM;
+  }
+  v = (mtasts_row *)(void *)index->p;   /* realloc'd memory is aligned for any type */
+  while (mtasts_cache_next(scan, &pos, &r))
+    if (row_of_key(&r, &v[k], why)) k++;
+  qsort(v, k, sizeof *v, by_use);
+  index->n = k * sizeof *v;
+  *rows = v;
+  *n = k;
+  return 0;
 }
 
 int mtasts_cache_due(mtasts_env *c, int64_t now, int64_t older_than, mtasts_buf *b,
@@ -373,17 +426,16 @@ int mtasts_cache_prune(mtasts_env *c, int64_t now, int64_t unused_for, size_t *d
                        mtasts_buf *b, char *err) {
   scan_ctx x = { SCAN_UNUSED, now - unused_for, b, 0 };
   mtasts_buf rb = { NULL, 0, 0 };
-  size_t i, pos = 0;
+  mtasts_cache_rec r;
+  size_t pos = 0;
   int rc;
   *deleted = 0;
   if ((rc = run(c, op_scan, &x, "prune", err)) != 0) return rc;
-  for (i = 0; i < x.count && rc == 0; i++) {
+  while (rc == 0 && mtasts_cache_next(b, &pos, &r)) {
     char key[MTASTS_NAME_MAX + 1];
-    size_t kn = mtasts_get_u16(b->p + pos);
     prune_ctx p;
-    memcpy(key, b->p + pos + 2, kn);
-    key[kn] = '\0';
-    pos += 2 + kn + 4;     /* the row part is empty in this scan */
+    memcpy(key, r.key.p, r.key.n);   /* op_scan keeps keys of at most MTASTS_NAME_MAX */
+    key[r.key.n] = '\0';
     p.key = key; p.cutoff = x.cutoff; p.deleted = 0; p.b = &rb;
     rc = run(c, op_prune_one, &p, "prune", err);
     *deleted += (size_t)p.deleted;
@@ -397,22 +449,16 @@ int mtasts_cache_prune(mtasts_env *c, int64_t now, int64_t unused_for, size_t *d
 /* Every row decodes and names its own key: 0, or MTASTS_ECORRUPT with a count. */
 static int verify_rows(mtasts_env *c, char *err) {
   mtasts_buf b = { NULL, 0, 0 };
-  size_t count, i, pos = 0, bad = 0;
+  mtasts_cache_rec r;
+  mtasts_row row;
+  size_t count, pos = 0, bad = 0;
   char why[MTASTS_ERR_MAX], first[MTASTS_NAME_MAX + 1] = "";
-  int rc = mtasts_cache_scan(c, &b, &count, err);
-  for (i = 0; rc == 0 && i < count; i++) {
-    size_t kn = mtasts_get_u16(b.p + pos), rn;
-    const unsigned char *key = b.p + pos + 2, *row;
-    mtasts_row r;
-    pos += 2 + kn;
-    rn = mtasts_get_u32(b.p + pos);
-    row = b.p + pos + 4;
-    pos += 4 + rn;
-    if (mtasts_row_decode(row, rn, &r, why) != 0 || r.domain.n != kn ||
-        memcmp(r.domain.p, key, kn) != 0) {
-      if (bad++ == 0 && kn <= MTASTS_NAME_MAX) { memcpy(first, key, kn); first[kn] = '\0'; }
+  int rc = scan_all(c, &b, &count, err);
+  while (rc == 0 && mtasts_cache_next(&b, &pos, &r))
+    if (!row_of_key(&r, &row, why) && bad++ == 0) {
+      memcpy(first, r.key.p, r.key.n);
+      first[r.key.n] = '\0';
     }
-  }
   mtasts_buf_free(&b);
   if (rc == 0 && bad) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %zu of %zu rows are corrupt (the first: "

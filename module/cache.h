@@ -32,12 +32,20 @@ int mtasts_cache_mark_checked(mtasts_env *e, const char *domain, int64_t now, in
                               int *found, mtasts_buf *b, char *err);
 int mtasts_cache_delete(mtasts_env *e, const char *domain, int *found, char *err);
 
-/* Scans copy what they find into b as records: u16 domain length, domain, u32 row length,
- * row (the row is empty for mtasts_cache_due). *count is the number of records. */
-int mtasts_cache_scan(mtasts_env *e, mtasts_buf *b, size_t *count, char *err);
-/* Domains whose last_update <= now - older_than (oldest first is not guaranteed). */
+/* Every row that decodes and names its own key (the others are left out; verify counts
+ * them), most recently used first, ties by domain. *rows points to *n rows decoded into
+ * index, which point into scan: both buffers are the caller's, reused from call to call,
+ * and hold the rows until the next call. */
+int mtasts_cache_list(mtasts_env *e, mtasts_buf *scan, mtasts_buf *index,
+                      const mtasts_row **rows, size_t *n, char *err);
+/* Domains whose last_update <= now - older_than (oldest first is not guaranteed), copied
+ * into b; read them with mtasts_cache_next. *count is how many. */
 int mtasts_cache_due(mtasts_env *e, int64_t now, int64_t older_than, mtasts_buf *b,
                      size_t *count, char *err);
+/* A record of a scan buffer: a key, and its encoded row (empty after mtasts_cache_due). */
+typedef struct { mtasts_span key; const unsigned char *row; size_t rn; } mtasts_cache_rec;
+/* The record at *pos of b (start with *pos = 0): 1 and the record, or 0 after the last. */
+int mtasts_cache_next(const mtasts_buf *b, size_t *pos, mtasts_cache_rec *r);
 /* Delete rows whose last_use < now - unused_for; *deleted is how many. */
 int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err);

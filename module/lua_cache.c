@@ -3,9 +3,7 @@
 #include "cache.h"
 
 #include <lauxlib.h>
-#include <limits.h>
 #include <lua.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define CACHE_MT "mtasts.cache"
@@ -15,6 +13,7 @@ typedef struct {
   mtasts_env *e;          /* NULL once closed */
   mtasts_buf buf;         /* rows read and written; owned here, freed in release */
   mtasts_buf scan;        /* what scans copy out */
+  mtasts_buf index;       /* cache:list's decoded rows, pointing into scan */
 } lcache;
 
 static int cache_release(lcache *u, char *err) {
@@ -23,6 +22,7 @@ static int cache_release(lcache *u, char *err) {
   u->e = NULL;
   mtasts_buf_free(&u->buf);
   mtasts_buf_free(&u->scan);
+  mtasts_buf_free(&u->index);
   return rc;
 }
 
@@ -56,12 +56,12 @@ static int64_t check_time(lua_State *L, int idx) {
 static void push_span(lua_State *L, mtasts_span s) { lua_pushlstring(L, s.p, s.n); }
 
 /* The row table of docs/cache.md. */
-static void push_row(lua_State *L, const char *domain, size_t dn, const mtasts_row *r) {
+static void push_row(lua_State *L, const mtasts_row *r) {
   mtasts_row_iter it;
   mtasts_span a, b;
   int i;
   lua_createtable(L, 0, 10);
-  lua_pushlstring(L, domain, dn);
+  push_span(L, r->domain);
   lua_setfield(L, -2, "domain");
   lua_pushinteger(L, (lua_Integer)r->inserted);
   lua_setfield(L, -2, "inserted");
@@ -136,7 +136,7 @@ static int cache_lookup(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  push_row(L, key, strlen(key), &row);
+  push_row(L, &row);   /* the row names key: mtasts_cache_lookup checked */
   return 1;
 }
 
@@ -189,54 +189,18 @@ static int cache_delete(lua_State *L) {
   return 1;
 }
 
-typedef struct {
-  const char *key;
-  size_t kn;
-  const unsigned char *row;
-  size_t rn;
-  mtasts_row r;   /* decoded */
-} entry;
-
-static int by_use(const void *a, const void *b) {
-  const entry *x = a, *y = b;
-  size_t n = x->kn < y->kn ? x->kn : y->kn;
-  int c;
-  if (x->r.last_use != y->r.last_use) return x->r.last_use > y->r.last_use ? -1 : 1;
-  if ((c = memcmp(x->key, y->key, n)) != 0) return c;
-  return x->kn < y->kn ? -1 : x->kn > y->kn;
-}
-
-/* Walk a scan buffer: record at pos -> key, row; returns the next position. */
-static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
-  e->kn = mtasts_get_u16(b->p + pos);
-  e->key = (const char *)b->p + pos + 2;
-  pos += 2 + e->kn;
-  e->rn = mtasts_get_u32(b->p + pos);
-  e->row = b->p + pos + 4;
-  return pos + 4 + e->rn;
-}
-
 /* cache:list() -> { row, ... } most recently used first | fail. Rows that do not decode or
  * name another domain are left out (cache:verify() counts them). */
 static int cache_list(lua_State *L) {
   lcache *u = cache_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  size_t count, i, pos = 0, n = 0;
-  entry *v;
-  int rc = mtasts_cache_scan(u->e, &u->scan, &count, err);
+  const mtasts_row *rows;
+  size_t n, i;
+  int rc = mtasts_cache_list(u->e, &u->scan, &u->index, &rows, &n, err);
   if (rc != 0) return fail(L, rc, err);
-  /* the index lives in a userdata, so nothing is lost if a push below raises */
-  v = lua_newuserdatauv(L, (count ? count : 1) * sizeof *v, 0);
-  for (i = 0; i < count; i++) {
-    pos = next_record(&u->scan, pos, &v[n]);
-    if (mtasts_row_decode(v[n].row, v[n].rn, &v[n].r, err) == 0 && v[n].r.domain.n == v[n].kn &&
-        memcmp(v[n].r.domain.p, v[n].key, v[n].kn) == 0)
-      n++;
-  }
-  qsort(v, n, sizeof *v, by_use);
   lua_createtable(L, (int)n, 0);
   for (i = 0; i < n; i++) {
-    push_row(L, v[i].key, v[i].kn, &v[i].r);
+    push_row(L, &rows[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
@@ -247,15 +211,15 @@ static int cache_due(lua_State *L) {
   lcache *u = cache_check(L, 1);
   int64_t now = check_time(L, 2), older = check_time(L, 3);
   char err[MTASTS_ERR_MAX];
-  size_t count, i, pos = 0;
+  mtasts_cache_rec r;
+  size_t count, pos = 0;
+  lua_Integer i;
   int rc = mtasts_cache_due(u->e, now, older, &u->scan, &count, err);
   if (rc != 0) return fail(L, rc, err);
   lua_createtable(L, (int)count, 0);
-  for (i = 0; i < count; i++) {
-    entry e;
-    pos = next_record(&u->scan, pos, &e);
-    lua_pushlstring(L, e.key, e.kn);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  for (i = 1; mtasts_cache_next(&u->scan, &pos, &r); i++) {
+    push_span(L, r.key);
+    lua_rawseti(L, -2, i);
   }
   return 1;
 }
