@@ -2,6 +2,7 @@
  * each binding file add its functions and classes. mtasts.core is internal: applications
  * use the Lua modules in lua/mtasts/. */
 #define _GNU_SOURCE 1  /* dladdr */
+#include "lua_util.h"
 #include "mtasts.h"
 
 #include <curl/curl.h>
@@ -14,6 +15,7 @@
 #include <lua.h>
 #include <openssl/crypto.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unbound.h>
@@ -35,10 +37,9 @@ static int core_poll(lua_State *L) {
   p.revents = 0;
   do rc = poll(&p, 1, ms); while (rc < 0 && errno == EINTR);
   if (rc < 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "poll: %s", strerror(errno));
-    lua_pushliteral(L, "epoll");
-    return 3;
+    char msg[128];
+    snprintf(msg, sizeof msg, "poll: %s", strerror(errno));
+    return mtasts_lua_fail(L, msg, "epoll");
   }
   lua_pushboolean(L, rc > 0);
   return 1;
@@ -84,10 +85,9 @@ static int library_versions(lua_State *L) {
 static int nofile(lua_State *L) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "getrlimit: %s", strerror(errno));
-    lua_pushliteral(L, "eio");
-    return 3;
+    char msg[128];
+    snprintf(msg, sizeof msg, "getrlimit: %s", strerror(errno));
+    return mtasts_lua_fail(L, msg, "eio");
   }
   if (!lua_isnoneornil(L, 1)) {
     lua_Integer want = luaL_checkinteger(L, 1);

@@ -1,20 +1,21 @@
 /* lua_results.c: the mtasts.results class (results.c) and the codecs (codec.c). Translate,
- * and do nothing else. Contract: docs/tlsrpt.md; errors: docs/errors.md. */
+ * and do nothing else. Contract: docs/tlsrpt.md; errors: docs/errors.md; lifecycle:
+ * lua_util.h. */
+#include "lua_util.h"
 #include "results.h"
 
-#include <lauxlib.h>
-#include <lua.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define RESULTS_MT "mtasts.results"
 
 typedef struct {
-  mtasts_env *e;          /* NULL once closed */
-  mtasts_buf buf;
+  mtasts_env *e;          /* first: NULL once closed (lua_util.h) */
+  mtasts_buf buf;         /* what scans and gets copy out; owned here, freed in release */
 } lresults;
 
-static int results_release(lresults *u, char *err) {
+static int results_release(void *p, char *err) {
+  lresults *u = p;
   int rc = 0;
   if (u->e) rc = mtasts_env_close(u->e, err);
   u->e = NULL;
@@ -22,17 +23,15 @@ static int results_release(lresults *u, char *err) {
   return rc;
 }
 
-static lresults *results_check(lua_State *L, int idx) {
-  lresults *u = luaL_checkudata(L, idx, RESULTS_MT);
-  if (!u->e) luaL_error(L, "attempt to use a closed " RESULTS_MT);
-  return u;
+/* __tostring shows the directory instead of the address */
+static const char *results_label(const void *p) {
+  return mtasts_env_path(((const lresults *)p)->e);
 }
 
-static int fail(lua_State *L, int rc, const char *msg) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, mtasts_code_name(rc));
-  return 3;
+static const mtasts_lua_class results_class = { RESULTS_MT, results_release, results_label };
+
+static lresults *results_check(lua_State *L, int idx) {
+  return mtasts_lua_class_check(L, idx, &results_class);
 }
 
 static const char *check_key(lua_State *L, int idx, size_t *n) {
@@ -45,11 +44,9 @@ static const char *check_key(lua_State *L, int idx, size_t *n) {
 static int results_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   char err[MTASTS_ERR_MAX];
-  lresults *u = lua_newuserdatauv(L, sizeof *u, 0);
+  lresults *u = mtasts_lua_class_new(L, &results_class, sizeof *u);
   int rc;
-  memset(u, 0, sizeof *u);
-  luaL_setmetatable(L, RESULTS_MT);
-  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   return 1;
 }
 
@@ -91,7 +88,8 @@ static int results_apply(lua_State *L) {
     d[i].b = (uint64_t)b;
   }
   qsort(d, (size_t)(n / 3), sizeof *d, delta_cmp);
-  if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), err)) != 0)
+    return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -120,7 +118,7 @@ static int results_scan(lua_State *L) {
   luaL_argcheck(L, limit >= 0, 4, "limit must not be negative");
   if ((rc = mtasts_results_scan(u->e, prefix, pn, after, an, (size_t)limit, &u->buf, &count,
                                 err)) != 0)
-    return fail(L, rc, err);
+    return mtasts_lua_fail_rc(L, rc, err);
   push_strings(L, u, count * 2);
   return 1;
 }
@@ -133,7 +131,7 @@ static int results_distinct(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc;
   if ((rc = mtasts_results_distinct(u->e, prefix, pn, &u->buf, &count, err)) != 0)
-    return fail(L, rc, err);
+    return mtasts_lua_fail_rc(L, rc, err);
   push_strings(L, u, count);
   return 1;
 }
@@ -146,7 +144,7 @@ static int results_get(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc, found;
   if ((rc = mtasts_results_get(u->e, key, kn, &u->buf, &found, err)) != 0)
-    return fail(L, rc, err);
+    return mtasts_lua_fail_rc(L, rc, err);
   if (!found) lua_pushnil(L);
   else lua_pushlstring(L, (const char *)u->buf.p, u->buf.n);
   return 1;
@@ -163,7 +161,7 @@ static int results_cas(lua_State *L) {
   int rc, swapped;
   luaL_argcheck(L, vn <= MTASTS_RESULTS_VALUE_MAX, 4, "value too long");
   if ((rc = mtasts_results_cas(u->e, key, kn, expect, en, value, vn, &swapped, err)) != 0)
-    return fail(L, rc, err);
+    return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, swapped);
   return 1;
 }
@@ -176,46 +174,23 @@ static int results_delete_range(lua_State *L) {
   const char *hi = luaL_checklstring(L, 3, &hn);
   char err[MTASTS_ERR_MAX];
   int rc = mtasts_results_delete_range(u->e, lo, ln, hi, hn, &deleted, err);
-  if (rc != 0) return fail(L, rc, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushinteger(L, (lua_Integer)deleted);
   return 1;
 }
 
+/* r:path() -> the directory, resolved */
 static int results_path(lua_State *L) {
   lua_pushstring(L, mtasts_env_path(results_check(L, 1)->e));
-  return 1;
-}
-
-static int results_close(lua_State *L) {
-  lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
-  char err[MTASTS_ERR_MAX];
-  int rc = results_release(u, err);
-  if (rc != 0) return fail(L, rc, err);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int results__gc(lua_State *L) {
-  char err[MTASTS_ERR_MAX];
-  results_release(luaL_checkudata(L, 1, RESULTS_MT), err);
-  return 0;
-}
-
-static int results__tostring(lua_State *L) {
-  lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
-  if (u->e) lua_pushfstring(L, RESULTS_MT " (%s)", mtasts_env_path(u->e));
-  else lua_pushliteral(L, RESULTS_MT " (closed)");
   return 1;
 }
 
 /* --- codecs --- */
 
 static int codec_fail(lua_State *L, int rc, const char *err, const char *code) {
-  lua_pushnil(L);
-  lua_pushstring(L, rc == MTASTS_CODEC_ENOMEM ? "out of memory" : err);
-  lua_pushstring(L, rc == MTASTS_CODEC_ELARGE ? "too-large" :
-                    rc == MTASTS_CODEC_ENOMEM ? "enomem" : code);
-  return 3;
+  return mtasts_lua_fail(L, rc == MTASTS_CODEC_ENOMEM ? "out of memory" : err,
+                         rc == MTASTS_CODEC_ELARGE ? "too-large" :
+                         rc == MTASTS_CODEC_ENOMEM ? "enomem" : code);
 }
 
 /* gzip(s) -> gzip data */
@@ -325,14 +300,8 @@ void mtasts_open_results(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"apply", results_apply}, {"scan", results_scan}, {"distinct", results_distinct},
     {"get", results_get}, {"cas", results_cas}, {"delete_range", results_delete_range},
-    {"path", results_path}, {"close", results_close}, {NULL, NULL}};
-  static const luaL_Reg meta[] = {
-    {"__gc", results__gc}, {"__close", results__gc}, {"__tostring", results__tostring},
-    {NULL, NULL}};
-  luaL_newmetatable(L, RESULTS_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
+    {"path", results_path}, {NULL, NULL}};
+  mtasts_lua_class_register(L, &results_class, methods);   /* close comes with the class */
   lua_pop(L, 1);
   lua_pushcfunction(L, results_open);
   lua_setfield(L, -2, "results_open");

@@ -305,7 +305,8 @@ static int recovered_copy(const char *dir, const char *scratch, int *stopped) {
     return 0;
   }
   while (ok && (e = readdir(dh))) {
-    if (strcmp(e->d_name, MTASTS_POLICIES_FILE) != 0 && strcmp(e->d_name, MTASTS_RESULTS_FILE) != 0 &&
+    if (strcmp(e->d_name, MTASTS_POLICIES_FILE) != 0 &&
+        strcmp(e->d_name, MTASTS_RESULTS_FILE) != 0 &&
         strncmp(e->d_name, "log.", 4) != 0)
       continue;
     logs += strncmp(e->d_name, "log.", 4) == 0;

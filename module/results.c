@@ -117,7 +117,8 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
     if (rc != 0) break;
     if (k.size < x->pn || memcmp(k.data, x->prefix, x->pn) != 0) break;
     if (!x->distinct) {
-      if ((rc = mtasts_buf_add_u32_bytes(x->b, k.data, k.size)) != 0 || (rc = mtasts_buf_add_u32_bytes(x->b, d.data, d.size)) != 0)
+      if ((rc = mtasts_buf_add_u32_bytes(x->b, k.data, k.size)) != 0 ||
+          (rc = mtasts_buf_add_u32_bytes(x->b, d.data, d.size)) != 0)
         break;
       if (++x->count == x->limit) break;
       continue;

@@ -1,8 +1,9 @@
 /* results.h: the TLSRPT result store (results.c) and the codecs (codec.c). Pure C, no Lua.
  *
  * The store is the file results.db of a cache directory's environment (env.c), beside the
- * policy cache: same gate, recovery and durability rules. It knows keys and counters only; what a key means (day, policy domain,
- * policy and failure detail) is decided in lua/mtasts/tlsrpt.lua (docs/tlsrpt.md). */
+ * policy cache: same gate, recovery and durability rules. It knows keys and counters only;
+ * what a key means (day, policy domain, policy and failure detail) is decided in
+ * lua/mtasts/tlsrpt/store.lua (docs/tlsrpt.md). */
 #ifndef MTASTS_RESULTS_H
 #define MTASTS_RESULTS_H
 
