@@ -193,19 +193,22 @@ static int codec_fail(lua_State *L, int rc, const char *err, const char *code) {
                          rc == MTASTS_CODEC_ENOMEM ? "enomem" : code);
 }
 
+/* The codecs fill a buffer in a box userdata (lua_util.h): pushing the result can raise,
+ * and the box's __gc frees the buffer then; otherwise it is freed at once after the push. */
+static int push_buf(lua_State *L, mtasts_buf *b) {
+  lua_pushlstring(L, (const char *)b->p, b->n);
+  mtasts_buf_free(b);
+  return 1;
+}
+
 /* gzip(s) -> gzip data */
 static int core_gzip(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  mtasts_buf b = {0};
-  int rc = mtasts_gzip((const unsigned char *)s, n, &b);
-  if (rc != 0) {
-    mtasts_buf_free(&b);
+  mtasts_buf *b = mtasts_lua_newbuf(L);
+  if (mtasts_gzip((const unsigned char *)s, n, b) != 0)
     return luaL_error(L, "gzip: out of memory");
-  }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* gunzip(s, limit) -> data | nil, msg, "gzip"|"too-large" */
@@ -213,17 +216,16 @@ static int core_gunzip(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lua_Integer limit = luaL_checkinteger(L, 2);
-  mtasts_buf b = {0};
+  mtasts_buf *b;
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_argcheck(L, limit >= 0 && limit <= (1 << 30), 2, "limit out of range");
-  if ((rc = mtasts_gunzip((const unsigned char *)s, n, (size_t)limit, &b, err)) != 0) {
-    mtasts_buf_free(&b);
+  b = mtasts_lua_newbuf(L);
+  if ((rc = mtasts_gunzip((const unsigned char *)s, n, (size_t)limit, b, err)) != 0) {
+    mtasts_buf_free(b);
     return codec_fail(L, rc, err, "gzip");
   }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* base64_encode(s [, wrap]) -> text (CRLF every wrap characters) */
@@ -231,31 +233,26 @@ static int core_base64_encode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lua_Integer wrap = luaL_optinteger(L, 2, 0);
-  mtasts_buf b = {0};
+  mtasts_buf *b;
   luaL_argcheck(L, wrap >= 0 && wrap % 4 == 0, 2, "wrap must be a multiple of 4");
-  if (mtasts_base64_encode((const unsigned char *)s, n, (size_t)wrap, &b) != 0) {
-    mtasts_buf_free(&b);
+  b = mtasts_lua_newbuf(L);
+  if (mtasts_base64_encode((const unsigned char *)s, n, (size_t)wrap, b) != 0)
     return luaL_error(L, "base64: out of memory");
-  }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* base64_decode(s) -> data | nil, msg, "base64" */
 static int core_base64_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  mtasts_buf b = {0};
+  mtasts_buf *b = mtasts_lua_newbuf(L);
   char err[MTASTS_ERR_MAX];
-  int rc = mtasts_base64_decode((const unsigned char *)s, n, &b, err);
+  int rc = mtasts_base64_decode((const unsigned char *)s, n, b, err);
   if (rc != 0) {
-    mtasts_buf_free(&b);
+    mtasts_buf_free(b);
     return codec_fail(L, rc, err, "base64");
   }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* blob_list(t) -> the strings of array t joined with \2, the bytes \0-\3 inside an item
