@@ -255,41 +255,61 @@ static int core_base64_decode(lua_State *L) {
   return push_buf(L, b);
 }
 
-/* blob_list(t) -> the strings of array t joined with \2, the bytes \0-\3 inside an item
- * escaped as \3 followed by the byte + 64 (see policy_blob in lua/mtasts/report.lua). */
+/* --- the escaping of values inside result keys ---
+ * lua/mtasts/tlsrpt/store.lua joins a policy's and a failure's fields with \1 and list items
+ * with \2 inside its keys, whose parts are separated by NUL; so inside a value the bytes
+ * \0-\3 are written as \3 followed by the byte + 64 (the store's unesc undoes it). This is
+ * the one implementation of that escaping; the stored bytes are part of the file format. */
+
+/* Push tostring(value at idx) escaped (idx absolute). */
+static void push_escaped(lua_State *L, int idx) {
+  size_t n, extra = 0, i, at = 0;
+  const char *v = luaL_tolstring(L, idx, &n);   /* pushed: tostring's rules, __tostring too */
+  luaL_Buffer b;
+  char *o;
+  for (i = 0; i < n; i++) extra += (unsigned char)v[i] <= 3;
+  if (extra == 0) return;                       /* most values: the string as it is */
+  o = luaL_buffinitsize(L, &b, n + extra);
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)v[i];
+    if (c <= 3) {
+      o[at++] = '\3';
+      o[at++] = (char)(c + 64);
+    } else {
+      o[at++] = (char)c;
+    }
+  }
+  luaL_pushresultsize(&b, at);
+  lua_remove(L, -2);                            /* the string before escaping */
+}
+
+/* blob_escape(v) -> tostring(v), escaped */
+static int core_blob_escape(lua_State *L) {
+  luaL_checkany(L, 1);
+  push_escaped(L, 1);
+  return 1;
+}
+
+/* blob_list(t) -> the items of array t, each escaped as blob_escape does, joined with \2;
+ * "" for nil. */
 static int core_blob_list(lua_State *L) {
+  luaL_Buffer b;
   lua_Integer i, n;
-  size_t total = 0, pass, at = 0;
-  char *out = NULL;
-  if (lua_isnoneornil(L, 1)) { lua_pushliteral(L, ""); return 1; }
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
   luaL_checktype(L, 1, LUA_TTABLE);
   n = luaL_len(L, 1);
-  /* pass 0 measures, pass 1 writes into a userdata (no luaL_Buffer: items are pushed and
-   * popped between writes) */
-  for (pass = 0; pass < 2; pass++) {
-    if (pass == 1) out = lua_newuserdatauv(L, total ? total : 1, 0);
-    for (i = 1; i <= n; i++) {
-      size_t len, j;
-      const char *v;
-      lua_geti(L, 1, i);
-      v = luaL_tolstring(L, -1, &len);
-      if (i > 1) { if (pass) out[at] = '\2'; at++; }
-      for (j = 0; j < len; j++) {
-        unsigned char c = (unsigned char)v[j];
-        if (c <= 3) {
-          if (pass) { out[at] = '\3'; out[at + 1] = (char)(c + 64); }
-          at += 2;
-        } else {
-          if (pass) out[at] = (char)c;
-          at++;
-        }
-      }
-      lua_pop(L, 2);
-    }
-    if (pass == 0) { total = at; at = 0; }
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\2');
+    lua_geti(L, 1, i);
+    push_escaped(L, lua_gettop(L));
+    lua_remove(L, -2);      /* the item: the escaped string alone is left for addvalue */
+    luaL_addvalue(&b);
   }
-  if (at != total) return luaL_error(L, "blob_list: the table changed while it was read");
-  lua_pushlstring(L, out, total);
+  luaL_pushresult(&b);
   return 1;
 }
 
@@ -312,4 +332,6 @@ void mtasts_open_results(lua_State *L) {
   lua_setfield(L, -2, "base64_decode");
   lua_pushcfunction(L, core_blob_list);
   lua_setfield(L, -2, "blob_list");
+  lua_pushcfunction(L, core_blob_escape);
+  lua_setfield(L, -2, "blob_escape");
 }
