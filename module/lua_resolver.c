@@ -4,6 +4,7 @@
 #include "rdata.h"
 
 #include <arpa/inet.h>
+#include <arpa/nameser.h>   /* ns_t_*: RR types by name */
 #include <string.h>
 #include <unbound.h>
 
@@ -32,7 +33,8 @@ static lresolver *resolver_check(lua_State *L, int idx) {
 
 
 static const struct { const char *name; int type; } rrtypes[] = {
-  { "A", 1 }, { "CNAME", 5 }, { "MX", 15 }, { "TXT", 16 }, { "AAAA", 28 }, { "TLSA", 52 },
+  { "A", ns_t_a }, { "CNAME", ns_t_cname }, { "MX", ns_t_mx }, { "TXT", ns_t_txt },
+  { "AAAA", ns_t_aaaa }, { "TLSA", ns_t_tlsa },
   { NULL, 0 }
 };
 
@@ -138,11 +140,11 @@ static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
     const unsigned char *p = (const unsigned char *)res->data[i];
     size_t len = (size_t)res->len[i];
     switch (q->rrtype) {
-    case 16:
+    case ns_t_txt:
       if (mtasts_rdata_txt(p, len, &u->txt, err) != 0) goto bad;
       lua_pushlstring(L, (const char *)u->txt.p, u->txt.n);
       break;
-    case 15: {
+    case ns_t_mx: {
       char host[MTASTS_NAME_MAX + 1];
       unsigned pref;
       if (mtasts_rdata_mx(p, len, &pref, host, err) != 0) goto bad;
@@ -153,7 +155,7 @@ static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
       lua_setfield(L, -2, "host");
       break;
     }
-    case 52: {
+    case ns_t_tlsa: {
       unsigned usage, selector, mtype;
       mtasts_span data;
       if (mtasts_rdata_tlsa(p, len, &usage, &selector, &mtype, &data, err) != 0) goto bad;
@@ -168,17 +170,17 @@ static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
       lua_setfield(L, -2, "data");
       break;
     }
-    case 1: case 28: {
+    case ns_t_a: case ns_t_aaaa: {
       char addr[64];
-      if (len != (q->rrtype == 1 ? 4u : 16u) ||
-          !inet_ntop(q->rrtype == 1 ? AF_INET : AF_INET6, p, addr, sizeof addr)) {
+      if (len != (q->rrtype == ns_t_a ? 4u : 16u) ||
+          !inet_ntop(q->rrtype == ns_t_a ? AF_INET : AF_INET6, p, addr, sizeof addr)) {
         snprintf(err, sizeof err, "%s rdata of %zu bytes", type_name(q->rrtype), len);
         goto bad;
       }
       lua_pushstring(L, addr);
       break;
     }
-    case 5: {
+    case ns_t_cname: {
       char name[MTASTS_NAME_MAX + 1];
       size_t used;
       if (mtasts_rdata_name(p, len, &used, name, err) != 0) goto bad;

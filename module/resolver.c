@@ -8,6 +8,7 @@
  * deadline is cancelled and finishes as a timeout. */
 #include "rdata.h"
 
+#include <arpa/nameser.h>   /* ns_c_in */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,7 +146,7 @@ int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, doub
   q->next = r->pending;
   r->pending = q;
   r->n_pending++;
-  rc = ub_resolve_async(r->ctx, name, rrtype, 1 /* IN */, q, on_answer, &q->async_id);
+  rc = ub_resolve_async(r->ctx, name, rrtype, ns_c_in, q, on_answer, &q->async_id);
   if (rc != 0) {
     unlink_pending(r, q);
     free(q);
