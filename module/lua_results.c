@@ -4,7 +4,6 @@
 #include "lua_util.h"
 #include "results.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define RESULTS_MT "mtasts.results"
@@ -50,14 +49,6 @@ static int results_open(lua_State *L) {
   return 1;
 }
 
-/* keys in btree order: a batch then walks the tree's pages in one direction */
-static int delta_cmp(const void *x, const void *y) {
-  const mtasts_delta *a = x, *b = y;
-  size_t n = a->kn < b->kn ? a->kn : b->kn;
-  int c = memcmp(a->key, b->key, n);
-  return c ? c : (a->kn > b->kn) - (a->kn < b->kn);
-}
-
 /* r:apply({key, a, b, key, a, b, ...}) -> true | fail: one transaction */
 static int results_apply(lua_State *L) {
   lresults *u = results_check(L, 1);
@@ -87,22 +78,21 @@ static int results_apply(lua_State *L) {
     d[i].a = (uint64_t)a;
     d[i].b = (uint64_t)b;
   }
-  qsort(d, (size_t)(n / 3), sizeof *d, delta_cmp);
   if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), err)) != 0)
     return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* push the length-prefixed strings of u->buf as an array */
+/* push the strings of a scan of u->buf as an array */
 static void push_strings(lua_State *L, lresults *u, size_t count) {
-  size_t off = 0, i;
+  mtasts_span v;
+  size_t pos = 0;
+  lua_Integer i;
   lua_createtable(L, (int)(count > 1000000 ? 1000000 : count), 0);
-  for (i = 1; off + 4 <= u->buf.n; i++) {
-    uint32_t n = mtasts_get_u32(u->buf.p + off);
-    lua_pushlstring(L, (const char *)u->buf.p + off + 4, n);
-    lua_rawseti(L, -2, (lua_Integer)i);
-    off += 4 + n;
+  for (i = 1; mtasts_results_next(&u->buf, &pos, &v); i++) {
+    lua_pushlstring(L, v.p, v.n);
+    lua_rawseti(L, -2, i);
   }
 }
 

@@ -67,10 +67,19 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
  * environment has locks for 3,000 objects (env.c), so a large batch is split. */
 #define APPLY_CHUNK 500
 
-int mtasts_results_apply(mtasts_env *e, const mtasts_delta *d, size_t n, char *err) {
+/* keys in btree order: a batch then walks the tree's pages in one direction */
+static int delta_cmp(const void *x, const void *y) {
+  const mtasts_delta *a = x, *b = y;
+  size_t n = a->kn < b->kn ? a->kn : b->kn;
+  int c = memcmp(a->key, b->key, n);
+  return c ? c : (a->kn > b->kn) - (a->kn < b->kn);
+}
+
+int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, char *err) {
   size_t off;
   int rc = 0;
   err[0] = '\0';
+  if (n > 1) qsort(d, n, sizeof *d, delta_cmp);
   for (off = 0; off < n && rc == 0; off += APPLY_CHUNK) {
     apply_ctx x = {d + off, n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK};
     rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_apply, &x, "results: add", err);
@@ -156,6 +165,15 @@ int mtasts_results_scan(mtasts_env *e, const char *prefix, size_t pn, const char
   int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_scan, &x, "results: scan", err);
   *count = x.count;
   return rc;
+}
+
+int mtasts_results_next(const mtasts_buf *b, size_t *pos, mtasts_span *s) {
+  size_t p = *pos;
+  if (p + 4 > b->n) return 0;
+  s->n = mtasts_get_u32(b->p + p);
+  s->p = (const char *)b->p + p + 4;
+  *pos = p + 4 + s->n;
+  return 1;
 }
 
 int mtasts_results_distinct(mtasts_env *e, const char *prefix, size_t pn, mtasts_buf *b,

@@ -17,9 +17,10 @@
  * a and b are added to them, stopping at INT64_MAX (so counts never wrap or go negative). */
 typedef struct { const char *key; size_t kn; uint64_t a, b; } mtasts_delta;
 
-/* Apply n updates in transactions of at most 500 keys: all of them are durable when it
- * returns 0; after an error, the transactions before the failing one are. */
-int mtasts_results_apply(mtasts_env *e, const mtasts_delta *d, size_t n, char *err);
+/* Apply n updates in transactions of at most 500 keys, sorting d by key first (a batch then
+ * walks the btree's pages in one direction): all of them are durable when it returns 0;
+ * after an error, the transactions before the failing one are. */
+int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, char *err);
 
 /* Records whose key starts with prefix, in key order, copied into b as u32 key length, key,
  * u32 value length, value; at most limit records (0: no limit) starting after `after`
@@ -32,6 +33,10 @@ int mtasts_results_scan(mtasts_env *e, const char *prefix, size_t pn, const char
  * Jumps over each component's records, so it costs one seek per component. */
 int mtasts_results_distinct(mtasts_env *e, const char *prefix, size_t pn, mtasts_buf *b,
                             size_t *count, char *err);
+/* The string at *pos of what a scan or distinct copied into b (start with *pos = 0): keys
+ * and values in turns for a scan, components for distinct. 1 and the string, or 0 after the
+ * last. */
+int mtasts_results_next(const mtasts_buf *b, size_t *pos, mtasts_span *s);
 
 /* Plain values (delivery state). get: *found 0 when absent. */
 int mtasts_results_get(mtasts_env *e, const char *key, size_t kn, mtasts_buf *b,
