@@ -97,7 +97,7 @@ static int op_touch(DB_ENV *env, DB *db, void *vctx) {
   return t->commit(t, DB_TXN_NOSYNC);
 }
 
-int mtasts_cache_lookup(mtasts_env *c, const char *domain, int64_t now, mtasts_buf *b,
+int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_buf *b,
                         mtasts_row *row, int *found, char *key, char *err) {
   char why[MTASTS_ERR_MAX];
   lookup_ctx x;
@@ -105,7 +105,7 @@ int mtasts_cache_lookup(mtasts_env *c, const char *domain, int64_t now, mtasts_b
   *found = 0;
   if ((rc = normalise(domain, key, err)) != 0) return rc;
   x.key = key; x.now = now; x.b = b; x.found = 0;
-  if ((rc = run(c, op_lookup, &x, "lookup", err)) != 0) return rc;
+  if ((rc = run(e, op_lookup, &x, "lookup", err)) != 0) return rc;
   if (!x.found) return 0;
   bad_row = mtasts_row_decode(b->p, b->n, row, why) != 0;
   if (!bad_row && (row->domain.n != strlen(key) || memcmp(row->domain.p, key, row->domain.n))) {
@@ -114,7 +114,7 @@ int mtasts_cache_lookup(mtasts_env *c, const char *domain, int64_t now, mtasts_b
   }
   if (bad_row) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %.120s: %.100s; run `mtasts cache rebuild` "
-             "or upsert it again", mtasts_env_path(c), key, why);
+             "or upsert it again", mtasts_env_path(e), key, why);
     return MTASTS_ECORRUPT;
   }
   if (now >= row->valid_end) return 0;
@@ -123,7 +123,7 @@ int mtasts_cache_lookup(mtasts_env *c, const char *domain, int64_t now, mtasts_b
     mtasts_buf tb = { NULL, 0, 0 };
     lookup_ctx t = x;
     t.b = &tb;
-    (void)run(c, op_touch, &t, "touch", ignored);
+    (void)run(e, op_touch, &t, "touch", ignored);
     mtasts_buf_free(&tb);
     row->last_use = now;
   }
@@ -160,7 +160,7 @@ abort:
   return rc;
 }
 
-int mtasts_cache_upsert(mtasts_env *c, const char *domain, const char *record_id,
+int mtasts_cache_upsert(mtasts_env *e, const char *domain, const char *record_id,
                         const char *text, size_t text_len, int64_t now, mtasts_buf *b,
                         char *err) {
   char key[MTASTS_NAME_MAX + 1], why[MTASTS_ERR_MAX];
@@ -197,7 +197,7 @@ int mtasts_cache_upsert(mtasts_env *c, const char *domain, const char *record_id
   meta.last_use = now;
   x.key = key; x.now = now; x.meta = &meta; x.p = text ? &p : NULL; x.b = b;
   x.text.p = text ? text : ""; x.text.n = text ? text_len : 0;
-  rc = run(c, op_upsert, &x, "upsert", err);
+  rc = run(e, op_upsert, &x, "upsert", err);
   mtasts_policy_free(&p);
   return rc;
 }
@@ -231,7 +231,7 @@ abort:
   return rc;
 }
 
-int mtasts_cache_mark_checked(mtasts_env *c, const char *domain, int64_t now, int extend,
+int mtasts_cache_mark_checked(mtasts_env *e, const char *domain, int64_t now, int extend,
                               int *found, mtasts_buf *b, char *err) {
   char key[MTASTS_NAME_MAX + 1];
   mark_ctx x;
@@ -239,7 +239,7 @@ int mtasts_cache_mark_checked(mtasts_env *c, const char *domain, int64_t now, in
   *found = 0;
   if ((rc = normalise(domain, key, err)) != 0) return rc;
   x.key = key; x.now = now; x.extend = extend; x.found = 0; x.b = b;
-  rc = run(c, op_mark, &x, "mark_checked", err);
+  rc = run(e, op_mark, &x, "mark_checked", err);
   *found = x.found;
   return rc;
 }
@@ -260,14 +260,14 @@ static int op_delete(DB_ENV *env, DB *db, void *vctx) {
   return t->commit(t, 0);
 }
 
-int mtasts_cache_delete(mtasts_env *c, const char *domain, int *found, char *err) {
+int mtasts_cache_delete(mtasts_env *e, const char *domain, int *found, char *err) {
   char key[MTASTS_NAME_MAX + 1];
   del_ctx x;
   int rc;
   *found = 0;
   if ((rc = normalise(domain, key, err)) != 0) return rc;
   x.key = key; x.found = 0;
-  rc = run(c, op_delete, &x, "delete", err);
+  rc = run(e, op_delete, &x, "delete", err);
   *found = x.found;
   return rc;
 }
@@ -343,9 +343,9 @@ int mtasts_cache_next(const mtasts_buf *b, size_t *pos, mtasts_cache_rec *r) {
 }
 
 /* Every row, decoded or not, into b. */
-static int scan_all(mtasts_env *c, mtasts_buf *b, size_t *count, char *err) {
+static int scan_all(mtasts_env *e, mtasts_buf *b, size_t *count, char *err) {
   scan_ctx x = { SCAN_ALL, 0, b, 0 };
-  int rc = run(c, op_scan, &x, "list", err);
+  int rc = run(e, op_scan, &x, "list", err);
   *count = x.count;
   return rc;
 }
@@ -366,18 +366,18 @@ static int row_of_key(const mtasts_cache_rec *r, mtasts_row *row, char *why) {
          memcmp(row->domain.p, r->key.p, r->key.n) == 0;
 }
 
-int mtasts_cache_list(mtasts_env *c, mtasts_buf *scan, mtasts_buf *index,
+int mtasts_cache_list(mtasts_env *e, mtasts_buf *scan, mtasts_buf *index,
                       const mtasts_row **rows, size_t *n, char *err) {
   char why[MTASTS_ERR_MAX];
   mtasts_cache_rec r;
   mtasts_row *v;
   size_t count, pos = 0, k = 0;
-  int rc = scan_all(c, scan, &count, err);
+  int rc = scan_all(e, scan, &count, err);
   *rows = NULL;
   *n = 0;
   if (rc != 0) return rc;
   if (mtasts_buf_reserve(index, (count ? count : 1) * sizeof *v) != 0) {
-    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: list: out of memory", mtasts_env_path(c));
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: list: out of memory", mtasts_env_path(e));
     return ENOMEM;
   }
   v = (mtasts_row *)(void *)index->p;   /* realloc'd memory is aligned for any type */
@@ -390,10 +390,10 @@ int mtasts_cache_list(mtasts_env *c, mtasts_buf *scan, mtasts_buf *index,
   return 0;
 }
 
-int mtasts_cache_due(mtasts_env *c, int64_t now, int64_t older_than, mtasts_buf *b,
+int mtasts_cache_due(mtasts_env *e, int64_t now, int64_t older_than, mtasts_buf *b,
                      size_t *count, char *err) {
   scan_ctx x = { SCAN_DUE, now - older_than, b, 0 };
-  int rc = run(c, op_scan, &x, "due_for_refresh", err);
+  int rc = run(e, op_scan, &x, "due_for_refresh", err);
   *count = x.count;
   return rc;
 }
@@ -422,7 +422,7 @@ abort:
   return rc;
 }
 
-int mtasts_cache_prune(mtasts_env *c, int64_t now, int64_t unused_for, size_t *deleted,
+int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err) {
   scan_ctx x = { SCAN_UNUSED, now - unused_for, b, 0 };
   mtasts_buf rb = { NULL, 0, 0 };
@@ -430,14 +430,14 @@ int mtasts_cache_prune(mtasts_env *c, int64_t now, int64_t unused_for, size_t *d
   size_t pos = 0;
   int rc;
   *deleted = 0;
-  if ((rc = run(c, op_scan, &x, "prune", err)) != 0) return rc;
+  if ((rc = run(e, op_scan, &x, "prune", err)) != 0) return rc;
   while (rc == 0 && mtasts_cache_next(b, &pos, &r)) {
     char key[MTASTS_NAME_MAX + 1];
     prune_ctx p;
     memcpy(key, r.key.p, r.key.n);   /* op_scan keeps keys of at most MTASTS_NAME_MAX */
     key[r.key.n] = '\0';
     p.key = key; p.cutoff = x.cutoff; p.deleted = 0; p.b = &rb;
-    rc = run(c, op_prune_one, &p, "prune", err);
+    rc = run(e, op_prune_one, &p, "prune", err);
     *deleted += (size_t)p.deleted;
   }
   mtasts_buf_free(&rb);
@@ -447,13 +447,13 @@ int mtasts_cache_prune(mtasts_env *c, int64_t now, int64_t unused_for, size_t *d
 /* --- verify --- */
 
 /* Every row decodes and names its own key: 0, or MTASTS_ECORRUPT with a count. */
-static int verify_rows(mtasts_env *c, char *err) {
+static int verify_rows(mtasts_env *e, char *err) {
   mtasts_buf b = { NULL, 0, 0 };
   mtasts_cache_rec r;
   mtasts_row row;
   size_t count, pos = 0, bad = 0;
   char why[MTASTS_ERR_MAX], first[MTASTS_NAME_MAX + 1] = "";
-  int rc = scan_all(c, &b, &count, err);
+  int rc = scan_all(e, &b, &count, err);
   while (rc == 0 && mtasts_cache_next(&b, &pos, &r))
     if (!row_of_key(&r, &row, why) && bad++ == 0) {
       memcpy(first, r.key.p, r.key.n);
@@ -462,15 +462,15 @@ static int verify_rows(mtasts_env *c, char *err) {
   mtasts_buf_free(&b);
   if (rc == 0 && bad) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %zu of %zu rows are corrupt (the first: "
-             "%.100s); run `mtasts cache rebuild`", mtasts_env_path(c), bad, count, first);
+             "%.100s); run `mtasts cache rebuild`", mtasts_env_path(e), bad, count, first);
     rc = MTASTS_ECORRUPT;
   }
   return rc;
 }
 
-int mtasts_cache_verify(mtasts_env *c, char *err) {
-  int rc = mtasts_env_verify(c, MTASTS_DB_POLICIES, err);
-  return rc != 0 ? rc : verify_rows(c, err);
+int mtasts_cache_verify(mtasts_env *e, char *err) {
+  int rc = mtasts_env_verify(e, MTASTS_DB_POLICIES, err);
+  return rc != 0 ? rc : verify_rows(e, err);
 }
 
 /* --- salvage (for rebuild.c) --- */

@@ -16,9 +16,9 @@
  * was made in: the first opener after a reboot re-creates it and recovers the environment.
  * Waiting for the gate is bounded (GATE_TIMEOUT_S): a holder that hangs gives an error.
  *
- * Environment handles are shared by every cache object of a process (any number of Lua
- * states, in any threads) through a small process-wide registry: the one mutable global of
- * the module, guarded by a mutex. An entry remembers the process that opened it; a forked
+ * Berkeley DB's handles are shared by every mtasts_env handle of a process on a directory
+ * (policy caches and result stores, any number of Lua states, in any threads) through a
+ * small process-wide registry: the one mutable global of the module, guarded by a mutex. An entry remembers the process that opened it; a forked
  * child never uses its parent's handles. */
 #define _GNU_SOURCE 1  /* fallocate */
 #include "env.h"
@@ -66,7 +66,7 @@ typedef struct shared_env {
   struct shared_env *next;
   char path[PATH_MAX];
   pid_t pid;              /* the process that opened it */
-  int refs;               /* cache handles using it */
+  int refs;               /* mtasts_env handles using it */
   gate_t *gate;           /* mapped mtasts.gate */
   int gate_fd;            /* kept open with a shared fcntl lock on byte 1: "in use" */
   uint64_t gen;           /* the gate generation the handles below belong to */
@@ -565,7 +565,7 @@ static int check_dir(const char *path, char *err) {
 int mtasts_env_open(const char *path, mtasts_env **out, char *err) {
   char real[PATH_MAX];
   shared_env *s;
-  mtasts_env *c;
+  mtasts_env *e;
   int rc = 0;
   err[0] = '\0';
   if ((rc = mkdirs(path)) != 0) {
@@ -578,7 +578,7 @@ int mtasts_env_open(const char *path, mtasts_env **out, char *err) {
     return rc;
   }
   if ((rc = check_dir(real, err)) != 0) return rc;
-  if (!(c = calloc(1, sizeof *c))) return ENOMEM;
+  if (!(e = calloc(1, sizeof *e))) return ENOMEM;
   pthread_mutex_lock(&registry_mu);
   for (s = registry; s; s = s->next)
     if (s->pid == getpid() && strcmp(s->path, real) == 0) break;
@@ -608,12 +608,12 @@ int mtasts_env_open(const char *path, mtasts_env **out, char *err) {
   }
   pthread_mutex_unlock(&registry_mu);
   if (!s) {
-    free(c);
+    free(e);
     if (rc == ENOMEM) snprintf(err, MTASTS_ERR_MAX, "cache %.200s: out of memory", path);
     return rc;
   }
-  c->s = s;
-  *out = c;
+  e->s = s;
+  *out = e;
   return 0;
 }
 
@@ -634,10 +634,10 @@ static void mark_closed_clean(shared_env *s) {
   s->gate->closed_clean = 1;
 }
 
-int mtasts_env_close(mtasts_env *c, char *err) {
-  shared_env *s = c->s, **pp;
+int mtasts_env_close(mtasts_env *e, char *err) {
+  shared_env *s = e->s, **pp;
   int rc = 0;
-  free(c);
+  free(e);
   err[0] = '\0';
   pthread_mutex_lock(&registry_mu);
   if (--s->refs == 0) {

@@ -205,15 +205,15 @@ static FILE *salvage_dump(const char *dir, const char *name, const char *scratch
   return j.out;
 }
 
-/* Read every salvageable row of dir's policies.db into the cache c; keeps the newest row
+/* Read every salvageable row of dir's policies.db into the cache e; keeps the newest row
  * (by last_update) when the salvage shows a domain twice. */
-static int salvage_into(const char *dir, mtasts_env *c, mtasts_rebuild *r, char *err) {
+static int salvage_into(const char *dir, mtasts_env *e, mtasts_rebuild *r, char *err) {
   char *line = NULL;
   size_t cap = 0;
   mtasts_buf d = { NULL, 0, 0 }, old = { NULL, 0, 0 };
   int rc = 0, outcome;
   size_t skipped[2] = { 0, 0 }, part = 0;   /* rows that did not decode, per part */
-  FILE *out = salvage_dump(dir, MTASTS_POLICIES_FILE, mtasts_env_path(c),
+  FILE *out = salvage_dump(dir, MTASTS_POLICIES_FILE, mtasts_env_path(e),
                            DB_SALVAGE | DB_AGGRESSIVE, 1, &r->stopped, &rc, err);
   if (!out) return rc;
   /* Rows name their own domain, so salvage needs no key: aggressive salvage does not keep
@@ -223,7 +223,7 @@ static int salvage_into(const char *dir, mtasts_env *c, mtasts_rebuild *r, char 
   while (getline(&line, &cap, out) > 0) {
     if (strncmp(line, "SALVAGE=BEGIN", 13) == 0) { part = 1; continue; }
     if (unhex(line, &d) != 0) continue;
-    if ((rc = mtasts_cache_put_salvaged(c, &d, &old, &outcome, err)) != 0) break;
+    if ((rc = mtasts_cache_put_salvaged(e, &d, &old, &outcome, err)) != 0) break;
     if (outcome == MTASTS_SALVAGE_BAD) skipped[part]++;
     else if (outcome == MTASTS_SALVAGE_ADDED) r->salvaged++;
   }
@@ -236,17 +236,17 @@ static int salvage_into(const char *dir, mtasts_env *c, mtasts_rebuild *r, char 
   return rc;
 }
 
-/* Carry dir's results.db over into c's. A plain (not aggressive) salvage of the file as it
+/* Carry dir's results.db over into e's. A plain (not aggressive) salvage of the file as it
  * is (checksums on) gives keys and values in turns; as that can slip on damage, a pair is
  * taken only when the key has the store's shape and the value fits the key, and a line that
  * is not a value but a key starts the next pair. The shapes are the result store's
  * (results.c); what records mean is Lua's (docs/tlsrpt.md). */
-static int salvage_results(const char *dir, mtasts_env *c, mtasts_rebuild *r, char *err) {
+static int salvage_results(const char *dir, mtasts_env *e, mtasts_rebuild *r, char *err) {
   char *line = NULL;
   size_t cap = 0;
   mtasts_buf k = { NULL, 0, 0 }, v = { NULL, 0, 0 };
   int rc = 0, have_key = 0;
-  FILE *out = salvage_dump(dir, MTASTS_RESULTS_FILE, mtasts_env_path(c), DB_SALVAGE, 0,
+  FILE *out = salvage_dump(dir, MTASTS_RESULTS_FILE, mtasts_env_path(e), DB_SALVAGE, 0,
                            &r->stopped, &rc, err);
   if (!out) return rc;
   while (getline(&line, &cap, out) > 0) {
@@ -266,7 +266,7 @@ static int salvage_results(const char *dir, mtasts_env *c, mtasts_rebuild *r, ch
     have_key = 0;
     {
       int added;
-      if ((rc = mtasts_results_put_salvaged(c, k.p, k.n, v.p, v.n, &added, err)) != 0) break;
+      if ((rc = mtasts_results_put_salvaged(e, k.p, k.n, v.p, v.n, &added, err)) != 0) break;
       r->results += (size_t)added;
     }
   }
@@ -344,7 +344,7 @@ static void remove_dir(const char *dir) {
 int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
   char real[PATH_MAX], fresh[PATH_MAX + 32], scratch[PATH_MAX + 32];
   const char *from;
-  mtasts_env *c = NULL;
+  mtasts_env *e = NULL;
   struct tm tm;
   time_t now = time(NULL);
   int fd, rc;
@@ -369,13 +369,13 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
     return rc;
   }
   from = recovered_copy(real, scratch, &r->stopped) ? scratch : real;
-  if ((rc = mtasts_env_open(fresh, &c, err)) == 0) {
-    rc = salvage_into(from, c, r, err);
-    if (rc == 0) rc = salvage_results(from, c, r, err);
-    if (rc == 0) rc = mtasts_cache_verify(c, err);
+  if ((rc = mtasts_env_open(fresh, &e, err)) == 0) {
+    rc = salvage_into(from, e, r, err);
+    if (rc == 0) rc = salvage_results(from, e, r, err);
+    if (rc == 0) rc = mtasts_cache_verify(e, err);
     {
       char e2[MTASTS_ERR_MAX];
-      int r2 = mtasts_env_close(c, e2);
+      int r2 = mtasts_env_close(e, e2);
       if (rc == 0 && r2 != 0) { rc = r2; memcpy(err, e2, MTASTS_ERR_MAX); }
     }
   }
