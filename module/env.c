@@ -126,7 +126,7 @@ static int mkdirs(const char *path) {
 /* What the log files of a directory look like: their numbers, sizes and modification times,
  * hashed (FNV-1a). Any write to the log changes it. */
 static uint64_t log_fingerprint(const char *path) {
-  char file[PATH_MAX + 64];
+  char file[PATH_MAX + 260];   /* the directory, "/", a d_name of up to 255 bytes */
   uint64_t h = 14695981039346656037ull;
   DIR *d = opendir(path);
   struct dirent *e;
@@ -167,7 +167,7 @@ static int room_for_regions(const char *path) {
 
 /* Unlink the shared region files (__db.001, __db.002, ...) of a directory nobody uses. */
 static void remove_regions(const char *path) {
-  char file[PATH_MAX + 64];
+  char file[PATH_MAX + 260];   /* the directory, "/", a d_name of up to 255 bytes */
   DIR *d = opendir(path);
   struct dirent *e;
   if (!d) return;

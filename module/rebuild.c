@@ -386,9 +386,9 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
     snprintf(moved_to, PATH_MAX, "%.*s.broken-%s", PATH_MAX - 48, real, stamp);
     {   /* two rebuilds in one second: the second old copy gets a number */
       struct stat st;
-      int n;
+      unsigned n;
       for (n = 2; lstat(moved_to, &st) == 0 && n < 1000; n++)
-        snprintf(moved_to, PATH_MAX, "%.*s.broken-%s-%d", PATH_MAX - 48, real, stamp, n);
+        snprintf(moved_to, PATH_MAX, "%.*s.broken-%s-%u", PATH_MAX - 48, real, stamp, n);
     }
     if (rename(real, moved_to) != 0 || rename(fresh, real) != 0) {
       rc = errno;
