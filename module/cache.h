@@ -50,8 +50,9 @@ int mtasts_cache_next(const mtasts_buf *b, size_t *pos, mtasts_cache_rec *r);
 int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err);
 
-/* Flush everything to the database file (a forced checkpoint), then verify the file's
- * structure with DB->verify. 0, DB_VERIFY_BAD, or another error code. */
+/* Flush everything to the database file (a forced checkpoint), verify the file's structure
+ * with DB->verify, then decode every row. 0, DB_VERIFY_BAD or another code for the file,
+ * or MTASTS_ECORRUPT ("2 of 6 rows are corrupt (the first: ...)"). */
 int mtasts_cache_verify(mtasts_env *e, char *err);
 
 /* A row read back from a damaged cache (rebuild.c), stored under the domain it names unless
