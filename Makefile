@@ -46,6 +46,7 @@ OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
 ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 # the pure C parts (no Lua header): what the fuzz harnesses link
 PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c
+HDRS := $(wildcard module/*.h)
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 
 all: build/mtasts/core.so $(if $(strip $(CHECK_LUA_DEPS)),check-lua-deps)
@@ -75,12 +76,12 @@ build/asan/mtasts/core.so: $(ASAN_OBJS)
 	$(CC) -shared $(SAN_FLAGS) -o $@ $(ASAN_OBJS) -L$(BDB_LIBDIR) $(DEP_LIBS)
 
 # --- fuzz harnesses: libFuzzer builds, and replay builds (gcc, ASan/UBSan) for `make test` ---
-build/fuzz/%: fuzz/fuzz_%.c $(PURE) module/mtasts.h | deps-fuzz
+build/fuzz/%: fuzz/fuzz_%.c $(PURE) $(HDRS) | deps-fuzz
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -Imodule $(DEP_CFLAGS) -o $@ $< $(PURE) $(DEP_LIBS)
 
-build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
+build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) $(HDRS) | deps-build
 	@mkdir -p $(@D)
 	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 -D_DEFAULT_SOURCE -Wall -Wextra \
 	  -Imodule $(DEP_CFLAGS) -o $@ $< fuzz/replay.c $(PURE) $(DEP_LIBS)
@@ -89,12 +90,12 @@ build/replay/%: fuzz/fuzz_%.c fuzz/replay.c $(PURE) module/mtasts.h | deps-build
 # win over the patterns above).
 LUA_HARNESS_SRC := fuzz/fuzz_lua.c $(SRCS)
 LUA_HARNESS_FLAGS = -Imodule -I$(BDB_INCDIR) $(LUA_CFLAGS) $(DEP_CFLAGS) -D_DEFAULT_SOURCE
-build/fuzz/lua: $(LUA_HARNESS_SRC) module/mtasts.h | deps-fuzz
+build/fuzz/lua: $(LUA_HARNESS_SRC) $(HDRS) | deps-fuzz
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  $(LUA_HARNESS_FLAGS) -o $@ $(LUA_HARNESS_SRC) -llua5.4 -L$(BDB_LIBDIR) $(DEP_LIBS)
 
-build/replay/lua: $(LUA_HARNESS_SRC) fuzz/replay.c module/mtasts.h | deps-build
+build/replay/lua: $(LUA_HARNESS_SRC) fuzz/replay.c $(HDRS) | deps-build
 	@mkdir -p $(@D)
 	$(CC) -g -O1 $(SAN_FLAGS) -std=c99 $(LUA_HARNESS_FLAGS) \
 	  -o $@ $(LUA_HARNESS_SRC) fuzz/replay.c -llua5.4 -L$(BDB_LIBDIR) $(DEP_LIBS)

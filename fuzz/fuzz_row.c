@@ -1,6 +1,6 @@
 /* libFuzzer harness: the cache row decoder (bytes read back from disk). A row it accepts
  * must be walkable to its end, and re-encoding it must give back the same bytes. */
-#include "cache.h"
+#include "row.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,96 +1,70 @@
-/* cache.h: the MTA-STS policy cache (cache.c) and its row encoding (row.c). Pure C, no Lua.
- * Included by the binding (lua_cache.c), the fuzz harness of the row decoder and C tools. */
+/* cache.h: the MTA-STS policy cache (cache.c). Pure C, no Lua. Its rows are encoded by
+ * row.c (row.h). Included by the binding (lua_cache.c). */
 #ifndef MTASTS_CACHE_H
 #define MTASTS_CACHE_H
 
+#include "buf.h"
+#include "env.h"
 #include "mtasts.h"
+#include "row.h"
 
 #include <limits.h>
 
-#define MTASTS_ROW_FORMAT 1            /* first byte of every encoded row */
 #define MTASTS_BACKOFF_SECONDS 300     /* a failed fetch is not retried for this long */
 #define MTASTS_TOUCH_SECONDS 60        /* last_use is written at most this often per row */
 
-/* A growable byte buffer, owned by whoever holds it (a Lua userdata in the binding). */
-typedef struct { unsigned char *p; size_t n, cap; } mtasts_buf;
-int mtasts_buf_reserve(mtasts_buf *b, size_t need);   /* 0, or ENOMEM */
-void mtasts_buf_free(mtasts_buf *b);
-
-/* A decoded row. Spans and sections point into the encoded bytes, which must outlive it. */
-typedef struct {
-  int64_t inserted, valid_end, last_update, last_use;
-  int backoff, mode;
-  uint32_t max_age;
-  mtasts_span domain, record_id, policy_text;
-  const unsigned char *mx, *ext;   /* encoded sections, read with mtasts_row_next_* */
-  uint32_t n_mx, n_ext;
-} mtasts_row;
-
-typedef struct { const unsigned char *p; uint32_t left; } mtasts_row_iter;
-
-/* Encode a row into b (replacing its contents). p may be NULL for a backoff row. */
-int mtasts_row_encode(mtasts_buf *b, const mtasts_row *meta, const mtasts_policy *p,
-                      mtasts_span text);
-/* Decode and fully validate an encoded row: 0, or -1 with a message in err. */
-int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *err);
-void mtasts_row_mx_iter(const mtasts_row *row, mtasts_row_iter *it);
-void mtasts_row_ext_iter(const mtasts_row *row, mtasts_row_iter *it);
-int mtasts_row_next_mx(mtasts_row_iter *it, mtasts_span *mx);            /* 1 or 0 at end */
-int mtasts_row_next_ext(mtasts_row_iter *it, mtasts_span *k, mtasts_span *v);
-/* Offset of last_use inside an encoded row (patched in place by a touch). */
-#define MTASTS_ROW_LAST_USE_OFFSET 26
-
-/* --- the cache --- */
-
-/* Error codes of our own (BDB codes and errno values are passed through as they are). */
-#define MTASTS_ECORRUPT (-40001)        /* a row that does not decode */
-#define MTASTS_EPOLICY  (-40002)        /* upsert given a policy text that does not parse */
-#define MTASTS_EDOMAIN  (-40003)        /* a key that is not a domain name */
-
-typedef struct mtasts_cache mtasts_cache;
-
-/* Open (creating if needed, mode 0700/0600) the cache environment in directory path.
- * 0, or an error code with a message in err. *out is set only on success. */
-int mtasts_cache_open(const char *path, mtasts_cache **out, char *err);
-/* Close the handle; the environment closes when the last handle of the process closes.
- * Returns 0 or an error code (the handle is gone either way). */
-int mtasts_cache_close(mtasts_cache *c, char *err);
-const char *mtasts_cache_path(const mtasts_cache *c);
+/* The cache is policies.db of an environment (env.h: mtasts_env_open, mtasts_env_close);
+ * every function takes a handle on it. */
 
 /* Look a domain up. *found is 1 with the row decoded from b when a row exists and
  * now < valid_end; 0 otherwise. Writes last_use when it is MTASTS_TOUCH_SECONDS old.
  * key (MTASTS_NAME_MAX + 1 bytes) receives the domain as the cache keys it (A-labels). */
-int mtasts_cache_lookup(mtasts_cache *c, const char *domain, int64_t now, mtasts_buf *b,
+int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_buf *b,
                         mtasts_row *row, int *found, char *key, char *err);
 /* Insert or replace the row of a domain: a policy (text parsed here), or a backoff row
  * when text is NULL. Committed durably before it returns 0. */
-int mtasts_cache_upsert(mtasts_cache *c, const char *domain, const char *record_id,
+int mtasts_cache_upsert(mtasts_env *e, const char *domain, const char *record_id,
                         const char *text, size_t text_len, int64_t now, mtasts_buf *b,
                         char *err);
 /* The record id was seen unchanged: last_update = now, and with extend also
  * valid_end = now + max_age (not for backoff rows). *found = 0 when there is no row. */
-int mtasts_cache_mark_checked(mtasts_cache *c, const char *domain, int64_t now, int extend,
+int mtasts_cache_mark_checked(mtasts_env *e, const char *domain, int64_t now, int extend,
                               int *found, mtasts_buf *b, char *err);
-int mtasts_cache_delete(mtasts_cache *c, const char *domain, int *found, char *err);
+int mtasts_cache_delete(mtasts_env *e, const char *domain, int *found, char *err);
 
-/* Scans copy what they find into b as records: u16 domain length, domain, u32 row length,
- * row (the row is empty for mtasts_cache_due). *count is the number of records. */
-int mtasts_cache_scan(mtasts_cache *c, mtasts_buf *b, size_t *count, char *err);
-/* Domains whose last_update <= now - older_than (oldest first is not guaranteed). */
-int mtasts_cache_due(mtasts_cache *c, int64_t now, int64_t older_than, mtasts_buf *b,
+/* Every row that decodes and names its own key (the others are left out; verify counts
+ * them), most recently used first, ties by domain. *rows points to *n rows decoded into
+ * index, which point into scan: both buffers are the caller's, reused from call to call,
+ * and hold the rows until the next call. */
+int mtasts_cache_list(mtasts_env *e, mtasts_buf *scan, mtasts_buf *index,
+                      const mtasts_row **rows, size_t *n, char *err);
+/* Domains whose last_update <= now - older_than (oldest first is not guaranteed), copied
+ * into b; read them with mtasts_cache_next. *count is how many. */
+int mtasts_cache_due(mtasts_env *e, int64_t now, int64_t older_than, mtasts_buf *b,
                      size_t *count, char *err);
+/* A record of a scan buffer: a key, and its encoded row (empty after mtasts_cache_due). */
+typedef struct { mtasts_span key; const unsigned char *row; size_t rn; } mtasts_cache_rec;
+/* The record at *pos of b (start with *pos = 0): 1 and the record, or 0 after the last. */
+int mtasts_cache_next(const mtasts_buf *b, size_t *pos, mtasts_cache_rec *r);
 /* Delete rows whose last_use < now - unused_for; *deleted is how many. */
-int mtasts_cache_prune(mtasts_cache *c, int64_t now, int64_t unused_for, size_t *deleted,
+int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err);
 
-/* Flush everything to the database file (a forced checkpoint), then verify the file's
- * structure with DB->verify. 0, DB_VERIFY_BAD, or another error code. */
-int mtasts_cache_verify(mtasts_cache *c, char *err);
+/* Flush everything to the database file (a forced checkpoint), verify the file's structure
+ * with DB->verify, then decode every row. 0, DB_VERIFY_BAD or another code for the file,
+ * or MTASTS_ECORRUPT ("2 of 6 rows are corrupt (the first: ...)"). */
+int mtasts_cache_verify(mtasts_env *e, char *err);
 
-/* The gate's generation (changes with every recovery), and how many recoveries a death
- * inside the cache or a panic caused since the gate was made. */
-uint64_t mtasts_cache_generation(const mtasts_cache *c);
-uint64_t mtasts_cache_recoveries(const mtasts_cache *c);
+/* A row read back from a damaged cache (rebuild.c), stored under the domain it names unless
+ * a copy at least as new (by last_update) is there already. *outcome: IGNORED (not a row of
+ * this format), BAD (does not decode, or names no proper domain), ADDED (a domain not there
+ * before, or whose row did not decode), MERGED (a newer copy won, or this one replaced an
+ * older one). old is scratch. 0, or an error code with a message in err. */
+enum { MTASTS_SALVAGE_IGNORED, MTASTS_SALVAGE_BAD, MTASTS_SALVAGE_ADDED, MTASTS_SALVAGE_MERGED };
+int mtasts_cache_put_salvaged(mtasts_env *e, const mtasts_buf *row, mtasts_buf *old,
+                              int *outcome, char *err);
+
+/* --- rebuild (rebuild.c) --- */
 
 /* What a rebuild did: policy rows salvaged, rows that did not decode, result store records
  * carried over, how many helper processes (recovery, salvagers) were stopped after
@@ -108,17 +82,5 @@ typedef struct {
  * the log, so writes a killed process committed are kept. Fails with EBUSY while any
  * process has the cache open. */
 int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err);
-
-/* --- the TLSRPT result store (results.c) lives in the same environment, in results.db --- */
-struct __db_env;
-struct __db;
-typedef int (*mtasts_store_fn)(struct __db_env *env, struct __db *db, void *ctx);
-/* Run fn on results.db inside the gate, with the cache's retry and recovery rules; writes
- * lets the environment checkpoint afterwards. 0, or an error code with a message in err. */
-int mtasts_store_run(mtasts_cache *c, mtasts_store_fn fn, void *ctx, int writes,
-                     const char *what, char *err);
-
-/* Stable code string for an error code: DB_NOTFOUND, DB_LOCK_DEADLOCK, ENOSPC, CORRUPT... */
-const char *mtasts_code_name(int rc);
 
 #endif

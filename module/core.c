@@ -2,6 +2,7 @@
  * each binding file add its functions and classes. mtasts.core is internal: applications
  * use the Lua modules in lua/mtasts/. */
 #define _GNU_SOURCE 1  /* dladdr */
+#include "lua_util.h"
 #include "mtasts.h"
 
 #include <curl/curl.h>
@@ -14,9 +15,9 @@
 #include <lua.h>
 #include <openssl/crypto.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unbound.h>
 #include <zlib.h>
 
@@ -36,10 +37,9 @@ static int core_poll(lua_State *L) {
   p.revents = 0;
   do rc = poll(&p, 1, ms); while (rc < 0 && errno == EINTR);
   if (rc < 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "poll: %s", strerror(errno));
-    lua_pushliteral(L, "epoll");
-    return 3;
+    char msg[128];
+    snprintf(msg, sizeof msg, "poll: %s", strerror(errno));
+    return mtasts_lua_fail(L, msg, "epoll");
   }
   lua_pushboolean(L, rc > 0);
   return 1;
@@ -48,9 +48,7 @@ static int core_poll(lua_State *L) {
 /* monotonic() -> seconds (float) on a clock that never jumps: for measuring durations in
  * tests and benchmarks. Policy logic takes its time from the client's clock instead. */
 static int monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)mtasts_monotonic());
   return 1;
 }
 
@@ -87,10 +85,9 @@ static int library_versions(lua_State *L) {
 static int nofile(lua_State *L) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "getrlimit: %s", strerror(errno));
-    lua_pushliteral(L, "eio");
-    return 3;
+    char msg[128];
+    snprintf(msg, sizeof msg, "getrlimit: %s", strerror(errno));
+    return mtasts_lua_fail(L, msg, "eio");
   }
   if (!lua_isnoneornil(L, 1)) {
     lua_Integer want = luaL_checkinteger(L, 1);
@@ -122,7 +119,7 @@ static int nofile(lua_State *L) {
 
 /* Keep this library loaded until the process ends: Lua unloads C modules when a state
  * closes, but libunbound's thread and libdb's handles of an abandoned environment
- * (cache.c) may outlive the state, and their code and the list that holds those handles
+ * (env.c) may outlive the state, and their code and the list that holds those handles
  * must stay mapped. */
 static void pin_module(void) {
   Dl_info info;

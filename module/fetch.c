@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 struct mtasts_fetcher {
@@ -45,12 +44,6 @@ struct mtasts_fetcher {
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
 static void init_curl(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* CURLMOPT_SOCKETFUNCTION: keep the epoll set in step with what curl waits for. */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
@@ -73,7 +66,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 static int on_timer(CURLM *m, long timeout_ms, void *userp) {
   mtasts_fetcher *f = userp;
   (void)m;
-  f->deadline = timeout_ms < 0 ? -1 : now_s() + (double)timeout_ms / 1000.0;
+  f->deadline = timeout_ms < 0 ? -1 : mtasts_monotonic() + (double)timeout_ms / 1000.0;
   return 0;
 }
 
@@ -139,11 +132,9 @@ int mtasts_address_is_global(const struct sockaddr *sa) {
      * bytes 2-5 */
     if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 ||
         (memcmp(b, zero, 12) == 0 && (b[12] | b[13] | b[14]) != 0))
-      return v4_is_global((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 |
-                          (uint32_t)b[14] << 8 | b[15]);
+      return v4_is_global(mtasts_get_u32(b + 12));
     if (b[0] == 0x20 && b[1] == 0x02)
-      return v4_is_global((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 |
-                          (uint32_t)b[4] << 8 | b[5]);
+      return v4_is_global(mtasts_get_u32(b + 2));
     if (memcmp(b, zero, 15) == 0) return 0;                  /* :: and ::1 */
     if ((b[0] & 0xfe) == 0xfc) return 0;                     /* fc00::/7 unique local */
     if (b[0] == 0xfe && (b[1] & 0x80) == 0x80) return 0;     /* fe80::/10, fec0::/10 */
@@ -322,7 +313,7 @@ double mtasts_fetcher_timeout(mtasts_fetcher *f) {
   double t;
   if (f->done) return 0;
   if (f->deadline < 0) return f->n_active ? 1.0 : -1;   /* curl has no timer: look again */
-  t = f->deadline - now_s();
+  t = f->deadline - mtasts_monotonic();
   return t > 0 ? t : 0;
 }
 
@@ -368,7 +359,7 @@ int mtasts_fetcher_step(mtasts_fetcher *f, char *err) {
       return -1;
     }
   }
-  if (f->n_active && (f->deadline < 0 || now_s() >= f->deadline)) {
+  if (f->n_active && (f->deadline < 0 || mtasts_monotonic() >= f->deadline)) {
     f->deadline = -1;
     mc = curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     if (mc != CURLM_OK) {

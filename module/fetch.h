@@ -2,7 +2,8 @@
 #ifndef MTASTS_FETCH_H
 #define MTASTS_FETCH_H
 
-#include "cache.h"   /* mtasts_buf */
+#include "buf.h"
+#include "mtasts.h"
 
 typedef struct {
   const char *cafile, *capath;   /* NULL: the system's trust store */

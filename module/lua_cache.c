@@ -1,42 +1,34 @@
-/* lua_cache.c: the mtasts.cache class, binding cache.c. Translate, and do nothing else.
- * Contract: docs/cache.md; errors: docs/errors.md. */
+/* lua_cache.c: the mtasts.cache class, binding cache.c (and rebuild.c). Translate, and do
+ * nothing else. Contract: docs/cache.md; errors: docs/errors.md; lifecycle: lua_util.h. */
 #include "cache.h"
+#include "lua_util.h"
 
-#include <lauxlib.h>
-#include <limits.h>
-#include <lua.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define CACHE_MT "mtasts.cache"
-#define SCRATCH_MT "mtasts.scratch"
 
 typedef struct {
-  mtasts_cache *c;        /* NULL once closed */
+  mtasts_env *e;          /* first: NULL once closed (lua_util.h) */
   mtasts_buf buf;         /* rows read and written; owned here, freed in release */
   mtasts_buf scan;        /* what scans copy out */
+  mtasts_buf index;       /* cache:list's decoded rows, pointing into scan */
 } lcache;
 
-static int cache_release(lcache *u, char *err) {
+static int cache_release(void *p, char *err) {
+  lcache *u = p;
   int rc = 0;
-  if (u->c) rc = mtasts_cache_close(u->c, err);
-  u->c = NULL;
+  if (u->e) rc = mtasts_env_close(u->e, err);
+  u->e = NULL;
   mtasts_buf_free(&u->buf);
   mtasts_buf_free(&u->scan);
+  mtasts_buf_free(&u->index);
   return rc;
 }
 
-static lcache *cache_check(lua_State *L, int idx) {
-  lcache *u = luaL_checkudata(L, idx, CACHE_MT);
-  if (!u->c) luaL_error(L, "attempt to use a closed " CACHE_MT);
-  return u;
-}
+static const mtasts_lua_class cache_class = { CACHE_MT, cache_release, NULL };
 
-static int fail(lua_State *L, int rc, const char *msg) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, mtasts_code_name(rc));
-  return 3;
+static lcache *cache_check(lua_State *L, int idx) {
+  return mtasts_lua_class_check(L, idx, &cache_class);
 }
 
 /* A domain argument: a string without NUL bytes (a NUL is a domain-syntax failure). */
@@ -56,12 +48,12 @@ static int64_t check_time(lua_State *L, int idx) {
 static void push_span(lua_State *L, mtasts_span s) { lua_pushlstring(L, s.p, s.n); }
 
 /* The row table of docs/cache.md. */
-static void push_row(lua_State *L, const char *domain, size_t dn, const mtasts_row *r) {
+static void push_row(lua_State *L, const mtasts_row *r) {
   mtasts_row_iter it;
   mtasts_span a, b;
   int i;
   lua_createtable(L, 0, 10);
-  lua_pushlstring(L, domain, dn);
+  push_span(L, r->domain);
   lua_setfield(L, -2, "domain");
   lua_pushinteger(L, (lua_Integer)r->inserted);
   lua_setfield(L, -2, "inserted");
@@ -113,11 +105,9 @@ static void push_row(lua_State *L, const char *domain, size_t dn, const mtasts_r
 static int cache_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   char err[MTASTS_ERR_MAX];
-  lcache *u = lua_newuserdatauv(L, sizeof *u, 0);
+  lcache *u = mtasts_lua_class_new(L, &cache_class, sizeof *u);
   int rc;
-  memset(u, 0, sizeof *u);
-  luaL_setmetatable(L, CACHE_MT);
-  if ((rc = mtasts_cache_open(path, &u->c, err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   return 1;
 }
 
@@ -129,14 +119,14 @@ static int cache_lookup(lua_State *L) {
   int64_t now = check_time(L, 3);
   char err[MTASTS_ERR_MAX], key[MTASTS_NAME_MAX + 1];
   mtasts_row row;
-  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_lookup(u->c, domain, now, &u->buf, &row, &found, key, err);
-  if (rc != 0) return fail(L, rc, err);
+  if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  rc = mtasts_cache_lookup(u->e, domain, now, &u->buf, &row, &found, key, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   if (!found) {
     lua_pushnil(L);
     return 1;
   }
-  push_row(L, key, strlen(key), &row);
+  push_row(L, &row);   /* the row names key: mtasts_cache_lookup checked */
   return 1;
 }
 
@@ -153,10 +143,10 @@ static int cache_upsert(lua_State *L) {
     luaL_checktype(L, 4, LUA_TSTRING);
     text = lua_tolstring(L, 4, &tn);
   }
-  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
   if (strlen(id) != idn) return luaL_argerror(L, 3, "record id contains a NUL byte");
-  rc = mtasts_cache_upsert(u->c, domain, id, text, tn, now, &u->buf, err);
-  if (rc != 0) return fail(L, rc, err);
+  rc = mtasts_cache_upsert(u->e, domain, id, text, tn, now, &u->buf, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -169,9 +159,9 @@ static int cache_mark_checked(lua_State *L) {
   int64_t now = check_time(L, 3);
   int extend = lua_toboolean(L, 4);
   char err[MTASTS_ERR_MAX];
-  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_mark_checked(u->c, domain, now, extend, &found, &u->buf, err);
-  if (rc != 0) return fail(L, rc, err);
+  if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  rc = mtasts_cache_mark_checked(u->e, domain, now, extend, &found, &u->buf, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, found);
   return 1;
 }
@@ -182,39 +172,11 @@ static int cache_delete(lua_State *L) {
   int bad, found, rc;
   const char *domain = check_domain(L, 2, &bad);
   char err[MTASTS_ERR_MAX];
-  if (bad) return fail(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_delete(u->c, domain, &found, err);
-  if (rc != 0) return fail(L, rc, err);
+  if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  rc = mtasts_cache_delete(u->e, domain, &found, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, found);
   return 1;
-}
-
-typedef struct {
-  const char *key;
-  size_t kn;
-  const unsigned char *row;
-  size_t rn;
-  mtasts_row r;   /* decoded */
-} entry;
-
-static int by_use(const void *a, const void *b) {
-  const entry *x = a, *y = b;
-  size_t n = x->kn < y->kn ? x->kn : y->kn;
-  int c;
-  if (x->r.last_use != y->r.last_use) return x->r.last_use > y->r.last_use ? -1 : 1;
-  if ((c = memcmp(x->key, y->key, n)) != 0) return c;
-  return x->kn < y->kn ? -1 : x->kn > y->kn;
-}
-
-/* Walk a scan buffer: record at pos -> key, row; returns the next position. */
-static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
-  e->kn = (size_t)b->p[pos] << 8 | b->p[pos + 1];
-  e->key = (const char *)b->p + pos + 2;
-  pos += 2 + e->kn;
-  e->rn = (size_t)b->p[pos] << 24 | (size_t)b->p[pos + 1] << 16 | (size_t)b->p[pos + 2] << 8 |
-          b->p[pos + 3];
-  e->row = b->p + pos + 4;
-  return pos + 4 + e->rn;
 }
 
 /* cache:list() -> { row, ... } most recently used first | fail. Rows that do not decode or
@@ -222,22 +184,13 @@ static size_t next_record(const mtasts_buf *b, size_t pos, entry *e) {
 static int cache_list(lua_State *L) {
   lcache *u = cache_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  size_t count, i, pos = 0, n = 0;
-  entry *v;
-  int rc = mtasts_cache_scan(u->c, &u->scan, &count, err);
-  if (rc != 0) return fail(L, rc, err);
-  /* the index lives in a userdata, so nothing is lost if a push below raises */
-  v = lua_newuserdatauv(L, (count ? count : 1) * sizeof *v, 0);
-  for (i = 0; i < count; i++) {
-    pos = next_record(&u->scan, pos, &v[n]);
-    if (mtasts_row_decode(v[n].row, v[n].rn, &v[n].r, err) == 0 && v[n].r.domain.n == v[n].kn &&
-        memcmp(v[n].r.domain.p, v[n].key, v[n].kn) == 0)
-      n++;
-  }
-  qsort(v, n, sizeof *v, by_use);
+  const mtasts_row *rows;
+  size_t n, i;
+  int rc = mtasts_cache_list(u->e, &u->scan, &u->index, &rows, &n, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_createtable(L, (int)n, 0);
   for (i = 0; i < n; i++) {
-    push_row(L, v[i].key, v[i].kn, &v[i].r);
+    push_row(L, &rows[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
@@ -248,15 +201,15 @@ static int cache_due(lua_State *L) {
   lcache *u = cache_check(L, 1);
   int64_t now = check_time(L, 2), older = check_time(L, 3);
   char err[MTASTS_ERR_MAX];
-  size_t count, i, pos = 0;
-  int rc = mtasts_cache_due(u->c, now, older, &u->scan, &count, err);
-  if (rc != 0) return fail(L, rc, err);
+  mtasts_cache_rec r;
+  size_t count, pos = 0;
+  lua_Integer i;
+  int rc = mtasts_cache_due(u->e, now, older, &u->scan, &count, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_createtable(L, (int)count, 0);
-  for (i = 0; i < count; i++) {
-    entry e;
-    pos = next_record(&u->scan, pos, &e);
-    lua_pushlstring(L, e.key, e.kn);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  for (i = 1; mtasts_cache_next(&u->scan, &pos, &r); i++) {
+    push_span(L, r.key);
+    lua_rawseti(L, -2, i);
   }
   return 1;
 }
@@ -267,8 +220,8 @@ static int cache_prune(lua_State *L) {
   int64_t now = check_time(L, 2), unused = check_time(L, 3);
   char err[MTASTS_ERR_MAX];
   size_t deleted;
-  int rc = mtasts_cache_prune(u->c, now, unused, &deleted, &u->scan, err);
-  if (rc != 0) return fail(L, rc, err);
+  int rc = mtasts_cache_prune(u->e, now, unused, &deleted, &u->scan, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushinteger(L, (lua_Integer)deleted);
   return 1;
 }
@@ -277,8 +230,8 @@ static int cache_prune(lua_State *L) {
 static int cache_verify(lua_State *L) {
   lcache *u = cache_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  int rc = mtasts_cache_verify(u->c, err);
-  if (rc != 0) return fail(L, rc, err);
+  int rc = mtasts_cache_verify(u->e, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -287,11 +240,11 @@ static int cache_verify(lua_State *L) {
 static int cache_stats(lua_State *L) {
   lcache *u = cache_check(L, 1);
   lua_createtable(L, 0, 3);
-  lua_pushinteger(L, (lua_Integer)mtasts_cache_recoveries(u->c));
+  lua_pushinteger(L, (lua_Integer)mtasts_env_recoveries(u->e));
   lua_setfield(L, -2, "recoveries");
-  lua_pushstring(L, mtasts_cache_path(u->c));
+  lua_pushstring(L, mtasts_env_path(u->e));
   lua_setfield(L, -2, "path");
-  lua_pushinteger(L, (lua_Integer)mtasts_cache_generation(u->c));
+  lua_pushinteger(L, (lua_Integer)mtasts_env_generation(u->e));
   lua_setfield(L, -2, "generation");
   return 1;
 }
@@ -299,30 +252,7 @@ static int cache_stats(lua_State *L) {
 /* cache:path() -> the directory, resolved */
 static int cache_path(lua_State *L) {
   lcache *u = cache_check(L, 1);
-  lua_pushstring(L, mtasts_cache_path(u->c));
-  return 1;
-}
-
-/* cache:close() -> true | fail; a second close returns true */
-static int cache_close(lua_State *L) {
-  lcache *u = luaL_checkudata(L, 1, CACHE_MT);
-  char err[MTASTS_ERR_MAX];
-  int rc = cache_release(u, err);
-  if (rc != 0) return fail(L, rc, err);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int cache__gc(lua_State *L) {
-  char err[MTASTS_ERR_MAX];
-  (void)cache_release(luaL_checkudata(L, 1, CACHE_MT), err);
-  return 0;
-}
-
-static int cache__tostring(lua_State *L) {
-  lcache *u = luaL_checkudata(L, 1, CACHE_MT);
-  if (u->c) lua_pushfstring(L, CACHE_MT " (%p)", (void *)u);
-  else lua_pushliteral(L, CACHE_MT " (closed)");
+  lua_pushstring(L, mtasts_env_path(u->e));
   return 1;
 }
 
@@ -332,7 +262,7 @@ static int cache_rebuild(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   mtasts_rebuild r;
   int rc = mtasts_cache_rebuild(path, &r, err);
-  if (rc != 0) return fail(L, rc, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)r.salvaged);
   lua_setfield(L, -2, "salvaged");
@@ -348,12 +278,6 @@ static int cache_rebuild(lua_State *L) {
 }
 
 void mtasts_open_cache(lua_State *L) {
-  static const luaL_Reg meta[] = {
-    { "__gc", cache__gc },
-    { "__close", cache__gc },
-    { "__tostring", cache__tostring },
-    { NULL, NULL }
-  };
   static const luaL_Reg methods[] = {
     { "lookup", cache_lookup },
     { "upsert", cache_upsert },
@@ -365,14 +289,9 @@ void mtasts_open_cache(lua_State *L) {
     { "verify", cache_verify },
     { "stats", cache_stats },
     { "path", cache_path },
-    { "close", cache_close },
     { NULL, NULL }
   };
-  if (luaL_newmetatable(L, CACHE_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
+  mtasts_lua_class_register(L, &cache_class, methods);   /* close comes with the class */
   lua_pop(L, 1);
   lua_pushcfunction(L, cache_open);
   lua_setfield(L, -2, "cache_open");

@@ -1,10 +1,9 @@
 /* lua_fetch.c: the mtasts.fetcher class, binding fetch.c. Translate, and do nothing else.
- * Contract: docs/fetch.md. */
+ * Contract: docs/fetch.md; lifecycle: lua_util.h. */
 #include "fetch.h"
+#include "lua_util.h"
 
 #include <arpa/inet.h>
-#include <lauxlib.h>
-#include <lua.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -12,73 +11,20 @@
 #define FETCHER_MT "mtasts.fetcher"
 #define MAX_LIST 64
 
-typedef struct { mtasts_fetcher *f; } lfetcher;   /* f NULL once closed */
+typedef struct { mtasts_fetcher *f; } lfetcher;   /* f: NULL once closed (lua_util.h) */
 
-static void fetcher_release(lfetcher *u) {
+static int fetcher_release(void *p, char *err) {
+  lfetcher *u = p;
+  (void)err;
   mtasts_fetcher_free(u->f);
   u->f = NULL;
+  return 0;
 }
+
+static const mtasts_lua_class fetcher_class = { FETCHER_MT, fetcher_release, NULL };
 
 static lfetcher *fetcher_check(lua_State *L, int idx) {
-  lfetcher *u = luaL_checkudata(L, idx, FETCHER_MT);
-  if (!u->f) luaL_error(L, "attempt to use a closed " FETCHER_MT);
-  return u;
-}
-
-static int fail(lua_State *L, const char *msg, const char *code) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, code);
-  return 3;
-}
-
-static void check_keys(lua_State *L, int t, const char *fn, const char *const *keys) {
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-    int i, ok = 0;
-    for (i = 0; keys[i]; i++) ok |= strcmp(keys[i], k) == 0;
-    if (!ok) luaL_error(L, "bad argument #1 to '%s' (unknown option '%s')", fn, k);
-    lua_pop(L, 1);
-  }
-}
-
-static const char *opt_string(lua_State *L, int t, const char *k, const char *fn) {
-  int ty = lua_getfield(L, t, k);
-  if (ty == LUA_TNIL) { lua_pop(L, 1); return NULL; }
-  if (ty != LUA_TSTRING) luaL_error(L, "bad argument #1 to '%s' (%s must be a string)", fn, k);
-  return lua_tostring(L, -1);   /* left on the stack: anchored until the function returns */
-}
-
-/* A string or an array of strings at t[k] into v; returns the count. */
-static size_t opt_list(lua_State *L, int t, const char *k, const char **v, const char *fn) {
-  size_t n = 0;
-  int ty = lua_getfield(L, t, k);
-  if (ty == LUA_TSTRING) {
-    v[n++] = lua_tostring(L, -1);
-  } else if (ty == LUA_TTABLE) {
-    lua_Integer i, len = luaL_len(L, -1);
-    if (len > MAX_LIST) luaL_error(L, "bad argument #1 to '%s' (%s: over %d)", fn, k, MAX_LIST);
-    for (i = 1; i <= len; i++) {
-      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
-        luaL_error(L, "bad argument #1 to '%s' (%s must be strings)", fn, k);
-      v[n++] = lua_tostring(L, -1);
-      lua_pop(L, 1);   /* anchored by the table */
-    }
-  } else if (ty != LUA_TNIL) {
-    luaL_error(L, "bad argument #1 to '%s' (%s must be a string or a table)", fn, k);
-  }
-  return n;   /* the value stays on the stack */
-}
-
-static double opt_number(lua_State *L, int t, const char *k, double dflt, const char *fn) {
-  double v;
-  int ty = lua_getfield(L, t, k);
-  if (ty == LUA_TNIL) v = dflt;
-  else if (ty != LUA_TNUMBER || (v = lua_tonumber(L, -1)) <= 0)
-    return luaL_error(L, "bad argument #1 to '%s' (%s must be a positive number)", fn, k);
-  lua_pop(L, 1);
-  return v;
+  return mtasts_lua_class_check(L, idx, &fetcher_class);
 }
 
 /* fetcher_new{ cafile=, capath=, proxy=, connect_to=, timeout=, connect_timeout=,
@@ -92,22 +38,20 @@ static int fetcher_new(lua_State *L) {
   lfetcher *u;
   memset(&o, 0, sizeof o);
   luaL_checktype(L, 1, LUA_TTABLE);
-  check_keys(L, 1, "fetcher_new", keys);
-  o.cafile = opt_string(L, 1, "cafile", "fetcher_new");
-  o.capath = opt_string(L, 1, "capath", "fetcher_new");
-  o.proxy = opt_string(L, 1, "proxy", "fetcher_new");
-  o.n_connect_to = opt_list(L, 1, "connect_to", ct, "fetcher_new");
+  mtasts_lua_opt_known(L, 1, "fetcher_new", keys);
+  o.cafile = mtasts_lua_opt_string(L, 1, "cafile", "fetcher_new");
+  o.capath = mtasts_lua_opt_string(L, 1, "capath", "fetcher_new");
+  o.proxy = mtasts_lua_opt_string(L, 1, "proxy", "fetcher_new");
+  o.n_connect_to = mtasts_lua_opt_strings(L, 1, "connect_to", ct, MAX_LIST, "fetcher_new");
   o.connect_to = ct;
-  o.timeout = opt_number(L, 1, "timeout", 60, "fetcher_new");
-  o.connect_timeout = opt_number(L, 1, "connect_timeout", o.timeout, "fetcher_new");
-  o.max_size = (size_t)opt_number(L, 1, "max_size", MTASTS_POLICY_MAX, "fetcher_new");
+  o.timeout = mtasts_lua_opt_number(L, 1, "timeout", 60, "fetcher_new");
+  o.connect_timeout = mtasts_lua_opt_number(L, 1, "connect_timeout", o.timeout, "fetcher_new");
+  o.max_size = (size_t)mtasts_lua_opt_number(L, 1, "max_size", MTASTS_POLICY_MAX, "fetcher_new");
   lua_getfield(L, 1, "allow_private");
   o.allow_private = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->f = NULL;
-  luaL_setmetatable(L, FETCHER_MT);
-  if (mtasts_fetcher_new(&o, &u->f, err) != 0) return fail(L, err, "policy-fetch");
+  u = mtasts_lua_class_new(L, &fetcher_class, sizeof *u);
+  if (mtasts_fetcher_new(&o, &u->f, err) != 0) return mtasts_lua_fail(L, err, "policy-fetch");
   return 1;
 }
 
@@ -121,20 +65,20 @@ static int fetcher_add(lua_State *L) {
   int id;
   memset(&r, 0, sizeof r);
   luaL_checktype(L, 2, LUA_TTABLE);
-  check_keys(L, 2, "add", keys);
-  if (!(r.url = opt_string(L, 2, "url", "add")))
+  mtasts_lua_opt_known(L, 2, "add", keys);
+  if (!(r.url = mtasts_lua_opt_string(L, 2, "url", "add")))
     return luaL_error(L, "bad argument #1 to 'add' (url required)");
-  if (!(r.host = opt_string(L, 2, "host", "add")))
+  if (!(r.host = mtasts_lua_opt_string(L, 2, "host", "add")))
     return luaL_error(L, "bad argument #1 to 'add' (host required)");
-  r.n_resolve = opt_list(L, 2, "resolve", rs, "add");
+  r.n_resolve = mtasts_lua_opt_strings(L, 2, "resolve", rs, MAX_LIST, "add");
   r.resolve = rs;
   if (lua_getfield(L, 2, "body") == LUA_TSTRING) r.body = lua_tolstring(L, -1, &r.body_len);
   else if (!lua_isnil(L, -1))
     return luaL_error(L, "bad argument #1 to 'add' (body must be a string)");
-  r.content_type = opt_string(L, 2, "content_type", "add");
+  r.content_type = mtasts_lua_opt_string(L, 2, "content_type", "add");
   if (strncmp(r.url, "https://", 8) != 0)
-    return fail(L, "fetcher: only https:// URLs", "policy-fetch");
-  if (mtasts_fetcher_add(u->f, &r, &id, err) != 0) return fail(L, err, "policy-fetch");
+    return mtasts_lua_fail(L, "fetcher: only https:// URLs", "policy-fetch");
+  if (mtasts_fetcher_add(u->f, &r, &id, err) != 0) return mtasts_lua_fail(L, err, "policy-fetch");
   lua_pushinteger(L, id);
   return 1;
 }
@@ -157,7 +101,7 @@ static int fetcher_timeout(lua_State *L) {
 static int fetcher_step(lua_State *L) {
   lfetcher *u = fetcher_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  if (mtasts_fetcher_step(u->f, err) != 0) return fail(L, err, "policy-fetch");
+  if (mtasts_fetcher_step(u->f, err) != 0) return mtasts_lua_fail(L, err, "policy-fetch");
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -208,32 +152,14 @@ static int fetcher_done(lua_State *L) {
 
 /* f:cancel(id) */
 static int fetcher_cancel(lua_State *L) {
-  mtasts_fetcher_cancel(fetcher_check(L, 1)->f, (int)luaL_checkinteger(L, 2));
+  lfetcher *u = fetcher_check(L, 1);   /* closed raises before a bad id does */
+  mtasts_fetcher_cancel(u->f, (int)luaL_checkinteger(L, 2));
   return 0;
 }
 
 /* f:running() -> transfers not finished */
 static int fetcher_running(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)mtasts_fetcher_running(fetcher_check(L, 1)->f));
-  return 1;
-}
-
-/* f:close() -> true; a second close returns true */
-static int fetcher_close(lua_State *L) {
-  fetcher_release(luaL_checkudata(L, 1, FETCHER_MT));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int fetcher__gc(lua_State *L) {
-  fetcher_release(luaL_checkudata(L, 1, FETCHER_MT));
-  return 0;
-}
-
-static int fetcher__tostring(lua_State *L) {
-  lfetcher *u = luaL_checkudata(L, 1, FETCHER_MT);
-  if (u->f) lua_pushfstring(L, FETCHER_MT " (%p)", (void *)u);
-  else lua_pushliteral(L, FETCHER_MT " (closed)");
   return 1;
 }
 
@@ -252,18 +178,12 @@ static int is_global_address(lua_State *L) {
     a6.sin6_family = AF_INET6;
     lua_pushboolean(L, mtasts_address_is_global((struct sockaddr *)&a6));
   } else {
-    return fail(L, "not an IPv4 or IPv6 address", "einval");
+    return mtasts_lua_fail(L, "not an IPv4 or IPv6 address", "einval");
   }
   return 1;
 }
 
 void mtasts_open_fetch(lua_State *L) {
-  static const luaL_Reg meta[] = {
-    { "__gc", fetcher__gc },
-    { "__close", fetcher__gc },
-    { "__tostring", fetcher__tostring },
-    { NULL, NULL }
-  };
   static const luaL_Reg methods[] = {
     { "add", fetcher_add },
     { "fd", fetcher_fd },
@@ -272,17 +192,12 @@ void mtasts_open_fetch(lua_State *L) {
     { "done", fetcher_done },
     { "cancel", fetcher_cancel },
     { "running", fetcher_running },
-    { "close", fetcher_close },
     { NULL, NULL }
   };
-  if (luaL_newmetatable(L, FETCHER_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_getfield(L, -1, "__index");
-  lua_setfield(L, -3, "fetcher_methods");
-  lua_pop(L, 1);
+  /* close comes with the class; the method table is core.fetcher_methods, to which
+   * lua/mtasts/fetch.lua adds fetch and post */
+  mtasts_lua_class_register(L, &fetcher_class, methods);
+  lua_setfield(L, -2, "fetcher_methods");
   lua_pushcfunction(L, fetcher_new);
   lua_setfield(L, -2, "fetcher_new");
   lua_pushcfunction(L, is_global_address);

@@ -1,10 +1,9 @@
 /* lua_parse.c: Lua bindings of parse.c and domain.c. Translate, and do nothing else.
  * Contract: docs/parsing.md and docs/architecture.md ("Public contract"); errors:
  * docs/errors.md. */
+#include "lua_util.h"
 #include "mtasts.h"
 
-#include <lauxlib.h>
-#include <lua.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,13 +42,6 @@ static parse_box *box_new(lua_State *L, int kind) {
   lua_setmetatable(L, -2);
   b->kind = kind;
   return b;
-}
-
-static int fail(lua_State *L, const char *msg, const char *code) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, code);
-  return 3;
 }
 
 static const char *check_bytes(lua_State *L, int arg, size_t *n) {
@@ -95,7 +87,7 @@ static int parse_record(lua_State *L) {
   parse_box *b = box_new(L, BOX_RECORD);
   int rc = mtasts_parse_record(s, n, &b->u.r, err);
   if (rc == -2) return oom(L);
-  if (rc != 0) return fail(L, err, "record-syntax");
+  if (rc != 0) return mtasts_lua_fail(L, err, "record-syntax");
   lua_createtable(L, 0, 3);
   lua_pushliteral(L, "STSv1");
   lua_setfield(L, -2, "version");
@@ -115,7 +107,7 @@ static int parse_policy(lua_State *L) {
   mtasts_policy *p = &b->u.p;
   int rc = mtasts_parse_policy(s, n, p, err);
   if (rc == -2) return oom(L);
-  if (rc != 0) return fail(L, err, "policy-syntax");
+  if (rc != 0) return mtasts_lua_fail(L, err, "policy-syntax");
   lua_createtable(L, 0, 5);
   lua_pushliteral(L, "STSv1");
   lua_setfield(L, -2, "version");
@@ -142,7 +134,7 @@ static int parse_tlsrpt_record(lua_State *L) {
   parse_box *b = box_new(L, BOX_TLSRPT);
   int rc = mtasts_parse_tlsrpt_record(s, n, &b->u.t, err);
   if (rc == -2) return oom(L);
-  if (rc != 0) return fail(L, err, "record-syntax");
+  if (rc != 0) return mtasts_lua_fail(L, err, "record-syntax");
   lua_createtable(L, 0, 3);
   lua_pushliteral(L, "TLSRPTv1");
   lua_setfield(L, -2, "version");
@@ -178,7 +170,7 @@ static int domain(lua_State *L) {
   const char *s = check_bytes(L, 1, &n);
   char ascii[MTASTS_NAME_MAX + 1], uni[MTASTS_UNAME_MAX], err[MTASTS_ERR_MAX];
   if (mtasts_domain_ascii(s, n, ascii, err) != 0 || mtasts_domain_unicode(ascii, uni, err) != 0)
-    return fail(L, err, "domain-syntax");
+    return mtasts_lua_fail(L, err, "domain-syntax");
   lua_pushstring(L, ascii);
   lua_pushstring(L, uni);
   return 2;
@@ -193,7 +185,7 @@ static int mailto_address(lua_State *L) {
   if (!mtasts_mailto_address(s, n, addr, &an, &why)) {
     mtasts_quote(q, sizeof q, s, n, 64);
     snprintf(err, sizeof err, "mailto URI '%s' %s", q, why);
-    return fail(L, err, "record-syntax");
+    return mtasts_lua_fail(L, err, "record-syntax");
   }
   lua_pushlstring(L, addr, an);
   return 1;

@@ -1,42 +1,40 @@
 /* lua_resolver.c: the mtasts.resolver class, binding resolver.c and rdata.c. Translate, and
- * do nothing else. Contract: docs/resolver.md. */
+ * do nothing else. Contract: docs/resolver.md; lifecycle: lua_util.h. */
+#include "lua_util.h"
 #include "rdata.h"
 
 #include <arpa/inet.h>
-#include <lauxlib.h>
-#include <lua.h>
-#include <stdlib.h>
+#include <arpa/nameser.h>   /* ns_t_*: RR types by name */
 #include <string.h>
 #include <unbound.h>
 
 #define RESOLVER_MT "mtasts.resolver"
+#define MAX_NAMESERVERS 16
 
 typedef struct {
-  mtasts_resolver *r;     /* NULL once closed */
+  mtasts_resolver *r;     /* first: NULL once closed (lua_util.h) */
   mtasts_buf txt;         /* scratch for TXT strings; freed in release */
 } lresolver;
 
-static void resolver_release(lresolver *u) {
+static int resolver_release(void *p, char *err) {
+  lresolver *u = p;
+  (void)err;
   mtasts_resolver_free(u->r);
   u->r = NULL;
   mtasts_buf_free(&u->txt);
+  return 0;
 }
+
+static const mtasts_lua_class resolver_class = { RESOLVER_MT, resolver_release, NULL };
 
 static lresolver *resolver_check(lua_State *L, int idx) {
-  lresolver *u = luaL_checkudata(L, idx, RESOLVER_MT);
-  if (!u->r) luaL_error(L, "attempt to use a closed " RESOLVER_MT);
-  return u;
+  return mtasts_lua_class_check(L, idx, &resolver_class);
 }
 
-static int fail(lua_State *L, const char *msg, const char *code) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, code);
-  return 3;
-}
 
 static const struct { const char *name; int type; } rrtypes[] = {
-  { "A", 1 }, { "CNAME", 5 }, { "MX", 15 }, { "TXT", 16 }, { "AAAA", 28 }, { "TLSA", 52 },
+  { "A", ns_t_a }, { "CNAME", ns_t_cname }, { "MX", ns_t_mx }, { "TXT", ns_t_txt },
+  { "AAAA", ns_t_aaaa }, { "TLSA", ns_t_tlsa },
   { NULL, 0 }
 };
 
@@ -50,37 +48,16 @@ static const char *type_name(int t) {
 /* resolver_new{ nameserver = "IP@PORT" | { ... }, trust_anchor = file | false }
  *   -> resolver | fail */
 static int resolver_new(lua_State *L) {
+  static const char *const keys[] = { "nameserver", "trust_anchor", NULL };
   mtasts_resolver_opts o;
-  const char *ns[16];
+  const char *ns[MAX_NAMESERVERS];
   char err[MTASTS_ERR_MAX];
   lresolver *u;
   memset(&o, 0, sizeof o);
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {   /* unknown keys raise */
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-    if (strcmp(k, "nameserver") != 0 && strcmp(k, "trust_anchor") != 0)
-      return luaL_error(L, "bad argument #1 to 'resolver_new' (unknown option '%s')", k);
-    lua_pop(L, 1);
-  }
-  switch (lua_getfield(L, 1, "nameserver")) {
-  case LUA_TNIL: break;
-  case LUA_TSTRING: ns[0] = lua_tostring(L, -1); o.n_nameservers = 1; break;
-  case LUA_TTABLE: {
-    lua_Integer i, n = luaL_len(L, -1);
-    if (n > 16) return luaL_error(L, "bad argument #1 to 'resolver_new' (over 16 nameservers)");
-    for (i = 1; i <= n; i++) {
-      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
-        return luaL_error(L, "bad argument #1 to 'resolver_new' (nameserver must be strings)");
-      ns[o.n_nameservers++] = lua_tostring(L, -1);
-      lua_pop(L, 1);   /* still anchored by the table */
-    }
-    break;
-  }
-  default:
-    return luaL_error(L, "bad argument #1 to 'resolver_new' (nameserver must be a string or "
-                         "a table of strings)");
-  }
+  mtasts_lua_opt_known(L, 1, "resolver_new", keys);
+  o.n_nameservers = mtasts_lua_opt_strings(L, 1, "nameserver", ns, MAX_NAMESERVERS,
+                                           "resolver_new");
   o.nameservers = ns;
   switch (lua_getfield(L, 1, "trust_anchor")) {
   case LUA_TNIL: break;
@@ -93,10 +70,8 @@ static int resolver_new(lua_State *L) {
   default:
     return luaL_error(L, "bad argument #1 to 'resolver_new' (trust_anchor is a file or false)");
   }
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  memset(u, 0, sizeof *u);
-  luaL_setmetatable(L, RESOLVER_MT);
-  if (mtasts_resolver_new(&o, &u->r, err) != 0) return fail(L, err, "resolver");
+  u = mtasts_lua_class_new(L, &resolver_class, sizeof *u);
+  if (mtasts_resolver_new(&o, &u->r, err) != 0) return mtasts_lua_fail(L, err, "resolver");
   return 1;
 }
 
@@ -113,9 +88,10 @@ static int resolver_query(lua_State *L) {
   if (!rrtypes[i].name) return luaL_argerror(L, 3, "type is A, AAAA, CNAME, MX, TXT or TLSA");
   if (timeout <= 0) return luaL_argerror(L, 4, "timeout must be positive");
   if (n == 0 || n > 255 || strlen(name) != n)
-    return fail(L, "resolver: the name is empty, over 255 bytes or has a NUL byte", "servfail");
+    return mtasts_lua_fail(L, "resolver: the name is empty, over 255 bytes or has a NUL byte",
+                           "servfail");
   if (mtasts_resolver_query(u->r, name, rrtypes[i].type, timeout, &id, err) != 0)
-    return fail(L, err, "servfail");
+    return mtasts_lua_fail(L, err, "servfail");
   lua_pushinteger(L, id);
   return 1;
 }
@@ -138,7 +114,7 @@ static int resolver_timeout(lua_State *L) {
 static int resolver_step(lua_State *L) {
   lresolver *u = resolver_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  if (mtasts_resolver_step(u->r, err) != 0) return fail(L, err, "servfail");
+  if (mtasts_resolver_step(u->r, err) != 0) return mtasts_lua_fail(L, err, "servfail");
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -164,11 +140,11 @@ static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
     const unsigned char *p = (const unsigned char *)res->data[i];
     size_t len = (size_t)res->len[i];
     switch (q->rrtype) {
-    case 16:
+    case ns_t_txt:
       if (mtasts_rdata_txt(p, len, &u->txt, err) != 0) goto bad;
       lua_pushlstring(L, (const char *)u->txt.p, u->txt.n);
       break;
-    case 15: {
+    case ns_t_mx: {
       char host[MTASTS_NAME_MAX + 1];
       unsigned pref;
       if (mtasts_rdata_mx(p, len, &pref, host, err) != 0) goto bad;
@@ -179,7 +155,7 @@ static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
       lua_setfield(L, -2, "host");
       break;
     }
-    case 52: {
+    case ns_t_tlsa: {
       unsigned usage, selector, mtype;
       mtasts_span data;
       if (mtasts_rdata_tlsa(p, len, &usage, &selector, &mtype, &data, err) != 0) goto bad;
@@ -194,17 +170,17 @@ static int push_records(lua_State *L, lresolver *u, mtasts_dns_query *q) {
       lua_setfield(L, -2, "data");
       break;
     }
-    case 1: case 28: {
+    case ns_t_a: case ns_t_aaaa: {
       char addr[64];
-      if (len != (q->rrtype == 1 ? 4u : 16u) ||
-          !inet_ntop(q->rrtype == 1 ? AF_INET : AF_INET6, p, addr, sizeof addr)) {
+      if (len != (q->rrtype == ns_t_a ? 4u : 16u) ||
+          !inet_ntop(q->rrtype == ns_t_a ? AF_INET : AF_INET6, p, addr, sizeof addr)) {
         snprintf(err, sizeof err, "%s rdata of %zu bytes", type_name(q->rrtype), len);
         goto bad;
       }
       lua_pushstring(L, addr);
       break;
     }
-    case 5: {
+    case ns_t_cname: {
       char name[MTASTS_NAME_MAX + 1];
       size_t used;
       if (mtasts_rdata_name(p, len, &used, name, err) != 0) goto bad;
@@ -265,7 +241,8 @@ static int resolver_done(lua_State *L) {
 
 /* r:cancel(id) */
 static int resolver_cancel(lua_State *L) {
-  mtasts_resolver_cancel(resolver_check(L, 1)->r, (int)luaL_checkinteger(L, 2));
+  lresolver *u = resolver_check(L, 1);   /* closed raises before a bad id does */
+  mtasts_resolver_cancel(u->r, (int)luaL_checkinteger(L, 2));
   return 0;
 }
 
@@ -275,32 +252,7 @@ static int resolver_pending(lua_State *L) {
   return 1;
 }
 
-/* r:close() -> true; a second close returns true */
-static int resolver_close(lua_State *L) {
-  resolver_release(luaL_checkudata(L, 1, RESOLVER_MT));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int resolver__gc(lua_State *L) {
-  resolver_release(luaL_checkudata(L, 1, RESOLVER_MT));
-  return 0;
-}
-
-static int resolver__tostring(lua_State *L) {
-  lresolver *u = luaL_checkudata(L, 1, RESOLVER_MT);
-  if (u->r) lua_pushfstring(L, RESOLVER_MT " (%p)", (void *)u);
-  else lua_pushliteral(L, RESOLVER_MT " (closed)");
-  return 1;
-}
-
 void mtasts_open_resolver(lua_State *L) {
-  static const luaL_Reg meta[] = {
-    { "__gc", resolver__gc },
-    { "__close", resolver__gc },
-    { "__tostring", resolver__tostring },
-    { NULL, NULL }
-  };
   static const luaL_Reg methods[] = {
     { "query", resolver_query },
     { "fd", resolver_fd },
@@ -309,18 +261,12 @@ void mtasts_open_resolver(lua_State *L) {
     { "done", resolver_done },
     { "cancel", resolver_cancel },
     { "pending", resolver_pending },
-    { "close", resolver_close },
     { NULL, NULL }
   };
-  if (luaL_newmetatable(L, RESOLVER_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  /* the method table, so that lua/mtasts/resolver.lua can add the blocking lookups */
-  lua_getfield(L, -1, "__index");
-  lua_setfield(L, -3, "resolver_methods");
-  lua_pop(L, 1);
+  /* close comes with the class; the method table is kept as core.resolver_methods, so that
+   * lua/mtasts/resolver.lua can add the blocking lookups */
+  mtasts_lua_class_register(L, &resolver_class, methods);
+  lua_setfield(L, -2, "resolver_methods");
   lua_pushcfunction(L, resolver_new);
   lua_setfield(L, -2, "resolver_new");
 }

@@ -1,38 +1,36 @@
 /* lua_results.c: the mtasts.results class (results.c) and the codecs (codec.c). Translate,
- * and do nothing else. Contract: docs/tlsrpt.md; errors: docs/errors.md. */
+ * and do nothing else. Contract: docs/tlsrpt.md; errors: docs/errors.md; lifecycle:
+ * lua_util.h. */
+#include "lua_util.h"
 #include "results.h"
 
-#include <lauxlib.h>
-#include <lua.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define RESULTS_MT "mtasts.results"
 
 typedef struct {
-  mtasts_cache *c;        /* NULL once closed */
-  mtasts_buf buf;
+  mtasts_env *e;          /* first: NULL once closed (lua_util.h) */
+  mtasts_buf buf;         /* what scans and gets copy out; owned here, freed in release */
 } lresults;
 
-static int results_release(lresults *u, char *err) {
+static int results_release(void *p, char *err) {
+  lresults *u = p;
   int rc = 0;
-  if (u->c) rc = mtasts_cache_close(u->c, err);
-  u->c = NULL;
+  if (u->e) rc = mtasts_env_close(u->e, err);
+  u->e = NULL;
   mtasts_buf_free(&u->buf);
   return rc;
 }
 
-static lresults *results_check(lua_State *L, int idx) {
-  lresults *u = luaL_checkudata(L, idx, RESULTS_MT);
-  if (!u->c) luaL_error(L, "attempt to use a closed " RESULTS_MT);
-  return u;
+/* __tostring shows the directory instead of the address */
+static const char *results_label(const void *p) {
+  return mtasts_env_path(((const lresults *)p)->e);
 }
 
-static int fail(lua_State *L, int rc, const char *msg) {
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  lua_pushstring(L, mtasts_code_name(rc));
-  return 3;
+static const mtasts_lua_class results_class = { RESULTS_MT, results_release, results_label };
+
+static lresults *results_check(lua_State *L, int idx) {
+  return mtasts_lua_class_check(L, idx, &results_class);
 }
 
 static const char *check_key(lua_State *L, int idx, size_t *n) {
@@ -45,20 +43,10 @@ static const char *check_key(lua_State *L, int idx, size_t *n) {
 static int results_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   char err[MTASTS_ERR_MAX];
-  lresults *u = lua_newuserdatauv(L, sizeof *u, 0);
+  lresults *u = mtasts_lua_class_new(L, &results_class, sizeof *u);
   int rc;
-  memset(u, 0, sizeof *u);
-  luaL_setmetatable(L, RESULTS_MT);
-  if ((rc = mtasts_cache_open(path, &u->c, err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   return 1;
-}
-
-/* keys in btree order: a batch then walks the tree's pages in one direction */
-static int delta_cmp(const void *x, const void *y) {
-  const mtasts_delta *a = x, *b = y;
-  size_t n = a->kn < b->kn ? a->kn : b->kn;
-  int c = memcmp(a->key, b->key, n);
-  return c ? c : (a->kn > b->kn) - (a->kn < b->kn);
 }
 
 /* r:apply({key, a, b, key, a, b, ...}) -> true | fail: one transaction */
@@ -90,25 +78,21 @@ static int results_apply(lua_State *L) {
     d[i].a = (uint64_t)a;
     d[i].b = (uint64_t)b;
   }
-  qsort(d, (size_t)(n / 3), sizeof *d, delta_cmp);
-  if ((rc = mtasts_results_apply(u->c, d, (size_t)(n / 3), err)) != 0) return fail(L, rc, err);
+  if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), err)) != 0)
+    return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
 
-static uint32_t rd32(const unsigned char *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-/* push the length-prefixed strings of u->buf as an array */
+/* push the strings of a scan of u->buf as an array */
 static void push_strings(lua_State *L, lresults *u, size_t count) {
-  size_t off = 0, i;
+  mtasts_span v;
+  size_t pos = 0;
+  lua_Integer i;
   lua_createtable(L, (int)(count > 1000000 ? 1000000 : count), 0);
-  for (i = 1; off + 4 <= u->buf.n; i++) {
-    uint32_t n = rd32(u->buf.p + off);
-    lua_pushlstring(L, (const char *)u->buf.p + off + 4, n);
-    lua_rawseti(L, -2, (lua_Integer)i);
-    off += 4 + n;
+  for (i = 1; mtasts_results_next(&u->buf, &pos, &v); i++) {
+    lua_pushlstring(L, v.p, v.n);
+    lua_rawseti(L, -2, i);
   }
 }
 
@@ -122,9 +106,9 @@ static int results_scan(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_argcheck(L, limit >= 0, 4, "limit must not be negative");
-  if ((rc = mtasts_results_scan(u->c, prefix, pn, after, an, (size_t)limit, &u->buf, &count,
+  if ((rc = mtasts_results_scan(u->e, prefix, pn, after, an, (size_t)limit, &u->buf, &count,
                                 err)) != 0)
-    return fail(L, rc, err);
+    return mtasts_lua_fail_rc(L, rc, err);
   push_strings(L, u, count * 2);
   return 1;
 }
@@ -136,8 +120,8 @@ static int results_distinct(lua_State *L) {
   const char *prefix = luaL_checklstring(L, 2, &pn);
   char err[MTASTS_ERR_MAX];
   int rc;
-  if ((rc = mtasts_results_distinct(u->c, prefix, pn, &u->buf, &count, err)) != 0)
-    return fail(L, rc, err);
+  if ((rc = mtasts_results_distinct(u->e, prefix, pn, &u->buf, &count, err)) != 0)
+    return mtasts_lua_fail_rc(L, rc, err);
   push_strings(L, u, count);
   return 1;
 }
@@ -149,8 +133,8 @@ static int results_get(lua_State *L) {
   const char *key = check_key(L, 2, &kn);
   char err[MTASTS_ERR_MAX];
   int rc, found;
-  if ((rc = mtasts_results_get(u->c, key, kn, &u->buf, &found, err)) != 0)
-    return fail(L, rc, err);
+  if ((rc = mtasts_results_get(u->e, key, kn, &u->buf, &found, err)) != 0)
+    return mtasts_lua_fail_rc(L, rc, err);
   if (!found) lua_pushnil(L);
   else lua_pushlstring(L, (const char *)u->buf.p, u->buf.n);
   return 1;
@@ -166,8 +150,8 @@ static int results_cas(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc, swapped;
   luaL_argcheck(L, vn <= MTASTS_RESULTS_VALUE_MAX, 4, "value too long");
-  if ((rc = mtasts_results_cas(u->c, key, kn, expect, en, value, vn, &swapped, err)) != 0)
-    return fail(L, rc, err);
+  if ((rc = mtasts_results_cas(u->e, key, kn, expect, en, value, vn, &swapped, err)) != 0)
+    return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, swapped);
   return 1;
 }
@@ -179,62 +163,42 @@ static int results_delete_range(lua_State *L) {
   const char *lo = luaL_checklstring(L, 2, &ln);
   const char *hi = luaL_checklstring(L, 3, &hn);
   char err[MTASTS_ERR_MAX];
-  int rc = mtasts_results_delete_range(u->c, lo, ln, hi, hn, &deleted, err);
-  if (rc != 0) return fail(L, rc, err);
+  int rc = mtasts_results_delete_range(u->e, lo, ln, hi, hn, &deleted, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushinteger(L, (lua_Integer)deleted);
   return 1;
 }
 
+/* r:path() -> the directory, resolved */
 static int results_path(lua_State *L) {
-  lua_pushstring(L, mtasts_cache_path(results_check(L, 1)->c));
-  return 1;
-}
-
-static int results_close(lua_State *L) {
-  lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
-  char err[MTASTS_ERR_MAX];
-  int rc = results_release(u, err);
-  if (rc != 0) return fail(L, rc, err);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int results__gc(lua_State *L) {
-  char err[MTASTS_ERR_MAX];
-  results_release(luaL_checkudata(L, 1, RESULTS_MT), err);
-  return 0;
-}
-
-static int results__tostring(lua_State *L) {
-  lresults *u = luaL_checkudata(L, 1, RESULTS_MT);
-  if (u->c) lua_pushfstring(L, RESULTS_MT " (%s)", mtasts_cache_path(u->c));
-  else lua_pushliteral(L, RESULTS_MT " (closed)");
+  lua_pushstring(L, mtasts_env_path(results_check(L, 1)->e));
   return 1;
 }
 
 /* --- codecs --- */
 
 static int codec_fail(lua_State *L, int rc, const char *err, const char *code) {
-  lua_pushnil(L);
-  lua_pushstring(L, rc == MTASTS_CODEC_ENOMEM ? "out of memory" : err);
-  lua_pushstring(L, rc == MTASTS_CODEC_ELARGE ? "too-large" :
-                    rc == MTASTS_CODEC_ENOMEM ? "enomem" : code);
-  return 3;
+  return mtasts_lua_fail(L, rc == MTASTS_CODEC_ENOMEM ? "out of memory" : err,
+                         rc == MTASTS_CODEC_ELARGE ? "too-large" :
+                         rc == MTASTS_CODEC_ENOMEM ? "enomem" : code);
+}
+
+/* The codecs fill a buffer in a box userdata (lua_util.h): pushing the result can raise,
+ * and the box's __gc frees the buffer then; otherwise it is freed at once after the push. */
+static int push_buf(lua_State *L, mtasts_buf *b) {
+  lua_pushlstring(L, (const char *)b->p, b->n);
+  mtasts_buf_free(b);
+  return 1;
 }
 
 /* gzip(s) -> gzip data */
 static int core_gzip(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  mtasts_buf b = {0};
-  int rc = mtasts_gzip((const unsigned char *)s, n, &b);
-  if (rc != 0) {
-    mtasts_buf_free(&b);
+  mtasts_buf *b = mtasts_lua_newbuf(L);
+  if (mtasts_gzip((const unsigned char *)s, n, b) != 0)
     return luaL_error(L, "gzip: out of memory");
-  }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* gunzip(s, limit) -> data | nil, msg, "gzip"|"too-large" */
@@ -242,17 +206,16 @@ static int core_gunzip(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lua_Integer limit = luaL_checkinteger(L, 2);
-  mtasts_buf b = {0};
+  mtasts_buf *b;
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_argcheck(L, limit >= 0 && limit <= (1 << 30), 2, "limit out of range");
-  if ((rc = mtasts_gunzip((const unsigned char *)s, n, (size_t)limit, &b, err)) != 0) {
-    mtasts_buf_free(&b);
+  b = mtasts_lua_newbuf(L);
+  if ((rc = mtasts_gunzip((const unsigned char *)s, n, (size_t)limit, b, err)) != 0) {
+    mtasts_buf_free(b);
     return codec_fail(L, rc, err, "gzip");
   }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* base64_encode(s [, wrap]) -> text (CRLF every wrap characters) */
@@ -260,68 +223,83 @@ static int core_base64_encode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lua_Integer wrap = luaL_optinteger(L, 2, 0);
-  mtasts_buf b = {0};
+  mtasts_buf *b;
   luaL_argcheck(L, wrap >= 0 && wrap % 4 == 0, 2, "wrap must be a multiple of 4");
-  if (mtasts_base64_encode((const unsigned char *)s, n, (size_t)wrap, &b) != 0) {
-    mtasts_buf_free(&b);
+  b = mtasts_lua_newbuf(L);
+  if (mtasts_base64_encode((const unsigned char *)s, n, (size_t)wrap, b) != 0)
     return luaL_error(L, "base64: out of memory");
-  }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
-  return 1;
+  return push_buf(L, b);
 }
 
 /* base64_decode(s) -> data | nil, msg, "base64" */
 static int core_base64_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  mtasts_buf b = {0};
+  mtasts_buf *b = mtasts_lua_newbuf(L);
   char err[MTASTS_ERR_MAX];
-  int rc = mtasts_base64_decode((const unsigned char *)s, n, &b, err);
+  int rc = mtasts_base64_decode((const unsigned char *)s, n, b, err);
   if (rc != 0) {
-    mtasts_buf_free(&b);
+    mtasts_buf_free(b);
     return codec_fail(L, rc, err, "base64");
   }
-  lua_pushlstring(L, (const char *)b.p, b.n);
-  mtasts_buf_free(&b);
+  return push_buf(L, b);
+}
+
+/* --- the escaping of values inside result keys ---
+ * lua/mtasts/tlsrpt/store.lua joins a policy's and a failure's fields with \1 and list items
+ * with \2 inside its keys, whose parts are separated by NUL; so inside a value the bytes
+ * \0-\3 are written as \3 followed by the byte + 64 (the store's unesc undoes it). This is
+ * the one implementation of that escaping; the stored bytes are part of the file format. */
+
+/* Push tostring(value at idx) escaped (idx absolute). */
+static void push_escaped(lua_State *L, int idx) {
+  size_t n, extra = 0, i, at = 0;
+  const char *v = luaL_tolstring(L, idx, &n);   /* pushed: tostring's rules, __tostring too */
+  luaL_Buffer b;
+  char *o;
+  for (i = 0; i < n; i++) extra += (unsigned char)v[i] <= 3;
+  if (extra == 0) return;                       /* most values: the string as it is */
+  o = luaL_buffinitsize(L, &b, n + extra);
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)v[i];
+    if (c <= 3) {
+      o[at++] = '\3';
+      o[at++] = (char)(c + 64);
+    } else {
+      o[at++] = (char)c;
+    }
+  }
+  luaL_pushresultsize(&b, at);
+  lua_remove(L, -2);                            /* the string before escaping */
+}
+
+/* blob_escape(v) -> tostring(v), escaped */
+static int core_blob_escape(lua_State *L) {
+  luaL_checkany(L, 1);
+  push_escaped(L, 1);
   return 1;
 }
 
-/* blob_list(t) -> the strings of array t joined with \2, the bytes \0-\3 inside an item
- * escaped as \3 followed by the byte + 64 (see policy_blob in lua/mtasts/report.lua). */
+/* blob_list(t) -> the items of array t, each escaped as blob_escape does, joined with \2;
+ * "" for nil. */
 static int core_blob_list(lua_State *L) {
+  luaL_Buffer b;
   lua_Integer i, n;
-  size_t total = 0, pass, at = 0;
-  char *out = NULL;
-  if (lua_isnoneornil(L, 1)) { lua_pushliteral(L, ""); return 1; }
+  if (lua_isnoneornil(L, 1)) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
   luaL_checktype(L, 1, LUA_TTABLE);
   n = luaL_len(L, 1);
-  /* pass 0 measures, pass 1 writes into a userdata (no luaL_Buffer: items are pushed and
-   * popped between writes) */
-  for (pass = 0; pass < 2; pass++) {
-    if (pass == 1) out = lua_newuserdatauv(L, total ? total : 1, 0);
-    for (i = 1; i <= n; i++) {
-      size_t len, j;
-      const char *v;
-      lua_geti(L, 1, i);
-      v = luaL_tolstring(L, -1, &len);
-      if (i > 1) { if (pass) out[at] = '\2'; at++; }
-      for (j = 0; j < len; j++) {
-        unsigned char c = (unsigned char)v[j];
-        if (c <= 3) {
-          if (pass) { out[at] = '\3'; out[at + 1] = (char)(c + 64); }
-          at += 2;
-        } else {
-          if (pass) out[at] = (char)c;
-          at++;
-        }
-      }
-      lua_pop(L, 2);
-    }
-    if (pass == 0) { total = at; at = 0; }
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\2');
+    lua_geti(L, 1, i);
+    push_escaped(L, lua_gettop(L));
+    lua_remove(L, -2);      /* the item: the escaped string alone is left for addvalue */
+    luaL_addvalue(&b);
   }
-  if (at != total) return luaL_error(L, "blob_list: the table changed while it was read");
-  lua_pushlstring(L, out, total);
+  luaL_pushresult(&b);
   return 1;
 }
 
@@ -329,14 +307,8 @@ void mtasts_open_results(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"apply", results_apply}, {"scan", results_scan}, {"distinct", results_distinct},
     {"get", results_get}, {"cas", results_cas}, {"delete_range", results_delete_range},
-    {"path", results_path}, {"close", results_close}, {NULL, NULL}};
-  static const luaL_Reg meta[] = {
-    {"__gc", results__gc}, {"__close", results__gc}, {"__tostring", results__tostring},
-    {NULL, NULL}};
-  luaL_newmetatable(L, RESULTS_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
+    {"path", results_path}, {NULL, NULL}};
+  mtasts_lua_class_register(L, &results_class, methods);   /* close comes with the class */
   lua_pop(L, 1);
   lua_pushcfunction(L, results_open);
   lua_setfield(L, -2, "results_open");
@@ -350,4 +322,6 @@ void mtasts_open_results(lua_State *L) {
   lua_setfield(L, -2, "base64_decode");
   lua_pushcfunction(L, core_blob_list);
   lua_setfield(L, -2, "blob_list");
+  lua_pushcfunction(L, core_blob_escape);
+  lua_setfield(L, -2, "blob_escape");
 }

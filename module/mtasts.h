@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define MTASTS_EXPORT __attribute__((visibility("default")))
 #define MTASTS_VERSION "0.1.0"
@@ -99,6 +100,23 @@ int mtasts_domain_ascii(const char *s, size_t n, char *ascii, char *err);
 /* The U-label form of a valid A-label name (as produced by mtasts_domain_ascii).
  * uni must hold MTASTS_UNAME_MAX bytes. 0 or -1 with err. */
 int mtasts_domain_unicode(const char *ascii, char *uni, char *err);
+
+/* Seconds on the monotonic clock, which never jumps: the one clock C reads (deadlines of DNS
+ * queries, transfers and salvage helpers; core.monotonic). Policy time comes from callers. */
+static inline double mtasts_monotonic(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* --- error codes (errname.c) --- */
+/* Codes of our own; Berkeley DB codes and errno values are passed through as they are. */
+#define MTASTS_ECORRUPT (-40001)        /* a row that does not decode */
+#define MTASTS_EPOLICY  (-40002)        /* upsert given a policy text that does not parse */
+#define MTASTS_EDOMAIN  (-40003)        /* a key that is not a domain name */
+/* The stable code string of an error code (docs/errors.md): "db-runrecovery", "enospc",
+ * "corrupt", ...; "bdb-error" for any other. */
+const char *mtasts_code_name(int rc);
 
 /* --- Lua bindings (lua_*.c); the prototypes need no Lua header --- */
 struct lua_State;

@@ -53,7 +53,7 @@ int mtasts_rdata_name(const unsigned char *p, size_t n, size_t *used, char *name
 int mtasts_rdata_mx(const unsigned char *p, size_t n, unsigned *pref, char *host, char *err) {
   size_t used;
   if (n < 3) return errf(err, "MX rdata is too short");
-  *pref = (unsigned)p[0] << 8 | p[1];
+  *pref = (unsigned)mtasts_get_u16(p);
   if (mtasts_rdata_name(p + 2, n - 2, &used, host, err) != 0) return -1;
   if (used != n - 2) return errf(err, "MX rdata has bytes after the name");
   return 0;

@@ -2,7 +2,8 @@
 #ifndef MTASTS_RDATA_H
 #define MTASTS_RDATA_H
 
-#include "cache.h"   /* mtasts_buf */
+#include "buf.h"
+#include "mtasts.h"
 
 /* TXT: the strings of one record, concatenated into out. 0 or -1 with err. */
 int mtasts_rdata_txt(const unsigned char *p, size_t n, mtasts_buf *out, char *err);
@@ -57,6 +58,5 @@ mtasts_dns_query *mtasts_resolver_done(mtasts_resolver *r);
 void mtasts_resolver_pop(mtasts_resolver *r);
 void mtasts_resolver_cancel(mtasts_resolver *r, int id);
 size_t mtasts_resolver_pending(mtasts_resolver *r);
-double mtasts_monotonic(void);
 
 #endif

@@ -8,11 +8,11 @@
  * deadline is cancelled and finishes as a timeout. */
 #include "rdata.h"
 
+#include <arpa/nameser.h>   /* ns_c_in */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unbound.h>
 
 #define ROOT_KEY "/usr/share/dns/root.key"   /* Debian's dns-root-data */
@@ -24,12 +24,6 @@ struct mtasts_resolver {
   size_t n_pending;
   int next_id;
 };
-
-double mtasts_monotonic(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void unlink_pending(mtasts_resolver *r, mtasts_dns_query *q) {
   mtasts_dns_query **pp;
@@ -152,7 +146,7 @@ int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, doub
   q->next = r->pending;
   r->pending = q;
   r->n_pending++;
-  rc = ub_resolve_async(r->ctx, name, rrtype, 1 /* IN */, q, on_answer, &q->async_id);
+  rc = ub_resolve_async(r->ctx, name, rrtype, ns_c_in, q, on_answer, &q->async_id);
   if (rc != 0) {
     unlink_pending(r, q);
     free(q);

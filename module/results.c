@@ -1,6 +1,7 @@
 /* results.c: the TLSRPT result store: counters and plain values in results.db of a cache
- * environment. Pure C, no Lua. Every operation runs through mtasts_store_run, so it has the
- * cache's gate, recovery and retry rules; every write is one transaction. */
+ * directory's environment (env.c), a peer of the policy cache. Pure C, no Lua. Every
+ * operation runs through mtasts_env_run, so it has the gate, recovery and retry rules; every
+ * write is one transaction. */
 #include "results.h"
 
 #include <db.h>
@@ -14,35 +15,10 @@ static void dbt(DBT *t, const void *p, size_t n) {
   t->size = (u_int32_t)n;
 }
 
-static void put_u64(unsigned char *o, uint64_t v) {
-  int i;
-  for (i = 7; i >= 0; i--) { o[i] = (unsigned char)(v & 0xff); v >>= 8; }
-}
-
-static uint64_t get_u64(const unsigned char *p) {
-  uint64_t v = 0;
-  int i;
-  for (i = 0; i < 8; i++) v = (v << 8) | p[i];
-  return v;
-}
-
 /* Counts stop at INT64_MAX, the largest a Lua integer holds. */
 static uint64_t sat_add(uint64_t x, uint64_t y) {
   if (x > (uint64_t)INT64_MAX) x = (uint64_t)INT64_MAX;
   return y > (uint64_t)INT64_MAX - x ? (uint64_t)INT64_MAX : x + y;
-}
-
-static int append(mtasts_buf *b, const void *p, size_t n) {
-  unsigned char len[4];
-  if (n > UINT32_MAX || mtasts_buf_reserve(b, b->n + 4 + n) != 0) return ENOMEM;
-  len[0] = (unsigned char)(n >> 24);
-  len[1] = (unsigned char)(n >> 16);
-  len[2] = (unsigned char)(n >> 8);
-  len[3] = (unsigned char)n;
-  memcpy(b->p + b->n, len, 4);
-  if (n) memcpy(b->p + b->n + 4, p, n);
-  b->n += 4 + n;
-  return 0;
 }
 
 /* --- apply --- */
@@ -66,8 +42,8 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
     v.ulen = sizeof cur;
     rc = db->get(db, t, &k, &v, DB_RMW);
     if (rc == 0 && v.size == 16) {
-      a = get_u64(cur);
-      b = get_u64(cur + 8);
+      a = mtasts_get_u64(cur);
+      b = mtasts_get_u64(cur + 8);
     } else if (rc == DB_BUFFER_SMALL || (rc == 0 && v.size != 16)) {
       rc = 0;   /* not a counter record (cannot happen with our keys): start it afresh */
     } else if (rc == DB_NOTFOUND) {
@@ -75,8 +51,8 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
     } else {
       break;
     }
-    put_u64(val, sat_add(a, x->d[i].a));
-    put_u64(val + 8, sat_add(b, x->d[i].b));
+    mtasts_put_u64(val, sat_add(a, x->d[i].a));
+    mtasts_put_u64(val + 8, sat_add(b, x->d[i].b));
     dbt(&v, val, sizeof val);
     if ((rc = db->put(db, t, &k, &v, 0)) != 0) break;
   }
@@ -88,16 +64,25 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
 }
 
 /* Keys per transaction: each holds a write lock on its page until the commit, and the
- * environment has locks for 3,000 objects (cache.c), so a large batch is split. */
+ * environment has locks for 3,000 objects (env.c), so a large batch is split. */
 #define APPLY_CHUNK 500
 
-int mtasts_results_apply(mtasts_cache *c, const mtasts_delta *d, size_t n, char *err) {
+/* keys in btree order: a batch then walks the tree's pages in one direction */
+static int delta_cmp(const void *x, const void *y) {
+  const mtasts_delta *a = x, *b = y;
+  size_t n = a->kn < b->kn ? a->kn : b->kn;
+  int c = memcmp(a->key, b->key, n);
+  return c ? c : (a->kn > b->kn) - (a->kn < b->kn);
+}
+
+int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, char *err) {
   size_t off;
   int rc = 0;
   err[0] = '\0';
+  if (n > 1) qsort(d, n, sizeof *d, delta_cmp);
   for (off = 0; off < n && rc == 0; off += APPLY_CHUNK) {
     apply_ctx x = {d + off, n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK};
-    rc = mtasts_store_run(c, op_apply, &x, 1, "results: add", err);
+    rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_apply, &x, "results: add", err);
   }
   return rc;
 }
@@ -141,7 +126,8 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
     if (rc != 0) break;
     if (k.size < x->pn || memcmp(k.data, x->prefix, x->pn) != 0) break;
     if (!x->distinct) {
-      if ((rc = append(x->b, k.data, k.size)) != 0 || (rc = append(x->b, d.data, d.size)) != 0)
+      if ((rc = mtasts_buf_add_u32_bytes(x->b, k.data, k.size)) != 0 ||
+          (rc = mtasts_buf_add_u32_bytes(x->b, d.data, d.size)) != 0)
         break;
       if (++x->count == x->limit) break;
       continue;
@@ -151,7 +137,7 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
       size_t rn = k.size - x->pn, cn;
       nul = memchr(rest, '\0', rn);
       cn = nul ? (size_t)(nul - rest) : rn;
-      if ((rc = append(x->b, rest, cn)) != 0) break;
+      if ((rc = mtasts_buf_add_u32_bytes(x->b, rest, cn)) != 0) break;
       x->count++;
       /* jump past every key with this component: prefix, component, "\x01" */
       free(seek);
@@ -173,18 +159,27 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
   return rc;
 }
 
-int mtasts_results_scan(mtasts_cache *c, const char *prefix, size_t pn, const char *after,
+int mtasts_results_scan(mtasts_env *e, const char *prefix, size_t pn, const char *after,
                         size_t an, size_t limit, mtasts_buf *b, size_t *count, char *err) {
   scan_ctx x = {prefix, after, pn, an, limit, 0, 0, b};
-  int rc = mtasts_store_run(c, op_scan, &x, 0, "results: scan", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_scan, &x, "results: scan", err);
   *count = x.count;
   return rc;
 }
 
-int mtasts_results_distinct(mtasts_cache *c, const char *prefix, size_t pn, mtasts_buf *b,
+int mtasts_results_next(const mtasts_buf *b, size_t *pos, mtasts_span *s) {
+  size_t p = *pos;
+  if (p + 4 > b->n) return 0;
+  s->n = mtasts_get_u32(b->p + p);
+  s->p = (const char *)b->p + p + 4;
+  *pos = p + 4 + s->n;
+  return 1;
+}
+
+int mtasts_results_distinct(mtasts_env *e, const char *prefix, size_t pn, mtasts_buf *b,
                             size_t *count, char *err) {
   scan_ctx x = {prefix, NULL, pn, 0, 0, 0, 1, b};
-  int rc = mtasts_store_run(c, op_scan, &x, 0, "results: scan", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_scan, &x, "results: scan", err);
   *count = x.count;
   return rc;
 }
@@ -221,10 +216,10 @@ static int op_get(DB_ENV *env, DB *db, void *vctx) {
   return read_value(db, NULL, vctx, DB_READ_COMMITTED);
 }
 
-int mtasts_results_get(mtasts_cache *c, const char *key, size_t kn, mtasts_buf *b,
+int mtasts_results_get(mtasts_env *e, const char *key, size_t kn, mtasts_buf *b,
                        int *found, char *err) {
   value_ctx x = {key, NULL, NULL, kn, 0, 0, b, 0};
-  int rc = mtasts_store_run(c, op_get, &x, 0, "results: get", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_get, &x, "results: get", err);
   *found = x.found;
   return rc;
 }
@@ -255,11 +250,11 @@ abort:
   return rc;
 }
 
-int mtasts_results_cas(mtasts_cache *c, const char *key, size_t kn, const char *expect,
+int mtasts_results_cas(mtasts_env *e, const char *key, size_t kn, const char *expect,
                        size_t en, const char *value, size_t vn, int *swapped, char *err) {
   mtasts_buf scratch = {0};
   value_ctx x = {key, expect, value, kn, en, vn, &scratch, 0};
-  int rc = mtasts_store_run(c, op_cas, &x, 1, "results: put", err);
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_cas, &x, "results: put", err);
   *swapped = rc == 0 && x.found;
   mtasts_buf_free(&scratch);
   return rc;
@@ -304,12 +299,58 @@ done:
   return rc;
 }
 
-int mtasts_results_delete_range(mtasts_cache *c, const char *lo, size_t ln, const char *hi,
+int mtasts_results_delete_range(mtasts_env *e, const char *lo, size_t ln, const char *hi,
                                 size_t hn, size_t *deleted, char *err) {
   range_ctx x = {lo, hi, ln, hn, 0, 0};
   int rc;
-  do rc = mtasts_store_run(c, op_delete_some, &x, 1, "results: delete", err);
+  do rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_delete_some, &x, "results: delete", err);
   while (rc == 0 && x.more);
   *deleted = x.deleted;
+  return rc;
+}
+
+/* --- salvage (for rebuild.c) --- */
+
+/* The records lua/mtasts/tlsrpt/store.lua writes (docs/tlsrpt.md): a counter under
+ * "R" yyyy-mm-dd NUL ..., a delivery state (a JSON object) under "Q" yyyy-mm-dd NUL .... What
+ * the rest of a key means is the store's business; these are the shapes only. */
+int mtasts_results_is_key(const unsigned char *k, size_t n) {
+  size_t i;
+  if (n < 13 || n > MTASTS_RESULTS_KEY_MAX || (k[0] != 'R' && k[0] != 'Q') || k[11] != 0)
+    return 0;
+  for (i = 1; i <= 10; i++)
+    if (i == 5 || i == 8 ? k[i] != '-' : (k[i] < '0' || k[i] > '9')) return 0;
+  return 1;
+}
+
+int mtasts_results_is_value(const unsigned char *k, const unsigned char *v, size_t vn) {
+  if (k[0] == 'R') return vn == 16;
+  return vn >= 2 && vn <= MTASTS_RESULTS_VALUE_MAX && v[0] == '{' && v[vn - 1] == '}';
+}
+
+typedef struct { const unsigned char *k, *v; size_t kn, vn; int existed; } pair_ctx;
+
+static int op_put_pair(DB_ENV *env, DB *db, void *vctx) {
+  pair_ctx *x = vctx;
+  DB_TXN *t;
+  DBT k, v;
+  int rc;
+  dbt(&k, x->k, x->kn);
+  dbt(&v, x->v, x->vn);
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  /* the plain read comes first and wins: the salvager's copy of a key only fills a gap */
+  if ((rc = db->put(db, t, &k, &v, DB_NOOVERWRITE)) != 0) {
+    t->abort(t);
+    if (rc == DB_KEYEXIST) x->existed = 1;
+    return rc == DB_KEYEXIST ? 0 : rc;
+  }
+  return t->commit(t, DB_TXN_WRITE_NOSYNC);
+}
+
+int mtasts_results_put_salvaged(mtasts_env *e, const unsigned char *k, size_t kn,
+                                const unsigned char *v, size_t vn, int *added, char *err) {
+  pair_ctx x = {k, v, kn, vn, 0};
+  int rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_put_pair, &x, "rebuild", err);
+  *added = rc == 0 && !x.existed;
   return rc;
 }

@@ -1,12 +1,14 @@
 /* results.h: the TLSRPT result store (results.c) and the codecs (codec.c). Pure C, no Lua.
  *
- * The store is the file results.db in a cache environment (cache.c): same gate, recovery and
- * durability rules. It knows keys and counters only; what a key means (day, policy domain,
- * policy and failure detail) is decided in lua/mtasts/tlsrpt.lua (docs/tlsrpt.md). */
+ * The store is the file results.db of a cache directory's environment (env.c), beside the
+ * policy cache: same gate, recovery and durability rules. It knows keys and counters only;
+ * what a key means (day, policy domain, policy and failure detail) is decided in
+ * lua/mtasts/tlsrpt/store.lua (docs/tlsrpt.md). */
 #ifndef MTASTS_RESULTS_H
 #define MTASTS_RESULTS_H
 
-#include "cache.h"
+#include "buf.h"
+#include "env.h"
 
 #define MTASTS_RESULTS_KEY_MAX (1u << 20)   /* a longer key is misuse */
 #define MTASTS_RESULTS_VALUE_MAX (1u << 20)
@@ -15,33 +17,47 @@
  * a and b are added to them, stopping at INT64_MAX (so counts never wrap or go negative). */
 typedef struct { const char *key; size_t kn; uint64_t a, b; } mtasts_delta;
 
-/* Apply n updates in transactions of at most 500 keys: all of them are durable when it
- * returns 0; after an error, the transactions before the failing one are. */
-int mtasts_results_apply(mtasts_cache *c, const mtasts_delta *d, size_t n, char *err);
+/* Apply n updates in transactions of at most 500 keys, sorting d by key first (a batch then
+ * walks the btree's pages in one direction): all of them are durable when it returns 0;
+ * after an error, the transactions before the failing one are. */
+int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, char *err);
 
 /* Records whose key starts with prefix, in key order, copied into b as u32 key length, key,
  * u32 value length, value; at most limit records (0: no limit) starting after `after`
  * (a full key, or NULL to start at the prefix). */
-int mtasts_results_scan(mtasts_cache *c, const char *prefix, size_t pn, const char *after,
+int mtasts_results_scan(mtasts_env *e, const char *prefix, size_t pn, const char *after,
                         size_t an, size_t limit, mtasts_buf *b, size_t *count, char *err);
 
 /* The distinct components of keys that start with prefix: the bytes after the prefix up to
  * the next NUL (or the key's end), each once, in order; copied as u32 length, bytes.
  * Jumps over each component's records, so it costs one seek per component. */
-int mtasts_results_distinct(mtasts_cache *c, const char *prefix, size_t pn, mtasts_buf *b,
+int mtasts_results_distinct(mtasts_env *e, const char *prefix, size_t pn, mtasts_buf *b,
                             size_t *count, char *err);
+/* The string at *pos of what a scan or distinct copied into b (start with *pos = 0): keys
+ * and values in turns for a scan, components for distinct. 1 and the string, or 0 after the
+ * last. */
+int mtasts_results_next(const mtasts_buf *b, size_t *pos, mtasts_span *s);
 
 /* Plain values (delivery state). get: *found 0 when absent. */
-int mtasts_results_get(mtasts_cache *c, const char *key, size_t kn, mtasts_buf *b,
+int mtasts_results_get(mtasts_env *e, const char *key, size_t kn, mtasts_buf *b,
                        int *found, char *err);
 /* Compare and swap in one transaction: when the stored value equals expect (expect NULL:
  * when there is none), store value (value NULL: delete) and set *swapped = 1. */
-int mtasts_results_cas(mtasts_cache *c, const char *key, size_t kn, const char *expect,
+int mtasts_results_cas(mtasts_env *e, const char *key, size_t kn, const char *expect,
                        size_t en, const char *value, size_t vn, int *swapped, char *err);
 
 /* Delete every record with lo <= key < hi, in transactions of at most 1000 records. */
-int mtasts_results_delete_range(mtasts_cache *c, const char *lo, size_t ln, const char *hi,
+int mtasts_results_delete_range(mtasts_env *e, const char *lo, size_t ln, const char *hi,
                                 size_t hn, size_t *deleted, char *err);
+
+/* For a rebuild (rebuild.c), which reads records back from a damaged results.db: whether a
+ * key has the shape of the store's keys, and whether a value fits its key (k passed
+ * mtasts_results_is_key). Records that do not are left behind. */
+int mtasts_results_is_key(const unsigned char *k, size_t n);
+int mtasts_results_is_value(const unsigned char *k, const unsigned char *v, size_t vn);
+/* Store a salvaged record unless its key is there already: *added is 1 when it was not. */
+int mtasts_results_put_salvaged(mtasts_env *e, const unsigned char *k, size_t kn,
+                                const unsigned char *v, size_t vn, int *added, char *err);
 
 /* --- codecs (codec.c) --- */
 #define MTASTS_CODEC_ESYNTAX (-1)   /* not gzip / not base64 / damaged */

@@ -10,46 +10,22 @@
  *   u16 mx count,  each: u8 length, pattern (lower-case A-labels)
  *   u16 extension count, each: u8 key length, key, u16 value length, value
  *   u32 policy text length, policy text (as received)
- * A later format bumps the first byte; a decoder refuses formats it does not know. */
-#include "cache.h"
+ * A later format bumps the first byte; a decoder refuses formats it does not know. Only this
+ * file knows the layout: the cache reads and patches the times through mtasts_row_get_time
+ * and mtasts_row_set_time (row.h). */
+#include "row.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-int mtasts_buf_reserve(mtasts_buf *b, size_t need) {
-  size_t cap;
-  unsigned char *p;
-  if (need <= b->cap) return 0;
-  cap = b->cap ? b->cap : 256;
-  while (cap < need) cap *= 2;
-  if (!(p = realloc(b->p, cap))) return ENOMEM;
-  b->p = p;
-  b->cap = cap;
-  return 0;
-}
-
-void mtasts_buf_free(mtasts_buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->n = b->cap = 0;
-}
-
+/* Cursor wrappers over buf.h's big-endian helpers: each writes at o and returns the end. */
 static unsigned char *put_u8(unsigned char *o, unsigned v) { *o = (unsigned char)v; return o + 1; }
-static unsigned char *put_u16(unsigned char *o, unsigned v) {
-  o[0] = (unsigned char)(v >> 8); o[1] = (unsigned char)v;
-  return o + 2;
-}
-static unsigned char *put_u32(unsigned char *o, uint32_t v) {
-  o[0] = (unsigned char)(v >> 24); o[1] = (unsigned char)(v >> 16);
-  o[2] = (unsigned char)(v >> 8); o[3] = (unsigned char)v;
-  return o + 4;
-}
+static unsigned char *put_u16(unsigned char *o, unsigned v) { mtasts_put_u16(o, v); return o + 2; }
+static unsigned char *put_u32(unsigned char *o, uint32_t v) { mtasts_put_u32(o, v); return o + 4; }
 static unsigned char *put_i64(unsigned char *o, int64_t v) {
-  uint64_t u = (uint64_t)v;
-  int i;
-  for (i = 7; i >= 0; i--) { o[i] = (unsigned char)u; u >>= 8; }
+  mtasts_put_u64(o, (uint64_t)v);
   return o + 8;
 }
 static unsigned char *put_bytes(unsigned char *o, const char *p, size_t n) {
@@ -57,16 +33,7 @@ static unsigned char *put_bytes(unsigned char *o, const char *p, size_t n) {
   return o + n;
 }
 
-static uint32_t get_u16(const unsigned char *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static uint32_t get_u32(const unsigned char *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static int64_t get_i64(const unsigned char *p) {
-  uint64_t u = 0;
-  int i;
-  for (i = 0; i < 8; i++) u = u << 8 | p[i];
-  return (int64_t)u;
-}
+static int64_t get_i64(const unsigned char *p) { return (int64_t)mtasts_get_u64(p); }
 
 int mtasts_row_encode(mtasts_buf *b, const mtasts_row *m, const mtasts_policy *p,
                       mtasts_span text) {
@@ -145,7 +112,7 @@ int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *e
   row->last_use = get_i64(s + 26);
   if (s[34] > MTASTS_MODE_ENFORCE) return bad(err, "unknown mode", 34);
   row->mode = s[34];
-  row->max_age = get_u32(s + 35);
+  row->max_age = mtasts_get_u32(s + 35);
   if (row->max_age > MTASTS_MAX_AGE_MAX) return bad(err, "max_age out of range", 35);
   len = s[39];
   pos = 40;
@@ -163,7 +130,7 @@ int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *e
   pos += len;
 
   if (n - pos < 2) return bad(err, "truncated mx count", pos);
-  count = get_u16(s + pos);
+  count = mtasts_get_u16(s + pos);
   pos += 2;
   row->mx = s + pos;
   row->n_mx = count;
@@ -176,7 +143,7 @@ int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *e
   }
 
   if (n - pos < 2) return bad(err, "truncated extension count", pos);
-  count = get_u16(s + pos);
+  count = mtasts_get_u16(s + pos);
   pos += 2;
   row->ext = s + pos;
   row->n_ext = count;
@@ -186,13 +153,13 @@ int mtasts_row_decode(const unsigned char *s, size_t n, mtasts_row *row, char *e
     if (n - pos - 1 < len) return bad(err, "truncated extension key", pos);
     pos += 1 + len;
     if (n - pos < 2) return bad(err, "truncated extension value", pos);
-    len = get_u16(s + pos);
+    len = mtasts_get_u16(s + pos);
     if (n - pos - 2 < len) return bad(err, "truncated extension value", pos);
     pos += 2 + len;
   }
 
   if (n - pos < 4) return bad(err, "truncated policy text", pos);
-  len = get_u32(s + pos);
+  len = mtasts_get_u32(s + pos);
   pos += 4;
   if (n - pos < len) return bad(err, "truncated policy text", pos);
   row->policy_text.p = (const char *)s + pos;
@@ -227,9 +194,29 @@ int mtasts_row_next_ext(mtasts_row_iter *it, mtasts_span *k, mtasts_span *v) {
   k->n = it->p[0];
   k->p = (const char *)it->p + 1;
   it->p += 1 + k->n;
-  v->n = get_u16(it->p);
+  v->n = mtasts_get_u16(it->p);
   v->p = (const char *)it->p + 2;
   it->p += 2 + v->n;
   it->left--;
   return 1;
+}
+
+int mtasts_row_format_known(const unsigned char *s, size_t n) {
+  return n >= 1 && s[0] == MTASTS_ROW_FORMAT;
+}
+
+/* Where each time is (the enum's order), and the end of the four. */
+static const size_t time_at[] = { 2, 10, 18, 26 };
+#define TIMES_END 34
+
+int mtasts_row_get_time(const unsigned char *s, size_t n, int field, int64_t *t) {
+  if (!mtasts_row_format_known(s, n) || n < TIMES_END || field < 0 || field > 3) return -1;
+  *t = get_i64(s + time_at[field]);
+  return 0;
+}
+
+int mtasts_row_set_time(unsigned char *s, size_t n, int field, int64_t t) {
+  if (!mtasts_row_format_known(s, n) || n < TIMES_END || field < 0 || field > 3) return -1;
+  put_i64(s + time_at[field], t);
+  return 0;
 }

@@ -110,16 +110,8 @@ end
 -- give equal bytes, different fields different bytes. Fields are joined with \1, list
 -- items with \2; the bytes \0-\3 inside a value are escaped as \3 followed by the byte + 64,
 -- so no encoding holds a NUL (the key separator) and splitting is unambiguous.
-local find = string.find
-local function esc(v)
-  v = tostring(v)
-  -- plain finds (memchr) are several times faster than one character class here
-  if find(v, "\0", 1, true) or find(v, "\1", 1, true) or find(v, "\2", 1, true) or
-      find(v, "\3", 1, true) then
-    v = v:gsub("[%z\1\2\3]", function(c) return "\3" .. string.char(c:byte() + 64) end)
-  end
-  return v
-end
+-- esc(v): tostring(v), escaped; the one implementation is in C (module/lua_results.c).
+local esc = core.blob_escape
 
 local function unesc(v)
   if v:find("\3", 1, true) then
@@ -128,7 +120,7 @@ local function unesc(v)
   return v
 end
 
-local list_blob = core.blob_list   -- esc() of each item, joined with \2 (in C: speed)
+local list_blob = core.blob_list   -- esc() of each item, joined with \2
 
 local function policy_blob(p, pdomain)
   local blob = p.type .. "\1" .. esc(pdomain) .. "\1" .. list_blob(p.strings) ..
