@@ -39,7 +39,7 @@ static int core_poll(lua_State *L) {
   if (rc < 0) {
     char msg[128];
     snprintf(msg, sizeof msg, "poll: %s", strerror(errno));
-    return mtasts_lua_fail(L, msg, "epoll");
+    return mtasts_lua_fail(L, msg, "poll");
   }
   lua_pushboolean(L, rc > 0);
   return 1;
