@@ -85,6 +85,8 @@ return {
   { "a wildcard mx", mx("*.Example.NET"), pol("enforce", 86400, { "*.example.net" }) },
   { "an A-label mx", mx("xn--bcher-kva.example"),
     pol("enforce", 86400, { "xn--bcher-kva.example" }) },
+  { "an A-label mx of a symbol UTS #46 allows", mx("mx.XN--74H.example"),
+    pol("enforce", 86400, { "mx.xn--74h.example" }) },
   { "an mx label of 63 octets", mx(label63 .. ".example"),
     pol("enforce", 86400, { label63 .. ".example" }) },
   { "an mx of 253 octets", mx(name253), pol("enforce", 86400, { name253 }) },
