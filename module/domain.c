@@ -7,14 +7,14 @@
  * any LDH name), not IDNA2008's stricter table: symbols such as U+263A and U+2764 are valid in
  * UTS #46 (status NV8) and disallowed in IDNA2008. libidn2 has no switch for that, so a label
  * is converted in two steps (to_alabel): libidn2's lookup with IDN2_NONTRANSITIONAL (UTS #46
- * mapping and checks, then IDNA2008's checks), and when that refuses the label, its lookup
- * with IDN2_TRANSITIONAL, the one mode in which libidn2 leaves IDNA2008's checks out. The
- * transitional mapping differs from the non-transitional one only on the four deviation
- * characters (U+00DF, U+03C2, U+200C, U+200D), so that second step is taken only for labels
- * without them. Of UTS #46's checks, libidn2's second step leaves out the bidi rule (CheckJoiners
- * concerns only U+200C and U+200D): it is applied here, conservatively, to the whole name (a
- * name with a label from the second step may have no right-to-left code point). Every name
- * ends with the LDH check of its A-labels. docs/conformance.md §8.2. */
+ * mapping and checks, then IDNA2008's checks), and when that refuses a code point of the
+ * label, its lookup with IDN2_TRANSITIONAL, the one mode in which libidn2 leaves IDNA2008's
+ * checks out. The transitional mapping differs from the non-transitional one only on the four
+ * deviation characters (U+00DF, U+03C2, U+200C, U+200D), so that second step is taken only
+ * for labels without them. Of UTS #46's checks, the second step leaves out the bidi rule
+ * (CheckJoiners concerns only U+200C and U+200D): it is applied here, conservatively, to the
+ * whole name (a name with a label from the second step may have no right-to-left code
+ * point). Every name ends with the LDH check of its A-labels. docs/conformance.md §8.2. */
 #include "mtasts.h"
 
 #include <idn2.h>
@@ -89,9 +89,10 @@ static int to_alabel(const char *label, uint8_t **out, int *uts46) {
   *uts46 = 0;
   *out = NULL;
   rc = idn2_lookup_u8((const uint8_t *)label, out, IDN_FLAGS);
-  if (rc == IDN2_OK || rc == IDN2_MALLOC || rc == IDN2_ENCODING_ERROR ||
-      rc == IDN2_TOO_BIG_DOMAIN || rc == IDN2_TOO_BIG_LABEL || rc == IDN2_PUNYCODE_BIG_OUTPUT ||
-      has_deviation(label))
+  /* only IDNA2008's own verdicts on code points get a second opinion: its table of valid
+   * (and assigned) code points, and the CONTEXTO rules, which UTS #46 does not have */
+  if ((rc != IDN2_DISALLOWED && rc != IDN2_UNASSIGNED && rc != IDN2_CONTEXTO &&
+       rc != IDN2_CONTEXTO_NO_RULE) || has_deviation(label))
     return rc;
   idn2_free(*out);
   *out = NULL;
