@@ -1,7 +1,20 @@
-/* domain.c: domain names to lower-case A-labels and back (IDNA2008 through libidn2).
+/* domain.c: domain names to lower-case A-labels and back (UTS #46 through libidn2).
  * Pure C, no Lua. ASCII labels are checked as LDH host names here (so real names with
  * "--" in the third and fourth position still work); xn-- labels and non-ASCII labels go
- * through libidn2 with UTS #46 non-transitional mapping and an A-label round trip. */
+ * through libidn2 with UTS #46 non-transitional mapping and an A-label round trip.
+ *
+ * Validity is that of UTS #46 (what browsers and Go's IDNA lookup profile accept; DNS resolves
+ * any LDH name), not IDNA2008's stricter table: symbols such as U+263A and U+2764 are valid in
+ * UTS #46 (status NV8) and disallowed in IDNA2008. libidn2 has no switch for that, so a label
+ * is converted in two steps (to_alabel): libidn2's lookup with IDN2_NONTRANSITIONAL (UTS #46
+ * mapping and checks, then IDNA2008's checks), and when that refuses a code point of the
+ * label, its lookup with IDN2_TRANSITIONAL, the one mode in which libidn2 leaves IDNA2008's
+ * checks out. The transitional mapping differs from the non-transitional one only on the four
+ * deviation characters (U+00DF, U+03C2, U+200C, U+200D), so that second step is taken only
+ * for labels without them. Of UTS #46's checks, the second step leaves out the bidi rule
+ * (CheckJoiners concerns only U+200C and U+200D): it is applied here, conservatively, to the
+ * whole name (a name with a label from the second step may have no right-to-left code
+ * point). Every name ends with the LDH check of its A-labels. docs/conformance.md §8.2. */
 #include "mtasts.h"
 
 #include <idn2.h>
@@ -11,6 +24,7 @@
 #include <string.h>
 
 #define IDN_FLAGS (IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL | IDN2_ALABEL_ROUNDTRIP)
+#define UTS46_FLAGS (IDN2_NFC_INPUT | IDN2_TRANSITIONAL | IDN2_ALABEL_ROUNDTRIP)
 
 static int errf(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int errf(char *err, const char *fmt, ...) {
@@ -25,9 +39,77 @@ static int is_xn(const char *p, size_t n) {
   return n >= 4 && (p[0] | 0x20) == 'x' && (p[1] | 0x20) == 'n' && p[2] == '-' && p[3] == '-';
 }
 
+/* The next code point of UTF-8, or -1 at the end. Bounded on any bytes; only meant for valid
+ * UTF-8 (a label that is not is refused by libidn2 whatever this returns). */
+static long next_cp(const unsigned char **p, const unsigned char *end) {
+  const unsigned char *s = *p;
+  long cp;
+  size_t len, i;
+  if (s >= end) return -1;
+  if (s[0] < 0x80) { *p = s + 1; return s[0]; }
+  if (s[0] >= 0xf0) { len = 4; cp = s[0] & 0x07; }
+  else if (s[0] >= 0xe0) { len = 3; cp = s[0] & 0x0f; }
+  else { len = 2; cp = s[0] & 0x1f; }
+  if ((size_t)(end - s) < len) { *p = end; return -1; }
+  for (i = 1; i < len; i++) cp = (cp << 6) | (s[i] & 0x3f);
+  *p = s + len;
+  return cp;
+}
+
+/* The UTS #46 deviation characters: sharp s, final sigma, ZWNJ, ZWJ. */
+static int has_deviation(const char *u) {
+  const unsigned char *p = (const unsigned char *)u, *end = p + strlen(u);
+  long cp;
+  while ((cp = next_cp(&p, end)) >= 0)
+    if (cp == 0xdf || cp == 0x3c2 || cp == 0x200c || cp == 0x200d) return 1;
+  return 0;
+}
+
+/* Code points of the blocks of right-to-left scripts: every code point of Bidi_Class R, AL or
+ * AN is in them (Hebrew to Arabic Extended, the Hebrew and Arabic presentation forms, and the
+ * right-to-left areas of planes 1), and a few others are too, which only makes the bidi check
+ * below stricter. */
+static int has_rtl(const char *u) {
+  const unsigned char *p = (const unsigned char *)u, *end = p + strlen(u);
+  long cp;
+  while ((cp = next_cp(&p, end)) >= 0)
+    if ((cp >= 0x590 && cp <= 0x8ff) || (cp >= 0xfb1d && cp <= 0xfdff) ||
+        (cp >= 0xfe70 && cp <= 0xfeff) || (cp >= 0x10800 && cp <= 0x10fff) ||
+        (cp >= 0x1e800 && cp <= 0x1efff))
+      return 1;
+  return 0;
+}
+
+/* One label (UTF-8, NUL-terminated, no separator) to its lower-case A-label, or to ASCII when
+ * it maps to ASCII: *out is allocated by libidn2 (idn2_free), and may hold a '.' when a
+ * compatibility character maps to one. *uts46 is set when only the UTS #46 path accepted it.
+ * Returns IDN2_OK or a libidn2 code. */
+static int to_alabel(const char *label, uint8_t **out, int *uts46) {
+  int rc, rc2;
+  *uts46 = 0;
+  *out = NULL;
+  rc = idn2_lookup_u8((const uint8_t *)label, out, IDN_FLAGS);
+  /* only IDNA2008's own verdicts on code points get a second opinion: its table of valid
+   * (and assigned) code points, and the CONTEXTO rules, which UTS #46 does not have */
+  if ((rc != IDN2_DISALLOWED && rc != IDN2_UNASSIGNED && rc != IDN2_CONTEXTO &&
+       rc != IDN2_CONTEXTO_NO_RULE) || has_deviation(label))
+    return rc;
+  idn2_free(*out);
+  *out = NULL;
+  rc2 = idn2_lookup_u8((const uint8_t *)label, out, UTS46_FLAGS);
+  if (rc2 != IDN2_OK) {   /* UTS #46's reason: the rule that decides */
+    idn2_free(*out);
+    *out = NULL;
+    return rc2;
+  }
+  *uts46 = 1;
+  return IDN2_OK;
+}
+
 /* Validate a lower-case ASCII name of n <= MTASTS_NAME_MAX octets, label by label. */
 static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
   size_t start = 0, i;
+  int uts46_any = 0, rtl_any = 0;
   char q[4 * 40 + 8], qn[4 * 40 + 8];
   mtasts_quote(qn, sizeof qn, name, n, 40);
   if (n > MTASTS_NAME_MAX)
@@ -56,25 +138,33 @@ static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
       return errf(err, "'%s' ends in a numeric label: an IP address is not a domain name", qn);
     if (check_xn && is_xn(l, len)) {
       /* an A-label is valid when its U-label converts back to exactly it: libidn2's own
-       * check accepts some that decode to disallowed code points ("xn--6a" is U+00A0) */
+       * check accepts some that decode to disallowed code points ("xn--6a" is U+00A0), and
+       * the round trip also refuses U-labels that are not in their mapped form */
       char label[MTASTS_LABEL_MAX + 1], *u = NULL;
       uint8_t *out = NULL;
-      int rc;
+      int rc, uts46 = 0;
       memcpy(label, l, len);
       label[len] = '\0';
       rc = idn2_to_unicode_8z8z(label, &u, 0);
-      if (rc == IDN2_OK) rc = idn2_lookup_u8((const uint8_t *)u, &out, IDN_FLAGS);
+      if (rc == IDN2_OK) rc = to_alabel(u, &out, &uts46);
       if (rc == IDN2_OK && strcmp((const char *)out, label) != 0)
         rc = IDN2_ALABEL_ROUNDTRIP_FAILED;
+      if (rc == IDN2_OK && has_rtl(u)) rtl_any = 1;
       idn2_free(u);
       idn2_free(out);
       if (rc != IDN2_OK)
         return errf(err, "domain name '%s': label '%s' is not a valid A-label: %s", qn, q,
                     idn2_strerror(rc));
+      uts46_any |= uts46;
     }
     if (!dot) break;
     start = end + 1;
   }
+  /* the bidi rule applies to every label of a name with a right-to-left label; libidn2
+   * checks it only on IDNA2008's path, so a name that needed the UTS #46 path may have none */
+  if (uts46_any && rtl_any)
+    return errf(err, "'%s' is not a valid internationalized domain name: right-to-left labels "
+                "with code points IDNA2008 disallows are not supported", qn);
   return 0;
 }
 
@@ -118,25 +208,25 @@ static int ascii_from_unicode(const char *s, size_t n, char *ascii, const char *
       char label[MTASTS_UNAME_MAX];
       uint8_t *a = NULL;
       size_t alen;
-      int rc;
+      int rc, uts46;
       memcpy(label, s + pos, len);
       label[len] = '\0';
-      rc = idn2_lookup_u8((const uint8_t *)label, &a, IDN_FLAGS);
+      rc = to_alabel(label, &a, &uts46);
       if (rc != IDN2_OK) {
         char ql[4 * 20 + 8];
-        idn2_free(a);
         mtasts_quote(ql, sizeof ql, s + pos, len, 20);
         if (rc == IDN2_TOO_BIG_DOMAIN || rc == IDN2_TOO_BIG_LABEL ||
             rc == IDN2_PUNYCODE_BIG_OUTPUT)
           return errf(err, "domain name '%s': label '%s' is more than %d octets as an A-label",
                       q, ql, MTASTS_LABEL_MAX);
-        return errf(err, "'%s' is not a valid IDNA2008 domain name: label '%s': %s", q, ql,
-                    idn2_strerror(rc));
+        return errf(err, "'%s' is not a valid internationalized domain name: label '%s': %s", q,
+                    ql, idn2_strerror(rc));
       }
       alen = strlen((const char *)a);
       if (memchr(a, '.', alen)) {  /* a compatibility character that maps to a dot */
         idn2_free(a);
-        return errf(err, "'%s' is not a valid IDNA2008 domain name: a character maps to '.'", q);
+        return errf(err, "'%s' is not a valid internationalized domain name: a character maps "
+                    "to '.'", q);
       }
       if (out + alen > MTASTS_NAME_MAX) { idn2_free(a); goto too_long; }
       memcpy(ascii + out, a, alen);

@@ -168,18 +168,21 @@ static int parse_txt(const char *s, size_t n, const char *tag, field_fn fn, void
   return 0;
 }
 
+/* RFC 8461 §3.2: of a duplicated non-repeated field only the first counts; later ones are
+ * ignored whatever their value (docs/conformance.md §8.1). The version is the record's first
+ * field, so any later "v=" is such a duplicate. Extensions are not fields the RFC defines:
+ * they are all kept. */
 static int sts_field(void *o, int no, mtasts_span key, mtasts_span value, char *err) {
   mtasts_record *r = o;
   quotes q;
+  if (span_eq(key, "v")) return 0;
   if (span_eq(key, "id")) {
     size_t i;
     int ok = value.n >= 1 && value.n <= 32;
+    if (r->id.p) return 0;
     for (i = 0; ok && i < value.n; i++) ok = is_alnum((unsigned char)value.p[i]);
     if (!ok)
       return errf(err, "record field %d: id '%s' is not 1-32 letters or digits", no, qa(&q, value));
-    if (r->id.p)
-      return errf(err, "record field %d: second id '%s' (first was '%s')", no, qa(&q, value),
-                  qb(&q, r->id));
     r->id = value;
     return 0;
   }
@@ -444,22 +447,26 @@ int mtasts_parse_policy(const char *s, size_t n, mtasts_policy *out, char *err) 
     if (!valid_ext_name(key))
       return errf(err, "policy line %zu: key '%s' is not 1-32 letters, digits, '_', '-' or '.' "
                   "starting with a letter or digit", lineno, qa(&q, key));
+    /* RFC 8461 §3.2: a repeated version, mode or max_age line is ignored whatever its value;
+     * the first one decides (docs/conformance.md §8.1) */
     if (span_eq(key, "version")) {
+      if (have_version) continue;
       if (!span_eq(value, "STSv1"))
         return errf(err, "policy line %zu: version '%s' is not STSv1", lineno, qa(&q, value));
       have_version = 1;
     } else if (span_eq(key, "mode")) {
-      int mode;
-      if (span_eq(value, "enforce")) mode = MTASTS_MODE_ENFORCE;
-      else if (span_eq(value, "testing")) mode = MTASTS_MODE_TESTING;
-      else if (span_eq(value, "none")) mode = MTASTS_MODE_NONE;
+      if (have_mode) continue;
+      if (span_eq(value, "enforce")) out->mode = MTASTS_MODE_ENFORCE;
+      else if (span_eq(value, "testing")) out->mode = MTASTS_MODE_TESTING;
+      else if (span_eq(value, "none")) out->mode = MTASTS_MODE_NONE;
       else
         return errf(err, "policy line %zu: mode '%s' is not enforce, testing or none", lineno,
                     qa(&q, value));
-      if (!have_mode) { out->mode = mode; have_mode = 1; }
+      have_mode = 1;
     } else if (span_eq(key, "max_age")) {
       uint64_t v = 0;
       int ok = value.n >= 1 && value.n <= 10;
+      if (have_max_age) continue;
       for (i = 0; ok && i < value.n; i++) {
         ok = is_digit((unsigned char)value.p[i]);
         v = v * 10 + (uint64_t)(value.p[i] - '0');
@@ -467,10 +474,8 @@ int mtasts_parse_policy(const char *s, size_t n, mtasts_policy *out, char *err) 
       if (!ok)
         return errf(err, "policy line %zu: max_age '%s' is not 1-10 digits", lineno,
                     qa(&q, value));
-      if (!have_max_age) {
-        out->max_age = v > MTASTS_MAX_AGE_MAX ? MTASTS_MAX_AGE_MAX : (uint32_t)v;
-        have_max_age = 1;
-      }
+      out->max_age = v > MTASTS_MAX_AGE_MAX ? MTASTS_MAX_AGE_MAX : (uint32_t)v;
+      have_max_age = 1;
     } else if (span_eq(key, "mx")) {
       mtasts_span pattern;
       if ((rc = check_mx(lineno, value, &pattern, err)) != 0) return rc;

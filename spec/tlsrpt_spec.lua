@@ -784,6 +784,47 @@ describe("mtasts.tlsrpt.parse_report", function()
     fails(big, "too-large")
   end)
 
+  -- a multipart/report message whose last part is the report; closing: the text after it
+  local function mail(ctype, cte, body, closing, eol)
+    eol = eol or "\r\n"
+    return table.concat({ "From: a@b.example", 'Content-Type: multipart/report; ' ..
+      'report-type="tlsrpt"; boundary="B"', "", "--B", "Content-Type: text/plain", "", "hi",
+      "--B", "Content-Type: " .. ctype, "Content-Transfer-Encoding: " .. cte, "", body }, eol) ..
+      (closing or "")
+  end
+  local B64 = core.base64_encode(core.gzip(GOOD), 76)
+
+  it("reads a last part whose closing boundary is missing, when its content is whole", function()
+    local gz, name = "application/tlsrpt+gzip", "Company-X"
+    assert.equal(name, assert(tlsrpt.parse_report(mail(gz, "base64", B64, "\r\n--B--\r\n")))
+      ["organization-name"])
+    for _, closing in ipairs({ "", "\r\n", "\r\n\r\n\r\n", "\r\n--B\r\n" }) do
+      local r, msg = tlsrpt.parse_report(mail(gz, "base64", B64, closing))
+      assert.equal(name, r and r["organization-name"], msg)
+    end
+    local lf = mail(gz, "base64", B64:gsub("\r\n", "\n"), "\n", "\n")
+    assert.equal(name, assert(tlsrpt.parse_report(lf))["organization-name"])
+    local plain = mail("application/tlsrpt+json", "7bit", GOOD, "\r\n")
+    assert.equal(name, assert(tlsrpt.parse_report(plain))["organization-name"])
+    local binary = mail(gz, "binary", core.gzip(GOOD), "\r\n")
+    assert.equal(name, assert(tlsrpt.parse_report(binary))["organization-name"])
+    -- nested: neither the inner nor the outer multipart is closed
+    local inner = mail(gz, "base64", B64, "\r\n"):gsub("^From: a@b.example\r\n", "")
+    local outer = 'Content-Type: multipart/mixed; boundary="O"\r\n\r\n--O\r\n' .. inner
+    assert.equal(name, assert(tlsrpt.parse_report(outer))["organization-name"])
+  end)
+
+  it("a truncated last part without a closing boundary still fails: gzip, report-syntax", function()
+    local gz = "application/tlsrpt+gzip"
+    local two_lines = B64:match("^[^\r]*\r\n[^\r]*\r\n")
+    fails(mail(gz, "base64", two_lines), "gzip", "truncated")
+    fails(mail(gz, "base64", two_lines .. "Q"), "report-syntax", "base64")
+    fails(mail("application/tlsrpt+json", "7bit", GOOD:sub(1, 200)), "report-syntax", "not JSON")
+    local bomb = core.gzip(("{" .. (" "):rep(1024 * 1024 - 2) .. "}"):rep(20))
+    fails(mail(gz, "base64", core.base64_encode(bomb, 76)), "too-large", "inflates")
+    fails(mail(gz, "base64", ""), "report-syntax")
+  end)
+
   it("misuse raises", function()
     assert.has_error(function() tlsrpt.parse_report(nil) end,
       "bad argument #1 to 'parse_report' (string expected, got nil)")

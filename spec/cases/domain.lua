@@ -1,8 +1,11 @@
--- Domain name cases (IDNA2008 through libidn2): { name, input, expect }.
+-- Domain name cases (UTS #46 through libidn2, docs/conformance.md §8.2): { name, input, expect }.
 -- expect is { ascii, unicode }, or { err = "text the message must contain" }.
 local function fails(text) return { err = text } end
 local label63 = string.rep("a", 63)
 local name253 = string.rep(label63 .. ".", 3) .. string.rep("b", 61)
+local smiley = "\xe2\x98\xba"                 -- U+263A, valid in UTS #46 (NV8), not in IDNA2008
+local heart = "\xe2\x9d\xa4"                  -- U+2764, the same
+local alef = "\xd7\x90"                        -- U+05D0 HEBREW LETTER ALEF, right-to-left
 
 return {
   -- valid
@@ -32,6 +35,26 @@ return {
     { label63 .. ".example", label63 .. ".example" } },
   { "a name of 253 octets", name253, { name253, name253 } },
   { "a name of 253 octets and a trailing dot", name253 .. ".", { name253, name253 } },
+  -- code points UTS #46 allows and IDNA2008 disallows: as DNS, browsers and mox take them
+  { "a U+263A symbol as an A-label", "xn--74h.example",
+    { "xn--74h.example", smiley .. ".example" } },
+  { "a U+263A symbol as a U-label", smiley .. ".example",
+    { "xn--74h.example", smiley .. ".example" } },
+  { "a U+2764 symbol after a letter", "i" .. heart .. ".ws",
+    { "xn--i-7iq.ws", "i" .. heart .. ".ws" } },
+  { "its A-label", "xn--i-7iq.ws", { "xn--i-7iq.ws", "i" .. heart .. ".ws" } },
+  { "its A-label in upper case", "XN--I-7IQ.WS", { "xn--i-7iq.ws", "i" .. heart .. ".ws" } },
+  { "its U-label in upper case", "I" .. heart .. ".WS", { "xn--i-7iq.ws", "i" .. heart .. ".ws" } },
+  { "a snowman", "\xe2\x98\x83.net", { "xn--n3h.net", "\xe2\x98\x83.net" } },
+  { "an emoji outside the BMP", "xn--ls8h.example",
+    { "xn--ls8h.example", "\xf0\x9f\x92\xa9.example" } },
+  { "a symbol label between ASCII and U-labels", "mail." .. smiley .. ".B\xc3\xbccher.example.",
+    { "mail.xn--74h.xn--bcher-kva.example", "mail." .. smiley .. ".b\xc3\xbccher.example" } },
+  { "fullwidth characters that map to a symbol's A-label",
+    "\xef\xbd\x98\xef\xbd\x8e\xef\xbc\x8d\xef\xbc\x8d\xef\xbc\x97\xef\xbc\x94\xef\xbd\x88.example",
+    { "xn--74h.example", smiley .. ".example" } },
+  { "a symbol label of 63 octets as an A-label", string.rep(smiley, 57) .. ".example",
+    { "xn--74h" .. string.rep("a", 56) .. ".example", string.rep(smiley, 57) .. ".example" } },
   -- invalid
   { "the empty string", "", fails("domain name is empty") },
   { "a dot alone", ".", fails("domain name is empty") },
@@ -56,10 +79,57 @@ return {
   { "a U-label of more than 63 octets as an A-label",
     "\xc3\xbc" .. string.rep("a", 60) .. ".example", fails("more than 63 octets as an A-label") },
   { "a compatibility character that maps to a dot", "\xe2\x92\x88example.com",
-    fails("is not a valid IDNA2008 domain name") },
+    fails("is not a valid internationalized domain name") },
   { "a NUL byte", "exa\0mple.com", fails("contains a NUL byte") },
-  { "invalid UTF-8", "b\xffcher.example", fails("is not a valid IDNA2008 domain name") },
-  { "a disallowed code point", "\xe2\x98\x83.net", fails("is not a valid IDNA2008 domain name") },
+  { "invalid UTF-8", "b\xffcher.example", fails("is not a valid internationalized domain name") },
+  { "a private use code point", "\xee\x80\x80.example",
+    fails("is not a valid internationalized domain name: label '\\xee\\x80\\x80'") },
+  { "U+FFFD", "a\xef\xbf\xbd.example", fails("is not a valid internationalized domain name") },
+  { "an A-label of a private use code point", "xn--0y0c.example",
+    fails("label 'xn--0y0c' is not a valid A-label") },
+  { "invalid punycode", "xn--zz.example", fails("label 'xn--zz' is not a valid A-label") },
+  { "punycode that decodes to a control character", "xn--a.example",
+    fails("label 'xn--a' is not a valid A-label") },
+  { "punycode that overflows", "xn--99999999999.example",
+    fails("label 'xn--99999999999' is not a valid A-label") },
+  { "'xn--' alone", "xn--", fails("label 'xn--' starts or ends with '-'") },
+  { "an A-label of a code point UTS #46 maps (U+00DC)", "xn--wca.example",
+    fails("label 'xn--wca' is not a valid A-label") },
+  { "an A-label of a code point that maps to letters (U+216B)", "xn--14g.example",
+    fails("label 'xn--14g' is not a valid A-label") },
+  { "an A-label with ZWJ out of context", "xn--ab-m1t.example",
+    fails("label 'xn--ab-m1t' is not a valid A-label") },
+  { "a U-label with '--' in the third and fourth position", "ab--\xc3\xbc.example",
+    fails("is not a valid internationalized domain name: label 'ab--\\xc3\\xbc'") },
+  { "a symbol label starting with '-'", "-" .. heart .. ".example",
+    fails("is not a valid internationalized domain name") },
+  { "a symbol label ending with '-'", heart .. "-.example",
+    fails("is not a valid internationalized domain name") },
+  { "a symbol label starting with a combining mark", "\xcc\x81" .. heart .. ".example",
+    fails("is not a valid internationalized domain name") },
+  { "an underscore in a symbol label", smiley .. "_x.example",
+    fails("has a character other than") },
+  { "ZWJ after a symbol", smiley .. "\xe2\x80\x8d.example",
+    fails("is not a valid internationalized domain name") },
+  { "a symbol label of 64 octets as an A-label", string.rep(smiley, 58) .. ".example",
+    fails("more than 63 octets as an A-label") },
+  -- not supported: the UTS #46 path cannot keep a deviation character, nor check the bidi rule
+  { "a symbol and a sharp s in one label", smiley .. "\xc3\x9f.example",
+    fails("is not a valid internationalized domain name") },
+  { "the A-label of a symbol and a sharp s", "xn--zca932q.example",
+    fails("label 'xn--zca932q' is not a valid A-label") },
+  { "a symbol inside a right-to-left label", alef .. smiley .. alef .. ".example",
+    fails("right-to-left labels with code points IDNA2008 disallows are not supported") },
+  { "a symbol label in a name with a right-to-left label", "a" .. smiley .. "a." .. alef .. alef,
+    fails("right-to-left labels with code points IDNA2008 disallows are not supported") },
+  -- and refused by the bidi rule anyway
+  { "a right-to-left label ending in a symbol", alef .. smiley .. ".example",
+    fails("right-to-left labels with code points IDNA2008 disallows are not supported") },
+  { "a left-to-right label ending in a symbol beside a right-to-left label",
+    "i" .. heart .. "." .. alef .. alef,
+    fails("right-to-left labels with code points IDNA2008 disallows are not supported") },
+  { "a left-to-right label holding a right-to-left letter", "a" .. alef .. ".example",
+    fails("string has forbidden bi-directional properties") },
   -- 4 labels of 58 octets as A-labels (xn--, 50 letters, -yff) and dots: 236, plus 17 or 18
   { "a U-label name of 253 octets as A-labels",
     string.rep("\xc3\xbc" .. string.rep("a", 50) .. ".", 4) .. string.rep("e", 17),

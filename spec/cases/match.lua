@@ -17,6 +17,8 @@ return {
     "mx.b\xc3\xbccher.example", true },
   { "a wildcard and a U-label host", { "*.xn--bcher-kva.example" },
     "MX.B\xc3\xbccher.example.", true },
+  { "a symbol host UTS #46 allows against its A-label pattern", { "*.xn--i-7iq.ws" },
+    "mx.i\xe2\x9d\xa4.ws", true },
   { "the second pattern matches", { "a.example", "*.example.net" }, "mx.example.net", true },
   { "no pattern", {}, "mx.example.com", false },
   { "an empty host", { "mx.example.com" }, "", false },

@@ -392,20 +392,25 @@ local function from_entity(text, depth, lim)
       return nil, "report: multipart without a boundary", "report-syntax"
     end
     local delim = "\n%-%-" .. b:gsub("%p", "%%%0")
-    local parts, pos = {}, 1
+    local parts = {}
     body = "\n" .. body
-    local s, e = body:find(delim, pos)
-    while s do
+    -- A delimiter line opens a part that runs to the next one; "--" after the boundary closes
+    -- the list. A last part whose closing delimiter is missing (seen in the wild) runs to the
+    -- end of the body, less its trailing line ends: its content decides whether it is whole
+    -- (base64, gzip and JSON all fail on a truncated body).
+    local _, e = body:find(delim, 1)
+    while e and body:sub(e + 1, e + 2) ~= "--" do
       local ns, ne = body:find(delim, e + 1)
-      if not ns then break end
-      lim.parts = lim.parts + 1
-      if lim.parts > lim.max_parts then
-        return nil, "report: more than " .. lim.max_parts .. " MIME parts", "report-syntax"
+      local part = body:sub(e + 1, ns and ns - 1 or -1):gsub("^[ \t]*\r?\n", "")
+      if ns then part = part:gsub("\r$", "") else part = part:gsub("[\r\n]+$", "") end
+      if ns or part ~= "" then
+        lim.parts = lim.parts + 1
+        if lim.parts > lim.max_parts then
+          return nil, "report: more than " .. lim.max_parts .. " MIME parts", "report-syntax"
+        end
+        parts[#parts + 1] = part
       end
-      local part = body:sub(e + 1, ns - 1):gsub("^[ \t]*\r?\n", ""):gsub("\r$", "")
-      parts[#parts + 1] = part
-      s, e = ns, ne
-      if body:sub(e + 1, e + 2) == "--" then break end
+      e = ne
     end
     local last_err, last_code
     for _, part in ipairs(parts) do
