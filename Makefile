@@ -193,6 +193,8 @@ world: deps-test all $(SUPPORT)
 # installed paths), the sysusers.d/tmpfiles.d snippets and the docs.
 LUA_FILES := $(wildcard lua/mtasts/*.lua)
 LUA_TLSRPT := $(wildcard lua/mtasts/tlsrpt/*.lua)
+# modules of earlier versions, renamed since: removed on install, so they cannot be loaded
+OLD_LUA_FILES := sts.lua report.lua
 PROGRAMS  := mtasts mtasts-opensmtpd-filter
 MANPAGES  := man/mtasts.1 man/mtasts-opensmtpd-filter.1
 UNITS_IN  := $(wildcard dist/systemd/*.in)
@@ -204,6 +206,7 @@ install-lua: all
 	install -m 755 build/mtasts/core.so $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
 	install -m 644 $(LUA_FILES) $(DESTDIR)$(INST_LUADIR)/mtasts/
 	install -m 644 $(LUA_TLSRPT) $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt/
+	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/,$(OLD_LUA_FILES))
 	for p in $(PROGRAMS); do install -m 755 bin/$$p $(DESTDIR)$(INST_BINDIR)/$$p; done
 
 install: install-lua
@@ -228,6 +231,7 @@ uninstall:
 	rm -f $(DESTDIR)$(INST_LIBDIR)/mtasts/core.so
 	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/,$(notdir $(LUA_FILES)))
 	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt/,$(notdir $(LUA_TLSRPT)))
+	rm -f $(addprefix $(DESTDIR)$(INST_LUADIR)/mtasts/,$(OLD_LUA_FILES))
 	-rmdir $(DESTDIR)$(INST_LUADIR)/mtasts/tlsrpt 2>/dev/null
 	rm -f $(addprefix $(DESTDIR)$(INST_BINDIR)/,$(PROGRAMS))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES)))

@@ -57,20 +57,21 @@ static int results_apply(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_checktype(L, 2, LUA_TTABLE);
-  n = luaL_len(L, 2);
+  /* raw reads only: a value from an __index metamethod would not be anchored by the table */
+  n = (lua_Integer)lua_rawlen(L, 2);
   luaL_argcheck(L, n % 3 == 0, 2, "expected key, a, b triples");
   if (n == 0) { lua_pushboolean(L, 1); return 1; }
   d = lua_newuserdatauv(L, (size_t)(n / 3) * sizeof *d, 0);   /* freed by the GC */
   for (i = 0; i < n / 3; i++) {
     lua_Integer a, b;
-    lua_geti(L, 2, i * 3 + 1);
+    lua_rawgeti(L, 2, i * 3 + 1);
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "apply: key %d is not a string", (int)i + 1);
-    d[i].key = lua_tolstring(L, -1, &d[i].kn);   /* anchored by the table */
+    d[i].key = lua_tolstring(L, -1, &d[i].kn);   /* anchored by the table (a raw read) */
     lua_pop(L, 1);
     if (d[i].kn == 0 || d[i].kn > MTASTS_RESULTS_KEY_MAX)
       luaL_error(L, "apply: key %d length out of range", (int)i + 1);
-    lua_geti(L, 2, i * 3 + 2);
-    lua_geti(L, 2, i * 3 + 3);
+    lua_rawgeti(L, 2, i * 3 + 2);
+    lua_rawgeti(L, 2, i * 3 + 3);
     a = luaL_checkinteger(L, -2);
     b = luaL_checkinteger(L, -1);
     lua_pop(L, 2);

@@ -232,6 +232,45 @@ describe("store:send when the delivery state cannot be written", function()
   end)
 end)
 
+describe("the result store under misuse", function()
+  it("a result refused half-way leaves nothing of itself in the batch", function()
+    local dir, cleanup = util.tmpdir()
+    local store = assert(tlsrpt.open{ path = dir, clock = function() return NOW end })
+    local bad = tlsrpt.no_policy_result("example.com")
+    bad.summary.failure = 2
+    bad.failures = { { result_type = "starttls-not-supported", count = 1 }, { count = 1 } }
+    assert.equal("bad argument #1 to 'add' (each failure needs a result_type)",
+      raised(store.add, store, bad, { day = DAY }))
+    local good = tlsrpt.no_policy_result("example.com")
+    good.summary.success = 1
+    assert(store:add(good, { day = DAY }))
+    assert.is_true(store:close())
+    store = assert(tlsrpt.open{ path = dir, clock = function() return NOW end })
+    local r = assert(store:report("example.com", DAY))
+    assert.equal(1, r.policies[1].summary["total-successful-session-count"])
+    assert.equal(0, r.policies[1].summary["total-failure-session-count"])
+    assert.same({}, r.policies[1]["failure-details"])
+    store:close()
+    cleanup()
+  end)
+
+  it("results:apply reads its table raw: metamethods neither feed it nor free its keys",
+    function()
+    local dir, cleanup = util.tmpdir()
+    local db = assert(require("mtasts.core").results_open(dir))
+    local proxy = setmetatable({}, { __len = function() return 3 end,
+      __index = function(_, i)
+        if i % 3 == 1 then return ("R2026-11-20\0dx" .. i):rep(3) end
+        collectgarbage()
+        return 1
+      end })
+    assert.is_true(db:apply(proxy))       -- raw length 0: nothing to apply
+    assert.same({}, assert(db:scan("R")))
+    assert.is_true(db:close())
+    cleanup()
+  end)
+end)
+
 describe("mtasts.log", function()
   it("takes syslog's level names and refuses others", function()
     local log = mlog.new{ to = "stderr" }

@@ -116,20 +116,16 @@ _M.RESULT_TYPES = { ["starttls-not-supported"] = true, ["certificate-host-mismat
 --- JSON text of a report (keys sorted: the same report always gives the same text).
 function _M.encode(report) return json.encode(report) end
 
--- Facts about reports made by the store that are not part of their JSON.
-local meta = setmetatable({}, { __mode = "k" })
-_M._meta = meta
-
+-- What a file name and a message need of a report, read from the report itself.
 local function report_facts(report)
   if type(report) ~= "table" then error("bad argument #1 (report table expected)", 3) end
-  local m = meta[report] or {}
   local range = type(report["date-range"]) == "table" and report["date-range"] or {}
   local begin = _M.parse_time(range["start-datetime"])
   local finish = _M.parse_time(range["end-datetime"])
   local id = report["report-id"]
-  local submitter = m.submitter or (type(id) == "string" and id:match("@([^@]+)$"))
-  local domain = m.domain
-  if not domain and type(report.policies) == "table" and type(report.policies[1]) == "table" then
+  local submitter = type(id) == "string" and id:match("@([^@]+)$")
+  local domain
+  if type(report.policies) == "table" and type(report.policies[1]) == "table" then
     domain = (report.policies[1].policy or {})["policy-domain"]
   end
   if not (begin and finish and submitter and domain and type(id) == "string") then

@@ -27,6 +27,10 @@ local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDO
 local Store = {}
 local store_mt = { __index = Store, __name = "mtasts.tlsrpt.store" }
 
+-- Facts about the reports Store:report made that are not in their JSON (whether a failure
+-- or a TLSA result is in it), for send to decide with; private to this module.
+local facts_of = setmetatable({}, { __mode = "k" })
+
 local OPTIONS = { path = true, organization = true, contact = true, submitter = true,
   from = true, clock = true, resolver = true, fetcher = true, sendmail = true,
   sendmail_timeout = true, window = true, retention = true, batch_size = true,
@@ -226,13 +230,17 @@ function Store:add(result, opts)
   local base = "R" .. day .. "\0" .. (host and "h" or "d") .. pdomain .. "\0" ..
     (rdomain and lower_domain(rdomain) or pdomain) .. "\0" .. (opts.report == false and "0" or "1")
   local blob = policy_blob(p, pdomain)
-  bump(self, base .. "S" .. blob, success, failure)
-  for _, d in ipairs(result.failures or {}) do
+  -- every key and count is made (and checked) before any goes into the batch: a result
+  -- refused half-way must leave nothing of itself behind
+  local details = {}
+  for i, d in ipairs(result.failures or {}) do
     if type(d) ~= "table" or type(d.result_type) ~= "string" then
       error("bad argument #1 to 'add' (each failure needs a result_type)", 2)
     end
-    bump(self, base .. "D" .. blob .. "\0" .. detail_blob(d), count_of(d.count or 1, "count"), 0)
+    details[i] = { base .. "D" .. blob .. "\0" .. detail_blob(d), count_of(d.count or 1, "count") }
   end
+  bump(self, base .. "S" .. blob, success, failure)
+  for _, d in ipairs(details) do bump(self, d[1], d[2], 0) end
   self.npending = self.npending + 1
   local now = core.monotonic()
   if not self.since then self.since = now end
@@ -246,7 +254,7 @@ end
 -- batch is kept for the next try).
 function Store:flush()
   check(self, "flush")
-  if self.npending == 0 then return true end
+  if next(self.pending) == nil then return true end
   local flat, n = {}, 0
   for key, c in pairs(self.pending) do
     flat[n + 1], flat[n + 2], flat[n + 3] = key, c[1], c[2]
@@ -379,8 +387,7 @@ function Store:report(domain, day, opts)
       self.submitter,
     policies = policies,
   }
-  tlsrpt._meta[report] = { domain = domain, submitter = self.submitter, day = day,
-    host = host, trigger = trigger, failures = failures, has_tlsa = has_tlsa }
+  facts_of[report] = { failures = failures, has_tlsa = has_tlsa }
   return report, trigger
 end
 
@@ -665,7 +672,7 @@ local function send_one(self, day, domain, host, now, summary)
     end
   end
   if not report then return drop("nothing to report") end
-  local facts = tlsrpt._meta[report]
+  local facts = facts_of[report]
   if not trigger then return drop("only results of delivering reports") end
   if host and not facts.has_tlsa then return drop("an MX host report without a TLSA result") end
   if self.skip_without_failures and facts.failures == 0 then return drop("no failures") end
