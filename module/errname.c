@@ -20,6 +20,8 @@ const char *mtasts_code_name(int rc) {
   case MTASTS_ECORRUPT: return "corrupt";
   case MTASTS_EPOLICY: return "policy-syntax";
   case MTASTS_EDOMAIN: return "domain-syntax";
+  case MTASTS_ECONFIG: return "config";
+  case MTASTS_ELOCAL: return "local";
   case ENOENT: return "enoent";
   case EACCES: return "eacces";
   case EPERM: return "eperm";

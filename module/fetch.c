@@ -6,8 +6,10 @@
  * redirect, uses no proxy unless one is configured, sends no cookies, asks for no
  * compression, reuses no connection, and stops reading past max_size. Library callbacks
  * never call Lua: they append to buffers of the transfer or set fields. Failures are
- * returned as facts (curl code, HTTP status, OpenSSL verify result); lua/mtasts/fetch.lua
- * classifies them. */
+ * returned as facts (curl code, HTTP status, OpenSSL verify result, what failed on this
+ * host); lua/mtasts/fetch.lua classifies them. The trust store is checked when the fetcher
+ * is made (mtasts_fetch_check_trust), so a bad cafile is a setting's error at start, never a
+ * failure of every transfer. */
 #define _GNU_SOURCE 1
 #include "fetch.h"
 
@@ -15,6 +17,8 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
@@ -24,6 +28,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct mtasts_fetcher {
@@ -48,8 +53,9 @@ static void init_curl(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAUL
 /* CURLMOPT_SOCKETFUNCTION: keep the epoll set in step with what curl waits for. */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   mtasts_fetcher *f = userp;
+  mtasts_transfer *t = NULL;
   struct epoll_event ev;
-  (void)e; (void)socketp;
+  (void)socketp;
   if (what == CURL_POLL_REMOVE) {
     epoll_ctl(f->epfd, EPOLL_CTL_DEL, s, NULL);
     return 0;
@@ -57,8 +63,15 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
   memset(&ev, 0, sizeof ev);
   ev.data.fd = s;
   ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-  if (epoll_ctl(f->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
-    epoll_ctl(f->epfd, EPOLL_CTL_ADD, s, &ev);
+  if (epoll_ctl(f->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT &&
+      epoll_ctl(f->epfd, EPOLL_CTL_ADD, s, &ev) != 0) {
+    /* no room in the epoll set (ENOMEM, ENOSPC): the transfer waits out its timeout, and
+     * that is this host's failure, not the peer's */
+    int e2 = errno;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&t);
+    if (t && !t->local_error[0])
+      snprintf(t->local_error, sizeof t->local_error, "epoll_ctl: %s", strerror(e2));
+  }
   return 0;
 }
 
@@ -91,7 +104,10 @@ static CURLcode on_ssl_ctx(CURL *e, void *sslctx, void *ud) {
   X509_VERIFY_PARAM *param = SSL_CTX_get0_param((SSL_CTX *)sslctx);
   (void)e;
   X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  if (X509_VERIFY_PARAM_set1_host(param, t->host, 0) != 1) return CURLE_SSL_CERTPROBLEM;
+  if (X509_VERIFY_PARAM_set1_host(param, t->host, 0) != 1) {
+    snprintf(t->local_error, sizeof t->local_error, "OpenSSL: cannot set the name to verify");
+    return CURLE_SSL_CERTPROBLEM;
+  }
   return CURLE_OK;
 }
 
@@ -161,7 +177,15 @@ static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_
     return CURL_SOCKET_BAD;
   }
   t->opened++;
-  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  {
+    curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    /* out of descriptors or memory: curl reports a connection that failed, but it is this
+     * host that failed (EAFNOSUPPORT, an address family this host lacks, is the peer's
+     * address being unusable from here, as for a connection that fails) */
+    if (fd < 0 && errno != EAFNOSUPPORT && !t->local_error[0])
+      snprintf(t->local_error, sizeof t->local_error, "socket: %s", strerror(errno));
+    return fd;
+  }
 }
 
 static void free_transfer(mtasts_transfer *t) {
@@ -174,15 +198,64 @@ static void free_transfer(mtasts_transfer *t) {
   free(t);
 }
 
+int mtasts_fetch_check_trust(const char *cafile, const char *capath, char *err) {
+  struct stat st;
+  X509_STORE *store = NULL;
+  int fd, rc = 0;
+  if (capath) {
+    if (stat(capath, &st) == 0 && !S_ISDIR(st.st_mode)) {
+      snprintf(err, MTASTS_ERR_MAX, "capath: '%.200s' is not a directory", capath);
+      return MTASTS_ECONFIG;
+    }
+    if (access(capath, R_OK | X_OK) != 0) {
+      snprintf(err, MTASTS_ERR_MAX, "capath: cannot read '%.200s': %s", capath,
+               strerror(errno));
+      return MTASTS_ECONFIG;
+    }
+  }
+  if (!cafile) return 0;
+  if ((fd = open(cafile, O_RDONLY | O_CLOEXEC)) < 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cafile: cannot read '%.200s': %s", cafile, strerror(errno));
+    return MTASTS_ECONFIG;
+  }
+  rc = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+  close(fd);
+  if (rc) {
+    snprintf(err, MTASTS_ERR_MAX, "cafile: '%.200s' is a directory (capath takes one)", cafile);
+    return MTASTS_ECONFIG;
+  }
+  /* what curl does with it (SSL_CTX_load_verify_file): at least one certificate must load */
+  ERR_clear_error();
+  if (!(store = X509_STORE_new())) {
+    snprintf(err, MTASTS_ERR_MAX, "cafile: out of memory");
+    rc = MTASTS_ELOCAL;
+    goto done;
+  }
+  if (X509_STORE_load_file(store, cafile) != 1) {
+    const char *why = ERR_reason_error_string(ERR_peek_error());   /* the first error */
+    snprintf(err, MTASTS_ERR_MAX, "cafile: '%.200s' holds no certificate OpenSSL can load (%s)",
+             cafile, why ? why : "no certificate found");
+    rc = MTASTS_ECONFIG;
+    goto done;
+  }
+  rc = 0;
+done:
+  X509_STORE_free(store);
+  ERR_clear_error();   /* drain the rest of the queue */
+  return rc;
+}
+
 int mtasts_fetcher_new(const mtasts_fetch_opts *o, mtasts_fetcher **out, char *err) {
   mtasts_fetcher *f;
   size_t i;
+  int rc;
   pthread_once(&curl_once, init_curl);
   if (curl_init_rc != CURLE_OK) {
     snprintf(err, MTASTS_ERR_MAX, "fetcher: curl_global_init: %s",
              curl_easy_strerror(curl_init_rc));
-    return -1;
+    return MTASTS_ELOCAL;
   }
+  if ((rc = mtasts_fetch_check_trust(o->cafile, o->capath, err)) != 0) return rc;
   if (!(f = calloc(1, sizeof *f))) goto oom;
   f->done_tail = &f->done;
   f->deadline = -1;
@@ -203,7 +276,7 @@ int mtasts_fetcher_new(const mtasts_fetch_opts *o, mtasts_fetcher **out, char *e
   if ((f->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
     snprintf(err, MTASTS_ERR_MAX, "fetcher: epoll_create1: %s", strerror(errno));
     mtasts_fetcher_free(f);
-    return -1;
+    return MTASTS_ELOCAL;
   }
   if (!(f->multi = curl_multi_init())) goto oom;
   curl_multi_setopt(f->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
@@ -215,7 +288,7 @@ int mtasts_fetcher_new(const mtasts_fetch_opts *o, mtasts_fetcher **out, char *e
 oom:
   snprintf(err, MTASTS_ERR_MAX, "fetcher: out of memory");
   mtasts_fetcher_free(f);
-  return -1;
+  return MTASTS_ELOCAL;
 }
 
 void mtasts_fetcher_free(mtasts_fetcher *f) {
@@ -294,7 +367,7 @@ int mtasts_fetcher_add(mtasts_fetcher *f, const mtasts_fetch_req *r, int *id, ch
   if ((mc = curl_multi_add_handle(f->multi, e)) != CURLM_OK) {
     snprintf(err, MTASTS_ERR_MAX, "fetcher: %s", curl_multi_strerror(mc));
     free_transfer(t);
-    return -1;
+    return MTASTS_ELOCAL;
   }
   t->next = f->active;
   f->active = t;
@@ -304,7 +377,7 @@ int mtasts_fetcher_add(mtasts_fetcher *f, const mtasts_fetch_req *r, int *id, ch
 oom:
   snprintf(err, MTASTS_ERR_MAX, "fetcher: out of memory");
   if (t) free_transfer(t);
-  return -1;
+  return MTASTS_ELOCAL;
 }
 
 int mtasts_fetcher_fd(mtasts_fetcher *f) { return f->epfd; }
@@ -348,7 +421,7 @@ int mtasts_fetcher_step(mtasts_fetcher *f, char *err) {
   do n = epoll_wait(f->epfd, evs, 64, 0); while (n < 0 && errno == EINTR);
   if (n < 0) {
     snprintf(err, MTASTS_ERR_MAX, "fetcher: epoll_wait: %s", strerror(errno));
-    return -1;
+    return MTASTS_ELOCAL;
   }
   for (i = 0; i < n; i++) {
     int mask = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
@@ -356,7 +429,7 @@ int mtasts_fetcher_step(mtasts_fetcher *f, char *err) {
                (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
     if ((mc = curl_multi_socket_action(f->multi, evs[i].data.fd, mask, &running)) != CURLM_OK) {
       snprintf(err, MTASTS_ERR_MAX, "fetcher: %s", curl_multi_strerror(mc));
-      return -1;
+      return MTASTS_ELOCAL;
     }
   }
   if (f->n_active && (f->deadline < 0 || mtasts_monotonic() >= f->deadline)) {
@@ -364,7 +437,7 @@ int mtasts_fetcher_step(mtasts_fetcher *f, char *err) {
     mc = curl_multi_socket_action(f->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     if (mc != CURLM_OK) {
       snprintf(err, MTASTS_ERR_MAX, "fetcher: %s", curl_multi_strerror(mc));
-      return -1;
+      return MTASTS_ELOCAL;
     }
   }
   collect(f);
@@ -400,7 +473,10 @@ const char *mtasts_curl_code_name(int code) {
   switch (code) {
   case CURLE_OK: return "CURLE_OK";
   case CURLE_UNSUPPORTED_PROTOCOL: return "CURLE_UNSUPPORTED_PROTOCOL";
+  case CURLE_FAILED_INIT: return "CURLE_FAILED_INIT";
   case CURLE_URL_MALFORMAT: return "CURLE_URL_MALFORMAT";
+  case CURLE_NOT_BUILT_IN: return "CURLE_NOT_BUILT_IN";
+  case CURLE_COULDNT_RESOLVE_PROXY: return "CURLE_COULDNT_RESOLVE_PROXY";
   case CURLE_COULDNT_RESOLVE_HOST: return "CURLE_COULDNT_RESOLVE_HOST";
   case CURLE_COULDNT_CONNECT: return "CURLE_COULDNT_CONNECT";
   case CURLE_HTTP2: return "CURLE_HTTP2";
@@ -409,6 +485,13 @@ const char *mtasts_curl_code_name(int code) {
   case CURLE_OUT_OF_MEMORY: return "CURLE_OUT_OF_MEMORY";
   case CURLE_OPERATION_TIMEDOUT: return "CURLE_OPERATION_TIMEDOUT";
   case CURLE_SSL_CONNECT_ERROR: return "CURLE_SSL_CONNECT_ERROR";
+  case CURLE_BAD_FUNCTION_ARGUMENT: return "CURLE_BAD_FUNCTION_ARGUMENT";
+  case CURLE_INTERFACE_FAILED: return "CURLE_INTERFACE_FAILED";
+  case CURLE_UNKNOWN_OPTION: return "CURLE_UNKNOWN_OPTION";
+  case CURLE_SSL_ENGINE_NOTFOUND: return "CURLE_SSL_ENGINE_NOTFOUND";
+  case CURLE_SSL_ENGINE_SETFAILED: return "CURLE_SSL_ENGINE_SETFAILED";
+  case CURLE_SSL_ENGINE_INITFAILED: return "CURLE_SSL_ENGINE_INITFAILED";
+  case CURLE_SSL_CRL_BADFILE: return "CURLE_SSL_CRL_BADFILE";
   case CURLE_TOO_MANY_REDIRECTS: return "CURLE_TOO_MANY_REDIRECTS";
   case CURLE_GOT_NOTHING: return "CURLE_GOT_NOTHING";
   case CURLE_SEND_ERROR: return "CURLE_SEND_ERROR";

@@ -39,6 +39,8 @@ typedef struct mtasts_transfer {
   int curl_code;                 /* CURLcode */
   long status;                   /* HTTP status, 0 without a response */
   long verify_result;            /* OpenSSL X509_V_* of the peer chain */
+  char local_error[128];         /* set when this host failed the transfer (no socket, no
+                                  * epoll room, no memory): not the peer's doing */
   char content_type[256];
   char errbuf[256];              /* CURL_ERROR_SIZE */
   mtasts_buf body;
@@ -47,12 +49,19 @@ typedef struct mtasts_transfer {
 
 typedef struct mtasts_fetcher mtasts_fetcher;
 
+/* Make a fetcher, its trust store checked first (mtasts_fetch_check_trust): 0, or
+ * MTASTS_ECONFIG or MTASTS_ELOCAL (no memory, no epoll descriptor) with err. */
 int mtasts_fetcher_new(const mtasts_fetch_opts *o, mtasts_fetcher **out, char *err);
+/* The trust store settings as curl will use them: cafile a readable file that OpenSSL loads
+ * at least one certificate from, capath a readable directory. 0, or MTASTS_ECONFIG with err
+ * starting with the option's name ("cafile: ..."), or MTASTS_ELOCAL. NULL: not set. */
+int mtasts_fetch_check_trust(const char *cafile, const char *capath, char *err);
 void mtasts_fetcher_free(mtasts_fetcher *f);
+/* Start a transfer: 0, or MTASTS_ELOCAL (no memory, curl refused the handle) with err. */
 int mtasts_fetcher_add(mtasts_fetcher *f, const mtasts_fetch_req *r, int *id, char *err);
 int mtasts_fetcher_fd(mtasts_fetcher *f);             /* readable when curl has work */
 double mtasts_fetcher_timeout(mtasts_fetcher *f);     /* seconds, or -1 when idle */
-int mtasts_fetcher_step(mtasts_fetcher *f, char *err); /* never blocks */
+int mtasts_fetcher_step(mtasts_fetcher *f, char *err); /* never blocks; MTASTS_ELOCAL */
 mtasts_transfer *mtasts_fetcher_done(mtasts_fetcher *f);
 void mtasts_fetcher_pop(mtasts_fetcher *f);
 void mtasts_fetcher_cancel(mtasts_fetcher *f, int id);

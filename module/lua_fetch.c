@@ -28,7 +28,7 @@ static lfetcher *fetcher_check(lua_State *L, int idx) {
 }
 
 /* fetcher_new{ cafile=, capath=, proxy=, connect_to=, timeout=, connect_timeout=,
- *              max_size=, allow_private= } -> fetcher | fail */
+ *              max_size=, allow_private= } -> fetcher | fail (config, local) */
 static int fetcher_new(lua_State *L) {
   static const char *const keys[] = { "cafile", "capath", "proxy", "connect_to", "timeout",
                                       "connect_timeout", "max_size", "allow_private", NULL };
@@ -36,6 +36,7 @@ static int fetcher_new(lua_State *L) {
   char err[MTASTS_ERR_MAX];
   mtasts_fetch_opts o;
   lfetcher *u;
+  int rc;
   memset(&o, 0, sizeof o);
   luaL_checktype(L, 1, LUA_TTABLE);
   mtasts_lua_opt_known(L, 1, "fetcher_new", keys);
@@ -51,7 +52,24 @@ static int fetcher_new(lua_State *L) {
   o.allow_private = lua_toboolean(L, -1);
   lua_pop(L, 1);
   u = mtasts_lua_class_new(L, &fetcher_class, sizeof *u);
-  if (mtasts_fetcher_new(&o, &u->f, err) != 0) return mtasts_lua_fail(L, err, "policy-fetch");
+  if ((rc = mtasts_fetcher_new(&o, &u->f, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
+  return 1;
+}
+
+/* fetcher_check{ cafile=, capath= } -> true | fail (config, local): the trust store checks
+ * of fetcher_new, keeping nothing */
+static int fetcher_check_opts(lua_State *L) {
+  static const char *const keys[] = { "cafile", "capath", NULL };
+  char err[MTASTS_ERR_MAX];
+  const char *cafile, *capath;
+  int rc;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  mtasts_lua_opt_known(L, 1, "fetcher_check", keys);
+  cafile = mtasts_lua_opt_string(L, 1, "cafile", "fetcher_check");
+  capath = mtasts_lua_opt_string(L, 1, "capath", "fetcher_check");
+  if ((rc = mtasts_fetch_check_trust(cafile, capath, err)) != 0)
+    return mtasts_lua_fail_rc(L, rc, err);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -62,7 +80,7 @@ static int fetcher_add(lua_State *L) {
   const char *rs[MAX_LIST];
   char err[MTASTS_ERR_MAX];
   mtasts_fetch_req r;
-  int id;
+  int id, rc;
   memset(&r, 0, sizeof r);
   luaL_checktype(L, 2, LUA_TTABLE);
   mtasts_lua_opt_known(L, 2, "add", keys);
@@ -78,7 +96,7 @@ static int fetcher_add(lua_State *L) {
   r.content_type = mtasts_lua_opt_string(L, 2, "content_type", "add");
   if (strncmp(r.url, "https://", 8) != 0)
     return mtasts_lua_fail(L, "fetcher: only https:// URLs", "policy-fetch");
-  if (mtasts_fetcher_add(u->f, &r, &id, err) != 0) return mtasts_lua_fail(L, err, "policy-fetch");
+  if ((rc = mtasts_fetcher_add(u->f, &r, &id, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushinteger(L, id);
   return 1;
 }
@@ -101,13 +119,14 @@ static int fetcher_timeout(lua_State *L) {
 static int fetcher_step(lua_State *L) {
   lfetcher *u = fetcher_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  if (mtasts_fetcher_step(u->f, err) != 0) return mtasts_lua_fail(L, err, "policy-fetch");
+  int rc;
+  if ((rc = mtasts_fetcher_step(u->f, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* f:done() -> { { id=, curl_code=, error=, status=, verify_result=, verify_error=,
- *                 content_type=, body=, too_large=, refused_address= }, ... } */
+ *                 content_type=, body=, too_large=, refused_address=, local_error= }, ... } */
 static int fetcher_done(lua_State *L) {
   lfetcher *u = fetcher_check(L, 1);
   mtasts_transfer *t;
@@ -115,7 +134,7 @@ static int fetcher_done(lua_State *L) {
   lua_newtable(L);
   while ((t = mtasts_fetcher_done(u->f)) != NULL) {
     /* the transfer stays owned by the fetcher until its table is complete */
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 10);
     lua_pushinteger(L, t->id);
     lua_setfield(L, -2, "id");
     lua_pushstring(L, mtasts_curl_code_name(t->curl_code));
@@ -143,6 +162,10 @@ static int fetcher_done(lua_State *L) {
     if (t->refused[0] && t->opened == 0) {   /* refused, and nothing else was tried */
       lua_pushstring(L, t->refused);
       lua_setfield(L, -2, "refused_address");
+    }
+    if (t->local_error[0]) {
+      lua_pushstring(L, t->local_error);
+      lua_setfield(L, -2, "local_error");
     }
     lua_rawseti(L, -2, ++n);
     mtasts_fetcher_pop(u->f);
@@ -200,6 +223,8 @@ void mtasts_open_fetch(lua_State *L) {
   lua_setfield(L, -2, "fetcher_methods");
   lua_pushcfunction(L, fetcher_new);
   lua_setfield(L, -2, "fetcher_new");
+  lua_pushcfunction(L, fetcher_check_opts);
+  lua_setfield(L, -2, "fetcher_check");
   lua_pushcfunction(L, is_global_address);
   lua_setfield(L, -2, "is_global_address");
 }

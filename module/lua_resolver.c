@@ -45,33 +45,52 @@ static const char *type_name(int t) {
   return "?";
 }
 
-/* resolver_new{ nameserver = "IP@PORT" | { ... }, trust_anchor = file | false }
- *   -> resolver | fail */
-static int resolver_new(lua_State *L) {
+/* The options of resolver_new and resolver_check into o; ns holds the nameservers. The
+ * values stay on the stack, anchoring the strings, until the C function returns. */
+static void read_opts(lua_State *L, const char *fn, mtasts_resolver_opts *o, const char **ns) {
   static const char *const keys[] = { "nameserver", "trust_anchor", NULL };
-  mtasts_resolver_opts o;
-  const char *ns[MAX_NAMESERVERS];
-  char err[MTASTS_ERR_MAX];
-  lresolver *u;
-  memset(&o, 0, sizeof o);
+  memset(o, 0, sizeof *o);
   luaL_checktype(L, 1, LUA_TTABLE);
-  mtasts_lua_opt_known(L, 1, "resolver_new", keys);
-  o.n_nameservers = mtasts_lua_opt_strings(L, 1, "nameserver", ns, MAX_NAMESERVERS,
-                                           "resolver_new");
-  o.nameservers = ns;
+  mtasts_lua_opt_known(L, 1, fn, keys);
+  o->n_nameservers = mtasts_lua_opt_strings(L, 1, "nameserver", ns, MAX_NAMESERVERS, fn);
+  o->nameservers = ns;
   switch (lua_getfield(L, 1, "trust_anchor")) {
   case LUA_TNIL: break;
   case LUA_TBOOLEAN:
     if (lua_toboolean(L, -1))
-      return luaL_error(L, "bad argument #1 to 'resolver_new' (trust_anchor is a file or false)");
-    o.no_trust_anchor = 1;
+      luaL_error(L, "bad argument #1 to '%s' (trust_anchor is a file or false)", fn);
+    o->no_trust_anchor = 1;
     break;
-  case LUA_TSTRING: o.trust_anchor = lua_tostring(L, -1); break;
+  case LUA_TSTRING: o->trust_anchor = lua_tostring(L, -1); break;
   default:
-    return luaL_error(L, "bad argument #1 to 'resolver_new' (trust_anchor is a file or false)");
+    luaL_error(L, "bad argument #1 to '%s' (trust_anchor is a file or false)", fn);
   }
+}
+
+/* resolver_new{ nameserver = "IP@PORT" | { ... }, trust_anchor = file | false }
+ *   -> resolver | fail (config, local) */
+static int resolver_new(lua_State *L) {
+  mtasts_resolver_opts o;
+  const char *ns[MAX_NAMESERVERS];
+  char err[MTASTS_ERR_MAX];
+  lresolver *u;
+  int rc;
+  read_opts(L, "resolver_new", &o, ns);
   u = mtasts_lua_class_new(L, &resolver_class, sizeof *u);
-  if (mtasts_resolver_new(&o, &u->r, err) != 0) return mtasts_lua_fail(L, err, "resolver");
+  if ((rc = mtasts_resolver_new(&o, &u->r, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
+  return 1;
+}
+
+/* resolver_check{ nameserver =, trust_anchor = } -> true | fail (config, local): the checks of
+ * resolver_new, keeping nothing */
+static int resolver_check_opts(lua_State *L) {
+  mtasts_resolver_opts o;
+  const char *ns[MAX_NAMESERVERS];
+  char err[MTASTS_ERR_MAX];
+  int rc;
+  read_opts(L, "resolver_check", &o, ns);
+  if ((rc = mtasts_resolver_check(&o, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -82,7 +101,7 @@ static int resolver_query(lua_State *L) {
   const char *name = luaL_checklstring(L, 2, &n), *tn = luaL_checkstring(L, 3);
   double timeout = luaL_checknumber(L, 4);
   char err[MTASTS_ERR_MAX];
-  int i, id;
+  int i, id, rc;
   for (i = 0; rrtypes[i].name; i++)
     if (strcmp(rrtypes[i].name, tn) == 0) break;
   if (!rrtypes[i].name) return luaL_argerror(L, 3, "type is A, AAAA, CNAME, MX, TXT or TLSA");
@@ -90,8 +109,8 @@ static int resolver_query(lua_State *L) {
   if (n == 0 || n > 255 || strlen(name) != n)
     return mtasts_lua_fail(L, "resolver: the name is empty, over 255 bytes or has a NUL byte",
                            "servfail");
-  if (mtasts_resolver_query(u->r, name, rrtypes[i].type, timeout, &id, err) != 0)
-    return mtasts_lua_fail(L, err, "servfail");
+  if ((rc = mtasts_resolver_query(u->r, name, rrtypes[i].type, timeout, &id, err)) != 0)
+    return mtasts_lua_fail(L, err, rc == MTASTS_ELOCAL ? "local" : "servfail");
   lua_pushinteger(L, id);
   return 1;
 }
@@ -114,7 +133,8 @@ static int resolver_timeout(lua_State *L) {
 static int resolver_step(lua_State *L) {
   lresolver *u = resolver_check(L, 1);
   char err[MTASTS_ERR_MAX];
-  if (mtasts_resolver_step(u->r, err) != 0) return mtasts_lua_fail(L, err, "servfail");
+  int rc;
+  if ((rc = mtasts_resolver_step(u->r, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -126,6 +146,7 @@ static const char *status_code(int s) {
   case MTASTS_DNS_NODATA: return "nodata";
   case MTASTS_DNS_TIMEOUT: return "timeout";
   case MTASTS_DNS_BOGUS: return "bogus";
+  case MTASTS_DNS_LOCAL: return "local";
   default: return "servfail";
   }
 }
@@ -269,4 +290,6 @@ void mtasts_open_resolver(lua_State *L) {
   lua_setfield(L, -2, "resolver_methods");
   lua_pushcfunction(L, resolver_new);
   lua_setfield(L, -2, "resolver_new");
+  lua_pushcfunction(L, resolver_check_opts);
+  lua_setfield(L, -2, "resolver_check");
 }

@@ -114,6 +114,8 @@ static inline double mtasts_monotonic(void) {
 #define MTASTS_ECORRUPT (-40001)        /* a row that does not decode */
 #define MTASTS_EPOLICY  (-40002)        /* upsert given a policy text that does not parse */
 #define MTASTS_EDOMAIN  (-40003)        /* a key that is not a domain name */
+#define MTASTS_ECONFIG  (-40004)        /* a setting's value is unusable (a CA file, a port) */
+#define MTASTS_ELOCAL   (-40005)        /* this host failed (memory, descriptors, a thread) */
 /* The stable code string of an error code (docs/errors.md): "db-runrecovery", "enospc",
  * "corrupt", ...; "bdb-error" for any other. */
 const char *mtasts_code_name(int rc);

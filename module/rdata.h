@@ -20,7 +20,8 @@ int mtasts_rdata_tlsa(const unsigned char *p, size_t n, unsigned *usage, unsigne
 
 enum {
   MTASTS_DNS_PENDING = 0, MTASTS_DNS_OK, MTASTS_DNS_NXDOMAIN, MTASTS_DNS_NODATA,
-  MTASTS_DNS_SERVFAIL, MTASTS_DNS_TIMEOUT, MTASTS_DNS_BOGUS, MTASTS_DNS_ERROR
+  MTASTS_DNS_SERVFAIL, MTASTS_DNS_TIMEOUT, MTASTS_DNS_BOGUS, MTASTS_DNS_ERROR,
+  MTASTS_DNS_LOCAL              /* this host failed (libunbound out of memory, its thread) */
 };
 
 struct ub_result;
@@ -30,7 +31,7 @@ typedef struct mtasts_dns_query {
   int id, async_id, rrtype, status;
   double deadline;              /* monotonic seconds */
   struct ub_result *result;     /* owned; NULL for timeouts and errors */
-  char why[MTASTS_ERR_MAX];     /* error text for SERVFAIL, BOGUS, ERROR */
+  char why[MTASTS_ERR_MAX];     /* error text for SERVFAIL, BOGUS, ERROR, LOCAL */
 } mtasts_dns_query;
 
 typedef struct mtasts_resolver mtasts_resolver;
@@ -42,16 +43,27 @@ typedef struct {
   int no_trust_anchor;          /* 1: no DNSSEC validation at all */
 } mtasts_resolver_opts;
 
+/* Make a resolver, its settings checked and loaded now (libunbound reads the trust anchor on
+ * its first query otherwise, and a bad one would fail every lookup as SERVFAIL): 0, or
+ * MTASTS_ECONFIG (a nameserver that is no IP[@PORT], a trust anchor or /etc/resolv.conf that
+ * cannot be read or loaded; err starts with the option's name: "nameserver: ...") or
+ * MTASTS_ELOCAL (out of memory, no libunbound context), with err. */
 int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, char *err);
+/* Check the settings as mtasts_resolver_new does, keeping nothing: 0 or MTASTS_ECONFIG,
+ * MTASTS_ELOCAL with err. A context is made only to load a trust anchor file. */
+int mtasts_resolver_check(const mtasts_resolver_opts *o, char *err);
 void mtasts_resolver_free(mtasts_resolver *r);
-/* Start a query; *id names it. timeout in seconds from now. */
+/* Start a query; *id names it. timeout in seconds from now. 0; -1 when the name is not a
+ * DNS name (empty, a label over 63 bytes, over 253 bytes); MTASTS_ELOCAL when libunbound
+ * failed (memory, its thread, its pipe); err says which. */
 int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, double timeout,
                           int *id, char *err);
 /* The descriptor that becomes readable when answers wait to be processed. */
 int mtasts_resolver_fd(mtasts_resolver *r);
 /* Seconds until the next query deadline (0 when one passed), or -1 with none pending. */
 double mtasts_resolver_timeout(mtasts_resolver *r);
-/* Process answers that arrived and expire queries past their deadline. Never blocks. */
+/* Process answers that arrived and expire queries past their deadline. Never blocks. 0, or
+ * MTASTS_ELOCAL when libunbound's pipe failed. */
 int mtasts_resolver_step(mtasts_resolver *r, char *err);
 /* The first finished query (still owned by r), or NULL; mtasts_resolver_pop frees it. */
 mtasts_dns_query *mtasts_resolver_done(mtasts_resolver *r);

@@ -8,12 +8,17 @@
  * deadline is cancelled and finishes as a timeout. */
 #include "rdata.h"
 
-#include <arpa/nameser.h>   /* ns_c_in */
+#include <arpa/inet.h>
+#include <arpa/nameser.h>   /* ns_c_in, ns_t_a */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unbound.h>
+#include <unistd.h>
 
 #define ROOT_KEY "/usr/share/dns/root.key"   /* Debian's dns-root-data */
 
@@ -43,12 +48,19 @@ static void free_query(mtasts_dns_query *q) {
   free(q);
 }
 
+/* libunbound failures of this host, not of the name asked: memory, its thread, its pipe. */
+static int is_local(int ub_err) {
+  return ub_err == UB_NOMEM || ub_err == UB_PIPE || ub_err == UB_FORKFAIL ||
+         ub_err == UB_INITFAIL || ub_err == UB_SOCKET || ub_err == UB_READFILE ||
+         ub_err == UB_AFTERFINAL;
+}
+
 /* Called by libunbound inside ub_process: classify, keep the answer, move to done. */
 static void on_answer(void *arg, int err, struct ub_result *res) {
   mtasts_dns_query *q = arg;
   if (err != 0) {
-    q->status = MTASTS_DNS_ERROR;
-    snprintf(q->why, sizeof q->why, "%s", ub_strerror(err));
+    q->status = is_local(err) ? MTASTS_DNS_LOCAL : MTASTS_DNS_ERROR;
+    snprintf(q->why, sizeof q->why, "libunbound: %s", ub_strerror(err));
   } else if (res->bogus) {
     q->status = MTASTS_DNS_BOGUS;
     snprintf(q->why, sizeof q->why, "DNSSEC validation failed: %s",
@@ -68,58 +80,170 @@ static void on_answer(void *arg, int err, struct ub_result *res) {
   finish(q->r, q);
 }
 
-static int fail(char *err, const char *what, int rc) {
+/* A libunbound failure while setting up: this host's (MTASTS_ELOCAL). */
+static int fail_local(char *err, const char *what, int rc) {
   snprintf(err, MTASTS_ERR_MAX, "resolver: %s: %s", what, ub_strerror(rc));
-  return -1;
+  return MTASTS_ELOCAL;
 }
 
-int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, char *err) {
-  mtasts_resolver *r = calloc(1, sizeof *r);
+/* A nameserver setting, "IP" or "IP@PORT": 0, or MTASTS_ECONFIG with err. libunbound takes
+ * "127.0.0.1@99999" and asks port 34463; it is checked here instead. */
+static int check_nameserver(const char *ns, char *err) {
+  char ip[INET6_ADDRSTRLEN + 1];
+  unsigned char addr[sizeof(struct in6_addr)];
+  const char *at = strchr(ns, '@');
+  size_t n = at ? (size_t)(at - ns) : strlen(ns);
+  if (n == 0 || n >= sizeof ip) goto not_ip;
+  memcpy(ip, ns, n);
+  ip[n] = '\0';
+  if (inet_pton(AF_INET, ip, addr) != 1 && inet_pton(AF_INET6, ip, addr) != 1) goto not_ip;
+  if (at) {
+    const char *p = at + 1;
+    unsigned long port = 0;
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0 || p[digits] != '\0' || digits > 5) {
+      snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s': the port is not a number", ns);
+      return MTASTS_ECONFIG;
+    }
+    port = strtoul(p, NULL, 10);
+    if (port < 1 || port > 65535) {
+      snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s': port %lu is out of range (1-65535)",
+               ns, port);
+      return MTASTS_ECONFIG;
+    }
+  }
+  return 0;
+not_ip:
+  snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s' is not an IP address (IP or IP@PORT)", ns);
+  return MTASTS_ECONFIG;
+}
+
+/* The trust anchor file libunbound will read, or NULL for none: the setting, or Debian's
+ * dns-root-data when installed. */
+static const char *trust_anchor_of(const mtasts_resolver_opts *o) {
   struct stat st;
+  if (o->no_trust_anchor) return NULL;
+  if (o->trust_anchor) return o->trust_anchor;
+  return stat(ROOT_KEY, &st) == 0 ? ROOT_KEY : NULL;
+}
+
+/* A file this process must read: 0, or MTASTS_ECONFIG with "<what>: ..." in err. */
+static int check_readable(const char *what, const char *path, const char *note, char *err) {
+  struct stat st;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(err, MTASTS_ERR_MAX, "%s: cannot read '%.200s'%s: %s", what, path, note,
+             strerror(errno));
+    return MTASTS_ECONFIG;
+  }
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    close(fd);
+    snprintf(err, MTASTS_ERR_MAX, "%s: '%.200s'%s is a directory, not a file", what, path,
+             note);
+    return MTASTS_ECONFIG;
+  }
+  close(fd);
+  return 0;
+}
+
+/* Everything that needs no context: the nameservers' syntax, the files' readability. */
+static int check_plain(const mtasts_resolver_opts *o, char *err) {
+  const char *ta = trust_anchor_of(o);
   size_t i;
   int rc;
-  if (!r) {
-    snprintf(err, MTASTS_ERR_MAX, "resolver: out of memory");
-    return -1;
+  for (i = 0; i < o->n_nameservers; i++)
+    if ((rc = check_nameserver(o->nameservers[i], err)) != 0) return rc;
+  if (o->n_nameservers == 0 &&
+      (rc = check_readable("nameserver", "/etc/resolv.conf", " (none is given)", err)) != 0)
+    return rc;
+  if (ta && (rc = check_readable("trust_anchor", ta, ta == o->trust_anchor ? "" :
+                                 " (the default)", err)) != 0)
+    return rc;
+  return 0;
+}
+
+/* Set up a new context from the settings and load them: libunbound reads the trust anchor
+ * and starts its modules only on the first query, so one is asked here, for localhost.,
+ * which libunbound answers from its own local zone without any traffic. Its log is switched
+ * off: it writes lines of its own to stderr, where our failures already say what went
+ * wrong (the switch is process-wide in libunbound; nothing else here logs through it). */
+static int setup(const mtasts_resolver_opts *o, struct ub_ctx **out, char *err) {
+  struct ub_ctx *ctx;
+  struct ub_result *res = NULL;
+  const char *ta = trust_anchor_of(o);
+  size_t i;
+  int rc;
+  if ((rc = check_plain(o, err)) != 0) return rc;
+  if (!(ctx = ub_ctx_create())) {
+    snprintf(err, MTASTS_ERR_MAX, "resolver: cannot create a libunbound context: %s",
+             strerror(errno));
+    return MTASTS_ELOCAL;
   }
-  r->done_tail = &r->done;
-  if (!(r->ctx = ub_ctx_create())) {
-    free(r);
-    snprintf(err, MTASTS_ERR_MAX, "resolver: cannot create a libunbound context");
-    return -1;
-  }
+  ub_ctx_debugout(ctx, NULL);
   /* answers come back through a descriptor from libunbound's thread, not a forked process */
-  if ((rc = ub_ctx_async(r->ctx, 1)) != 0) { fail(err, "async", rc); goto bad; }
+  if ((rc = ub_ctx_async(ctx, 1)) != 0) { rc = fail_local(err, "async", rc); goto bad; }
   /* a forwarder on loopback (a local cache, or the fixture world) must be usable */
-  if ((rc = ub_ctx_set_option(r->ctx, "do-not-query-localhost:", "no")) != 0) {
-    fail(err, "do-not-query-localhost", rc);
+  if ((rc = ub_ctx_set_option(ctx, "do-not-query-localhost:", "no")) != 0) {
+    rc = fail_local(err, "do-not-query-localhost", rc);
     goto bad;
   }
   if (o->n_nameservers > 0) {
     for (i = 0; i < o->n_nameservers; i++)
-      if ((rc = ub_ctx_set_fwd(r->ctx, o->nameservers[i])) != 0) {
-        snprintf(err, MTASTS_ERR_MAX, "resolver: nameserver '%.100s': %s", o->nameservers[i],
+      if ((rc = ub_ctx_set_fwd(ctx, o->nameservers[i])) != 0) {
+        snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s': %s", o->nameservers[i],
                  ub_strerror(rc));
+        rc = rc == UB_SYNTAX ? MTASTS_ECONFIG : MTASTS_ELOCAL;
         goto bad;
       }
-  } else if ((rc = ub_ctx_resolvconf(r->ctx, NULL)) != 0) {
-    fail(err, "/etc/resolv.conf", rc);
+  } else if ((rc = ub_ctx_resolvconf(ctx, NULL)) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "nameserver: none is given, and /etc/resolv.conf: %s",
+             ub_strerror(rc));
+    rc = rc == UB_NOMEM ? MTASTS_ELOCAL : MTASTS_ECONFIG;
     goto bad;
   }
-  if (!o->no_trust_anchor) {
-    const char *ta = o->trust_anchor;
-    if (!ta && stat(ROOT_KEY, &st) == 0) ta = ROOT_KEY;
-    if (ta && (rc = ub_ctx_add_ta_file(r->ctx, ta)) != 0) {
-      snprintf(err, MTASTS_ERR_MAX, "resolver: trust anchor '%.150s': %s", ta, ub_strerror(rc));
-      goto bad;
-    }
+  if (ta && (rc = ub_ctx_add_ta_file(ctx, ta)) != 0) {
+    rc = fail_local(err, "trust anchor", rc);
+    goto bad;
+  }
+  if ((rc = ub_resolve(ctx, "localhost.", ns_t_a, ns_c_in, &res)) != 0) {
+    if (rc == UB_INITFAIL && ta)
+      snprintf(err, MTASTS_ERR_MAX, "trust_anchor: '%.200s'%s does not load as DNSSEC trust "
+               "anchors (libunbound refused it)", ta, ta == o->trust_anchor ? "" :
+               " (the default)");
+    rc = rc == UB_INITFAIL && ta ? MTASTS_ECONFIG : fail_local(err, "start", rc);
+    goto bad;
+  }
+  ub_resolve_free(res);
+  *out = ctx;
+  return 0;
+bad:
+  ub_ctx_delete(ctx);
+  return rc;
+}
+
+int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, char *err) {
+  mtasts_resolver *r = calloc(1, sizeof *r);
+  int rc;
+  if (!r) {
+    snprintf(err, MTASTS_ERR_MAX, "resolver: out of memory");
+    return MTASTS_ELOCAL;
+  }
+  r->done_tail = &r->done;
+  if ((rc = setup(o, &r->ctx, err)) != 0) {
+    free(r);
+    return rc;
   }
   *out = r;
   return 0;
-bad:
-  ub_ctx_delete(r->ctx);
-  free(r);
-  return -1;
+}
+
+int mtasts_resolver_check(const mtasts_resolver_opts *o, char *err) {
+  struct ub_ctx *ctx;
+  int rc;
+  if (!trust_anchor_of(o)) return check_plain(o, err);   /* nothing to load */
+  if ((rc = setup(o, &ctx, err)) != 0) return rc;
+  ub_ctx_delete(ctx);
+  return 0;
 }
 
 void mtasts_resolver_free(mtasts_resolver *r) {
@@ -131,13 +255,36 @@ void mtasts_resolver_free(mtasts_resolver *r) {
   free(r);
 }
 
+/* A name libunbound can ask: 1-253 bytes (a final dot aside), labels of 1-63 bytes.
+ * libunbound reports a name it cannot encode as out of memory, which would read as this
+ * host's failure. */
+static int is_dns_name(const char *name) {
+  size_t n = strlen(name), label = 0, i;
+  if (n > 1 && name[n - 1] == '.') n--;
+  if (n == 0 || n > 253) return 0;
+  for (i = 0; i < n; i++) {
+    if (name[i] == '.') {
+      if (label == 0) return 0;
+      label = 0;
+    } else if (++label > 63) {
+      return 0;
+    }
+  }
+  return label > 0;
+}
+
 int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, double timeout,
                           int *id, char *err) {
-  mtasts_dns_query *q = calloc(1, sizeof *q);
+  mtasts_dns_query *q;
   int rc;
-  if (!q) {
-    snprintf(err, MTASTS_ERR_MAX, "resolver: out of memory");
+  if (!is_dns_name(name)) {
+    snprintf(err, MTASTS_ERR_MAX, "resolver: '%.100s' is not a DNS name (empty label, over 63 "
+             "or 253 bytes)", name);
     return -1;
+  }
+  if (!(q = calloc(1, sizeof *q))) {
+    snprintf(err, MTASTS_ERR_MAX, "resolver: out of memory");
+    return MTASTS_ELOCAL;
   }
   q->r = r;
   q->id = ++r->next_id;
@@ -150,7 +297,8 @@ int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, doub
   if (rc != 0) {
     unlink_pending(r, q);
     free(q);
-    return fail(err, "query", rc);
+    snprintf(err, MTASTS_ERR_MAX, "resolver: query: %s", ub_strerror(rc));
+    return is_local(rc) ? MTASTS_ELOCAL : -1;
   }
   *id = q->id;
   return 0;
@@ -173,7 +321,7 @@ int mtasts_resolver_step(mtasts_resolver *r, char *err) {
   mtasts_dns_query *q, *next;
   double now;
   int rc;
-  if (ub_poll(r->ctx) && (rc = ub_process(r->ctx)) != 0) return fail(err, "process", rc);
+  if (ub_poll(r->ctx) && (rc = ub_process(r->ctx)) != 0) return fail_local(err, "process", rc);
   now = mtasts_monotonic();
   for (q = r->pending; q; q = next) {
     next = q->next;

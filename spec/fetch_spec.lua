@@ -301,6 +301,29 @@ describe("policy discovery #fixture", function()
     f:close()
   end)
 
+  it("takes a CA file that vanished after start for this host's failure (local)", function()
+    local cafile = world.dir .. "/vanishing-ca.pem"
+    assert(os.execute("cp '" .. world.ca.cafile .. "' '" .. cafile .. "'"))
+    local f = assert(fetch.new{ resolver = world.r, cafile = cafile,
+      connect_to = world.https.connect_to, timeout = 2, allow_private_addresses = true })
+    assert(os.remove(cafile))
+    local text, msg, code, reason = f:fetch("enforce.example")
+    assert.is_nil(text)
+    assert.equal("local", code, msg)
+    assert.is_nil(reason)
+    assert.matches("mta-sts.enforce.example: this host failed: ", msg, 1, true)
+    local status, pmsg, pcode, preason = f:post("https://mta-sts.enforce.example/report", "x",
+      "text/plain")
+    assert.is_nil(status)
+    assert.equal("local", pcode, pmsg)
+    assert.is_nil(preason)
+    -- a certificate that does not verify stays the policy host's failure
+    local _, _, ecode, ereason = world.f:fetch("untrusted.example")
+    assert.equal("policy-fetch", ecode)
+    assert.equal("certificate-not-trusted", ereason)
+    f:close()
+  end)
+
   it("raises on misuse and closes cleanly", function()
     assert.has_error(function() fetch.new{ nope = true } end,
       "bad argument #1 to 'new' (unknown option 'nope')")

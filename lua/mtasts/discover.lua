@@ -7,7 +7,8 @@ local _M = {}
 
 --- The MTA-STS record of `ascii` (lower-case A-labels) through resolver `r`.
 -- Returns the parsed record, or nil, message, code, reason with code no-record,
--- multiple-records, record-syntax, or dns (temporary; reason servfail, timeout, bogus).
+-- multiple-records, record-syntax, or dns (temporary; reason servfail, timeout, bogus); or
+-- nil, message, "local" when this host's resolver failed (not the domain's failure).
 function _M.record(r, ascii)
   local name = "_mta-sts." .. ascii
   local txt, terr, tcode = r:txt(name)
@@ -15,6 +16,7 @@ function _M.record(r, ascii)
     if tcode == "nxdomain" or tcode == "nodata" then
       return nil, name .. ": no MTA-STS record", "no-record", tcode
     end
+    if tcode == "local" then return nil, terr, "local" end
     return nil, terr, "dns", tcode
   end
   local found = {}
@@ -32,7 +34,8 @@ function _M.record(r, ascii)
 end
 
 --- The policy of `ascii` through fetcher `f`. Returns policy, text, info, or nil, message,
--- code, reason with code no-policy, policy-fetch or policy-syntax.
+-- code, reason with code no-policy, policy-fetch or policy-syntax, or local (this host
+-- failed; no reason).
 function _M.policy(f, ascii)
   local text, info, fcode, reason = f:fetch(ascii)
   if not text then return nil, info, fcode, reason end

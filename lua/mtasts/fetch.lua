@@ -6,6 +6,7 @@
 -- docs/fetch.md.
 local core = require("mtasts.core")
 local pending = require("mtasts.pending")
+local settings = require("mtasts.settings")
 
 local type, pairs, ipairs, error, tostring = type, pairs, ipairs, error, tostring
 local setmetatable, concat = setmetatable, table.concat
@@ -19,35 +20,115 @@ local OPTIONS = { resolver = true, cafile = true, capath = true, proxy = true,
   connect_to = true, timeout = true, connect_timeout = true, max_size = true, wait = true,
   allow_private_addresses = true }
 
+-- Misuse raises (at the caller of `fn`): an unknown option, a wrong type. Returns the list
+-- of connect_to entries.
+local function check_types(opts, fn)
+  local function bad(msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 4) end
+  if type(opts) ~= "table" then bad("table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then bad("unknown option '" .. tostring(k) .. "'") end
+  end
+  for _, k in ipairs({ "timeout", "connect_timeout", "max_size" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "number" then bad(k .. " must be a number") end
+  end
+  for _, k in ipairs({ "cafile", "capath", "proxy" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then bad(k .. " must be a string") end
+  end
+  if opts.wait ~= nil and type(opts.wait) ~= "function" then bad("wait must be a function") end
+  local ct = opts.connect_to
+  if type(ct) == "string" then return { ct } end
+  if ct ~= nil and type(ct) ~= "table" then bad("connect_to must be a string or a list") end
+  for _, e in ipairs(ct or {}) do
+    if type(e) ~= "string" then bad("connect_to entries must be strings") end
+  end
+  return ct or {}
+end
+
+-- One CONNECT_TO entry, HOST:PORT:HOST2:PORT2 (a host may be empty or an [IPv6] literal, a
+-- port empty): its four parts, or nil.
+local function connect_to_parts(s)
+  local parts, i = {}, 1
+  for n = 1, 4 do
+    local stop
+    if n % 2 == 1 and s:sub(i, i) == "[" then
+      stop = s:find("]", i, true)
+      if not stop then return nil end
+      stop = stop + 1
+    elseif n == 4 then
+      stop = #s + 1                    -- the rest: a port, checked as one
+    else
+      stop = s:find(":", i, true) or #s + 1
+    end
+    parts[n] = s:sub(i, stop - 1)
+    if n < 4 and s:sub(stop, stop) ~= ":" then return nil end
+    i = stop + 1
+  end
+  return parts
+end
+
+-- The values of the options (their types checked): true, or a config failure.
+local function check_values(opts, connect_to)
+  local ok, err, code, key = settings.seconds("timeout", opts.timeout)
+  if ok then ok, err, code, key = settings.seconds("connect_timeout", opts.connect_timeout) end
+  if ok then ok, err, code, key = settings.integer("max_size", opts.max_size, 1) end
+  if ok then ok, err, code, key = settings.nonempty("proxy", opts.proxy) end
+  if not ok then return nil, err, code, key end
+  for _, e in ipairs(connect_to) do
+    local p = connect_to_parts(e)
+    if not p then
+      return settings.fail("connect_to", settings.show(e) .. " is not HOST:PORT:HOST2:PORT2")
+    end
+    for _, port in ipairs({ p[2], p[4] }) do
+      if port ~= "" then
+        ok, err, code, key = settings.port("connect_to", settings.show(e), port)
+        if not ok then return nil, err, code, key end
+      end
+    end
+  end
+  return true
+end
+
+-- A failure of the C constructor or check: config failures get their option's name.
+local function failed(err, code)
+  if code == "config" then return nil, err, code, settings.key_of(err) end
+  return nil, err, code
+end
+
 --- Create a fetcher. opts: resolver (an mtasts.resolver for the policy host and report
 -- hosts; without one curl resolves them), cafile, capath, proxy, connect_to (curl CONNECT_TO
 -- entries), timeout (total, seconds, default 60), connect_timeout, max_size (default 65536),
 -- wait, allow_private_addresses (default false: connections to loopback, private,
 -- link-local, unique-local, CGNAT, multicast and other non-global addresses are refused,
--- whatever named them).
+-- whatever named them). Every setting is checked now (the CA file is loaded): a bad one
+-- fails with code "config" and the option's name as the fourth value.
 function _M.new(opts)
   opts = opts or {}
-  if type(opts) ~= "table" then
-    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
-  end
-  for k in pairs(opts) do
-    if not OPTIONS[k] then
-      error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
-    end
-  end
-  if opts.wait ~= nil and type(opts.wait) ~= "function" then
-    error("bad argument #1 to 'new' (wait must be a function)", 2)
-  end
+  local connect_to = check_types(opts, "new")
+  local ok, err, code, key = check_values(opts, connect_to)
+  if not ok then return nil, err, code, key end
   local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
-  local f, err, code = core.fetcher_new{ cafile = opts.cafile, capath = opts.capath,
-    proxy = opts.proxy, connect_to = opts.connect_to, timeout = timeout,
+  local f
+  f, err, code = core.fetcher_new{ cafile = opts.cafile, capath = opts.capath,
+    proxy = opts.proxy, connect_to = connect_to, timeout = timeout,
     connect_timeout = opts.connect_timeout, max_size = opts.max_size or _M.MAX_SIZE,
     allow_private = opts.allow_private_addresses and true or false }
-  if not f then return nil, err, code end
+  if not f then return failed(err, code) end
   local st = pending.new(opts.wait or core.poll)
   st.resolver, st.timeout, st.max_size = opts.resolver, timeout, opts.max_size or _M.MAX_SIZE
   state[f] = st
   return f
+end
+
+--- Check the settings new would take (the same options), making nothing: true, or nil,
+-- message, "config", option (or "local"). For owners that make their fetcher later.
+function _M.check(opts)
+  opts = opts or {}
+  local connect_to = check_types(opts, "check")
+  local ok, err, code, key = check_values(opts, connect_to)
+  if not ok then return nil, err, code, key end
+  ok, err, code = core.fetcher_check{ cafile = opts.cafile, capath = opts.capath }
+  if not ok then return failed(err, code) end
+  return true
 end
 
 local function await(f, id) return pending.await(state[f], f, id) end
@@ -90,6 +171,33 @@ local function cert_reason(t)
   end
 end
 
+-- curl results that are this host's failure, not the policy host's (docs/errors.md, code
+-- local): the trust store cannot be read (CURLE_SSL_CACERT_BADFILE: the CA file disappeared
+-- after start), no memory, a libcurl without what it needs, the configured proxy's name
+-- does not resolve. A certificate that does not verify is the peer's failure, never here.
+local LOCAL = { CURLE_SSL_CACERT_BADFILE = true, CURLE_SSL_CRL_BADFILE = true,
+  CURLE_OUT_OF_MEMORY = true, CURLE_FAILED_INIT = true, CURLE_NOT_BUILT_IN = true,
+  CURLE_UNSUPPORTED_PROTOCOL = true, CURLE_BAD_FUNCTION_ARGUMENT = true,
+  CURLE_UNKNOWN_OPTION = true, CURLE_INTERFACE_FAILED = true,
+  CURLE_COULDNT_RESOLVE_PROXY = true, CURLE_SSL_ENGINE_NOTFOUND = true,
+  CURLE_SSL_ENGINE_SETFAILED = true, CURLE_SSL_ENGINE_INITFAILED = true,
+  CURLE_SSL_CERTPROBLEM = true }
+
+-- Why a failed transfer is this host's failure, or nil when it is the peer's: what the C
+-- side saw (no socket, no room in epoll), a curl result of LOCAL, or a body that could not
+-- be stored for want of memory (the write callback refused it, not for its size).
+local function local_failure(t)
+  if t.local_error then return t.local_error end
+  if LOCAL[t.curl_code] then return t.error or t.curl_code end
+  if t.curl_code == "CURLE_WRITE_ERROR" and not t.too_large then return t.error or "no memory" end
+end
+
+-- The failure of a transfer this host could not do: nil, message, "local" (no TLSRPT
+-- reason: nothing is reported, the domain is not at fault).
+local function failed_here(host, why)
+  return nil, ("%s: this host failed: %s"):format(host, why), "local"
+end
+
 local WEBPKI = { ["certificate-expired"] = true, ["certificate-host-mismatch"] = true,
   ["certificate-not-trusted"] = true, ["validation-failure"] = true }
 
@@ -110,15 +218,18 @@ end
 local ADDRESS_GRACE = 0.25   -- once A or AAAA has answered, how long to wait for the other
 
 local function addresses(r, host)
-  local a, aerr, acode, aaaa, aaaacode, _
+  local a, aerr, acode, aaaa, aaaaerr, aaaacode
   if type(r.lookup_all) == "function" then   -- both at once
     local res, err, code = r:lookup_all({ { host, "A" }, { host, "AAAA" } }, ADDRESS_GRACE)
-    if not res then return nil, host .. ": " .. tostring(err), "policy-fetch", "dns-" .. code end
+    if not res then
+      if code == "local" then return nil, host .. ": " .. tostring(err), "local" end
+      return nil, host .. ": " .. tostring(err), "policy-fetch", "dns-" .. code
+    end
     a, aerr, acode = res[1][1], res[1][2], res[1][3]
-    aaaa, aaaacode = res[2][1], res[2][3]
+    aaaa, aaaaerr, aaaacode = res[2][1], res[2][2], res[2][3]
   else
     a, aerr, acode = r:a(host)
-    aaaa, _, aaaacode = r:aaaa(host)
+    aaaa, aaaaerr, aaaacode = r:aaaa(host)
   end
   local list = {}
   for _, x in ipairs(a or {}) do list[#list + 1] = x end
@@ -130,6 +241,9 @@ local function addresses(r, host)
   if acode == "nodata" and aaaacode == "nodata" then
     return nil, host .. ": the host has no address", "no-policy", "policy-host-not-found"
   end
+  -- this host's resolver failed: not the domain's failure
+  if acode == "local" then return nil, host .. ": " .. tostring(aerr), "local" end
+  if aaaacode == "local" then return nil, host .. ": " .. tostring(aaaaerr), "local" end
   return nil, host .. ": " .. tostring(aerr), "policy-fetch", "dns-" .. tostring(acode)
 end
 
@@ -150,7 +264,9 @@ end
 
 --- Fetch the policy of `domain` (lower-case A-labels). Returns the text and
 -- { content_type =, content_type_ok = }, or nil, message, code, reason: code no-policy
--- (404, no such host), policy-fetch (network, HTTP, TLS) or policy-syntax (too large).
+-- (404, no such host), policy-fetch (network, HTTP, TLS) or policy-syntax (too large); or
+-- nil, message, "local" without a reason when this host failed (the CA file cannot be read,
+-- no memory, no descriptor, the resolver failed): not the domain's failure.
 function methods:fetch(domain)
   local st = state[self]
   if not st then error("fetcher not made by mtasts.fetch.new", 2) end
@@ -163,12 +279,17 @@ function methods:fetch(domain)
   end
   local t, err, code = self:transfer{ url = "https://" .. host .. "/.well-known/mta-sts.txt",
     host = host, resolve = resolve }
-  if not t then return nil, err, code, "fetch-failed" end
+  if not t then
+    if code == "local" then return nil, err, code end
+    return nil, err, code, "fetch-failed"
+  end
   if t.too_large or t.curl_code == "CURLE_FILESIZE_EXCEEDED" then
     return nil, ("%s: the policy is larger than %d bytes"):format(host, st.max_size),
       "policy-syntax", "policy-too-large"
   end
   if t.curl_code ~= "CURLE_OK" then
+    local why = local_failure(t)
+    if why then return failed_here(host, why) end
     if t.refused_address then return refused(host, t) end
     local reason = cert_reason(t)
     if reason then
@@ -210,7 +331,10 @@ function methods:post_start(url, body, content_type)
   end
   local id, err, code = self:add{ url = url, host = host, body = body,
     content_type = content_type, resolve = resolve }
-  if not id then return nil, err, code, "fetch-failed" end
+  if not id then
+    if code == "local" then return nil, err, code end
+    return nil, err, code, "fetch-failed"
+  end
   return { id = id, host = host }
 end
 
@@ -218,8 +342,13 @@ end
 -- message, code, reason.
 function methods:post_finish(h)
   local t, err, code = await(self, h.id)
-  if not t then return nil, err, code, "fetch-failed" end
+  if not t then
+    if code == "local" then return nil, err, code end
+    return nil, err, code, "fetch-failed"
+  end
   if t.curl_code ~= "CURLE_OK" and not t.too_large then
+    local here = local_failure(t)
+    if here then return failed_here(h.host, here) end
     if t.refused_address then return refused(h.host, t) end
     local reason = cert_reason(t)
     local why = reason and t.verify_error or t.error

@@ -5,8 +5,9 @@
 -- `wait` that yields to it. Reference: docs/resolver.md.
 local core = require("mtasts.core")
 local pending = require("mtasts.pending")
+local settings = require("mtasts.settings")
 
-local type, pairs, error, setmetatable = type, pairs, error, setmetatable
+local type, pairs, error, setmetatable, tostring = type, pairs, error, setmetatable, tostring
 
 local _M = { DEFAULT_TIMEOUT = 5 }
 
@@ -17,40 +18,71 @@ local state = setmetatable({}, { __mode = "k" })
 
 local OPTIONS = { nameserver = true, trust_anchor = true, timeout = true, wait = true }
 
---- Create a resolver. opts: nameserver ("IP@PORT" or a list), trust_anchor (a file, or
--- false for no DNSSEC validation), timeout (seconds, default 5), wait(fd, events, timeout).
-function _M.new(opts)
-  opts = opts or {}
+-- Misuse raises (at the caller of `fn`): an unknown option, a wrong type. Returns the timeout.
+local function check_types(opts, fn)
   if type(opts) ~= "table" then
-    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
+    error("bad argument #1 to '" .. fn .. "' (table expected, got " .. type(opts) .. ")", 3)
   end
   for k in pairs(opts) do
     if not OPTIONS[k] then
-      error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
+      error("bad argument #1 to '" .. fn .. "' (unknown option '" .. tostring(k) .. "')", 3)
     end
   end
   local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
-  if type(timeout) ~= "number" or timeout <= 0 then
-    error("bad argument #1 to 'new' (timeout must be a positive number)", 2)
+  if type(timeout) ~= "number" then
+    error("bad argument #1 to '" .. fn .. "' (timeout must be a number)", 3)
   end
   if opts.wait ~= nil and type(opts.wait) ~= "function" then
-    error("bad argument #1 to 'new' (wait must be a function)", 2)
+    error("bad argument #1 to '" .. fn .. "' (wait must be a function)", 3)
   end
-  local r, err, code = core.resolver_new{ nameserver = opts.nameserver,
+  return timeout
+end
+
+-- A failure of the C constructor or check: config failures get their option's name.
+local function failed(err, code)
+  if code == "config" then return nil, err, code, settings.key_of(err) end
+  return nil, err, code
+end
+
+--- Create a resolver. opts: nameserver ("IP@PORT" or a list), trust_anchor (a file, or
+-- false for no DNSSEC validation), timeout (seconds, default 5), wait(fd, events, timeout).
+-- Every setting is checked and loaded now: a bad one fails with code "config" (and the
+-- option's name as the fourth value), never later as a failed lookup.
+function _M.new(opts)
+  opts = opts or {}
+  local timeout = check_types(opts, "new")
+  local ok, err, code, key = settings.seconds("timeout", timeout)
+  if not ok then return nil, err, code, key end
+  local r
+  r, err, code = core.resolver_new{ nameserver = opts.nameserver,
     trust_anchor = opts.trust_anchor }
-  if not r then return nil, err, code end
+  if not r then return failed(err, code) end
   local st = pending.new(opts.wait or core.poll)
   st.timeout = timeout
   state[r] = st
   return r
 end
 
+--- Check the settings new would take (the same options), making nothing: true, or nil,
+-- message, "config", option (or "local" when this host could not do the check). For
+-- owners that make their resolver later (the result store).
+function _M.check(opts)
+  opts = opts or {}
+  local timeout = check_types(opts, "check")
+  local ok, err, code, key = settings.seconds("timeout", timeout)
+  if not ok then return nil, err, code, key end
+  ok, err, code = core.resolver_check{ nameserver = opts.nameserver,
+    trust_anchor = opts.trust_anchor }
+  if not ok then return failed(err, code) end
+  return true
+end
+
 local function await(r, id) return pending.await(state[r], r, id) end
 
 --- Look `name` up for records of `rrtype` ("TXT", "MX", "A", "AAAA", "TLSA", "CNAME").
 -- Returns the records (an array; .secure says whether DNSSEC validated them, .canonname
--- where CNAMEs led), or nil, message, code with code nxdomain, nodata, servfail, timeout
--- or bogus.
+-- where CNAMEs led), or nil, message, code with code nxdomain, nodata, servfail, timeout,
+-- bogus, or local (this host failed: libunbound out of memory, its thread or its pipe).
 function methods:lookup(name, rrtype)
   local st = state[self]
   if not st then error("resolver not made by mtasts.resolver.new", 2) end
