@@ -255,6 +255,102 @@ describe("mtasts.open", function()
     end)
   end)
 
+  describe("get, a failure of this host (code local)", function()
+    local logged, here
+    before_each(function()
+      logged = {}
+      here = assert(mtasts.open{ path = dir .. "/local", resolver = w.resolver,
+        fetcher = w.fetcher, clock = w.clock,
+        log = function(level, m) logged[#logged + 1] = level .. ": " .. m end })
+    end)
+    after_each(function() here:close() end)
+
+    it("a fetch that failed here: nil, nil, false, msg, local; no backoff, no result",
+      function()
+        w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+        w.policy["example.com"] = { err = "local" }
+        local n = select("#", here:get("example.com"))
+        local policy, result, fresh, msg, code = here:get("example.com")
+        assert.equal(5, n)
+        assert.is_nil(policy)
+        assert.is_nil(result)              -- nothing to report: the domain is not at fault
+        assert.is_false(fresh)
+        assert.equal("local", code)
+        assert.equal("failed", msg)
+        assert.same({}, here:records())    -- no backoff row
+        -- nothing remembered: the next call tries again, and succeeds once this host does
+        w.policy["example.com"] = ENFORCE
+        assert.equal("enforce", here:get("example.com").mode)
+        assert.equal(3, w.fetch_calls)
+      end)
+    it("a lookup that failed here: the same, and no negative answer remembered", function()
+      w.txt["_mta-sts.example.com"] = { err = "local" }
+      local policy, result, fresh, msg, code = here:get("example.com")
+      assert.same({ nil, nil, false, "_mta-sts.example.com TXT: failed", "local" },
+        { policy, result, fresh, msg, code })
+      assert.equal(0, w.fetch_calls)
+      assert.is_false(here:answers_now("example.com"))
+      assert.same({}, here:records())
+    end)
+    it("a backoff row looked at again with force: local leaves the row as it was", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      here:get("example.com")                                  -- 404: a backoff row
+      local before = here:records()[1]
+      w.policy["example.com"] = { err = "local" }
+      w.now = w.now + 10
+      local _, result, _, _, code = here:get("example.com", { force = true })
+      assert.equal("local", code)
+      assert.is_nil(result)
+      assert.same(before, here:records()[1])
+    end)
+    it("with a cached policy: the policy as cached, no failure detail, the trouble logged",
+      function()
+        w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+        w.policy["example.com"] = ENFORCE
+        assert(here:get("example.com"))
+        -- the record check fails here
+        w.now = w.now + 60
+        w.txt["_mta-sts.example.com"] = { err = "local" }
+        local policy, result, fresh, msg, code = here:get("example.com")
+        assert.equal("enforce", policy.mode)
+        assert.same({}, result.failures)
+        assert.is_false(fresh)
+        assert.is_nil(msg)
+        assert.is_nil(code)
+        assert.equal("err: _mta-sts.example.com TXT: failed", logged[#logged])
+        -- a new id whose fetch fails here
+        w.txt["_mta-sts.example.com"] = { "v=STSv1; id=2;" }
+        w.policy["example.com"] = { err = "local" }
+        policy, result = here:get("example.com")
+        assert.equal("enforce", policy.mode)
+        assert.same({}, result.failures)
+        assert.equal("err: failed", logged[#logged])
+        assert.equal("1", here:records()[1].record_id)
+      end)
+    it("delivery.plan defers on it, enforce or not", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = { err = "local" }
+      local policy, result, _, msg, code = here:get("example.com")
+      local plan = require("mtasts.delivery").plan{ domain = "example.com",
+        mx = { "mx1.example.com" }, policy = policy, result = result, policy_error = msg,
+        policy_code = code }
+      assert.matches("mta-sts policy lookup failed", plan.defer, 1, true)
+      assert.same({}, plan.hosts)
+      assert.is_false(plan.plaintext_fallback)
+    end)
+    it("refresh counts it as failed and keeps the row", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      assert(here:get("example.com"))
+      w.now = w.now + 13 * 3600
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=2;" }
+      w.policy["example.com"] = { err = "local" }
+      local summary = assert(here:refresh{})
+      assert.equal(1, summary.failed)
+      assert.equal("1", here:records()[1].record_id)
+    end)
+  end)
+
   describe("coalescing", function()
     it("shares one lookup and one fetch between concurrent callers", function()
       local d2 = util.tmpdir()

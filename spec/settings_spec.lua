@@ -130,6 +130,40 @@ describe("settings of mtasts.fetch", function()
   end)
 end)
 
+describe("settings of mtasts.open", function()
+  local mtasts = require("mtasts")
+  local dir, cleanup
+  setup(function() dir, cleanup = util.tmpdir() end)
+  teardown(function() cleanup() end)
+
+  local function exists(path) return os.rename(path, path) ~= nil end
+
+  it("fails before anything is made: no cache directory for a bad setting", function()
+    local path = dir .. "/cache"
+    assert_config("timeouts.dns", "0 is not a number of seconds",
+      mtasts.open{ path = path, timeouts = { dns = 0 } })
+    assert_config("timeouts.fetch", nil, mtasts.open{ path = path, timeouts = { fetch = -1 } })
+    assert_config("cafile", "cannot read '/nonexistent/ca.pem'",
+      mtasts.open{ path = path, nameserver = "127.0.0.1", trust_anchor = false,
+        cafile = "/nonexistent/ca.pem" })
+    assert_config("nameserver", "port 99999 is out of range",
+      mtasts.open{ path = path, nameserver = "127.0.0.1@99999", trust_anchor = false })
+    assert_config("trust_anchor", "cannot read",
+      mtasts.open{ path = path, nameserver = "127.0.0.1", trust_anchor = dir .. "/none.key" })
+    assert_config("recheck", "-1 is not a number of at least 0",
+      mtasts.open{ path = path, recheck = -1 })
+    assert.is_false(exists(path), "the cache directory was made")
+    assert_config("path", "is empty", mtasts.open{ path = "" })
+  end)
+
+  it("raises on a wrong type", function()
+    assert.has_error(function() mtasts.open{ path = dir, timeouts = { dns = "5" } } end,
+      "bad argument #1 to 'open' (timeouts.dns must be a number)")
+    assert.has_error(function() mtasts.open{ path = dir, recheck = "60" } end,
+      "bad argument #1 to 'open' (recheck must be a number)")
+  end)
+end)
+
 describe("local failures of discovery", function()
   it("passes a failure of this host's resolver on as local, without a TLSRPT reason",
     function()

@@ -7,6 +7,7 @@ local discover = require("mtasts.discover")
 local tlsrpt = require("mtasts.tlsrpt.format")
 local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
+local settings = require("mtasts.settings")
 
 local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, error, setmetatable,
   pcall
@@ -49,7 +50,9 @@ local function unavailable(self)
   return nil, "the cache is unavailable: " .. tostring(self.cache_err), self.cache_code or "corrupt"
 end
 
---- Open a client. See docs/client.md for the options.
+--- Open a client. See docs/client.md for the options. Misuse raises (an unknown option, a
+-- wrong type); a setting that cannot work fails with code "config" and the option's name as
+-- the fourth value, before anything is made (no cache directory for a timeout of 0).
 function _M.open(opts)
   if type(opts) ~= "table" then argerror("table expected, got " .. type(opts)) end
   for k in pairs(opts) do
@@ -60,9 +63,19 @@ function _M.open(opts)
     if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror(k .. " must be a function") end
   end
   local recheck = opts.recheck or _M.DEFAULT_RECHECK
-  if type(recheck) ~= "number" or recheck < 0 then argerror("recheck must be a number >= 0") end
+  if type(recheck) ~= "number" then argerror("recheck must be a number") end
   local timeouts = opts.timeouts or {}
   if type(timeouts) ~= "table" then argerror("timeouts must be a table") end
+  for _, k in ipairs({ "dns", "fetch" }) do
+    if timeouts[k] ~= nil and type(timeouts[k]) ~= "number" then
+      argerror("timeouts." .. k .. " must be a number")
+    end
+  end
+  -- the values, before anything is made
+  local ok, err, code, key = settings.nonempty("path", opts.path)
+  if ok then ok, err, code, key = settings.at_least("recheck", recheck, 0) end
+  if ok then ok, err, code, key = settings.timeouts(timeouts) end
+  if not ok then return nil, err, code, key end
 
   local self = setmetatable({ recheck = recheck, clock = opts.clock or os.time,
     log = opts.log or function() end, negative = {}, negative_old = {}, negative_n = 0,
@@ -76,35 +89,38 @@ function _M.open(opts)
     end
   end
   self.path = opts.path
-  local cache, err, code = core.cache_open(opts.path)
-  if not cache then
-    if not DAMAGE[code] then return nil, err, code end
-    -- a damaged cache: mail keeps flowing without it until it is rebuilt
-    self.log("err", tostring(err))
-    self.cache_retry, self.cache_err, self.cache_code = self.clock() + 60, err, code
-  end
-  self.cache = cache
   self.is_open = true
+  -- the resolver and fetcher first: they check the rest of the settings (the CA file, the
+  -- trust anchor, the nameservers), and a bad one must leave no cache directory behind
   local wait = function(...) return self.wait(...) end
   self.resolver = opts.resolver
   if not self.resolver then
     local r
-    r, err, code = resolver.new{ nameserver = opts.nameserver,
+    r, err, code, key = resolver.new{ nameserver = opts.nameserver,
       trust_anchor = opts.trust_anchor, timeout = timeouts.dns, wait = wait }
-    if not r then self:close() return nil, err, code end
+    if not r then self:close() return nil, err, code, key end
     self.resolver, self.owned.resolver = r, true
   end
   self.fetcher = opts.fetcher
   if not self.fetcher then
     local f
-    f, err, code = fetch.new{
+    f, err, code, key = fetch.new{
       resolver = type(self.resolver.a) == "function" and self.resolver or nil,
       cafile = opts.cafile, capath = opts.capath, proxy = opts.proxy,
       connect_to = opts.connect_to, timeout = timeouts.fetch, wait = wait,
       allow_private_addresses = opts.allow_private_addresses }
-    if not f then self:close() return nil, err, code end
+    if not f then self:close() return nil, err, code, key end
     self.fetcher, self.owned.fetcher = f, true
   end
+  local cache
+  cache, err, code = core.cache_open(opts.path)
+  if not cache then
+    if not DAMAGE[code] then self:close() return nil, err, code end
+    -- a damaged cache: mail keeps flowing without it until it is rebuilt
+    self.log("err", tostring(err))
+    self.cache_retry, self.cache_err, self.cache_code = self.clock() + 60, err, code
+  end
+  self.cache = cache
   return self
 end
 
@@ -171,8 +187,11 @@ local function forget_negative(self, ascii)
 end
 
 -- No usable row: look the record up and fetch (docs/conformance.md §5, "No usable row").
+-- When this host fails (code local), nothing is stored, remembered or reported: the
+-- domain is not at fault, and the caller defers.
 function Client:_first(ascii, now)
   local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
+  if not record and rcode == "local" then return nil, nil, false, rerr, "local" end
   if not record then
     if rcode == "no-record" then
       local result = tlsrpt.no_policy_result(ascii)
@@ -186,6 +205,7 @@ function Client:_first(ascii, now)
   local policy, text, info, reason = discover.policy(self.fetcher, ascii)
   if not policy then
     local code = info
+    if code == "local" then return nil, nil, false, text, "local" end
     self:_upsert(ascii, record.id, nil, now)    -- back off for 300 s
     return nil, sts_failure(ascii, fetch.result_type(code, reason), reason),
       true
@@ -216,7 +236,12 @@ function Client:_get(ascii, force)
   if not force and now - row.last_update < self.recheck then
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), false
   end
-  local record, _, rcode, rreason = discover.record(self.resolver, ascii)
+  local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
+  if not record and rcode == "local" then
+    -- this host failed, not the domain: the cached policy as it is, nothing to report
+    self.log("err", tostring(rerr))
+    return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), false
+  end
   if not record then
     -- keep serving the cached policy: a removed or blocked record never drops it early
     local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
@@ -233,8 +258,12 @@ function Client:_get(ascii, force)
   local policy, text, info, reason = discover.policy(self.fetcher, ascii)
   if not policy then
     local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
-    tlsrpt.add_failure(result, fetch.result_type(info, reason),
-      reason .. "+fallback-to-cached-policy")
+    if info == "local" then
+      self.log("err", tostring(text))    -- this host failed: nothing to report
+    else
+      tlsrpt.add_failure(result, fetch.result_type(info, reason),
+        reason .. "+fallback-to-cached-policy")
+    end
     return cached, result, false
   end
   self:_upsert(ascii, record.id, text, now)
@@ -251,7 +280,9 @@ end
 --- Look up the policy of `domain`. Returns policy, result, fresh; policy nil without an
 -- error means no MTA-STS (or backing off). On a failure: nil, result, false, message, code;
 -- for a name that is no domain, result is nil (there is no policy domain to report on) and
--- code is "domain-syntax".
+-- code is "domain-syntax"; when this host failed (the CA file vanished, no memory, the
+-- resolver broke) and nothing is cached, result is nil (nothing to report) and code is
+-- "local": defer, and fix this host.
 -- opts.force re-reads the TXT record whatever recheck says.
 function Client:get(domain, opts)
   if getmetatable(self) ~= client_mt then error("bad self (mtasts.client expected)", 2) end
