@@ -303,6 +303,92 @@ describe("mtasts.postfix answers", function()
     assert.matches("{ policy_string = x:a,tafile=/etc/passwd }", a, 1, true)
     assert.is_nil(a:find(" policy_string=x:a", 1, true), a)
   end)
+
+  it("answer TEMP when this host failed (local), so Postfix defers, and log it once",
+    function()
+      local calls = 0
+      local client = { close = function() end, get = function()
+        calls = calls + 1
+        return nil, nil, false, "mta-sts.x.example: this host failed: error setting " ..
+          "certificate file:\n/etc/ca.pem", "local"
+      end }
+      with_server({ client = client, memo_seconds = 0, zones = { ["*"] = { tlsrpt = true,
+        failure_level = "may" } } }, function(_, port, logs)
+        local con = connect(port)
+        for i = 1, 3 do con:write(postfix.netstring("postfix x" .. i .. ".example")) end
+        con:flush()
+        local want = "TEMP mta-sts.x.example: this host failed: error setting certificate " ..
+          "file: /etc/ca.pem"
+        assert.same({ want, want, want }, answers(con, 3, util.within(5)))
+        con:close()
+        assert.equal(3, calls)
+        local errs = {}
+        for _, l in ipairs(logs) do
+          if l:find("this host failed: answering TEMP", 1, true) then errs[#errs + 1] = l end
+        end
+        assert.equal(1, #errs, table.concat(logs, "\n"))    -- held back for 10 s
+        assert.matches("^err: x%d.example: mta%-sts.x.example: this host failed: ", errs[1])
+      end)
+    end)
+end)
+
+describe("mtasts.postfix settings", function()
+  local dir, cleanup
+  setup(function() dir, cleanup = util.tmpdir() end)
+  teardown(function() cleanup() end)
+  local client = slow_client(0)
+
+  local function assert_config(option, part, ok, msg, code, key)
+    assert.is_nil(ok)
+    assert.equal("config", code, msg)
+    assert.equal(option, key, msg)
+    assert.matches(part, msg, 1, true)
+  end
+
+  it("fails with config on a listen address that does not parse, before the client opens",
+    function()
+      local path = dir .. "/cache"
+      assert_config("listen", "listen: 'inet:127.0.0.1:99999': port 99999 is out of range",
+        postfix.new{ client_opts = { path = path }, listen = { "inet:127.0.0.1:99999" } })
+      assert_config("listen", "listen: 'tcp:x': 'tcp' is not a known scheme",
+        postfix.new{ client_opts = { path = path }, listen = { "tcp:x" } })
+      assert_config("listen", "expected inet:HOST:PORT, HOST:PORT or unix:PATH",
+        postfix.new{ client_opts = { path = path }, listen = { "inet:127.0.0.1" } })
+      assert_config("listen", "unix: needs a path", postfix.new{ client = client,
+        listen = { "unix:" } })
+      assert.is_nil(os.rename(path, path), "the client's cache directory was made")
+      -- the forms that parse
+      assert.same({ host = "127.0.0.1", port = 8461 }, postfix.parse_listen("inet:127.0.0.1:8461"))
+      assert.same({ host = "localhost", port = 0 }, postfix.parse_listen("localhost:0"))
+      assert.same({ host = "::1", port = 25 }, postfix.parse_listen("inet:[::1]:25"))
+      assert.same({ path = "/run/x.sock" }, postfix.parse_listen("unix:/run/x.sock"))
+    end)
+
+  it("fails with config on limits, zones and a socket mode that cannot work", function()
+    assert_config("max_connections", "-1 is not an integer of at least 0",
+      postfix.new{ client = client, max_connections = -1 })
+    assert_config("max_lookups", "1.5 is not an integer",
+      postfix.new{ client = client, max_lookups = 1.5 })
+    assert_config("socket_mode", "'999' is not an octal mode",
+      postfix.new{ client = client, socket_mode = "999" })
+    assert_config("zones", "failure_level 'maybe' of zone 'postfix' is not a Postfix " ..
+      "security level", postfix.new{ client = client,
+      zones = { postfix = { tlsrpt = true, failure_level = "maybe" } } })
+    assert.has_error(function() postfix.new{ client = client, max_lookups = "256" } end,
+      "bad argument #1 to 'new' (max_lookups must be a number)")
+    assert.has_error(function() postfix.new{ client = client, zones = { x = { sni = 1 } } } end,
+      "bad argument #1 to 'new' (unknown option 'sni' in zone 'x')")
+  end)
+
+  it("names the address and the reason when it cannot be bound", function()
+    local first = assert(postfix.new{ client = client, listen = { "inet:127.0.0.1:0" } })
+    local taken = first:addresses()[1]
+    local srv, msg, code = postfix.new{ client = client, listen = { taken } }
+    assert.is_nil(srv)
+    assert.equal("listen", code)
+    assert.equal("listen: '" .. taken .. "': Address already in use", msg)
+    first:close()
+  end)
 end)
 
 

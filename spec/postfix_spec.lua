@@ -73,6 +73,7 @@ describe("mtasts serve postfix #fixture", function()
     local dir = util.tmpdir()
     world.dir = dir
     local ca = require("support.ca").new(dir .. "/ca")
+    world.ca = ca
     world.dns = require("support.dns").start({ ["example."] = {
       '_mta-sts.enforce IN TXT "v=STSv1; id=1;"', "mta-sts.enforce IN A 127.0.0.1",
       '_mta-sts.testing IN TXT "v=STSv1; id=1;"', "mta-sts.testing IN A 127.0.0.1",
@@ -275,6 +276,39 @@ describe("mtasts serve postfix #fixture", function()
     out, status = util.run("postmap -c " .. world.dir .. " -q none.example " ..
       "socketmap:unix:" .. world.dir .. "/pf.sock:postfix")
     assert.equal(1, status, out)   -- not found
+  end)
+
+  it("answers TEMP when its CA file vanished after start, and caches nothing", function()
+    -- a server of its own, whose CA file is a copy removed once it listens
+    local cafile, db = world.dir .. "/vanishing-ca.pem", world.dir .. "/vanish-cache"
+    assert(os.execute("cp '" .. world.ca.cafile .. "' '" .. cafile .. "'"))
+    local out = world.dir .. "/vanish.out"
+    local pid = proc.spawn("mtasts-vanish", util.lua_cmd() .. " bin/mtasts --db " .. db ..
+      " --nameserver " .. world.dns.nameserver .. " --trust-anchor none " ..
+      "--allow-private-addresses --cafile " .. cafile .. " --connect-to :443:127.0.0.1:" ..
+      world.web.port .. " --timeout 3 serve postfix --listen inet:127.0.0.1:0" ..
+      " --zone postfix --zone tlsrpt:tlsrpt,failure_level=may", out)
+    finally(function() proc.stop(pid) end)
+    assert(proc.poll(function() return util.run("cat " .. out):match("inet:127%.0%.0%.1:%d+")
+    end, 10), util.run("cat " .. out))
+    local port = tonumber(util.run("cat " .. out):match("inet:127%.0%.0%.1:(%d+)"))
+    assert(os.remove(cafile))
+    run(function()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      -- never NOTFOUND (opportunistic TLS for an enforce domain), never a policy_failure
+      local a = ask({ "postfix enforce.example", "tlsrpt enforce.example" }, con)
+      con:close()
+      for i = 1, 2 do
+        assert.matches("^TEMP mta%-sts%.enforce%.example: this host failed: .*vanishing%-ca",
+          a[i])
+      end
+    end)
+    -- no backoff row: the domain is not at fault
+    local cache = assert(require("mtasts.cache").open(db))
+    assert.same({}, assert(cache:list()))
+    cache:close()
+    assert.matches("this host failed: answering TEMP", util.run("cat " .. out), 1, true)
   end)
 
   it("stops on SIGTERM after answering the request in flight", function()

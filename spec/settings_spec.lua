@@ -164,6 +164,40 @@ describe("settings of mtasts.open", function()
   end)
 end)
 
+describe("settings of tlsrpt.open", function()
+  local tlsrpt = require("mtasts.tlsrpt")
+  local dir, cleanup
+  setup(function() dir, cleanup = util.tmpdir() end)
+  teardown(function() cleanup() end)
+
+  it("fails before the directory is made, network settings included", function()
+    local path = dir .. "/results"
+    assert_config("window", "-1 is not a number of at least 0",
+      tlsrpt.open{ path = path, window = -1 })
+    assert_config("submitter", "is empty", tlsrpt.open{ path = path, submitter = "" })
+    assert_config("timeouts.fetch", nil, tlsrpt.open{ path = path, timeouts = { fetch = 0 } })
+    assert_config("cafile", "cannot read '/nonexistent/ca.pem'",
+      tlsrpt.open{ path = path, nameserver = "127.0.0.1", cafile = "/nonexistent/ca.pem" })
+    assert_config("nameserver", "port 99999",
+      tlsrpt.open{ path = path, nameserver = "127.0.0.1@99999" })
+    assert_config("connect_to", "is not HOST:PORT:HOST2:PORT2",
+      tlsrpt.open{ path = path, nameserver = "127.0.0.1", connect_to = "nope" })
+    assert.is_nil(os.rename(path, path), "the directory was made")
+    assert_config("path", "is empty", tlsrpt.open{ path = "" })
+    -- an injected fetcher and resolver: their settings are the caller's
+    local store = assert(tlsrpt.open{ path = path, cafile = "/nonexistent/ca.pem",
+      fetcher = {}, resolver = {} })
+    store:close()
+  end)
+
+  it("raises on a wrong type", function()
+    assert.has_error(function() tlsrpt.open{ path = dir, window = "0" } end,
+      "bad argument #1 to 'open' (window must be a number)")
+    assert.has_error(function() tlsrpt.open{ path = dir, submitter = 1 } end,
+      "bad argument #1 to 'open' (submitter must be a string)")
+  end)
+end)
+
 describe("local failures of discovery", function()
   it("passes a failure of this host's resolver on as local, without a TLSRPT reason",
     function()

@@ -14,6 +14,7 @@ local socket = require("cqueues.socket")
 local condition = require("cqueues.condition")
 local mtasts = require("mtasts")
 local tlsrpt = require("mtasts.tlsrpt")
+local settings = require("mtasts.settings")
 
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
@@ -166,6 +167,13 @@ local function lookup(self, name, domain)
   if code == "domain-syntax" then    -- a name that can have no policy: nothing to enforce
     self.log("debug", ("%s: %s"):format(domain, tostring(msg)))
     return _M.answer(nil)
+  end
+  if code == "local" then
+    -- this host failed (the CA file vanished, no memory or descriptors): TEMP, so Postfix
+    -- defers; NOTFOUND would send an enforce domain's mail with opportunistic TLS
+    local why = tostring(msg):gsub("%c", " "):sub(1, 200)
+    self:note("local", "err", ("%s: %s (this host failed: answering TEMP)"):format(domain, why))
+    return "TEMP " .. why
   end
   local failure
   if msg then
@@ -388,6 +396,51 @@ local OPTIONS = { client = true, client_opts = true, listen = true, socket_mode 
   memo_seconds = true, memo_bytes = true, max_connections = true, max_lookups = true,
   write_timeout = true, max_pending = true }
 
+-- Zone options and their types; failure_level must be one of Postfix's security levels.
+local ZONE_OPTIONS = { strict_testing = "boolean", require_sni = "boolean", tlsrpt = "boolean",
+  failure_level = "string" }
+local LEVELS = { none = true, may = true, encrypt = true, dane = true, ["dane-only"] = true,
+  fingerprint = true, verify = true, secure = true }
+local LIMITS = { "max_request", "idle_timeout", "memo_seconds", "memo_bytes",
+  "max_connections", "max_lookups", "write_timeout", "max_pending" }
+
+--- Parse a listen address: { path = } for "unix:PATH", { host =, port = } for
+-- "inet:HOST:PORT", "HOST:PORT", "[IPv6]:PORT" (PORT 0: any free port); or nil, the reason.
+function _M.parse_listen(spec)
+  local path = spec:match("^unix:(.*)$")
+  if path then
+    if path == "" then return nil, "unix: needs a path" end
+    return { path = path }
+  end
+  local rest = spec:match("^inet:(.*)$")
+  if not rest then
+    -- without a scheme, HOST:PORT with a numeric port; anything else names a scheme
+    if not (spec:find("^%[[^%]]*%]:%d+$") or spec:find("^[^:%[%]]+:%d+$")) then
+      local scheme = spec:match("^(%a[%w+.-]*):")
+      if scheme then
+        return nil, ("'%s' is not a known scheme (inet:HOST:PORT, HOST:PORT or unix:PATH)")
+          :format(scheme)
+      end
+      return nil, "expected inet:HOST:PORT, HOST:PORT or unix:PATH"
+    end
+    rest = spec
+  end
+  local host, port = rest:match("^%[([^%]]*)%]:([^:]*)$")
+  if not host then host, port = rest:match("^([^:%[%]]+):([^:]*)$") end
+  if not host then return nil, "expected inet:HOST:PORT, HOST:PORT or unix:PATH" end
+  if host == "" then return nil, "the host is empty" end
+  local n = port:match("^%d+$") and tonumber(port)
+  if not n then return nil, ("port %s is not a number"):format(settings.show(port)) end
+  if n > 65535 then return nil, ("port %d is out of range (0-65535)"):format(n) end
+  return { host = host, port = n }
+end
+
+-- A socket mode ("0660", "660" or a number read as octal digits): the number, or nil.
+local function parse_mode(mode)
+  local m = tostring(mode):match("^0?([0-7][0-7][0-7])$")
+  return m and tonumber(m, 8) or nil
+end
+
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
   for k in pairs(opts) do
@@ -395,20 +448,63 @@ function _M.new(opts)
       error("bad argument #1 to 'new' (unknown option '" .. tostring(k) .. "')", 2)
     end
   end
+  local function bad(msg) error("bad argument #1 to 'new' (" .. msg .. ")", 3) end
   for _, k in ipairs({ "log", "on_lookup" }) do
-    if opts[k] ~= nil and type(opts[k]) ~= "function" then
-      error("bad argument #1 to 'new' (" .. k .. " must be a function)", 2)
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then bad(k .. " must be a function") end
+  end
+  for _, k in ipairs(LIMITS) do
+    if opts[k] ~= nil and type(opts[k]) ~= "number" then bad(k .. " must be a number") end
+  end
+  local listen = opts.listen or {}
+  if type(listen) ~= "table" then bad("listen must be a list of addresses") end
+  for _, spec in ipairs(listen) do
+    if type(spec) ~= "string" then bad("listen must be a list of addresses") end
+  end
+  if opts.socket_mode ~= nil and type(opts.socket_mode) ~= "string" and
+      type(opts.socket_mode) ~= "number" then
+    bad("socket_mode must be a string")
+  end
+  local zones = opts.zones or {}
+  if type(zones) ~= "table" then bad("zones must be a table") end
+  for name, zone in pairs(zones) do
+    if type(name) ~= "string" or type(zone) ~= "table" then
+      bad("zones must map names to tables")
+    end
+    for k, v in pairs(zone) do
+      if not ZONE_OPTIONS[k] then
+        bad("unknown option '" .. tostring(k) .. "' in zone '" .. name .. "'")
+      end
+      if type(v) ~= ZONE_OPTIONS[k] then
+        bad(("%s of zone '%s' must be a %s"):format(k, name, ZONE_OPTIONS[k]))
+      end
     end
   end
-  for _, k in ipairs({ "max_request", "idle_timeout", "memo_seconds", "memo_bytes",
-    "max_connections", "max_lookups", "write_timeout", "max_pending" }) do
-    local v = opts[k]
-    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v // 1 and k ~= "memo_seconds") then
-      error("bad option '" .. k .. "' to 'new' (a non-negative integer expected, got " ..
-        tostring(v) .. ")", 2)
+  if opts.client == nil and opts.client_opts ~= nil and type(opts.client_opts) ~= "table" then
+    bad("client_opts must be a table")
+  end
+  -- the values, before the client is opened (its cache directory made) or anything bound
+  for _, k in ipairs(LIMITS) do
+    local ok, err, code, key
+    if k == "memo_seconds" then ok, err, code, key = settings.at_least(k, opts[k], 0)
+    else ok, err, code, key = settings.integer(k, opts[k], 0) end
+    if not ok then return nil, err, code, key end
+  end
+  for _, spec in ipairs(listen) do
+    local ok, why = _M.parse_listen(spec)
+    if not ok then return settings.fail("listen", settings.show(spec) .. ": " .. why) end
+  end
+  if opts.socket_mode ~= nil and not parse_mode(opts.socket_mode) then
+    return settings.fail("socket_mode", settings.show(opts.socket_mode) ..
+      " is not an octal mode like 0660")
+  end
+  for name, zone in pairs(zones) do
+    if zone.failure_level ~= nil and not LEVELS[zone.failure_level] then
+      return settings.fail("zones", ("failure_level %s of zone '%s' is not a Postfix " ..
+        "security level (none, may, encrypt, dane, dane-only, fingerprint, verify, secure)")
+        :format(settings.show(zone.failure_level), name))
     end
   end
-  local self = setmetatable({ loop = cqueues.new(), zones = opts.zones or {},
+  local self = setmetatable({ loop = cqueues.new(), zones = zones,
     log = opts.log or function() end, max_request = opts.max_request or _M.MAX_REQUEST,
     idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
     on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_old = {}, memo_used = 0,
@@ -428,11 +524,11 @@ function _M.new(opts)
     co.wait = function(fd, events, timeout)
       cqueues.poll({ pollfd = fd, events = events }, timeout)
     end
-    local client, err, code = mtasts.open(co)
-    if not client then return nil, err, code end
+    local client, err, code, key = mtasts.open(co)
+    if not client then return nil, err, code, key end
     self.client, self.owns_client = client, true
   end
-  for _, spec in ipairs(opts.listen or {}) do
+  for _, spec in ipairs(listen) do
     local ok, err, code = self:listen(spec, opts.socket_mode)
     if not ok then self:close() return nil, err, code end
   end
@@ -497,36 +593,48 @@ function Server:stats()
 end
 
 --- Listen on "inet:HOST:PORT" (PORT 0: any free port), "HOST:PORT", or "unix:PATH".
--- Returns the bound address as "inet:host:port" / "unix:path", or nil, message.
+-- Returns the bound address as "inet:host:port" / "unix:path", or nil, message, "listen"
+-- (the message names the address and the reason: a port out of range, an unknown scheme,
+-- an address in use).
 function Server:listen(spec, mode)
   live(self, "listen")
-  local path = spec:match("^unix:(.+)$")
+  if type(spec) ~= "string" then
+    error("bad argument #1 to 'listen' (string expected, got " .. type(spec) .. ")", 2)
+  end
+  local where, bad = _M.parse_listen(spec)
+  if not where then return nil, ("listen: %s: %s"):format(settings.show(spec), bad), "listen" end
+  local nmode = mode ~= nil and parse_mode(mode) or nil
+  if mode ~= nil and not nmode then
+    return nil, "socket_mode: " .. settings.show(mode) .. " is not an octal mode like 0660",
+      "listen"
+  end
+  local path = where.path
   local srv, err
-  if mode and not tostring(mode):match("^0?[0-7][0-7][0-7]$") then
-    return nil, "socket mode: expected octal like 0660, got " .. tostring(mode), "listen"
-  end
   if path then
-    srv, err = socket.listen{ path = path, unlink = true, mode = mode and tonumber(mode, 8) or nil }
+    srv, err = socket.listen{ path = path, unlink = true, mode = nmode }
   else
-    local host, port = spec:gsub("^inet:", ""):match("^%[?([^%]]*)%]?:(%d+)$")
-    if not host then
-      return nil, "listen: expected inet:HOST:PORT or unix:PATH, got " .. spec, "listen"
-    end
-    srv, err = socket.listen{ host = host, port = tonumber(port), reuseaddr = true }
+    srv, err = socket.listen{ host = where.host, port = where.port, reuseaddr = true }
   end
-  if not srv then return nil, "listen " .. spec .. ": " .. tostring(err), "listen" end
-  local ok, lerr = srv:listen()
-  if not ok and lerr then return nil, "listen " .. spec .. ": " .. tostring(lerr), "listen" end
-  if path and mode then os.execute(format("chmod %s '%s'", mode, (path:gsub("'", "'\\''")))) end
+  local function failed(e)
+    if srv then pcall(srv.close, srv) end
+    return nil, ("listen: %s: %s"):format(settings.show(spec),
+      type(e) == "number" and errno.strerror(e) or tostring(e)), "listen"
+  end
+  if not srv then return failed(err) end
+  -- errors as values (cqueues raises them by default), for bind too: it happens here
+  srv:onerror(function(_, _, e) return e end)
+  local lok, ok, lerr = pcall(srv.listen, srv)
+  if not lok then return failed(ok) end
+  if not ok then return failed(lerr) end
+  if path and nmode then os.execute(format("chmod %o '%s'", nmode, (path:gsub("'", "'\\''")))) end
   local bound = spec
   if not path then
     local _, host, port = srv:localname()
     bound = "inet:" .. tostring(host) .. ":" .. tostring(port)
   end
   self.listeners[#self.listeners + 1] = { srv = srv, spec = bound }
-  -- errors as values, not raised: out of descriptors (EMFILE, ENFILE) or memory is a
-  -- moment's trouble, and the loop must go on accepting once it passes
-  srv:onerror(function(_, _, why) return why end)
+  -- (errors stay values: out of descriptors (EMFILE, ENFILE) or memory is a moment's
+  -- trouble, and the accept loop must go on once it passes)
   self.loop:wrap(function()
     local delay = 0.05
     while not self.stopping do

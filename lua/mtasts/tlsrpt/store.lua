@@ -14,6 +14,7 @@ local json = require("mtasts.json")
 local tlsrpt = require("mtasts.tlsrpt.format")
 local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
+local settings = require("mtasts.settings")
 
 local type, pairs, ipairs, error, tostring, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, setmetatable, pcall
@@ -50,8 +51,8 @@ function _M.open(opts)
     argerror("open", "path (the database directory) is required")
   end
   for _, k in ipairs({ "organization", "submitter" }) do
-    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
-      argerror("open", k .. " must be a non-empty string")
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      argerror("open", k .. " must be a string")
     end
   end
   for _, k in ipairs({ "clock", "log", "wait" }) do
@@ -59,13 +60,41 @@ function _M.open(opts)
       argerror("open", k .. " must be a function")
     end
   end
-  for _, k in ipairs({ "window", "retention", "batch_size", "batch_interval", "max_attempts",
-      "backoff", "sendmail_timeout" }) do
-    if opts[k] ~= nil and (type(opts[k]) ~= "number" or opts[k] < 0) then
-      argerror("open", k .. " must be a number >= 0")
+  local NUMBERS = { "window", "retention", "batch_size", "batch_interval", "max_attempts",
+    "backoff", "sendmail_timeout" }
+  for _, k in ipairs(NUMBERS) do
+    if opts[k] ~= nil and type(opts[k]) ~= "number" then
+      argerror("open", k .. " must be a number")
     end
   end
-  local db, err, code = core.results_open(opts.path)
+  local timeouts = opts.timeouts or {}
+  if type(timeouts) ~= "table" then argerror("open", "timeouts must be a table") end
+  for _, k in ipairs({ "dns", "fetch" }) do
+    if timeouts[k] ~= nil and type(timeouts[k]) ~= "number" then
+      argerror("open", "timeouts." .. k .. " must be a number")
+    end
+  end
+  -- the values, before the directory is made; the network settings too, although the
+  -- resolver and fetcher are made only when a report is sent: a bad CA file must stop
+  -- `mtasts report send` at start, not fail every https destination (docs/errors.md)
+  local ok, err, code, key = settings.nonempty("path", opts.path)
+  for _, k in ipairs({ "organization", "submitter" }) do
+    if ok then ok, err, code, key = settings.nonempty(k, opts[k]) end
+  end
+  for _, k in ipairs(NUMBERS) do
+    if ok then ok, err, code, key = settings.at_least(k, opts[k], 0) end
+  end
+  if ok then ok, err, code, key = settings.timeouts(timeouts) end
+  if ok and not opts.resolver then
+    ok, err, code, key = resolver.check{ nameserver = opts.nameserver,
+      trust_anchor = opts.trust_anchor }
+  end
+  if ok and not opts.fetcher then
+    ok, err, code, key = fetch.check{ cafile = opts.cafile, connect_to = opts.connect_to }
+  end
+  if not ok then return nil, err, code, key end
+  local db
+  db, err, code = core.results_open(opts.path)
   if not db then return nil, err, code end
   local submitter = opts.submitter or "localhost"
   local self = setmetatable({
@@ -82,7 +111,7 @@ function _M.open(opts)
     skip_without_failures = opts.skip_without_failures == true,
     resolver = opts.resolver, fetcher = opts.fetcher, owned = {},
     net = { nameserver = opts.nameserver, trust_anchor = opts.trust_anchor,
-      cafile = opts.cafile, connect_to = opts.connect_to, timeouts = opts.timeouts or {},
+      cafile = opts.cafile, connect_to = opts.connect_to, timeouts = timeouts,
       wait = opts.wait, allow_private_addresses = opts.allow_private_addresses },
     max_rua = opts.max_rua or _M.MAX_RUA,
     pending = {}, npending = 0, since = nil, lowered = {}, nlowered = 0,
