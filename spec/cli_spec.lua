@@ -132,6 +132,112 @@ describe("bin/mtasts #fixture", function()
   end)
 end)
 
+describe("bin/mtasts settings #fixture", function()
+  -- the command line of the world with some global options replaced, on a cache of its own
+  local function cli(db, over)
+    local o = { ["--nameserver"] = world.dns.nameserver, ["--trust-anchor"] = "none",
+      ["--cafile"] = world.dir .. "/ca/trusted/ca.crt",
+      ["--connect-to"] = ":443:127.0.0.1:" .. world.web.port, ["--timeout"] = "3" }
+    for k, v in pairs(over or {}) do o[k] = v end
+    local line = util.lua_cmd() .. " bin/mtasts --db " .. db .. " --allow-private-addresses"
+    for _, k in ipairs({ "--nameserver", "--trust-anchor", "--cafile", "--connect-to",
+      "--timeout" }) do
+      line = line .. " " .. k .. " '" .. o[k] .. "'"
+    end
+    return line
+  end
+  local function run(line)
+    local errfile = world.dir .. "/stderr"
+    local out, status = util.run(line .. " 2>" .. errfile)
+    local f = io.open(errfile)
+    local err = f:read("a")
+    f:close()
+    return out, status, err
+  end
+  local function exists(path) return os.rename(path, path) ~= nil end
+
+  it("a bad setting: exit 78, one line naming the option, no cache directory made", function()
+    util.write(world.dir .. "/garbage.key", "not a trust anchor\n")
+    local cases = {
+      { { ["--cafile"] = "/nonexistent/ca.pem" }, "lookup enforce.example",
+        "mtasts: --cafile: cannot read '/nonexistent/ca.pem': No such file or directory\n" },
+      { { ["--trust-anchor"] = world.dir .. "/garbage.key" }, "lookup enforce.example",
+        "mtasts: --trust-anchor: '" .. world.dir .. "/garbage.key' does not load as DNSSEC " ..
+        "trust anchors (libunbound refused it)\n" },
+      { { ["--timeout"] = "0" }, "lookup enforce.example",
+        "mtasts: --timeout: 0 is not a number of seconds above 0 and at most 86400\n" },
+      { { ["--nameserver"] = "127.0.0.1@99999" }, "lookup enforce.example",
+        "mtasts: --nameserver: '127.0.0.1@99999': port 99999 is out of range (1-65535)\n" },
+      { { ["--cafile"] = "/nonexistent/ca.pem" }, "check enforce.example",
+        "mtasts: --cafile: cannot read '/nonexistent/ca.pem': No such file or directory\n" },
+      { { ["--timeout"] = "0" }, "refresh",
+        "mtasts: --timeout: 0 is not a number of seconds above 0 and at most 86400\n" },
+      { { ["--cafile"] = "/nonexistent/ca.pem" }, "report send",
+        "mtasts: --cafile: cannot read '/nonexistent/ca.pem': No such file or directory\n" },
+      { {}, "serve postfix --listen inet:127.0.0.1:99999",
+        "mtasts: --listen: 'inet:127.0.0.1:99999': port 99999 is out of range (0-65535)\n" },
+      { {}, "serve postfix --listen tcp:x", "mtasts: --listen: 'tcp:x': 'tcp' is not a known " ..
+        "scheme (inet:HOST:PORT, HOST:PORT or unix:PATH)\n" },
+      { {}, "serve postfix --zone postfix:strict", "mtasts: --zone: unknown option 'strict' " ..
+        "in 'postfix:strict'\n" },
+      { { ["--nameserver"] = "127.0.0.1@99999" }, "serve postfix --listen inet:127.0.0.1:0",
+        "mtasts: --nameserver: '127.0.0.1@99999': port 99999 is out of range (1-65535)\n" },
+    }
+    for i, c in ipairs(cases) do
+      local db = world.dir .. "/settings-" .. i
+      local out, status, err = run(cli(db, c[1]) .. " " .. c[2])
+      assert.equal(78, status, c[2] .. ": " .. out .. err)
+      assert.equal(c[3], err, c[2])
+      assert.equal("", out, c[2])
+      -- no directory: so no backoff row, and no result store
+      assert.is_false(exists(db), c[2] .. ": the cache directory was made")
+    end
+  end)
+
+  it("an address in use: exit 78, the address and the reason", function()
+    local socket = require("cqueues.socket")
+    local taken = assert(socket.listen{ host = "127.0.0.1", port = 0 })
+    assert(taken:listen())
+    local _, _, port = taken:localname()
+    local _, status, err = run(cli(world.dir .. "/settings-inuse") ..
+      " serve postfix --listen inet:127.0.0.1:" .. port)
+    taken:close()
+    assert.equal(78, status, err)
+    assert.equal("mtasts: --listen: 'inet:127.0.0.1:" .. port .. "': Address already in use\n",
+      err)
+  end)
+
+  it("the same setting that works is taken: the world's own lookup still succeeds", function()
+    local out, status = run(cli(world.dir .. "/settings-ok") .. " lookup enforce.example")
+    assert.equal(0, status, out)
+  end)
+
+  it("a CA file that vanished after the client started: local, no backoff row", function()
+    -- a client made with the CA file, which is then removed: as in a server that runs for
+    -- weeks (spec/postfix_spec.lua has the socketmap server's TEMP answer for it)
+    local mtasts_mod = require("mtasts")
+    local cafile = world.dir .. "/vanishing-ca.pem"
+    assert(os.execute("cp '" .. world.dir .. "/ca/trusted/ca.crt' '" .. cafile .. "'"))
+    local db = world.dir .. "/settings-vanish"
+    local sts = assert(mtasts_mod.open{ path = db, nameserver = world.dns.nameserver,
+      trust_anchor = false, cafile = cafile, timeouts = { dns = 3, fetch = 3 },
+      connect_to = { ":443:127.0.0.1:" .. world.web.port }, allow_private_addresses = true })
+    assert(os.remove(cafile))
+    local policy, result, fresh, msg, code = sts:get("enforce.example")
+    assert.is_nil(policy)
+    assert.is_nil(result)
+    assert.is_false(fresh)
+    assert.equal("local", code)
+    assert.matches("this host failed", msg, 1, true)
+    assert.same({}, sts:records())
+    sts:close()
+    -- a command started now finds it missing at start: a setting's error, not a lookup's
+    local out, status, err = run(cli(db, { ["--cafile"] = cafile }) .. " lookup enforce.example")
+    assert.equal(78, status, out .. err)
+    assert.matches("--cafile: cannot read", err, 1, true)
+  end)
+end)
+
 describe("bin/mtasts report #fixture", function()
   local tlsrpt = require("mtasts.tlsrpt")
   local yesterday = tlsrpt.day_of(os.time() - 86400)

@@ -99,7 +99,7 @@ describe("settings of mtasts.fetch", function()
     assert_config("connect_timeout", nil, fetch.new{ connect_timeout = -2 })
     assert_config("max_size", "0 is not an integer of at least 1", fetch.new{ max_size = 0 })
     assert_config("max_size", nil, fetch.new{ max_size = 1.5 })
-    assert_config("proxy", "is empty", fetch.new{ proxy = "" })
+    assert_config("proxy", "must not be empty", fetch.new{ proxy = "" })
     assert_config("connect_to", "'x' is not HOST:PORT:HOST2:PORT2", fetch.new{ connect_to = "x" })
     assert_config("connect_to", "port 99999 is out of range",
       fetch.new{ connect_to = { ":443:127.0.0.1:8443", "a.example:443:b.example:99999" } })
@@ -153,7 +153,7 @@ describe("settings of mtasts.open", function()
     assert_config("recheck", "-1 is not a number of at least 0",
       mtasts.open{ path = path, recheck = -1 })
     assert.is_false(exists(path), "the cache directory was made")
-    assert_config("path", "is empty", mtasts.open{ path = "" })
+    assert_config("path", "must not be empty", mtasts.open{ path = "" })
   end)
 
   it("raises on a wrong type", function()
@@ -174,7 +174,7 @@ describe("settings of tlsrpt.open", function()
     local path = dir .. "/results"
     assert_config("window", "-1 is not a number of at least 0",
       tlsrpt.open{ path = path, window = -1 })
-    assert_config("submitter", "is empty", tlsrpt.open{ path = path, submitter = "" })
+    assert_config("submitter", "must not be empty", tlsrpt.open{ path = path, submitter = "" })
     assert_config("timeouts.fetch", nil, tlsrpt.open{ path = path, timeouts = { fetch = 0 } })
     assert_config("cafile", "cannot read '/nonexistent/ca.pem'",
       tlsrpt.open{ path = path, nameserver = "127.0.0.1", cafile = "/nonexistent/ca.pem" })
@@ -183,7 +183,7 @@ describe("settings of tlsrpt.open", function()
     assert_config("connect_to", "is not HOST:PORT:HOST2:PORT2",
       tlsrpt.open{ path = path, nameserver = "127.0.0.1", connect_to = "nope" })
     assert.is_nil(os.rename(path, path), "the directory was made")
-    assert_config("path", "is empty", tlsrpt.open{ path = "" })
+    assert_config("path", "must not be empty", tlsrpt.open{ path = "" })
     -- an injected fetcher and resolver: their settings are the caller's
     local store = assert(tlsrpt.open{ path = path, cafile = "/nonexistent/ca.pem",
       fetcher = {}, resolver = {} })

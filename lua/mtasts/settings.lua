@@ -59,7 +59,7 @@ end
 
 --- A string that must not be empty (or nil). true, or a config failure.
 function _M.nonempty(key, v)
-  if v == "" then return _M.fail(key, "is empty") end
+  if v == "" then return _M.fail(key, "must not be empty") end
   return true
 end
 
