@@ -339,8 +339,8 @@ describe("damaged shared region files (__db.00N)", function()
     local out, status = util.run(util.lua_cmd() .. " " .. dir .. "/leave.lua " .. path .. " kill")
     assert.equal(0, status, out)
     for _, region in ipairs({ "001", "002", "003" }) do flip(path .. "/__db." .. region, 500, 7) end
-    out, status = util.run("timeout -s KILL 60 " .. util.lua_cmd() .. " bin/mtasts --db " ..
-      path .. " cache rebuild")
+    out, status = util.run("timeout -s KILL " .. util.within(60) // 1 .. " " .. util.lua_cmd() ..
+      " bin/mtasts --db " .. path .. " cache rebuild")
     assert.equal(0, status, out)
     assert.matches("1 rows salvaged", out, 1, true)
   end)

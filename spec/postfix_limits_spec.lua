@@ -218,16 +218,23 @@ describe("mtasts.postfix server limits", function()
     local conns, lookups = out:match("^(%d+) (%d+)\n")
     conns, lookups = tonumber(conns), tonumber(lookups)
     assert.truthy(conns and lookups, out)
-    assert.is_true(conns >= 1 and conns + 3 * lookups <= 128 - 32, out)
-    assert.matches("the descriptor limit is 128", out, 1, true)
+    -- 128, less what a memcheck wrapper (make valgrind) keeps for itself
+    local limit = tonumber(out:match("the descriptor limit is (%d+):"))
+    assert.truthy(limit and limit <= 128 and limit > 64, out)
+    assert.is_true(conns >= 1 and conns + 3 * lookups <= limit - 32, out)
   end)
 end)
+
+-- Under make valgrind the server runs inside memcheck, which keeps descriptors of its own and
+-- lowers the limit the process sees: what these specs exhaust is not what the server has.
+-- make test and make asan run them.
+local it_fds = (os.getenv("MTASTS_VALGRIND") or "") == "" and it or pending
 
 describe("mtasts.postfix server out of descriptors #fixture", function()
   -- A server process whose descriptors are all taken (by files it opens itself) when a
   -- connection arrives: accept fails with EMFILE. It frees them a second later; the waiting
   -- connection must then be accepted and answered.
-  it("logs EMFILE, backs off and accepts again once descriptors are free", function()
+  it_fds("logs EMFILE, backs off and accepts again once descriptors are free", function()
     local dir, cleanup = util.tmpdir()
     finally(cleanup)
     util.write(dir .. "/emfile.lua", [[
@@ -398,7 +405,7 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
   -- never answer, against a server limited to 256 descriptors. Lookups past the cap are
   -- answered TEMP at once; the resolver never runs out of sockets; other connections are
   -- served meanwhile and afterwards.
-  it("answers every request and stays open to others", function()
+  it_fds("answers every request and stays open to others", function()
     local dir, cleanup = util.tmpdir()
     local dns
     -- one finally: busted keeps only the last one a test registers
