@@ -48,7 +48,9 @@ describe("mtasts.cache under many processes #slow", function()
         proc.poll(function() return not alive(pids[w]) end, stop_by - core.monotonic())
         assert.is_false(alive(pids[w]), "worker " .. w .. " did not stop")
       end
-      assert.is_true(kills >= 10, "only " .. kills .. " kills")
+      -- under make valgrind a worker takes seconds to start, so fewer kills fit in the window
+      local want = (os.getenv("MTASTS_VALGRIND") or "") == "" and 10 or 5
+      assert.is_true(kills >= want, "only " .. kills .. " kills")
 
       local last, maxwait, acks, errors = {}, 0, 0, {}
       for w = 1, WORKERS do
