@@ -33,13 +33,7 @@ static int parsebox__gc(lua_State *L) {
 }
 
 static parse_box *box_new(lua_State *L, int kind) {
-  parse_box *b = lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);
-  if (luaL_newmetatable(L, PARSEBOX_MT)) {
-    lua_pushcfunction(L, parsebox__gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  parse_box *b = mtasts_lua_newbox(L, sizeof *b, PARSEBOX_MT, parsebox__gc);
   b->kind = kind;
   return b;
 }

@@ -156,13 +156,17 @@ static int bufbox__gc(lua_State *L) {
   return 0;
 }
 
-mtasts_buf *mtasts_lua_newbuf(lua_State *L) {
-  mtasts_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);
-  if (luaL_newmetatable(L, BUFBOX_MT)) {
-    lua_pushcfunction(L, bufbox__gc);
+void *mtasts_lua_newbox(lua_State *L, size_t size, const char *mt, lua_CFunction gc) {
+  void *p = lua_newuserdatauv(L, size, 0);
+  memset(p, 0, size);
+  if (luaL_newmetatable(L, mt)) {
+    lua_pushcfunction(L, gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  return b;
+  return p;
+}
+
+mtasts_buf *mtasts_lua_newbuf(lua_State *L) {
+  return mtasts_lua_newbox(L, sizeof(mtasts_buf), BUFBOX_MT, bufbox__gc);
 }

@@ -61,6 +61,9 @@ double mtasts_lua_opt_number(lua_State *L, int t, const char *k, double dflt, co
 
 /* Push a userdata box holding an empty mtasts_buf, freed by the box's __gc: the buffer can
  * be filled by C code and its bytes pushed without a leak if the push raises. */
+/* Push a zeroed userdata of size bytes whose metatable mt has gc as __gc: a box for memory
+ * the C side allocates, so that a push that raises cannot leak it. */
+void *mtasts_lua_newbox(lua_State *L, size_t size, const char *mt, lua_CFunction gc);
 mtasts_buf *mtasts_lua_newbuf(lua_State *L);
 
 #endif

@@ -88,11 +88,7 @@ local function check_values(opts, connect_to)
   return true
 end
 
--- A failure of the C constructor or check: config failures get their option's name.
-local function failed(err, code)
-  if code == "config" then return nil, err, code, settings.key_of(err) end
-  return nil, err, code
-end
+local failed = settings.failed
 
 --- Create a fetcher. opts: resolver (an mtasts.resolver for the policy host and report
 -- hosts; without one curl resolves them), cafile, capath, proxy, connect_to (curl CONNECT_TO

@@ -38,11 +38,7 @@ local function check_types(opts, fn)
   return timeout
 end
 
--- A failure of the C constructor or check: config failures get their option's name.
-local function failed(err, code)
-  if code == "config" then return nil, err, code, settings.key_of(err) end
-  return nil, err, code
-end
+local failed = settings.failed
 
 --- Create a resolver. opts: nameserver ("IP@PORT" or a list), trust_anchor (a file, or
 -- false for no DNSSEC validation), timeout (seconds, default 5), wait(fd, events, timeout).

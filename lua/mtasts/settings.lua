@@ -28,6 +28,13 @@ function _M.key_of(msg)
   return type(msg) == "string" and msg:match("^([%w_%.]+):") or nil
 end
 
+--- A failure of a C constructor or check, passed on: a config failure gets its option's
+-- name (from the message) as the fourth value, as the Lua checks give it.
+function _M.failed(err, code)
+  if code == "config" then return nil, err, code, _M.key_of(err) end
+  return nil, err, code
+end
+
 --- A number of seconds (or nil): more than 0, at most a day. true, or a config failure.
 function _M.seconds(key, v)
   if v == nil then return true end
