@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -198,9 +199,39 @@ static void free_transfer(mtasts_transfer *t) {
   free(t);
 }
 
+/* The trust store curl uses when none is set: its built-in CA bundle and directory (the
+ * configure-time defaults, ca-certificates' files on Debian). Without the bundle every policy
+ * fetch would fail as the policy host's certificate trouble, so its absence is a setting's
+ * error at start like a bad cafile. Copies the paths into file and dir (PATH_MAX each; ""
+ * where curl has no such default); 0, or a failure code with err. */
+static int default_trust(char *file, char *dir, char *err) {
+  file[0] = dir[0] = '\0';
+#if LIBCURL_VERSION_NUM >= 0x075400   /* CURLINFO_CAINFO and CURLINFO_CAPATH: 7.84.0 */
+  {
+    CURL *e;
+    char *f = NULL, *d = NULL;
+    pthread_once(&curl_once, init_curl);
+    if (curl_init_rc != CURLE_OK || !(e = curl_easy_init())) {
+      snprintf(err, MTASTS_ERR_MAX, "cafile: cannot ask libcurl for its default CA bundle");
+      return MTASTS_ELOCAL;
+    }
+    if (curl_easy_getinfo(e, CURLINFO_CAINFO, &f) == CURLE_OK && f)
+      snprintf(file, PATH_MAX, "%s", f);
+    if (curl_easy_getinfo(e, CURLINFO_CAPATH, &d) == CURLE_OK && d)
+      snprintf(dir, PATH_MAX, "%s", d);
+    curl_easy_cleanup(e);
+  }
+#else
+  (void)err;
+#endif
+  return 0;
+}
+
 int mtasts_fetch_check_trust(const char *cafile, const char *capath, char *err) {
   struct stat st;
   X509_STORE *store = NULL;
+  const char *note = "";
+  char deffile[PATH_MAX], defdir[PATH_MAX];
   int fd, rc = 0;
   if (capath) {
     if (stat(capath, &st) == 0 && !S_ISDIR(st.st_mode)) {
@@ -213,15 +244,23 @@ int mtasts_fetch_check_trust(const char *cafile, const char *capath, char *err) 
       return MTASTS_ECONFIG;
     }
   }
+  if (!cafile && !capath) {
+    if ((rc = default_trust(deffile, defdir, err)) != 0) return rc;
+    if (!deffile[0] && defdir[0]) return mtasts_fetch_check_trust(NULL, defdir, err);
+    if (deffile[0]) cafile = deffile;
+    note = " (the default: set cafile, or install ca-certificates)";
+  }
   if (!cafile) return 0;
   if ((fd = open(cafile, O_RDONLY | O_CLOEXEC)) < 0) {
-    snprintf(err, MTASTS_ERR_MAX, "cafile: cannot read '%.200s': %s", cafile, strerror(errno));
+    snprintf(err, MTASTS_ERR_MAX, "cafile: cannot read '%.200s'%s: %s", cafile, note,
+             strerror(errno));
     return MTASTS_ECONFIG;
   }
   rc = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
   close(fd);
   if (rc) {
-    snprintf(err, MTASTS_ERR_MAX, "cafile: '%.200s' is a directory (capath takes one)", cafile);
+    snprintf(err, MTASTS_ERR_MAX, "cafile: '%.200s'%s is a directory (capath takes one)",
+             cafile, note);
     return MTASTS_ECONFIG;
   }
   /* what curl does with it (SSL_CTX_load_verify_file): at least one certificate must load */
@@ -233,8 +272,8 @@ int mtasts_fetch_check_trust(const char *cafile, const char *capath, char *err) 
   }
   if (X509_STORE_load_file(store, cafile) != 1) {
     const char *why = ERR_reason_error_string(ERR_peek_error());   /* the first error */
-    snprintf(err, MTASTS_ERR_MAX, "cafile: '%.200s' holds no certificate OpenSSL can load (%s)",
-             cafile, why ? why : "no certificate found");
+    snprintf(err, MTASTS_ERR_MAX, "cafile: '%.200s'%s holds no certificate OpenSSL can load "
+             "(%s)", cafile, note, why ? why : "no certificate found");
     rc = MTASTS_ECONFIG;
     goto done;
   }

@@ -94,6 +94,36 @@ describe("settings of mtasts.fetch", function()
     assert_config("capath", "is not a directory", fetch.new{ capath = dir .. "/garbage.pem" })
   end)
 
+  it("without cafile or capath, loads curl's default CA bundle now: its absence is a " ..
+    "setting's failure, not every policy host's", function()
+    -- the default bundle is hidden in a mount namespace of the spec's own (root only)
+    local bundle = util.run("curl-config --ca"):gsub("%s+$", "")
+    if util.run("id -u"):match("^0") == nil or bundle == "" then
+      pending("needs root (a private mount namespace) and curl's default CA bundle")
+      return
+    end
+    util.write(dir .. "/nobundle.lua", [[
+      local fetch = require("mtasts.fetch")
+      local f, msg, code, key = fetch.new{}
+      io.write(tostring(f), "|", tostring(msg), "|", tostring(code), "|", tostring(key))
+    ]])
+    util.write(dir .. "/empty.pem", "")
+    util.write(dir .. "/nobundle.sh", "mount --bind " .. dir .. "/empty.pem " .. bundle ..
+      " && " .. util.lua_cmd() .. " " .. dir .. "/nobundle.lua")
+    local out, status = util.run("unshare -m sh " .. dir .. "/nobundle.sh")
+    assert.equal(0, status, out)
+    local f, msg, code, key = out:match("^([^|]*)|([^|]*)|([^|]*)|(.*)$")
+    assert.equal("nil", f, out)
+    assert.equal("config", code, out)
+    assert.equal("cafile", key, out)
+    assert.matches("cafile: '" .. bundle .. "' (the default: set cafile, or install " ..
+      "ca-certificates) holds no certificate", msg, 1, true)
+    -- with the bundle in place, the default loads
+    local ok = fetch.new{}
+    assert.is_truthy(ok, "the default CA bundle loads")
+    ok:close()
+  end)
+
   it("refuses timeouts, sizes, connect_to entries and a proxy that cannot work", function()
     assert_config("timeout", "0 is not", fetch.new{ timeout = 0 })
     assert_config("connect_timeout", nil, fetch.new{ connect_timeout = -2 })
