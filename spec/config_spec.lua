@@ -44,7 +44,8 @@ describe("mtasts.config", function()
       config.parse("timeout = '5'\n", "mtasts.conf"))
     assert_config("mtasts.conf:1: postfix.lissen: unknown setting", "postfix.lissen",
       config.parse("postfix = { lissen = 'inet:127.0.0.1:1' }\n", "mtasts.conf"))
-    assert_config("postfix.zones[*].failure_level: a string expected", "postfix.zones[*].failure_level",
+    assert_config("postfix.zones[*].failure_level: a string expected",
+      "postfix.zones[*].failure_level",
       config.parse("postfix = { zones = { ['*'] = { failure_level = 3 } } }", "mtasts.conf"))
     assert_config("unknown zone option 'strict'", "postfix.zones[x]",
       config.parse("postfix = { zones = { x = { strict = true } } }", "mtasts.conf"))
