@@ -1,5 +1,6 @@
 -- mtasts.metrics: families with fixed label sets and their Prometheus text exposition.
 local metrics = require("mtasts.metrics")
+local util = require("support.util")
 
 describe("mtasts.metrics", function()
   it("exposes counters, gauges and histograms in the text format", function()
@@ -59,5 +60,20 @@ describe("mtasts.metrics", function()
     assert.has_error(function() c:labels() end, "c_total takes 1 label value(s), got 0")
     assert.has_error(function() c:labels("x"):inc(-1) end, "a counter only goes up")
     assert.has_error(function() c:labels("x"):set(1) end, "a counter cannot be set")
+  end)
+
+  it("passes promtool check metrics", function()
+    local reg = metrics.registry()
+    reg:counter("mtasts_lookups_total", "Lookups answered, by answer and source.",
+      { "answer", "source" }):labels("secure", "cache"):inc(5)
+    reg:gauge("mtasts_cache_rows", "Cache rows by mode.", { "mode" }):labels("enforce"):set(2)
+    reg:histogram("mtasts_fetch_seconds", "Policy fetch latency."):observe(0.3)
+    reg:gauge("mtasts_build_info", "Versions.", { "version" }):labels('1.0 "x"\\'):set(1)
+    local dir, cleanup = util.tmpdir()
+    finally(cleanup)
+    util.write(dir .. "/m.txt", reg:expose())
+    local out, status = util.run("promtool check metrics < " .. dir .. "/m.txt 2>&1")
+    assert.equal(0, status, out)
+    assert.equal("", out)
   end)
 end)
