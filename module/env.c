@@ -97,7 +97,8 @@ void mtasts_env_errcall(const DB_ENV *e, const char *pfx, const char *msg) {
 static int fail(char *err, int rc, const char *path, const char *what) {
   const char *text = bdb_msg[0] ? bdb_msg : db_strerror(rc), *hint = "";
   if (rc == EACCES || rc == EPERM || rc == EROFS)
-    hint = "; the directory and its files must be writable by this user";
+    hint = "; the directory and its files must be writable by this user (a cache shared by "
+           "a group needs mode 0660)";
   else if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG)
     hint = "; the rows stored before stay readable: free some space";
   else if (rc == EINVAL || rc == DB_VERIFY_BAD || rc == DB_OLD_VERSION || rc == DB_RUNRECOVERY ||
@@ -258,7 +259,8 @@ static int gate_map(shared_env *s, char *err) {
     rc = errno;
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: open %s: %s%s", s->path, GATE_FILE,
              strerror(rc), rc == EACCES || rc == EROFS ?
-             "; the directory and its files must be writable by this user" :
+             "; the directory and its files must be writable by this user (a cache shared "
+             "by a group needs mode 0660)" :
              rc == ELOOP ? " (a symbolic link: refused)" : "");
     return rc;
   }
@@ -599,13 +601,15 @@ static void leave(shared_env *s) { pthread_mutex_unlock(&s->gate->mu); }
 
 /* Whether this process is a member of group gid (its effective or a supplementary group). */
 static int in_group(gid_t gid) {
-  gid_t groups[256];
-  int i, n;
+  gid_t *groups;
+  int i, n, found = 0;
   if (gid == getegid()) return 1;
-  if ((n = getgroups((int)(sizeof groups / sizeof *groups), groups)) < 0) return 0;
-  for (i = 0; i < n; i++)
-    if (groups[i] == gid) return 1;
-  return 0;
+  if ((n = getgroups(0, NULL)) <= 0) return 0;
+  if (!(groups = malloc((size_t)n * sizeof *groups))) return 0;
+  n = getgroups(n, groups);
+  for (i = 0; i < n && !found; i++) found = groups[i] == gid;
+  free(groups);
+  return found;
 }
 
 /* The directory may be written only by users this process trusts: anyone else who can write

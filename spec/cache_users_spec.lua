@@ -189,6 +189,29 @@ describe("one cache shared by the users of a group #slow", function()
       "survivor %.3f s"):format(kills, recoveries, acks[1], acks[2], maxwait))
   end)
 
+  it_users("a cache made 0600 is shared once its owner opens it with mode 0660", function()
+    stage(dir)
+    util.run("mkdir -m 2770 " .. dir .. "/cache && chown " .. UID1 .. ":" .. GID .. " " .. dir ..
+      "/cache")
+    local path = dir .. "/cache"
+    util.write(dir .. "/open.lua", [[
+      local c, msg, code = require("mtasts.core").cache_open(arg[1], tonumber(arg[2] or "", 8))
+      io.write(tostring(code), "|", tostring(msg), "\n")
+      if c then c:close() end
+    ]])
+    util.run("chmod 0644 " .. dir .. "/open.lua")
+    assert.equal("nil|nil\n", util.run(as_user(dir, UID1, "open.lua " .. path)))
+    assert.equal(UID1 .. " " .. GID .. " 600", files(path)["mtasts.gate"])
+    local out = util.run(as_user(dir, UID2, "open.lua " .. path))
+    assert.matches("^eacces|", out)
+    assert.matches("a cache shared by a group needs mode 0660", out, 1, true)
+    assert.equal("nil|nil\n", util.run(as_user(dir, UID1, "open.lua " .. path .. " 0660")))
+    for name, what in pairs(files(path)) do
+      assert.equal(UID1 .. " " .. GID .. " 660", what, name)
+    end
+    assert.equal("nil|nil\n", util.run(as_user(dir, UID2, "open.lua " .. path)))
+  end)
+
   it_users("rebuild, run as root, keeps the owner, group and modes of a shared cache", function()
     stage(dir)
     util.run("mkdir -m 0750 " .. dir .. "/lib && chown " .. UID1 .. ":" .. GID .. " " .. dir ..
