@@ -79,8 +79,10 @@ typedef struct {
 /* Salvage every readable row of the cache in path, and every readable record of its result
  * store, into a new cache, and swap them: the old directory is kept as
  * <path>.broken-<UTC time>[-N]. A copy of the old files is first brought up to date with
- * the log, so writes a killed process committed are kept. Fails with EBUSY while any
- * process has the cache open. */
-int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err);
+ * the log, so writes a killed process committed are kept. The new directory and its files
+ * get the old directory's owner (when run as root), group and mode; the files' mode is mode
+ * (0600 or 0660), or with 0 that of the old files. Fails with EBUSY while any process has
+ * the cache open. */
+int mtasts_cache_rebuild(const char *path, unsigned mode, mtasts_rebuild *r, char *err);
 
 #endif

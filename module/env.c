@@ -28,6 +28,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -66,6 +67,7 @@ typedef struct shared_env {
   struct shared_env *next;
   char path[PATH_MAX];
   pid_t pid;              /* the process that opened it */
+  unsigned mode;          /* of the files it makes: 0600, or 0660 (the group shares them) */
   int refs;               /* mtasts_env handles using it */
   gate_t *gate;           /* mapped mtasts.gate */
   int gate_fd;            /* kept open with a shared fcntl lock on byte 1: "in use" */
@@ -95,7 +97,8 @@ void mtasts_env_errcall(const DB_ENV *e, const char *pfx, const char *msg) {
 static int fail(char *err, int rc, const char *path, const char *what) {
   const char *text = bdb_msg[0] ? bdb_msg : db_strerror(rc), *hint = "";
   if (rc == EACCES || rc == EPERM || rc == EROFS)
-    hint = "; the directory and its files must be writable by this user";
+    hint = "; the directory and its files must be writable by this user (a cache shared by "
+           "a group needs mode 0660)";
   else if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG)
     hint = "; the rows stored before stay readable: free some space";
   else if (rc == EINVAL || rc == DB_VERIFY_BAD || rc == DB_OLD_VERSION || rc == DB_RUNRECOVERY ||
@@ -107,20 +110,67 @@ static int fail(char *err, int rc, const char *path, const char *what) {
   return rc;
 }
 
-static int mkdirs(const char *path) {
+/* The mode of a directory mtasts makes for files of mode `mode`: the leaf 0700, or 02770
+ * when the group shares the files (setgid: what is made in it takes its group); a parent
+ * 0700, or 0710 (the group may pass through, not write). Set with chmod, so the process's
+ * umask (which the host owns) does not strip the group's bits. */
+static int mkdirs(const char *path, unsigned mode) {
   char tmp[PATH_MAX];
   size_t i, n = strlen(path);
+  int shared = (mode & 060) != 0;
   if (n == 0 || n >= sizeof tmp) return ENAMETOOLONG;
   memcpy(tmp, path, n + 1);
   for (i = 1; i <= n; i++) {
     if (tmp[i] == '/' || tmp[i] == '\0') {
       char c = tmp[i];
+      mode_t m = c == '\0' ? (shared ? 02770 : 0700) : (shared ? 0710 : 0700);
       tmp[i] = '\0';
-      if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return errno;
+      if (mkdir(tmp, m) == 0) {
+        if (m != 0700 && chmod(tmp, m) != 0) return errno;
+      } else if (errno != EEXIST) {
+        return errno;
+      }
       tmp[i] = c;
     }
   }
   return 0;
+}
+
+/* Whether a file name in a cache directory is one Berkeley DB makes there. (Not the gate:
+ * gate_map sets its mode through its own descriptor; opening and closing another one here
+ * would drop this process's fcntl locks on it.) */
+static int own_name(const char *name) {
+  return strncmp(name, "__db.", 5) == 0 || strncmp(name, "log.", 4) == 0 ||
+         strcmp(name, DB_FILE) == 0 || strcmp(name, RESULTS_FILE) == 0;
+}
+
+/* Give the files of the directory that this user owns the mode s->mode. Berkeley DB makes
+ * its region and database files with the mode it is given less the process's umask, which
+ * belongs to the host and may strip the group's bits; the umask is left alone and the files
+ * are set here, inside the gate, before another process can join. Never through a link:
+ * each file is opened with O_NOFOLLOW and changed through its descriptor. */
+static void fix_modes(shared_env *s) {
+  int dfd = open(s->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  uid_t me = geteuid();
+  DIR *d;
+  struct dirent *e;
+  if (dfd < 0) return;
+  if (!(d = fdopendir(dfd))) {
+    close(dfd);
+    return;
+  }
+  while ((e = readdir(d)) != NULL) {
+    struct stat st;
+    int fd;
+    if (!own_name(e->d_name)) continue;
+    fd = openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == me &&
+        (st.st_mode & 07777) != s->mode)
+      (void)fchmod(fd, s->mode);
+    close(fd);
+  }
+  closedir(d);      /* closes dfd */
 }
 
 /* What the log files of a directory look like: their numbers, sizes and modification times,
@@ -193,13 +243,24 @@ static int gate_map(shared_env *s, char *err) {
   struct flock fl;
   struct stat st;
   gate_t *g;
-  int fd, rc = 0;
+  int fd, rc = 0, made = 0;
   snprintf(file, sizeof file, "%s/%s", s->path, GATE_FILE);
-  if ((fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
+  /* made here with O_EXCL, so that this process knows whether it made it: a gate made
+   * before keeps deciding the mode of the files when the opener names none */
+  while ((fd = open(file, O_RDWR | O_CLOEXEC | O_NOFOLLOW)) < 0 && errno == ENOENT) {
+    if ((fd = open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                   s->mode ? s->mode : 0600)) >= 0) {
+      made = 1;
+      break;
+    }
+    if (errno != EEXIST) break;
+  }
+  if (fd < 0) {
     rc = errno;
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: open %s: %s%s", s->path, GATE_FILE,
              strerror(rc), rc == EACCES || rc == EROFS ?
-             "; the directory and its files must be writable by this user" :
+             "; the directory and its files must be writable by this user (a cache shared "
+             "by a group needs mode 0660)" :
              rc == ELOOP ? " (a symbolic link: refused)" : "");
     return rc;
   }
@@ -210,6 +271,15 @@ static int gate_map(shared_env *s, char *err) {
   while (fcntl(fd, F_SETLKW, &fl) != 0)
     if (errno != EINTR) { rc = errno; goto done; }
   if (fstat(fd, &st) != 0) { rc = errno; goto done; }
+  if (!S_ISREG(st.st_mode)) {
+    rc = EINVAL;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %s is not a regular file", s->path, GATE_FILE);
+    goto done;
+  }
+  /* the mode of the files: the one asked for; else the gate's (a shared cache stays shared
+   * whoever opens it), or 0600 for a new cache */
+  if (!s->mode) s->mode = !made && (st.st_mode & S_IWGRP) ? 0660 : 0600;
+  if (st.st_uid == geteuid() && (st.st_mode & 07777) != s->mode) (void)fchmod(fd, s->mode);
   if ((size_t)st.st_size < sizeof *g) {
     /* extended by writing, not ftruncate: a sparse page of a mapping faults with SIGBUS on a
      * full disk. Only the missing tail is written: the head may be in use. */
@@ -324,12 +394,15 @@ static int open_env(shared_env *s, int recover, char *err) {
       (rc = env->set_lk_max_locks(env, 3000)) != 0 ||
       (rc = env->set_lk_max_objects(env, 3000)) != 0 ||
       (rc = env->set_lg_max(env, 1u << 20)) != 0 ||
+      /* log files are made later, by any process: their mode is set absolutely (fchmod),
+       * whatever the umask of the process that makes them */
+      (rc = env->set_lg_filemode(env, (int)s->mode)) != 0 ||
       (rc = env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1)) != 0) {
     fail(err, rc, s->path, "configure");
     env->close(env, 0);
     return rc;
   }
-  if ((rc = env->open(env, s->path, flags, 0600)) != 0) {
+  if ((rc = env->open(env, s->path, flags, (int)s->mode)) != 0) {
     fail(err, rc, s->path, recover ? "recover environment" : "open environment");
     env->close(env, 0);
     return rc;
@@ -338,7 +411,7 @@ static int open_env(shared_env *s, int recover, char *err) {
    * letting libdb walk garbage (without it, a corrupted btree page can crash the process) */
   if ((rc = db_create(&db, env, 0)) != 0 || (rc = db->set_flags(db, DB_CHKSUM)) != 0 ||
       (rc = db->open(db, NULL, DB_FILE, NULL, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT | DB_THREAD,
-                     0600)) != 0) {
+                     (int)s->mode)) != 0) {
     fail(err, rc, s->path, "open " DB_FILE);
     if (db) db->close(db, 0);
     env->close(env, 0);
@@ -349,7 +422,7 @@ static int open_env(shared_env *s, int recover, char *err) {
   s->rdb_rc = 0;
   if ((rc = db_create(&rdb, env, 0)) != 0 || (rc = rdb->set_flags(rdb, DB_CHKSUM)) != 0 ||
       (rc = rdb->open(rdb, NULL, RESULTS_FILE, NULL, DB_BTREE,
-                      DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600)) != 0) {
+                      DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, (int)s->mode)) != 0) {
     fail(s->rdb_err, rc, s->path, "open " RESULTS_FILE);
     s->rdb_rc = rc;
     if (rdb) rdb->close(rdb, 0);
@@ -359,6 +432,7 @@ static int open_env(shared_env *s, int recover, char *err) {
   s->env = env;
   s->db = db;
   s->rdb = rdb;
+  fix_modes(s);
   if ((rc = reserve_regions(s, err)) != 0) {
     if (rdb) rdb->close(rdb, 0);
     db->close(db, 0);
@@ -525,13 +599,35 @@ static int enter(shared_env *s, char *err) {
 
 static void leave(shared_env *s) { pthread_mutex_unlock(&s->gate->mu); }
 
-/* The directory must be this user's and writable by nobody else: anyone else who can write
+/* Whether this process is a member of group gid (its effective or a supplementary group). */
+static int in_group(gid_t gid) {
+  gid_t *groups;
+  int i, n, found = 0;
+  if (gid == getegid()) return 1;
+  if ((n = getgroups(0, NULL)) <= 0) return 0;
+  if (!(groups = malloc((size_t)n * sizeof *groups))) return 0;
+  n = getgroups(n, groups);
+  for (i = 0; i < n && !found; i++) found = groups[i] == gid;
+  free(groups);
+  return found;
+}
+
+/* The directory may be written only by users this process trusts: anyone else who can write
  * it could plant links there (mtasts.gate, a log file, policies.db) that make this process,
  * often root, overwrite another file. Berkeley DB opens its files without O_NOFOLLOW, so the
- * directory is what keeps them safe. */
-static int check_dir(const char *path, char *err) {
+ * directory is what keeps them safe. The rule (docs/cache.md, "Files"):
+ *   1. others may not write it;
+ *   2. if its group may write it, that group must be one this process is a member of (the
+ *      operator put this process in it); its owner may then be anyone, since a user other
+ *      than root can give a directory only to a group it is a member of itself;
+ *   3. otherwise it must belong to this process's user, or to root.
+ * For a rebuild (which never opens Berkeley DB in the directory, reads its files without
+ * following links and only renames it) root may also claim a directory of another user, or
+ * one its group can write. */
+static int check_dir(const char *path, int rebuild, char *err) {
   struct stat st;
   uid_t me = geteuid();
+  int root_rebuild = rebuild && me == 0;
   if (stat(path, &st) != 0) {
     int rc = errno;
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
@@ -541,7 +637,25 @@ static int check_dir(const char *path, char *err) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: not a directory", path);
     return ENOTDIR;
   }
-  if (st.st_uid != me) {
+  if (st.st_mode & S_IWOTH) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory is writable by others (mode "
+             "%04o): a link planted there could make this process overwrite other files; run "
+             "chmod o-w on it", path, (unsigned)(st.st_mode & 07777));
+    return EPERM;
+  }
+  if (st.st_mode & S_IWGRP) {
+    struct group grp, *gr = NULL;
+    char buf[1024];
+    if (root_rebuild || in_group(st.st_gid)) return 0;
+    if (getgrgid_r(st.st_gid, &grp, buf, sizeof buf, &gr) != 0) gr = NULL;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory is writable by its group %s "
+             "(gid %u), which this process is not a member of: a member could plant a link "
+             "that makes this process overwrite other files; run mtasts as a member of that "
+             "group, or chmod g-w the directory", path, gr ? gr->gr_name : "",
+             (unsigned)st.st_gid);
+    return EPERM;
+  }
+  if (st.st_uid != me && st.st_uid != 0 && !root_rebuild) {
     struct passwd pwd, *pw = NULL;
     char buf[1024];
     if (getpwuid_r(st.st_uid, &pwd, buf, sizeof buf, &pw) != 0) pw = NULL;
@@ -552,23 +666,20 @@ static int check_dir(const char *path, char *err) {
              pw ? pw->pw_name : "the directory's owner");
     return EPERM;
   }
-  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory is writable by %s (mode %04o): "
-             "a link planted there could make this process overwrite other files; "
-             "run chmod go-w on it", path, st.st_mode & S_IWOTH ? "others" : "its group",
-             (unsigned)(st.st_mode & 07777));
-    return EPERM;
-  }
   return 0;
 }
 
-int mtasts_env_open(const char *path, mtasts_env **out, char *err) {
+int mtasts_env_open(const char *path, unsigned mode, mtasts_env **out, char *err) {
   char real[PATH_MAX];
   shared_env *s;
   mtasts_env *e;
   int rc = 0;
   err[0] = '\0';
-  if ((rc = mkdirs(path)) != 0) {
+  if (mode != 0 && mode != 0600 && mode != 0660) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: mode %04o is not 0600 or 0660", path, mode);
+    return EINVAL;
+  }
+  if ((rc = mkdirs(path, mode)) != 0) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: create directory: %s", path, strerror(rc));
     return rc;
   }
@@ -577,7 +688,7 @@ int mtasts_env_open(const char *path, mtasts_env **out, char *err) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
     return rc;
   }
-  if ((rc = check_dir(real, err)) != 0) return rc;
+  if ((rc = check_dir(real, 0, err)) != 0) return rc;
   if (!(e = calloc(1, sizeof *e))) return ENOMEM;
   pthread_mutex_lock(&registry_mu);
   for (s = registry; s; s = s->next)
@@ -589,6 +700,7 @@ int mtasts_env_open(const char *path, mtasts_env **out, char *err) {
   } else {
     memcpy(s->path, real, strlen(real) + 1);
     s->pid = getpid();
+    s->mode = mode;    /* 0: decided by gate_map */
     if ((rc = gate_map(s, err)) == 0 && (rc = enter(s, err)) == 0) leave(s);
     /* a damaged cache still opens: its operations fail with CORRUPT and the rebuild hint,
      * and a client can carry on without it */
@@ -747,7 +859,7 @@ int mtasts_env_claim(const char *real, int *fd, char *err) {
              real);
     return EBUSY;
   }
-  if ((rc = check_dir(real, err)) != 0) return rc;
+  if ((rc = check_dir(real, 1, err)) != 0) return rc;
   snprintf(gate, sizeof gate, "%s/%s", real, GATE_FILE);
   if ((*fd = open(gate, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
     rc = errno;

@@ -21,10 +21,14 @@
  * shares one Berkeley DB environment; the environment closes with the last handle. */
 typedef struct mtasts_env mtasts_env;
 
-/* Open (creating if needed, mode 0700/0600) the environment in directory path. 0, or an
- * error code with a message in err; *out is set only on success. A damaged cache opens: its
- * operations fail with MTASTS_ECORRUPT and the rebuild hint. */
-int mtasts_env_open(const char *path, mtasts_env **out, char *err);
+/* Open (creating if needed) the environment in directory path. mode is that of the files
+ * this process makes there: 0600, 0660 (the directory's group shares them), or 0 for the
+ * mode of the existing mtasts.gate (0600 for a new cache); the first handle of a process on
+ * a directory decides. A directory made here is 0700, or 02770 for 0660 (docs/cache.md,
+ * "Files"). 0, or an error code with a message in err (EINVAL for another mode); *out is
+ * set only on success. A damaged cache opens: its operations fail with MTASTS_ECORRUPT and
+ * the rebuild hint. */
+int mtasts_env_open(const char *path, unsigned mode, mtasts_env **out, char *err);
 /* Close the handle (gone whatever the result). 0 or an error code with a message in err.
  * Closes Berkeley DB's handles when it is the process's last handle. */
 int mtasts_env_close(mtasts_env *e, char *err);
@@ -57,9 +61,9 @@ int mtasts_env_verify(mtasts_env *e, int which, char *err);
 
 /* --- for the rebuild (rebuild.c) --- */
 
-/* Claim the directory real (resolved) for a rebuild: it must pass the checks of open (this
- * user's, writable by nobody else), this process must not have it open (EBUSY), and no other
- * process may (EBUSY, naming one). On success *fd holds the gate's in-use lock, exclusively,
+/* Claim the directory real (resolved) for a rebuild: it must pass the checks of open (or,
+ * for root, be writable by nobody but its owner and group), this process must not have it
+ * open (EBUSY), and no other process may (EBUSY, naming one). On success *fd holds the gate's in-use lock, exclusively,
  * until it is closed; nobody can open the cache meanwhile. */
 int mtasts_env_claim(const char *real, int *fd, char *err);
 

@@ -101,13 +101,14 @@ static void push_row(lua_State *L, const mtasts_row *r) {
 
 /* --- mtasts.cache --- */
 
-/* cache_open(path) -> cache | fail */
+/* cache_open(path [, mode]) -> cache | fail */
 static int cache_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  unsigned mode = mtasts_lua_opt_filemode(L, 2);
   char err[MTASTS_ERR_MAX];
   lcache *u = mtasts_lua_class_new(L, &cache_class, sizeof *u);
   int rc;
-  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
+  if ((rc = mtasts_env_open(path, mode, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   return 1;
 }
 
@@ -256,12 +257,14 @@ static int cache_path(lua_State *L) {
   return 1;
 }
 
-/* cache_rebuild(path) -> { salvaged =, skipped =, results =, stopped =, moved_to = } | fail */
+/* cache_rebuild(path [, mode]) -> { salvaged =, skipped =, results =, stopped =, moved_to = }
+ *   | fail */
 static int cache_rebuild(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  unsigned mode = mtasts_lua_opt_filemode(L, 2);
   char err[MTASTS_ERR_MAX];
   mtasts_rebuild r;
-  int rc = mtasts_cache_rebuild(path, &r, err);
+  int rc = mtasts_cache_rebuild(path, mode, &r, err);
   if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)r.salvaged);

@@ -39,13 +39,14 @@ static const char *check_key(lua_State *L, int idx, size_t *n) {
   return s;
 }
 
-/* results_open(path) -> results | fail */
+/* results_open(path [, mode]) -> results | fail */
 static int results_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  unsigned mode = mtasts_lua_opt_filemode(L, 2);
   char err[MTASTS_ERR_MAX];
   lresults *u = mtasts_lua_class_new(L, &results_class, sizeof *u);
   int rc;
-  if ((rc = mtasts_env_open(path, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
+  if ((rc = mtasts_env_open(path, mode, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   return 1;
 }
 

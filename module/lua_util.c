@@ -149,6 +149,12 @@ double mtasts_lua_opt_number(lua_State *L, int t, const char *k, double dflt, co
   return v;
 }
 
+unsigned mtasts_lua_opt_filemode(lua_State *L, int idx) {
+  lua_Integer m = luaL_optinteger(L, idx, 0);
+  if (m != 0 && m != 0600 && m != 0660) luaL_argerror(L, idx, "mode must be 0600 or 0660");
+  return (unsigned)m;
+}
+
 /* --- memory --- */
 
 static int bufbox__gc(lua_State *L) {

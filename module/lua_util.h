@@ -56,6 +56,9 @@ size_t mtasts_lua_opt_strings(lua_State *L, int t, const char *k, const char **v
                               const char *fn);
 /* t[k] as a positive number, or dflt when nil. */
 double mtasts_lua_opt_number(lua_State *L, int t, const char *k, double dflt, const char *fn);
+/* Argument idx, the mode of the files of a cache (env.h): nil (0: the gate decides), or the
+ * integer 0600 or 0660; anything else raises (Lua checks the operator's value first). */
+unsigned mtasts_lua_opt_filemode(lua_State *L, int idx);
 
 /* --- memory --- */
 

@@ -3,7 +3,10 @@
  * ("Damage"). It claims the directory through env.c (nobody may have it open), reads the
  * files in child processes (libdb's salvager can loop or crash on damage), and stores what it
  * finds through the owners of the two databases: rows through cache.c (which knows rows),
- * result records through results.c (which knows their shape). */
+ * result records through results.c (which knows their shape). Root may rebuild a cache of
+ * another user (env.c: check_dir): the old directory is only read, never through a link
+ * (O_NOFOLLOW, regular files only), and the new one is made by this process, 0700 until it
+ * is complete, then given the old one's owner, group and modes. */
 #include "cache.h"
 #include "results.h"
 
@@ -37,11 +40,25 @@ static int unhex(const char *line, mtasts_buf *b) {
 
 #define SALVAGE_TIMEOUT_S 60
 
+/* Open a file of the old directory for reading: never through a link, and only a regular
+ * file (a FIFO planted there would block the read). A descriptor, or -1 with errno set. */
+static int open_plain(const char *file) {
+  struct stat st;
+  int fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return -1;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    errno = EINVAL;
+    return -1;
+  }
+  return fd;
+}
+
 /* A btree meta page (magic 0x053162, either byte order) with a page size libdb can have. */
 static int is_btree_file(const char *file) {
   unsigned char m[32];
   unsigned ps;
-  int fd = open(file, O_RDONLY | O_CLOEXEC), ok = 0;
+  int fd = open_plain(file), ok = 0;
   if (fd < 0) return 0;
   if (read(fd, m, sizeof m) == (ssize_t)sizeof m) {
     int le = m[12] == 0x62 && m[13] == 0x31 && m[14] == 0x05 && m[15] == 0;
@@ -85,7 +102,7 @@ static int in_child(void (*fn)(void *), void *arg) {
 static int copy_file(const char *from, const char *to, int uncheck) {
   unsigned char buf[65536];
   ssize_t n;
-  int in = open(from, O_RDONLY | O_CLOEXEC), out, rc = 0, first = uncheck;
+  int in = open_plain(from), out, rc = 0, first = uncheck;
   if (in < 0) return errno;
   if ((out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0) {
     rc = errno;
@@ -171,13 +188,14 @@ static void walk_child(void *arg) {
  * there is nothing to salvage. What a helper wrote before it died or was killed is kept. */
 static FILE *salvage_dump(const char *dir, const char *name, const char *scratch,
                           u_int32_t flags, int unchecked, int *stopped, int *rc, char *err) {
-  char file[PATH_MAX + 32], copy[PATH_MAX + 48];
+  char file[PATH_MAX + 32], copy[PATH_MAX + 48], plain[PATH_MAX + 48];
   struct stat st;
   salvage_job j;
   *rc = 0;
   snprintf(file, sizeof file, "%s/%s", dir, name);
   snprintf(copy, sizeof copy, "%s/salvage-%ld.db", scratch, (long)getpid());
-  if (stat(file, &st) != 0) return NULL;        /* nothing to salvage */
+  snprintf(plain, sizeof plain, "%s/plain-%ld.db", scratch, (long)getpid());
+  if (lstat(file, &st) != 0) return NULL;       /* nothing to salvage */
   if (!is_btree_file(file)) return NULL;        /* not ours, or its meta page is gone */
   if ((*rc = copy_file(file, copy, unchecked)) != 0) {
     snprintf(err, MTASTS_ERR_MAX, "cache: copy %.160s for salvage: %s", file, strerror(*rc));
@@ -191,10 +209,13 @@ static FILE *salvage_dump(const char *dir, const char *name, const char *scratch
     unlink(copy);
     return NULL;
   }
-  {   /* first what a cursor reaches in the file as it is (with its checksums) */
+  {   /* first what a cursor reaches in the file as it is (with its checksums), read from a
+       * copy: libdb opens a file by its name, and would follow a link */
     salvage_job w = j;
-    w.copy = file;
-    (void)in_child(walk_child, &w);    /* whatever became of it, the salvage reads on */
+    w.copy = plain;
+    if (copy_file(file, plain, 0) == 0)
+      (void)in_child(walk_child, &w);  /* whatever became of it, the salvage reads on */
+    unlink(plain);
     fseek(j.out, 0, SEEK_END);
     fputs("SALVAGE=BEGIN\n", j.out);     /* where the salvager's part starts */
     fflush(j.out);
@@ -341,10 +362,55 @@ static void remove_dir(const char *dir) {
   (void)rmdir(dir);
 }
 
-int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
+/* The mode of the old directory's files: 0660 when its database or gate is group-writable
+ * (a shared cache stays shared), else 0600. */
+static unsigned old_mode(const char *dir) {
+  static const char *const names[] = { MTASTS_POLICIES_FILE, MTASTS_GATE_FILE };
+  char file[PATH_MAX + 32];
+  struct stat st;
+  size_t i;
+  for (i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(file, sizeof file, "%s/%s", dir, names[i]);
+    if (lstat(file, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & S_IWGRP)) return 0660;
+  }
+  return 0600;
+}
+
+/* Give the rebuilt directory (made by this process, 0700, so nothing in it was planted) and
+ * its files the old directory's owner and group, the files mode, and the directory the old
+ * one's mode. Only root can give files to another user; anyone else keeps them and gives
+ * them the group when it is one of its own. 0 or an errno. */
+static int adopt(const char *fresh, const struct stat *old, unsigned mode) {
+  int fd = open(fresh, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), rc = 0;
+  int root = geteuid() == 0;
+  uid_t uid = root ? old->st_uid : (uid_t)-1;
+  DIR *dh;
+  struct dirent *e;
+  if (fd < 0) return errno;
+  if (!(dh = fdopendir(fd))) {
+    rc = errno;
+    close(fd);
+    return rc;
+  }
+  while (rc == 0 && (e = readdir(dh))) {
+    if (e->d_name[0] == '.') continue;
+    if (fchownat(fd, e->d_name, uid, old->st_gid, AT_SYMLINK_NOFOLLOW) != 0 && root)
+      rc = errno;
+    else if (fchmodat(fd, e->d_name, mode, 0) != 0)
+      rc = errno;
+  }
+  if (rc == 0 && fchown(fd, uid, old->st_gid) != 0 && root) rc = errno;
+  /* after chown, which may clear the setgid bit */
+  if (rc == 0 && fchmod(fd, old->st_mode & 07777) != 0) rc = errno;
+  closedir(dh);     /* closes fd */
+  return rc;
+}
+
+int mtasts_cache_rebuild(const char *path, unsigned mode, mtasts_rebuild *r, char *err) {
   char real[PATH_MAX], fresh[PATH_MAX + 32], scratch[PATH_MAX + 32];
   const char *from;
   mtasts_env *e = NULL;
+  struct stat old;
   struct tm tm;
   time_t now = time(NULL);
   int fd, rc;
@@ -356,6 +422,16 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", path, strerror(rc));
     return rc;
   }
+  if (mode != 0 && mode != 0600 && mode != 0660) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: mode %04o is not 0600 or 0660", path, mode);
+    return EINVAL;
+  }
+  if (stat(real, &old) != 0) {
+    rc = errno;
+    snprintf(err, MTASTS_ERR_MAX, "cache %.200s: %s", real, strerror(rc));
+    return rc;
+  }
+  if (!mode) mode = old_mode(real);    /* before the claim, which may make the gate */
   if ((rc = mtasts_env_claim(real, &fd, err)) != 0) return rc;
   snprintf(fresh, sizeof fresh, "%s.rebuild-%ld", real, (long)getpid());
   snprintf(scratch, sizeof scratch, "%s.recover-%ld", real, (long)getpid());
@@ -369,7 +445,7 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
     return rc;
   }
   from = recovered_copy(real, scratch, &r->stopped) ? scratch : real;
-  if ((rc = mtasts_env_open(fresh, &e, err)) == 0) {
+  if ((rc = mtasts_env_open(fresh, mode, &e, err)) == 0) {
     rc = salvage_into(from, e, r, err);
     if (rc == 0) rc = salvage_results(from, e, r, err);
     if (rc == 0) rc = mtasts_cache_verify(e, err);
@@ -379,6 +455,9 @@ int mtasts_cache_rebuild(const char *path, mtasts_rebuild *r, char *err) {
       if (rc == 0 && r2 != 0) { rc = r2; memcpy(err, e2, MTASTS_ERR_MAX); }
     }
   }
+  if (rc == 0 && (rc = adopt(fresh, &old, mode)) != 0)
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: give the rebuilt cache the owner, group and "
+             "modes of the old one: %s (it is in %.160s)", real, strerror(rc), fresh);
   if (rc == 0) {
     char stamp[32];
     gmtime_r(&now, &tm);

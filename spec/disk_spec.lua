@@ -258,21 +258,45 @@ describe("a state directory others could write", function()
     assert.equal("precious\n", target())
   end)
 
-  it("refuses a directory its group or others can write", function()
-    for mode, who in pairs({ ["0770"] = "its group", ["0777"] = "others",
-      ["1777"] = "others" }) do
+  it("refuses a directory others can write", function()
+    for _, mode in ipairs({ "0777", "1777", "2777" }) do
       local path = dir .. "/db" .. mode
       util.run("mkdir " .. path .. " && chmod " .. mode .. " " .. path)
       local c, msg, code = core.cache_open(path)
       assert.is_nil(c, mode)
       assert.equal("eperm", code, mode)
-      assert.matches("writable by " .. who, msg, 1, true)
-      assert.matches("chmod go-w", msg, 1, true)
+      assert.matches("writable by others", msg, 1, true)
+      assert.matches("chmod o-w", msg, 1, true)
       local store, smsg = tlsrpt.open{ path = path }
       assert.is_nil(store, mode)
-      assert.matches("writable by " .. who, smsg, 1, true)
+      assert.matches("writable by others", smsg, 1, true)
     end
   end)
+
+  it("opens a directory its group can write when this process is in that group", function()
+    local path = dir .. "/shared"
+    util.run("mkdir " .. path .. " && chmod 2770 " .. path)   -- the group is this process's
+    local c = assert(core.cache_open(path))
+    assert(c:close())
+  end)
+
+  -- only root can give a directory to a group it is not in
+  local it_root = util.run("id -u"):match("^0%s") and it or pending
+  it_root("refuses a directory writable by a group this process is not in, whoever owns it",
+    function()
+      for _, owner in ipairs({ "0", "61001" }) do
+        local path = dir .. "/group" .. owner
+        util.run("mkdir " .. path .. " && chown " .. owner .. ":61000 " .. path ..
+          " && chmod 2770 " .. path)
+        local c, msg, code = core.cache_open(path)
+        assert.is_nil(c, owner)
+        assert.equal("eperm", code, owner)
+        assert.matches("writable by its group", msg, 1, true)
+        assert.matches("(gid 61000), which this process is not a member of", msg, 1, true)
+        assert.matches("chmod g-w", msg, 1, true)
+        assert.equal("", util.run("ls -A " .. path), owner)   -- nothing made in it
+      end
+    end)
 end)
 
 describe("damaged shared region files (__db.00N)", function()

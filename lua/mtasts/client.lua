@@ -20,7 +20,7 @@ local client_mt = { __index = Client, __name = "mtasts.client" }
 local OPTIONS = { path = true, resolver = true, fetcher = true, clock = true, wait = true,
   recheck = true, timeouts = true, cafile = true, capath = true, proxy = true,
   connect_to = true, nameserver = true, trust_anchor = true, log = true,
-  allow_private_addresses = true }
+  allow_private_addresses = true, mode = true }
 
 local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 3) end
 
@@ -34,7 +34,7 @@ local function cache_of(self)
   if self.cache then return self.cache end
   local now = self.clock()
   if self.cache_retry and now < self.cache_retry then return nil end
-  local cache, err, code = core.cache_open(self.path)
+  local cache, err, code = core.cache_open(self.path, self.mode)
   if not cache then
     self.log("err", tostring(err))
     self.cache_retry, self.cache_err, self.cache_code = now + 60, err, code
@@ -62,6 +62,7 @@ function _M.open(opts)
   for _, k in ipairs({ "clock", "wait", "log" }) do
     if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror(k .. " must be a function") end
   end
+  if opts.mode ~= nil and type(opts.mode) ~= "string" then argerror("mode must be a string") end
   local recheck = opts.recheck or _M.DEFAULT_RECHECK
   if type(recheck) ~= "number" then argerror("recheck must be a number") end
   local timeouts = opts.timeouts or {}
@@ -75,7 +76,9 @@ function _M.open(opts)
   local ok, err, code, key = settings.nonempty("path", opts.path)
   if ok then ok, err, code, key = settings.at_least("recheck", recheck, 0) end
   if ok then ok, err, code, key = settings.timeouts(timeouts) end
-  if not ok then return nil, err, code, key end
+  local mode
+  if ok then ok, mode, code, key = settings.mode("mode", opts.mode) end
+  if not ok then return nil, mode or err, code, key end
 
   local self = setmetatable({ recheck = recheck, clock = opts.clock or os.time,
     log = opts.log or function() end, negative = {}, negative_old = {}, negative_n = 0,
@@ -88,7 +91,7 @@ function _M.open(opts)
       core.poll(fd, events, timeout)
     end
   end
-  self.path = opts.path
+  self.path, self.mode = opts.path, mode
   self.is_open = true
   -- the resolver and fetcher first: they check the rest of the settings (the CA file, the
   -- trust anchor, the nameservers), and a bad one must leave no cache directory behind
@@ -113,7 +116,7 @@ function _M.open(opts)
     self.fetcher, self.owned.fetcher = f, true
   end
   local cache
-  cache, err, code = core.cache_open(opts.path)
+  cache, err, code = core.cache_open(opts.path, mode)
   if not cache then
     if not DAMAGE[code] then self:close() return nil, err, code end
     -- a damaged cache: mail keeps flowing without it until it is rebuilt

@@ -81,6 +81,23 @@ function _M.port(key, what, p, zero_ok)
   return true
 end
 
+--- The mode of the files of a cache and result store (the `mode` option of mtasts.open,
+-- tlsrpt.open and mtasts.cache; docs/cache.md "Files"): an octal string, "0600" (this user
+-- only) or "0660" (the directory's group shares them), or nil. true and the mode as a number
+-- (nil for nil), or a config failure.
+function _M.mode(key, v)
+  if v == nil then return true end
+  local n = v:match("^0?[0-7][0-7][0-7]$") and tonumber(v, 8)
+  if not n then return _M.fail(key, _M.show(v) .. " is not an octal mode like 0660") end
+  if n == 384 or n == 432 then return true, n end
+  local why = n & 7 ~= 0 and "others may not use the cache (anyone could change its policies)"
+    or n & 384 ~= 384 and "the owner must read and write its files"
+    or n & 73 ~= 0 and "its files are not programs (no execute bits)"
+    or "the group needs both read and write (Berkeley DB's readers write its shared regions)"
+  return _M.fail(key, ("%s: %s; use 0660 (the directory's group shares the files) or 0600 " ..
+    "(this user only)"):format(_M.show(v), why))
+end
+
 --- The timeouts option of mtasts.open and tlsrpt.open ({ dns =, fetch = }, numbers checked
 -- by the caller): true, or a config failure naming timeouts.dns or timeouts.fetch.
 function _M.timeouts(t)

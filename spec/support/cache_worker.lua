@@ -1,11 +1,15 @@
--- A cache worker for spec/cache_processes_spec.lua: mixed lookups and upserts until a
--- deadline. usage: cache_worker.lua DIR WORKER LOG DEADLINE(monotonic seconds) [SEED]
--- After each committed upsert it appends "ack <domain> <seq>" to LOG; every 20 operations
--- it appends "maxwait <seconds>", the longest single operation so far. A restarted worker
--- continues its sequence above anything its log shows, so sequences only grow.
+-- A cache worker for spec/cache_processes_spec.lua and spec/cache_users_spec.lua: mixed
+-- lookups and upserts until a deadline.
+-- usage: cache_worker.lua DIR WORKER LOG DEADLINE(monotonic seconds) [SEED [MODE]]
+-- MODE (octal, "0660") is the mode of the cache's files. After each committed upsert it
+-- appends "ack <domain> <seq>" to LOG; every 20 operations it appends "maxwait <seconds>",
+-- the longest single operation so far, and "recoveries <n>", the cache's count of recoveries
+-- after a death inside it. A restarted worker continues its sequence above anything its log
+-- shows, so sequences only grow.
 local core = require("mtasts.core")
 local dir, worker, logpath, deadline, seed = arg[1], arg[2], arg[3], tonumber(arg[4]),
   math.tointeger(tonumber(arg[5]))
+local mode = arg[6] and tonumber(arg[6], 8)
 
 local seq = 0
 do
@@ -26,7 +30,7 @@ local clock = core.monotonic
 math.randomseed(seed or math.floor(clock() * 1e6) + #worker)   -- the spec passes a seed
 
 local t0 = clock()
-local cache, err, code = core.cache_open(dir)
+local cache, err, code = core.cache_open(dir, mode)
 local maxwait = clock() - t0
 if not cache then
   io.stderr:write("open failed: ", tostring(code), " ", tostring(err), "\n")
@@ -56,7 +60,10 @@ while clock() < deadline do
     log:write("error ", tostring(c), "\n")
   end
   ops = ops + 1
-  if ops % 20 == 0 then log:write("maxwait ", maxwait, "\n") end
+  if ops % 20 == 0 then
+    log:write("maxwait ", maxwait, "\n")
+    log:write("recoveries ", cache:stats().recoveries, "\n")
+  end
 end
 log:write("maxwait ", maxwait, "\n")
 log:write("done ", ops, "\n")

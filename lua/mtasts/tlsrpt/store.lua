@@ -37,7 +37,7 @@ local OPTIONS = { path = true, organization = true, contact = true, submitter = 
   sendmail_timeout = true, window = true, retention = true, batch_size = true,
   batch_interval = true, max_attempts = true, backoff = true, skip_without_failures = true,
   nameserver = true, trust_anchor = true, cafile = true, connect_to = true, timeouts = true,
-  log = true, wait = true, allow_private_addresses = true, max_rua = true }
+  log = true, wait = true, allow_private_addresses = true, max_rua = true, mode = true }
 
 local function argerror(fn, msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 3) end
 
@@ -50,7 +50,7 @@ function _M.open(opts)
   if type(opts.path) ~= "string" then
     argerror("open", "path (the database directory) is required")
   end
-  for _, k in ipairs({ "organization", "submitter" }) do
+  for _, k in ipairs({ "organization", "submitter", "mode" }) do
     if opts[k] ~= nil and type(opts[k]) ~= "string" then
       argerror("open", k .. " must be a string")
     end
@@ -85,6 +85,9 @@ function _M.open(opts)
     if ok then ok, err, code, key = settings.at_least(k, opts[k], 0) end
   end
   if ok then ok, err, code, key = settings.timeouts(timeouts) end
+  local mode
+  if ok then ok, mode, code, key = settings.mode("mode", opts.mode) end
+  if not ok then err = mode or err end
   if ok and not opts.resolver then
     ok, err, code, key = resolver.check{ nameserver = opts.nameserver,
       trust_anchor = opts.trust_anchor }
@@ -94,7 +97,7 @@ function _M.open(opts)
   end
   if not ok then return nil, err, code, key end
   local db
-  db, err, code = core.results_open(opts.path)
+  db, err, code = core.results_open(opts.path, mode)
   if not db then return nil, err, code end
   local submitter = opts.submitter or "localhost"
   local self = setmetatable({
