@@ -312,6 +312,7 @@ static int op_scan(DB_ENV *env, DB *db, void *vctx) {
     const unsigned char *row = d.data;
     int keep = 1;
     if (k.size == 0 || k.size > MTASTS_NAME_MAX) continue;  /* not a key of ours */
+    if (((const unsigned char *)k.data)[0] == 0) continue;  /* a lease, not a domain */
     if (x->kind != SCAN_ALL) {
       int64_t t;
       if (mtasts_row_get_time(row, d.size, x->kind == SCAN_DUE ? MTASTS_ROW_LAST_UPDATE
@@ -442,6 +443,157 @@ int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *d
   }
   mtasts_buf_free(&rb);
   return rc;
+}
+
+/* --- leases --- */
+
+/* A lease lives in policies.db under a key no domain has (a NUL, "lease:", the name), so that
+ * scans, verify and rebuild pass over it; its value is LEASE_FORMAT (never a row format, so
+ * a salvage ignores it), the end of the lease (8 bytes, big-endian) and the holder. */
+#define LEASE_FORMAT 0x4c
+#define LEASE_PREFIX "lease:"
+
+typedef struct {
+  const char *name, *holder;
+  int64_t now, until;
+  int got;
+  char held_by[MTASTS_LEASE_HOLDER_MAX + 1];
+  int64_t held_until;
+  mtasts_buf *b;
+} lease_ctx;
+
+static void lease_key(DBT *k, char *buf, const char *name) {
+  size_t n = strlen(name);
+  buf[0] = '\0';
+  memcpy(buf + 1, LEASE_PREFIX, sizeof LEASE_PREFIX - 1);
+  memcpy(buf + sizeof LEASE_PREFIX, name, n);
+  memset(k, 0, sizeof *k);
+  k->data = buf;
+  k->size = (u_int32_t)(sizeof LEASE_PREFIX + n);
+}
+
+/* Read the lease into x->held_by/held_until: 1 when there is a well-formed one. */
+static int lease_get(DB *db, DB_TXN *t, DBT *k, lease_ctx *x, int *rc) {
+  DBT d;
+  size_t hn;
+  memset(&d, 0, sizeof d);
+  d.flags = DB_DBT_USERMEM;
+  d.data = x->b->p;
+  d.ulen = (u_int32_t)x->b->cap;
+  *rc = db->get(db, t, k, &d, DB_RMW);
+  if (*rc == DB_NOTFOUND || *rc == DB_BUFFER_SMALL) {   /* none, or not a lease of ours */
+    *rc = 0;
+    return 0;
+  }
+  if (*rc != 0 || d.size < 9 || x->b->p[0] != LEASE_FORMAT) return 0;
+  hn = d.size - 9;
+  if (hn > MTASTS_LEASE_HOLDER_MAX) return 0;
+  x->held_until = (int64_t)mtasts_get_u64(x->b->p + 1);
+  memcpy(x->held_by, x->b->p + 9, hn);
+  x->held_by[hn] = '\0';
+  return 1;
+}
+
+static int op_lease(DB_ENV *env, DB *db, void *vctx) {
+  lease_ctx *x = vctx;
+  char kb[1 + sizeof LEASE_PREFIX + MTASTS_LEASE_NAME_MAX];
+  DBT k, d;
+  DB_TXN *t;
+  size_t hn = strlen(x->holder);
+  int rc, held;
+  x->got = 0;
+  lease_key(&k, kb, x->name);
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  held = lease_get(db, t, &k, x, &rc);
+  if (rc != 0) goto abort;
+  if (held && x->held_until > x->now && strcmp(x->held_by, x->holder) != 0)
+    return t->commit(t, 0);   /* another holder's, not ended: x->got stays 0 */
+  x->b->p[0] = LEASE_FORMAT;
+  mtasts_put_u64(x->b->p + 1, (uint64_t)x->until);
+  memcpy(x->b->p + 9, x->holder, hn);
+  memset(&d, 0, sizeof d);
+  d.data = x->b->p;
+  d.size = (u_int32_t)(9 + hn);
+  if ((rc = db->put(db, t, &k, &d, 0)) != 0) goto abort;
+  if ((rc = t->commit(t, 0)) != 0) return rc;
+  x->got = 1;
+  x->held_until = x->until;
+  memcpy(x->held_by, x->holder, hn + 1);
+  return 0;
+abort:
+  t->abort(t);
+  return rc;
+}
+
+static int op_release(DB_ENV *env, DB *db, void *vctx) {
+  lease_ctx *x = vctx;
+  char kb[1 + sizeof LEASE_PREFIX + MTASTS_LEASE_NAME_MAX];
+  DBT k;
+  DB_TXN *t;
+  int rc;
+  x->got = 0;
+  lease_key(&k, kb, x->name);
+  if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
+  if (lease_get(db, t, &k, x, &rc) && strcmp(x->held_by, x->holder) == 0) {
+    if ((rc = db->del(db, t, &k, 0)) != 0) goto abort;
+    x->got = 1;
+  }
+  if (rc != 0) goto abort;
+  return t->commit(t, 0);
+abort:
+  t->abort(t);
+  return rc;
+}
+
+static int lease_check(const char *name, const char *holder, char *err) {
+  size_t n = strlen(name), hn = strlen(holder);
+  if (n == 0 || n > MTASTS_LEASE_NAME_MAX) {
+    snprintf(err, MTASTS_ERR_MAX, "lease name of %zu bytes (1-%d)", n, MTASTS_LEASE_NAME_MAX);
+    return EINVAL;
+  }
+  if (hn == 0 || hn > MTASTS_LEASE_HOLDER_MAX) {
+    snprintf(err, MTASTS_ERR_MAX, "lease holder of %zu bytes (1-%d)", hn,
+             MTASTS_LEASE_HOLDER_MAX);
+    return EINVAL;
+  }
+  return 0;
+}
+
+int mtasts_cache_lease(mtasts_env *e, const char *name, const char *holder, int64_t now,
+                       int64_t until, int *got, char *held_by, int64_t *held_until,
+                       mtasts_buf *b, char *err) {
+  lease_ctx x;
+  int rc;
+  *got = 0;
+  if ((rc = lease_check(name, holder, err)) != 0) return rc;
+  if (mtasts_buf_reserve(b, 9 + MTASTS_LEASE_HOLDER_MAX + 1) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: lease: out of memory", mtasts_env_path(e));
+    return ENOMEM;
+  }
+  memset(&x, 0, sizeof x);
+  x.name = name; x.holder = holder; x.now = now; x.until = until; x.b = b;
+  if ((rc = run(e, op_lease, &x, "lease", err)) != 0) return rc;
+  *got = x.got;
+  memcpy(held_by, x.held_by, sizeof x.held_by);
+  *held_until = x.held_until;
+  return 0;
+}
+
+int mtasts_cache_release(mtasts_env *e, const char *name, const char *holder, int *released,
+                         mtasts_buf *b, char *err) {
+  lease_ctx x;
+  int rc;
+  *released = 0;
+  if ((rc = lease_check(name, holder, err)) != 0) return rc;
+  if (mtasts_buf_reserve(b, 9 + MTASTS_LEASE_HOLDER_MAX + 1) != 0) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: lease: out of memory", mtasts_env_path(e));
+    return ENOMEM;
+  }
+  memset(&x, 0, sizeof x);
+  x.name = name; x.holder = holder; x.b = b;
+  if ((rc = run(e, op_release, &x, "release", err)) != 0) return rc;
+  *released = x.got;
+  return 0;
 }
 
 /* --- verify --- */

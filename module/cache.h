@@ -50,6 +50,22 @@ int mtasts_cache_next(const mtasts_buf *b, size_t *pos, mtasts_cache_rec *r);
 int mtasts_cache_prune(mtasts_env *e, int64_t now, int64_t unused_for, size_t *deleted,
                        mtasts_buf *b, char *err);
 
+/* Leases: a name held by one holder until a time, shared by every process of the cache
+ * (one server refreshes a domain, the others skip it). A lease that ended is free; a holder
+ * killed while holding one loses it when it ends. */
+#define MTASTS_LEASE_NAME_MAX 300
+#define MTASTS_LEASE_HOLDER_MAX 128
+/* Take or renew the lease `name` for holder until `until` unless another holder has it and it
+ * has not ended at `now`. *got is 1 when this holder has it now; held_by
+ * (MTASTS_LEASE_HOLDER_MAX + 1 bytes) and *held_until say who has it and until when ("" and 0
+ * when no one). Committed durably. */
+int mtasts_cache_lease(mtasts_env *e, const char *name, const char *holder, int64_t now,
+                       int64_t until, int *got, char *held_by, int64_t *held_until,
+                       mtasts_buf *b, char *err);
+/* Give the lease up if holder has it: *released is 1 when it did. */
+int mtasts_cache_release(mtasts_env *e, const char *name, const char *holder, int *released,
+                         mtasts_buf *b, char *err);
+
 /* Flush everything to the database file (a forced checkpoint), verify the file's structure
  * with DB->verify, then decode every row. 0, DB_VERIFY_BAD or another code for the file,
  * or MTASTS_ECORRUPT ("2 of 6 rows are corrupt (the first: ...)"). */

@@ -180,6 +180,49 @@ static int cache_delete(lua_State *L) {
   return 1;
 }
 
+/* A lease's name or holder: a string of 1 to max bytes without NUL, or raise. */
+static const char *check_lease_arg(lua_State *L, int arg, size_t max) {
+  size_t n;
+  const char *s = luaL_checklstring(L, arg, &n);
+  if (n == 0 || n > max || strlen(s) != n)
+    luaL_argerror(L, arg, lua_pushfstring(L, "1 to %d bytes without NUL expected", (int)max));
+  return s;
+}
+
+/* cache:lease(name, holder, now, seconds) -> true | false, held_by, held_until | fail */
+static int cache_lease(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  const char *name = check_lease_arg(L, 2, MTASTS_LEASE_NAME_MAX);
+  const char *holder = check_lease_arg(L, 3, MTASTS_LEASE_HOLDER_MAX);
+  int64_t now = check_time(L, 4), held_until, secs = check_time(L, 5);
+  char err[MTASTS_ERR_MAX], held_by[MTASTS_LEASE_HOLDER_MAX + 1];
+  int got, rc;
+  if (secs <= 0) return luaL_argerror(L, 5, "seconds above 0 expected");
+  rc = mtasts_cache_lease(u->e, name, holder, now, now + secs, &got, held_by, &held_until,
+                          &u->buf, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
+  if (got) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_pushstring(L, held_by);
+  lua_pushinteger(L, (lua_Integer)held_until);
+  return 3;
+}
+
+/* cache:release(name, holder) -> true (released) | false (not this holder's) | fail */
+static int cache_lease_release(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  const char *name = check_lease_arg(L, 2, MTASTS_LEASE_NAME_MAX);
+  const char *holder = check_lease_arg(L, 3, MTASTS_LEASE_HOLDER_MAX);
+  char err[MTASTS_ERR_MAX];
+  int released, rc = mtasts_cache_release(u->e, name, holder, &released, &u->buf, err);
+  if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
+  lua_pushboolean(L, released);
+  return 1;
+}
+
 /* cache:list() -> { row, ... } most recently used first | fail. Rows that do not decode or
  * name another domain are left out (cache:verify() counts them). */
 static int cache_list(lua_State *L) {
@@ -292,6 +335,8 @@ void mtasts_open_cache(lua_State *L) {
     { "verify", cache_verify },
     { "stats", cache_stats },
     { "path", cache_path },
+    { "lease", cache_lease },
+    { "release", cache_lease_release },
     { NULL, NULL }
   };
   mtasts_lua_class_register(L, &cache_class, methods);   /* close comes with the class */
