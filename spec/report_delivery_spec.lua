@@ -112,7 +112,8 @@ describe("#fixture report delivery", function()
     local report = assert(store:report("good.example", DAY))
     now = AFTER
     local sum = assert(store:send(DAY))
-    assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0 }, sum)
+    assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0,
+      failures = {} }, sum)
 
     -- nginx logs a request after it has answered it: wait for the line
     local posts = reports_at_least(before_posts + 1)
