@@ -648,11 +648,11 @@ describe("mtasts.tlsrpt store", function()
         if here then return nil, "reports.example.com: this host failed: no memory", "local" end
         return post(f, url, ...)
       end
-      local sendmail = sendmail()
+      local to_outbox = sendmail()
       store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] = RECORD }),
         fetcher = fetcher, backoff = 60, max_attempts = 1,
         sendmail = "[ -e " .. dir .. "/fixed ] || exec " .. dir .. "/no-such-sendmail; " ..
-          sendmail }
+          to_outbox }
       store:add(sts(nil, 1))
       now = tlsrpt.day_start(DAY) + 86400 + 60
       for _ = 1, 3 do          -- max_attempts is 1: a counted failure would be the last
