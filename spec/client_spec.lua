@@ -347,6 +347,8 @@ describe("mtasts.open", function()
       w.policy["example.com"] = { err = "local" }
       local summary = assert(here:refresh{})
       assert.equal(1, summary.failed)
+      assert.same({ { domain = "example.com", error = "failed", code = "local" } },
+        summary.failures)
       assert.equal("1", here:records()[1].record_id)
     end)
   end)
@@ -398,7 +400,7 @@ describe("mtasts.open", function()
       w.txt["_mta-sts.gonenone.example"] = nil
       local summary = assert(sts:refresh{ window = 0, concurrency = 3 })
       assert.same({ due = 4, pruned = 1, extended = 1, updated = 1, deleted = 1, kept = 1,
-        failed = 0 }, summary)
+        failed = 0, failures = {} }, summary)
       local rows = {}
       for _, r in ipairs(sts:records()) do rows[r.domain] = r end
       assert.is_nil(rows["stale.example"])
@@ -407,6 +409,42 @@ describe("mtasts.open", function()
       assert.equal("2", rows["changed.example"].record_id)
       assert.equal(ENFORCE, rows["changed.example"].policy_text)
       assert.equal("enforce", rows["gone.example"].policy.mode)
+    end)
+    it("names each domain that failed, with the message and code of the lookup or fetch",
+      function()
+      for _, d in ipairs({ "dns", "fetch", "twice", "fine" }) do
+        w.txt["_mta-sts." .. d .. ".example"] = { "v=STSv1; id=1;" }
+        w.policy[d .. ".example"] = ENFORCE
+        assert(sts:get(d .. ".example"))
+      end
+      w.now = w.now + 13 * 3600
+      w.txt["_mta-sts.dns.example"] = { err = "servfail" }
+      w.txt["_mta-sts.fetch.example"] = { "v=STSv1; id=2;" }
+      w.policy["fetch.example"] = { err = "policy-fetch", reason = "certificate-expired" }
+      w.txt["_mta-sts.twice.example"] = { "v=STSv1; id=1;", "v=STSv1; id=2;" }
+      local summary = assert(sts:refresh{ concurrency = 1 })
+      assert.equal(3, summary.failed)
+      assert.equal(1, summary.extended)
+      local by = {}
+      for _, f in ipairs(summary.failures) do by[f.domain] = f end
+      assert.same({ domain = "dns.example", error = "_mta-sts.dns.example TXT: failed",
+        code = "dns", reason = "servfail" }, by["dns.example"])
+      assert.same({ domain = "fetch.example", error = "failed", code = "policy-fetch",
+        reason = "certificate-expired" }, by["fetch.example"])
+      assert.equal("multiple-records", by["twice.example"].code)
+      assert.matches("2 MTA-STS records", by["twice.example"].error, 1, true)
+      assert.is_nil(by["fine.example"])
+    end)
+    it("a refresh of one domain that raises is that domain's failure", function()
+      w.txt["_mta-sts.example.com"] = { "v=STSv1; id=1;" }
+      w.policy["example.com"] = ENFORCE
+      assert(sts:get("example.com"))
+      w.now = w.now + 13 * 3600
+      w.resolver.txt = function() error("broke inside the resolver") end
+      local summary = assert(sts:refresh{})
+      assert.equal(1, summary.failed)
+      assert.equal("raised", summary.failures[1].code)
+      assert.matches("broke inside the resolver", summary.failures[1].error, 1, true)
     end)
   end)
 

@@ -112,7 +112,8 @@ describe("#fixture report delivery", function()
     local report = assert(store:report("good.example", DAY))
     now = AFTER
     local sum = assert(store:send(DAY))
-    assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0 }, sum)
+    assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0,
+      failures = {} }, sum)
 
     -- nginx logs a request after it has answered it: wait for the line
     local posts = reports_at_least(before_posts + 1)
@@ -195,6 +196,9 @@ describe("#fixture report delivery", function()
     now = AFTER
     local sum = assert(store:send(DAY))
     assert.equal(1, sum.retry)
+    assert.same({ { day = DAY, domain = "mail.example", host = false,
+      destination = "mailto:" .. MAILBOX, error = "the submission command exited with status 75",
+      code = "submission", exit = 75, attempts = 1, retry_at = now + 60 } }, sum.failures)
     store:close()
     os.remove(world.dir .. "/down")
     store = open()
@@ -216,9 +220,21 @@ describe("#fixture report delivery", function()
     now = AFTER
     local sum = assert(store:send(DAY))
     assert.equal(2, sum.retry)
+    local by = {}
+    for _, f in ipairs(sum.failures) do by[f.domain] = f end
+    -- each says why once: the URL names the host, the message does not again
+    assert.equal("post-failed", by["expired.example"].code)
+    assert.equal("certificate-expired", by["expired.example"].reason)
+    assert.equal("certificate has expired", by["expired.example"].error)
+    assert.equal("HTTP 503", by["busy.example"].error)
+    assert.equal(503, by["busy.example"].status)
+    assert.equal(now + 1, by["busy.example"].retry_at)
+    assert.equal(2, #assert(store:stats()).retries)
     now = now + 10
     sum = assert(store:send(DAY))
     assert.equal(2, sum.failed)
+    for _, f in ipairs(sum.failures) do assert.is_true(f.dropped) end
+    assert.same({}, assert(store:stats()).retries)
     store:close()
   end)
 

@@ -355,7 +355,8 @@ describe("mtasts.tlsrpt store", function()
       store:add(sts(nil, 5, 0))
       now = tlsrpt.day_start(DAY) + 86400 + 60
       local sum = assert(store:send(DAY))
-      assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0 }, sum)
+      assert.same({ sent = 2, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0,
+        failures = {} }, sum)
       assert.equal(1, #fetcher.posts)
       assert.equal("https://reports.example.com/r", fetcher.posts[1].url)
       assert.equal("application/tlsrpt+gzip", fetcher.posts[1].type)
@@ -586,6 +587,142 @@ describe("mtasts.tlsrpt store", function()
       now = now + 101                              -- the claim ran out: that process died
       assert.equal(1, assert(store:send(DAY)).sent)
       assert.equal(1, #fetcher.posts)
+    end)
+
+    it("lists each failed delivery with its reason: the HTTP status, the submission " ..
+      "command's exit status and standard error, each named once", function()
+      local fetcher = fake_fetcher(503)
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] = RECORD }),
+        fetcher = fetcher, backoff = 600, max_attempts = 2,
+        sendmail = "printf 'sendmail: fatal: queue file write error\\n\\tretry later\\n' >&2; " ..
+          "exit 75" }
+      store:add(sts(nil, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.equal(2, sum.retry)
+      local by = {}
+      for _, f in ipairs(sum.failures) do by[f.destination] = f end
+      assert.same({ day = DAY, domain = "example.com", host = false,
+        destination = "https://reports.example.com/r", error = "HTTP 503", code = "http-status",
+        status = 503, attempts = 1, retry_at = now + 600 }, by["https://reports.example.com/r"])
+      assert.same({ day = DAY, domain = "example.com", host = false,
+        destination = "mailto:tlsrpt@example.com", error = "the submission command exited " ..
+        "with status 75: sendmail: fatal: queue file write error retry later",
+        code = "submission", exit = 75, attempts = 1, retry_at = now + 600 },
+        by["mailto:tlsrpt@example.com"])
+      -- the second attempt is the last: given up, and said so
+      now = now + 601
+      sum = assert(store:send(DAY))
+      assert.equal(2, sum.failed)
+      assert.equal(2, #sum.failures)
+      for _, f in ipairs(sum.failures) do
+        assert.is_true(f.dropped)
+        assert.is_nil(f.retry_at)
+        assert.equal(2, f.attempts)
+      end
+      assert.same({}, assert(store:send(DAY)).failures)
+    end)
+
+    it("a POST that gets no answer: the fetcher's reason, the host not named twice", function()
+      local fetcher = fake_fetcher("reports.example.com: Connection refused")
+      local logs = {}
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] =
+        "v=TLSRPTv1; rua=https://reports.example.com/r" }), fetcher = fetcher, backoff = 60,
+        log = function(_, m) logs[#logs + 1] = m end }
+      store:add(sts(nil, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local f = assert(store:send(DAY)).failures[1]
+      assert.equal("Connection refused", f.error)
+      assert.equal("post-failed", f.code)
+      assert.equal("connection-refused", f.reason)
+      assert.equal("report " .. DAY .. " example.com to https://reports.example.com/r: " ..
+        "Connection refused; will retry", logs[#logs])
+    end)
+
+    it("a failure of this host uses up no attempt, for a POST and for the submission command",
+      function()
+      local here = true
+      local fetcher = fake_fetcher(200)
+      local post = fetcher.post
+      function fetcher.post(f, url, ...)
+        if here then return nil, "reports.example.com: this host failed: no memory", "local" end
+        return post(f, url, ...)
+      end
+      local to_outbox = sendmail()
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] = RECORD }),
+        fetcher = fetcher, backoff = 60, max_attempts = 1,
+        sendmail = "[ -e " .. dir .. "/fixed ] || exec " .. dir .. "/no-such-sendmail; " ..
+          to_outbox }
+      store:add(sts(nil, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      for _ = 1, 3 do          -- max_attempts is 1: a counted failure would be the last
+        local sum = assert(store:send(DAY))
+        assert.equal(0, sum.failed)
+        assert.equal(2, sum.retry)
+        for _, f in ipairs(sum.failures) do
+          assert.equal("local", f.code, f.error)
+          assert.equal(0, f.attempts)
+          assert.equal(now + 60, f.retry_at)
+        end
+        now = now + 61
+      end
+      local by = {}
+      for _, f in ipairs(assert(store:send(DAY)).failures) do by[f.destination] = f end
+      assert.equal("this host failed: no memory", by["https://reports.example.com/r"].error)
+      assert.equal(127, by["mailto:tlsrpt@example.com"].exit)
+      assert.matches("^the submission command '.*' cannot be run %(exit status 127%): .*" ..
+        "no%-such%-sendmail", by["mailto:tlsrpt@example.com"].error)
+      here = false
+      util.write(dir .. "/fixed", "")
+      now = now + 61
+      local sum = assert(store:send(DAY))
+      assert.equal(2, sum.sent)
+      assert.same({}, sum.failures)
+    end)
+
+    it("a record lookup that fails for now: listed with the resolver's message, retried",
+      function()
+      local records = { ["_smtp._tls.b.example"] = "!servfail" }
+      store = open{ resolver = fake_resolver(records), fetcher = fake_fetcher(200),
+        backoff = 60 }
+      store:add(sts("b.example", 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local sum = assert(store:send(DAY))
+      assert.same({ { day = DAY, domain = "b.example", host = false, error = "fake servfail",
+        code = "dns", attempts = 1, retry_at = now + 60 } }, sum.failures)
+    end)
+
+    it("stats lists the deliveries waiting for a retry until they are sent or given up",
+      function()
+      local status = 503
+      local records = { ["_smtp._tls.a.example"] = "v=TLSRPTv1; rua=https://r.example/a",
+        ["_smtp._tls.b.example"] = "!timeout" }
+      store = open{ resolver = fake_resolver(records),
+        fetcher = fake_fetcher(function() return status end), backoff = 600, max_attempts = 3 }
+      store:add(sts("a.example", 1))
+      store:add(sts("b.example", 1))
+      assert.same({}, assert(store:stats()).retries)
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      assert(store:send(DAY))
+      assert.same({
+        { day = DAY, domain = "a.example", host = false, destination = "https://r.example/a",
+          status = "pending", attempts = 1, next = now + 600, error = "HTTP 503",
+          code = "http-status" },
+        { day = DAY, domain = "b.example", host = false, status = "pending", attempts = 1,
+          next = now + 600, error = "fake timeout", code = "dns" } },
+        assert(store:stats()).retries)
+      -- b's record is found now, its POST fails: the destination is what waits
+      records["_smtp._tls.b.example"] = "v=TLSRPTv1; rua=https://r.example/b"
+      now = now + 601
+      assert(store:send(DAY))
+      local retries = assert(store:stats()).retries
+      assert.equal(2, #retries)
+      assert.equal(2, retries[1].attempts)
+      assert.equal("https://r.example/b", retries[2].destination)
+      status = 200
+      now = now + 1201
+      assert.equal(2, assert(store:send(DAY)).sent)
+      assert.same({}, assert(store:stats()).retries)
     end)
 
     it("writes the day's gzip files with build", function()

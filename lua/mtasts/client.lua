@@ -367,30 +367,33 @@ function Client:delete(domain)
   return cache:delete(ascii)
 end
 
--- Refresh one due row (docs/conformance.md §5, proactive refresh); returns the outcome.
+-- Refresh one due row (docs/conformance.md §5, proactive refresh); returns the outcome, and
+-- for "failed" the message, code and TLSRPT reason of the lookup or fetch that failed.
 function Client:_refresh_one(ascii, now)
   local row = self.cache:lookup(ascii, now)
-  local record, _, rcode = discover.record(self.resolver, ascii)
+  local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
   if not record then
     if rcode == "no-record" and (not row or row.backoff or row.policy.mode == "none") then
       self.cache:delete(ascii)
       return "deleted"
     end
-    return rcode == "no-record" and "kept" or "failed"
+    if rcode == "no-record" then return "kept" end
+    return "failed", rerr, rcode, rreason
   end
   if row and not row.backoff and record.id == row.record_id then
     self.cache:mark_checked(ascii, now, true)
     return "extended"
   end
-  local policy, text = discover.policy(self.fetcher, ascii)
-  if not policy then return "failed" end
+  local policy, text, fcode, freason = discover.policy(self.fetcher, ascii)
+  if not policy then return "failed", text, fcode, freason end
   self:_upsert(ascii, record.id, text, now)
   return "updated"
 end
 
 --- One proactive-refresh pass: prune rows unused for 180 days, then refresh rows not
 -- updated for 12 hours, `concurrency` at a time, their starts spread over `window` seconds
--- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed }.
+-- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed } and
+-- failures = { { domain =, error =, code =, reason = }, ... } (in the order they finished).
 function Client:refresh(opts)
   if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
   if not cache_of(self) then return unavailable(self) end
@@ -398,7 +401,7 @@ function Client:refresh(opts)
   local window, concurrency = opts.window or 0, opts.concurrency or 10
   local now = self.clock()
   local summary = { due = 0, pruned = 0, extended = 0, updated = 0, deleted = 0, kept = 0,
-    failed = 0 }
+    failed = 0, failures = {} }
   local pruned, err, code = self.cache:prune(now, opts.unused_for or _M.PRUNE_AFTER)
   if not pruned then return nil, err, code end
   summary.pruned = pruned
@@ -415,10 +418,15 @@ function Client:refresh(opts)
         local i = next_i
         next_i = next_i + 1
         while core.monotonic() - t0 < starts[i] do coroutine.yield(-1, "r", 0.05) end
-        local ok, outcome = pcall(self._refresh_one, self, due[i], self.clock())
+        local ok, outcome, ferr, fcode, freason = pcall(self._refresh_one, self, due[i],
+          self.clock())
         if not ok then
           self.log("err", "refresh " .. due[i] .. ": " .. tostring(outcome))
-          outcome = "failed"
+          outcome, ferr, fcode = "failed", tostring(outcome), "raised"
+        end
+        if outcome == "failed" then
+          summary.failures[#summary.failures + 1] = { domain = due[i], error = tostring(ferr),
+            code = fcode, reason = freason }
         end
         summary[outcome] = summary[outcome] + 1
         finished = finished + 1

@@ -423,12 +423,25 @@ function Store:report(domain, day, opts)
   return report, trigger
 end
 
---- What is stored: { days = { { day =, reports =, records = }, ... }, pending = n }.
+local function decode_state(v)
+  if not v then return nil end
+  local ok, t = pcall(require("cjson").decode, v)
+  if not ok or type(t) ~= "table" then return nil end
+  for k, x in pairs(t) do          -- lua-cjson 2.1 reads every number as a float
+    if math_type(x) == "float" and math.tointeger(x) then t[k] = math.tointeger(x) end
+  end
+  return t
+end
+
+--- What is stored: { days = { { day =, reports =, records =, success =, failure = }, ... },
+-- pending = n (results not yet committed), retries = { { day =, domain =, host =,
+-- destination = (nil: the report's TLSRPT record), status =, attempts =, next =, error =,
+-- code = }, ... } (deliveries that wait for another try, oldest day first) }.
 function Store:stats()
   check(self, "stats")
   local days, err, code = self:days()
   if not days then return nil, err, code end
-  local out = { days = {}, pending = self.npending }
+  local out = { days = {}, pending = self.npending, retries = {} }
   for _, day in ipairs(days) do
     local recs, rerr, rcode = self.db:scan("R" .. day .. "\0")
     if not recs then return nil, rerr, rcode end
@@ -444,17 +457,31 @@ function Store:stats()
     out.days[#out.days + 1] = { day = day, reports = #doms, records = #recs // 2,
       success = success, failure = failure }
   end
-  return out
-end
-
-local function decode_state(v)
-  if not v then return nil end
-  local ok, t = pcall(require("cjson").decode, v)
-  if not ok or type(t) ~= "table" then return nil end
-  for k, x in pairs(t) do          -- lua-cjson 2.1 reads every number as a float
-    if math_type(x) == "float" and math.tointeger(x) then t[k] = math.tointeger(x) end
+  local recs, qerr, qcode = self.db:scan("Q")
+  if not recs then return nil, qerr, qcode end
+  -- a report's own "pending" is its record's lookup; once destinations have a state, the
+  -- record was found after all (keys sort the report's state just before its destinations')
+  local report_entry
+  for i = 1, #recs, 2 do
+    local day, kind, domain, dest = recs[i]:match("^Q([^%z]*)%z(.)([^%z]*)%z(.*)$")
+    local st = decode_state(recs[i + 1])
+    if day and st then
+      if dest ~= "" and report_entry and report_entry.day == day and
+        report_entry.domain == domain and report_entry.host == (kind == "h") then
+        table.remove(out.retries)
+      end
+      report_entry = nil
+      if st.status == "pending" or st.status == "sending" then
+        local e = { day = day, domain = domain, host = kind == "h",
+          destination = dest ~= "" and dest or nil, status = st.status,
+          attempts = st.attempts or 0, next = st.next or st["until"], error = st.error,
+          code = st.code }
+        out.retries[#out.retries + 1] = e
+        if dest == "" then report_entry = e end
+      end
+    end
   end
-  return t
+  return out
 end
 
 --- Delivery state of a day's reports: array of { domain =, host = bool, destination = (nil
@@ -603,9 +630,34 @@ end
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
+local STDERR_MAX, ERROR_MAX = 4096, 300
+
+-- What a command wrote on its standard error, as one line of a failure's message: runs of
+-- white space (line ends too) become one space, other control bytes \xNN, at most
+-- ERROR_MAX bytes.
+local function one_line(s)
+  s = s:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  if #s > ERROR_MAX then s = s:sub(1, ERROR_MAX) .. "..." end
+  return (s:gsub("[%z\1-\31\127]", function(c) return format("\\x%02x", c:byte()) end))
+end
+
+-- A file of our own in /tmp (mkstemp), or nil and why.
+local function tmpfile()
+  local ok, name = pcall(os.tmpname)
+  if not ok then return nil, tostring(name) end
+  return name
+end
+
+-- Deliver one report by mail: the submission command gets the message on its standard
+-- input, from a file (a command that exits without reading it cannot kill us with SIGPIPE),
+-- and its standard error is kept for the failure's message. The outcome: { ok = true }, or
+-- { error =, code =, permanent =, exit = } (code local when the command cannot be run at
+-- all: exit status 126 or 127 from the shell, no temporary file).
 local function deliver_mail(self, report, body, uri)
   local to = _M.mailto_address(uri)
-  if not to then return nil, uri .. ": not a usable mailto address", true end
+  if not to then
+    return { error = "not a usable mailto: address", code = "bad-uri", permanent = true }
+  end
   local msg = tlsrpt.message(report, { from = self.from, to = to, gzip = body,
     date = self.clock() })
   msg = msg:gsub("\r\n", "\n")
@@ -613,75 +665,135 @@ local function deliver_mail(self, report, body, uri)
   if self.sendmail_timeout > 0 then
     cmd = ("timeout -s KILL %d sh -c %s"):format(self.sendmail_timeout // 1, shell_quote(cmd))
   end
-  local p = io.popen(cmd .. " >/dev/null 2>&1", "w")
-  if not p then return nil, "cannot run " .. self.sendmail end
-  p:write(msg)
-  local ok, how, status = p:close()
-  if ok then return true end
-  return nil, ("%s: %s exited with %s %s"):format(to, self.sendmail, tostring(how),
-    tostring(status))
+  local msgfile, terr = tmpfile()
+  local errfile
+  if msgfile then errfile, terr = tmpfile() end
+  local function cleanup()
+    if msgfile then os.remove(msgfile) end
+    if errfile then os.remove(errfile) end
+  end
+  local f
+  if errfile then f, terr = io.open(msgfile, "wb") end
+  local wrote = f and f:write(msg)
+  if f then
+    local closed, cerr = f:close()
+    if not closed then wrote, terr = nil, cerr end
+  end
+  if not wrote then
+    cleanup()
+    return { error = "cannot write the message to a temporary file: " .. tostring(terr),
+      code = "local" }
+  end
+  local ok, how, status = os.execute(cmd .. " <" .. shell_quote(msgfile) .. " >/dev/null 2>" ..
+    shell_quote(errfile))
+  local e = io.open(errfile, "rb")
+  local stderr = one_line(e and e:read(STDERR_MAX) or "")
+  if e then e:close() end
+  cleanup()
+  if ok then return { ok = true } end
+  local said = stderr ~= "" and ": " .. stderr or ""
+  if how == "exit" and (status == 126 or status == 127) then
+    -- the shell could not run it (not found, not executable): this host's setting
+    return { error = ("the submission command %s cannot be run (exit status %d)%s"):format(
+      settings.show(self.sendmail), status, said), code = "local", exit = status }
+  end
+  if how == "exit" and status == 137 and self.sendmail_timeout > 0 then
+    return { error = ("the submission command was killed after %d s (exit status 137)%s")
+      :format(self.sendmail_timeout // 1, said), code = "submission", exit = status }
+  end
+  if how == "signal" then
+    return { error = ("the submission command was killed by signal %d%s"):format(status, said),
+      code = "submission", exit = 128 + status }
+  end
+  return { error = ("the submission command exited with status %d%s"):format(status, said),
+    code = "submission", exit = status }
 end
 
--- The outcome of a POST (status, or nil, err, code, reason): true, or nil, why, permanent.
+-- The outcome of a POST (status, or nil, err, code, reason): { ok = true }, or { error =,
+-- code =, permanent =, status = | reason = }. The message leaves out the host the fetcher
+-- names first: the destination (the URL) names it already.
 local function https_outcome(uri, status, err, code, reason)
   if not status then
+    local why, host = tostring(err), uri:match("^https://([^/:?#]+)")
+    if host and why:sub(1, #host + 2) == host .. ": " then why = why:sub(#host + 3) end
+    if code == "local" then return { error = why, code = "local" } end
     -- a host that resolves only to internal addresses will not change by retrying
-    return nil, ("%s: %s (%s)"):format(uri, tostring(err), tostring(reason or code)),
-      reason == "address-not-global"
+    return { error = why, code = "post-failed", reason = reason,
+      permanent = reason == "address-not-global" }
   end
-  if status >= 200 and status < 300 then return true end
-  -- RFC 8460 §5.2: 4xx other than too large is permanent for this report; retry 5xx
-  return nil, ("%s: HTTP %d"):format(uri, status), status == 413 or (status >= 400 and status < 500)
+  if status >= 200 and status < 300 then return { ok = true } end
+  -- RFC 8460 §5.2: a 4xx answer is final for this report; 5xx is retried
+  return { error = ("HTTP %d"):format(status), code = "http-status", status = status,
+    permanent = status >= 400 and status < 500 }
 end
 
 -- Start delivering one report to one rua URI: an https POST is started and a function that
 -- finishes it is returned (so POSTs to several destinations run at once); anything else is
--- delivered now, and a function that returns the outcome is returned. The outcome: true, or
--- nil, why, permanent.
+-- delivered now, and a function that returns the outcome is returned. The outcome is a table
+-- (deliver_mail, https_outcome).
 local function deliver_start(self, report, body, uri)
   local outcome
   if uri:match("^[Mm][Aa][Ii][Ll][Tt][Oo]:") then
-    outcome = { deliver_mail(self, report, body, uri) }
+    outcome = deliver_mail(self, report, body, uri)
   elseif uri:match("^https://") then
     local n, nerr = net(self)
     if not n then
-      outcome = { nil, nerr }
+      outcome = { error = tostring(nerr), code = "local" }
     elseif self.fetcher.post_start then
       local h, err, code, reason = self.fetcher:post_start(uri, body, "application/tlsrpt+gzip")
       if not h then
-        outcome = { https_outcome(uri, nil, err, code, reason) }
+        outcome = https_outcome(uri, nil, err, code, reason)
       else
         return function() return https_outcome(uri, self.fetcher:post_finish(h)) end
       end
     else
-      outcome = { https_outcome(uri, self.fetcher:post(uri, body, "application/tlsrpt+gzip")) }
+      outcome = https_outcome(uri, self.fetcher:post(uri, body, "application/tlsrpt+gzip"))
     end
   else
-    outcome = { nil, uri .. ": not a mailto: or https: URI", true }
+    outcome = { error = "not a mailto: or https: URI", code = "bad-uri", permanent = true }
   end
-  return function() return outcome[1], outcome[2], outcome[3] end
+  return function() return outcome end
 end
 
--- Look up the TLSRPT record of a report's domain: rua list, or nil, why, final.
+-- Look up the TLSRPT record of a report's domain: rua list, or nil, why, final, code (dns,
+-- or local when this host's resolver failed). The resolver's message names the record.
 local function rua_of(self, domain)
-  local txt, err, code = self.resolver:txt("_smtp._tls." .. domain)
+  local name = "_smtp._tls." .. domain
+  local txt, err, code = self.resolver:txt(name)
   if not txt then
     if code == "nxdomain" or code == "nodata" then
-      return nil, "_smtp._tls." .. domain .. ": no TLSRPT record", true
+      return nil, name .. ": no TLSRPT record", true
     end
-    return nil, "_smtp._tls." .. domain .. ": " .. tostring(err), false
+    return nil, tostring(err), false, code == "local" and "local" or "dns"
   end
   local found = {}
   for _, s in ipairs(txt) do
     if tlsrpt.is_record(s) then found[#found + 1] = s end
   end
-  if #found == 0 then return nil, "_smtp._tls." .. domain .. ": no TLSRPT record", true end
+  if #found == 0 then return nil, name .. ": no TLSRPT record", true end
   if #found > 1 then
-    return nil, "_smtp._tls." .. domain .. ": more than one TLSRPT record", true
+    return nil, name .. ": more than one TLSRPT record", true
   end
   local rec, perr = tlsrpt.parse_record(found[1])
-  if not rec then return nil, "_smtp._tls." .. domain .. ": " .. tostring(perr), true end
+  if not rec then return nil, name .. ": " .. tostring(perr), true end
   return rec.rua
+end
+
+-- A failed delivery, for the summary's failures (docs/tlsrpt.md, "Delivery"): o is the
+-- outcome, state what was written for it.
+local function note_failure(summary, day, domain, host, destination, o, state)
+  summary.failures[#summary.failures + 1] = { day = day, domain = domain, host = host,
+    destination = destination, error = o.error, code = o.code, status = o.status,
+    exit = o.exit, reason = o.reason, attempts = state.attempts,
+    retry_at = state.status == "pending" and state.next or nil,
+    dropped = state.status ~= "pending" or nil }
+end
+
+-- The next try after a failure of this host: not counted as an attempt (the destination is
+-- not at fault), after the backoff of the attempts made so far.
+local function local_retry(self, attempts, o)
+  return { status = "pending", attempts = attempts, error = o.error, code = o.code,
+    next = self.clock() + backoff(self, attempts > 0 and attempts or 1) }
 end
 
 -- Deliver one report to every destination; returns a summary word for it.
@@ -702,21 +814,33 @@ local function send_one(self, day, domain, host, now, summary)
       self.log("notice", ("report %s %s%s not sent: %s"):format(day, domain,
         host and " (mx)" or "", why))
     end
+    return new
   end
   if not report then return drop("nothing to report") end
   local facts = facts_of[report]
   if not trigger then return drop("only results of delivering reports") end
   if host and not facts.has_tlsa then return drop("an MX host report without a TLSA result") end
   if self.skip_without_failures and facts.failures == 0 then return drop("no failures") end
-  local rua, why, final = rua_of(self, domain)
+  local rua, why, final, lcode = rua_of(self, domain)
   if not rua then
     if final then return drop(why) end
-    local attempts = (st.attempts or 0) + 1
-    local new = { status = "pending", attempts = attempts, next = now + backoff(self, attempts),
-      error = why }
-    if attempts >= self.max_attempts then return drop(why .. " (gave up)") end
+    local o = { error = why, code = lcode }
+    local before = st.attempts or 0
+    local new
+    if lcode == "local" then
+      new = local_retry(self, before, o)
+    elseif before + 1 >= self.max_attempts then
+      new = drop(why .. " (gave up)")
+      new.attempts = before + 1
+      note_failure(summary, day, domain, host, nil, o, new)
+      return
+    else
+      new = { status = "pending", attempts = before + 1, next = now + backoff(self, before + 1),
+        error = why, code = lcode }
+    end
     set_state(self, qbase, raw, new)
     summary.retry = summary.retry + 1
+    note_failure(summary, day, domain, host, nil, o, new)
     self.log("warning", "report " .. day .. " " .. domain .. ": " .. why .. "; will retry")
     return
   end
@@ -765,8 +889,8 @@ local function send_one(self, day, domain, host, now, summary)
       if j.https == (pass == 2) then
         local started, finish = pcall(deliver_start, self, report, body, j.uri)
         if not started then
-          local raised = j.uri .. ": " .. tostring(finish)
-          finish = function() return nil, raised end
+          local raised = { error = tostring(finish), code = "raised" }
+          finish = function() return raised end
         end
         j.finish = finish
       end
@@ -774,25 +898,34 @@ local function send_one(self, day, domain, host, now, summary)
   end
   local failed_write
   for _, j in ipairs(jobs) do
-    local done, ok, err, permanent = pcall(j.finish)
-    if not done then ok, err, permanent = nil, j.uri .. ": " .. tostring(ok), false end
+    local done, o = pcall(j.finish)
+    if not done then o = { error = tostring(o), code = "raised" } end
     local new
-    if ok then
+    if o.ok then
       new = { status = "sent", attempts = j.attempts, at = self.clock() }
       summary.sent = summary.sent + 1
-    elseif permanent or j.attempts >= self.max_attempts then
-      new = { status = "failed", attempts = j.attempts, at = self.clock(), error = err }
+    elseif o.code == "local" then
+      -- this host failed, not the destination: the attempt is not counted
+      new = local_retry(self, j.attempts - 1, o)
+      summary.retry = summary.retry + 1
+      open_left = open_left + 1
+      self.log("warning", ("report %s %s to %s: %s; will retry (this host failed: not " ..
+        "counted as an attempt)"):format(day, domain, j.uri, tostring(o.error)))
+    elseif o.permanent or j.attempts >= self.max_attempts then
+      new = { status = "failed", attempts = j.attempts, at = self.clock(), error = o.error,
+        code = o.code }
       summary.failed = summary.failed + 1
       self.log("err", ("report %s %s to %s failed: %s"):format(day, domain, j.uri,
-        tostring(err)))
+        tostring(o.error)))
     else
-      new = { status = "pending", attempts = j.attempts, error = err,
+      new = { status = "pending", attempts = j.attempts, error = o.error, code = o.code,
         next = self.clock() + backoff(self, j.attempts) }
       summary.retry = summary.retry + 1
       open_left = open_left + 1
       self.log("warning", ("report %s %s to %s: %s; will retry"):format(day, domain, j.uri,
-        tostring(err)))
+        tostring(o.error)))
     end
+    if not o.ok then note_failure(summary, day, domain, host, j.uri, o, new) end
     -- every outcome is written, even after one write failed; the first failure is raised
     local wrote, werr = pcall(set_state, self, j.dkey, j.cur, new)
     if not wrote then failed_write = failed_write or werr end
@@ -803,7 +936,9 @@ end
 
 --- Deliver the reports of `day` (default: every day with results that has ended) that are
 -- due: after the day's end plus a stable jitter within `window`. Returns a summary
--- { sent =, failed =, retry =, dropped =, waiting =, done = } or nil, message, code.
+-- { sent =, failed =, retry =, dropped =, waiting =, done =, failures = { {day =, domain =,
+-- host =, destination =, error =, code =, attempts =, retry_at = | dropped = true}, ... } }
+-- or nil, message, code.
 function Store:send(day)
   check(self, "send")
   if day ~= nil then check_day(day, "send", 1) end
@@ -817,7 +952,8 @@ function Store:send(day)
     days, err, code = self.db:distinct("R")
     if not days then return nil, err, code end
   end
-  local summary = { sent = 0, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0 }
+  local summary = { sent = 0, failed = 0, retry = 0, dropped = 0, waiting = 0, done = 0,
+    failures = {} }
   if self.resolver == nil then
     local n, nerr, ncode = net(self)
     if not n then return nil, nerr, ncode end
@@ -840,6 +976,8 @@ function Store:send(day)
             return nil, "delivery state: " .. serr.msg, serr.code
           elseif not sent_ok then
             summary.retry = summary.retry + 1
+            note_failure(summary, d, r.domain, r.host, nil, { error = tostring(serr),
+              code = "raised" }, { status = "pending", next = now })
             self.log("warning", ("report %s %s: %s; will retry"):format(d, r.domain,
               tostring(serr)))
           end
