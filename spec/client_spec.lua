@@ -448,6 +448,103 @@ describe("mtasts.open", function()
     end)
   end)
 
+  describe("maintain", function()
+    -- clients whose waits yield, driven round-robin like a host's loop
+    local function yielding_client(path)
+      return assert(mtasts.open{ path = path, resolver = w.resolver, fetcher = w.fetcher,
+        clock = w.clock, wait = function() coroutine.yield() end })
+    end
+    local function drive(fns)
+      local cos, results = {}, {}
+      for i, fn in ipairs(fns) do cos[i] = coroutine.create(fn) end
+      local live = #cos
+      while live > 0 do
+        live = 0
+        for i, co in ipairs(cos) do
+          if coroutine.status(co) == "suspended" then
+            local ok, r = coroutine.resume(co)
+            assert(ok, r)
+            if coroutine.status(co) == "dead" then results[i] = r else live = live + 1 end
+          end
+        end
+      end
+      return results
+    end
+
+    it("three servers on one cache refresh each domain once per round", function()
+      for _, d in ipairs({ "a", "b", "c" }) do
+        w.txt["_mta-sts." .. d .. ".example"] = { "v=STSv1; id=1;" }
+        w.policy[d .. ".example"] = TESTING
+        assert(sts:get(d .. ".example"))
+      end
+      local clients = {}
+      for i = 1, 3 do clients[i] = yielding_client(dir .. "/db") end
+      for round = 1, 2 do
+        w.now = w.now + 13 * 3600
+        for _, d in ipairs({ "a", "b", "c" }) do
+          w.txt["_mta-sts." .. d .. ".example"] = { "v=STSv1; id=" .. (round + 1) .. ";" }
+        end
+        w.fetch_calls = 0
+        w.yield_in_fetch = true
+        local sums = drive({
+          function() return assert(clients[1]:maintain{ holder = "s1" }) end,
+          function() return assert(clients[2]:maintain{ holder = "s2" }) end,
+          function() return assert(clients[3]:maintain{ holder = "s3" }) end })
+        w.yield_in_fetch = false
+        assert.equal(3, w.fetch_calls, "one fetch per domain in round " .. round)
+        local updated, skipped = 0, 0
+        for _, sum in ipairs(sums) do
+          assert.equal(3, sum.due)
+          updated = updated + sum.updated
+          skipped = skipped + sum.leased + sum.kept
+        end
+        assert.equal(3, updated)
+        assert.equal(6, skipped)
+        for _, r in ipairs(sts:records()) do assert.equal(tostring(round + 1), r.record_id) end
+      end
+      for _, c in ipairs(clients) do c:close() end
+    end)
+
+    it("a lookup during the refresh of its domain waits and reads the refreshed row",
+      function()
+      w.txt["_mta-sts.a.example"] = { "v=STSv1; id=1;" }
+      w.policy["a.example"] = TESTING
+      local c = yielding_client(dir .. "/db")
+      drive({ function() assert(c:get("a.example")) end })
+      w.now = w.now + 13 * 3600
+      w.txt["_mta-sts.a.example"] = { "v=STSv1; id=2;" }
+      w.policy["a.example"] = ENFORCE
+      w.fetch_calls = 0
+      w.yield_in_fetch = true
+      local got = drive({
+        function() return assert(c:maintain{}) end,
+        function()
+          -- once the refresh is inside its fetch
+          while w.fetch_calls == 0 do coroutine.yield() end
+          return c:get("a.example")
+        end })
+      w.yield_in_fetch = false
+      assert.equal(1, got[1].updated)
+      assert.equal("enforce", got[2].mode)
+      assert.equal(1, w.fetch_calls, "the lookup did not fetch again")
+      c:close()
+    end)
+
+    it("a killed holder's lease ends; another takes the domain after it", function()
+      w.txt["_mta-sts.a.example"] = { "v=STSv1; id=1;" }
+      w.policy["a.example"] = TESTING
+      assert(sts:get("a.example"))
+      w.now = w.now + 13 * 3600
+      assert.is_true(sts.cache:lease("refresh:a.example", "dead@host", w.now, 600))
+      local sum = assert(sts:maintain{ holder = "s1" })
+      assert.equal(1, sum.leased)
+      w.now = w.now + 601
+      sum = assert(sts:maintain{ holder = "s1" })
+      assert.equal(1, sum.updated, "the testing policy's hour is over: fetched anew")
+      assert.is_true(sts.cache:lease("refresh:a.example", "s2", w.now, 600), "released")
+    end)
+  end)
+
   describe("a damaged cache", function()
     it("opens, logs, and looks policies up without the cache", function()
       local path = dir .. "/damaged"

@@ -300,7 +300,12 @@ function Client:get(domain, opts)
   if not ascii then return nil, nil, false, err, code end
   local force = opts and opts.force or false
   local key = force and ascii .. " force" or ascii
-  local slot = self.inflight[key]
+  local slot = self.inflight[ascii]
+  while slot and slot.refresh do   -- maintain is refreshing it: the cache has it next
+    while not slot.done do self.wait(self:_fd(), "r", 0.05) end
+    slot = self.inflight[ascii]
+  end
+  slot = self.inflight[key]
   if slot then   -- another caller is looking this domain up: share its answer
     while not slot.done do self.wait(self:_fd(), "r", 0.05) end
     if slot.err then error(slot.err, 0) end
@@ -454,6 +459,91 @@ function Client:refresh(opts)
   end)
   self.yielding = false
   if not ok then error(perr, 0) end
+  return summary
+end
+
+-- This process as a lease holder: "<pid>@<host name>".
+local holder_name
+local function holder()
+  if holder_name then return holder_name end
+  local f = io.open("/proc/self/stat")
+  local pid = f and f:read("n") or 0
+  if f then f:close() end
+  f = io.open("/proc/sys/kernel/hostname")
+  local host = f and f:read("l") or "localhost"
+  if f then f:close() end
+  holder_name = ("%d@%s"):format(pid, host):sub(1, 128)
+  return holder_name
+end
+
+--- One maintenance pass for a long-running host, driven from a coroutine of the host's
+-- loop (the socketmap server runs it on a timer): as refresh, but one domain at a time and
+-- every wait through the client's `wait`, so lookups go on meanwhile; each domain under a
+-- lease in the cache, so that several servers sharing it refresh a domain once (the others
+-- count it as `leased`); coalesced with lookups (a lookup of the domain in flight is waited
+-- for, and one that comes during the refresh waits for it and reads the refreshed row).
+-- opts: older_than, unused_for (as refresh), lease (seconds, default 600), holder (default
+-- "<pid>@<host>"), spacing (seconds between two domains' starts, default 0) and sleep
+-- (function(seconds), the host's; default the client's wait). Returns the summary of
+-- refresh plus `leased`, or nil, message, code when the cache fails.
+function Client:maintain(opts)
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
+  if not cache_of(self) then return unavailable(self) end
+  opts = opts or {}
+  local lease, spacing = opts.lease or 600, opts.spacing or 0
+  local me = opts.holder or holder()
+  local sleep = opts.sleep or function(secs) self.wait(-1, "r", secs) end
+  local now = self.clock()
+  local summary = { due = 0, pruned = 0, extended = 0, updated = 0, deleted = 0, kept = 0,
+    failed = 0, leased = 0, failures = {} }
+  local pruned, err, code = self.cache:prune(now, opts.unused_for or _M.PRUNE_AFTER)
+  if not pruned then return nil, err, code end
+  summary.pruned = pruned
+  local older_than = opts.older_than or _M.REFRESH_AFTER
+  local due
+  due, err, code = self.cache:due_for_refresh(now, older_than)
+  if not due then return nil, err, code end
+  summary.due = #due
+  for i, ascii in ipairs(due) do
+    if not self.is_open then break end
+    if i > 1 and spacing > 0 then sleep(spacing) end
+    -- a lookup in flight may be refreshing it already: wait, then see if it still is due
+    local busy = self.inflight[ascii]
+    while busy do
+      while not busy.done do self.wait(self:_fd(), "r", 0.05) end
+      busy = self.inflight[ascii]
+    end
+    now = self.clock()
+    local got, held_by = self.cache:lease("refresh:" .. ascii, me, now, lease)
+    local outcome, ferr, fcode, freason
+    if got == nil then
+      outcome, ferr, fcode = "failed", held_by, "cache"
+    elseif not got then
+      outcome = "leased"
+    else
+      local row = self.cache:lookup(ascii, now)
+      if row and not row.backoff and now - row.last_update < older_than then
+        outcome = "kept"      -- another process refreshed it since the scan
+      else
+        local slot = { refresh = true }
+        self.inflight[ascii] = slot
+        local ok
+        ok, outcome, ferr, fcode, freason = pcall(self._refresh_one, self, ascii, now)
+        self.inflight[ascii] = nil
+        slot.done = true
+        if not ok then
+          self.log("err", "refresh " .. ascii .. ": " .. tostring(outcome))
+          outcome, ferr, fcode = "failed", tostring(outcome), "raised"
+        end
+      end
+      self.cache:release("refresh:" .. ascii, me)
+    end
+    if outcome == "failed" then
+      summary.failures[#summary.failures + 1] = { domain = ascii, error = tostring(ferr),
+        code = fcode, reason = freason }
+    end
+    summary[outcome] = summary[outcome] + 1
+  end
   return summary
 end
 
