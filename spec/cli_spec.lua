@@ -562,6 +562,15 @@ describe("bin/mtasts failures #fixture", function()
       error = "internal error: attempt to index a nil value (upvalue 't')" }, cjson.decode(out))
   end)
 
+  it("a module that does not load: one line, exit 3, no traceback", function()
+    -- a Lua path without Debian's tree: argparse is not found (before mtasts.core is loaded)
+    local out, status = util.run("env LUA_PATH='" .. dir .. "/?.lua' lua5.4 bin/mtasts lookup " ..
+      "enforce.example 2>&1")
+    assert.equal(3, status)
+    assert.equal("mtasts: cannot load the Lua module 'argparse': not found on Lua's path (is it " ..
+      "installed?)\n", out)
+  end)
+
   describe("Ctrl-C", function()
     local stall
     setup(function()
