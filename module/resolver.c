@@ -4,7 +4,7 @@
  * through a descriptor (mtasts_resolver_fd) that becomes readable, and mtasts_resolver_step
  * processes them: the host waits on that descriptor in its own loop, so no lookup blocks it.
  * The answer callback runs inside ub_process, in the caller's thread; it only moves the
- * query to the done list (or starts its probe, below). Deadlines are kept here, on the
+ * query to the done list (or marks it for the probe, below, which the step sends). Deadlines are kept here, on the
  * monotonic clock: a query past its deadline is cancelled and finishes as a timeout.
  *
  * The probe. libunbound answers a bare SERVFAIL both when a nameserver answered SERVFAIL and
@@ -121,7 +121,8 @@ static int start_probe(mtasts_resolver *r, mtasts_dns_query *q, const char *name
   size_t n = 12, i, sent = 0;
   const char *p = name;
   memset(msg, 0, 12);
-  q->probe_id = ++r->probe_seq;
+  if (++r->probe_seq == 0) r->probe_seq = 1;   /* 0: not sent yet */
+  q->probe_id = r->probe_seq;
   msg[0] = (unsigned char)(q->probe_id >> 8);
   msg[1] = (unsigned char)q->probe_id;
   msg[2] = 0x01;                                /* RD */
@@ -223,8 +224,8 @@ static void on_answer(void *arg, int err, struct ub_result *res) {
       /* libunbound gave up no sooner than our deadline: no nameserver answered in time */
       q->status = MTASTS_DNS_TIMEOUT;
       snprintf(q->why, sizeof q->why, "no answer in time");
-    } else if (res->rcode == 2 && q->r->n_fwd > 0 && start_probe(q->r, q, res->qname)) {
-      q->probing = 1;          /* pending until a nameserver answers, or the deadline */
+    } else if (res->rcode == 2 && q->r->n_fwd > 0) {
+      q->probing = 1;      /* pending: the probe is sent by mtasts_resolver_step, after this */
       q->result = res;
       return;
     }
@@ -506,6 +507,13 @@ int mtasts_resolver_step(mtasts_resolver *r, char *err) {
   double now;
   int rc;
   if (ub_poll(r->ctx) && (rc = ub_process(r->ctx)) != 0) return fail_local(err, "process", rc);
+  for (q = r->pending; q; q = next) {   /* SERVFAILs that came in: probe, or give up */
+    next = q->next;
+    if (q->probing && q->probe_id == 0 && !start_probe(r, q, q->result->qname)) {
+      q->probing = 0;
+      finish(r, q);
+    }
+  }
   drain_probes(r);
   now = mtasts_monotonic();
   for (q = r->pending; q; q = next) {
