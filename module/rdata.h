@@ -30,6 +30,9 @@ typedef struct mtasts_dns_query {
   struct mtasts_resolver *r;
   int id, async_id, rrtype, status;
   double deadline;              /* monotonic seconds */
+  int probing;                  /* libunbound said SERVFAIL: a probe asks whether any
+                                   nameserver answers at all (resolver.c) */
+  unsigned short probe_id;      /* the DNS message id of that probe */
   struct ub_result *result;     /* owned; NULL for timeouts and errors */
   char why[MTASTS_ERR_MAX];     /* error text for SERVFAIL, BOGUS, ERROR, LOCAL */
 } mtasts_dns_query;

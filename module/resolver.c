@@ -4,8 +4,17 @@
  * through a descriptor (mtasts_resolver_fd) that becomes readable, and mtasts_resolver_step
  * processes them: the host waits on that descriptor in its own loop, so no lookup blocks it.
  * The answer callback runs inside ub_process, in the caller's thread; it only moves the
- * query to the done list. Deadlines are kept here, on the monotonic clock: a query past its
- * deadline is cancelled and finishes as a timeout. */
+ * query to the done list (or marks it for the probe, below, which the step sends). Deadlines are kept here, on the
+ * monotonic clock: a query past its deadline is cancelled and finishes as a timeout.
+ *
+ * The probe. libunbound answers a bare SERVFAIL both when a nameserver answered SERVFAIL and
+ * when none answered at all: it gives up on a silent forwarder after its own retries (12-17 s
+ * for the first lookups, at once for later ones while it remembers the server as down), with
+ * no reason and no extended error in the answer. So a SERVFAIL is not taken as it is: the
+ * same question is sent once, directly, to every configured nameserver, from a socket of our
+ * own, and the query finishes when one of them answers (anything: servfail, as libunbound
+ * said) or at its deadline (timeout: no nameserver answered within it). The descriptor the
+ * host waits on is an epoll descriptor holding libunbound's and the probe sockets. */
 #include "rdata.h"
 
 #include <arpa/inet.h>
@@ -16,18 +25,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unbound.h>
 #include <unistd.h>
 
 #define ROOT_KEY "/usr/share/dns/root.key"   /* Debian's dns-root-data */
+#define MAX_PROBED 16                        /* nameservers a probe is sent to */
 
 struct mtasts_resolver {
   struct ub_ctx *ctx;
-  mtasts_dns_query *pending;                /* asked, not answered */
+  mtasts_dns_query *pending;                /* asked, not answered (or being probed) */
   mtasts_dns_query *done, **done_tail;      /* answered, in order, until popped */
   size_t n_pending;
   int next_id;
+  int epfd;                                 /* libunbound's descriptor and the probe sockets */
+  int sock[2];                              /* probe sockets, IPv4 and IPv6; -1 until used */
+  struct sockaddr_storage fwd[MAX_PROBED];  /* the nameservers libunbound asks */
+  socklen_t fwd_len[MAX_PROBED];
+  size_t n_fwd;
+  unsigned short probe_seq;
 };
 
 static void unlink_pending(mtasts_resolver *r, mtasts_dns_query *q) {
@@ -46,6 +65,136 @@ static void finish(mtasts_resolver *r, mtasts_dns_query *q) {
 static void free_query(mtasts_dns_query *q) {
   if (q->result) ub_resolve_free(q->result);
   free(q);
+}
+
+/* --- the probe (see the top of this file) --- */
+
+/* A nameserver setting ("IP", "IP@PORT", checked before) into r's list of probed servers. */
+static void add_forwarder(mtasts_resolver *r, const char *spec) {
+  char ip[INET6_ADDRSTRLEN + 1];
+  const char *at = strchr(spec, '@');
+  size_t n = at ? (size_t)(at - spec) : strlen(spec);
+  unsigned long port = at ? strtoul(at + 1, NULL, 10) : 53;
+  struct sockaddr_storage *ss = &r->fwd[r->n_fwd];
+  if (r->n_fwd >= MAX_PROBED || n == 0 || n >= sizeof ip || port < 1 || port > 65535) return;
+  memcpy(ip, spec, n);
+  ip[n] = '\0';
+  memset(ss, 0, sizeof *ss);
+  if (inet_pton(AF_INET, ip, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+    ((struct sockaddr_in *)ss)->sin_family = AF_INET;
+    ((struct sockaddr_in *)ss)->sin_port = htons((unsigned short)port);
+    r->fwd_len[r->n_fwd++] = sizeof(struct sockaddr_in);
+  } else if (inet_pton(AF_INET6, ip, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+    ((struct sockaddr_in6 *)ss)->sin6_family = AF_INET6;
+    ((struct sockaddr_in6 *)ss)->sin6_port = htons((unsigned short)port);
+    r->fwd_len[r->n_fwd++] = sizeof(struct sockaddr_in6);
+  }   /* anything else (an address with a scope) is not probed */
+}
+
+/* The nameservers of /etc/resolv.conf, as libunbound reads them (ub_ctx_resolvconf). */
+static void add_resolvconf(mtasts_resolver *r) {
+  char line[512], ip[INET6_ADDRSTRLEN + 1];
+  FILE *f = fopen("/etc/resolv.conf", "re");
+  if (!f) return;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, " nameserver %46s", ip) == 1) add_forwarder(r, ip);
+  fclose(f);
+}
+
+/* The probe socket of a family, made (and added to the epoll set) on first use; or -1. */
+static int probe_socket(mtasts_resolver *r, int family) {
+  int i = family == AF_INET ? 0 : 1, s;
+  struct epoll_event ev;
+  if (r->sock[i] >= 0) return r->sock[i];
+  if ((s = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) return -1;
+  memset(&ev, 0, sizeof ev);
+  ev.events = EPOLLIN;
+  ev.data.fd = s;
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, s, &ev) != 0) { close(s); return -1; }
+  return r->sock[i] = s;
+}
+
+/* Send the question of q (name, its type, class IN, recursion desired) to every nameserver:
+ * 1 when it went to at least one, 0 when it could not be sent (no probe, then). */
+static int start_probe(mtasts_resolver *r, mtasts_dns_query *q, const char *name) {
+  unsigned char msg[12 + 256 + 4];
+  size_t n = 12, i, sent = 0;
+  const char *p = name;
+  memset(msg, 0, 12);
+  if (++r->probe_seq == 0) r->probe_seq = 1;   /* 0: not sent yet */
+  q->probe_id = r->probe_seq;
+  msg[0] = (unsigned char)(q->probe_id >> 8);
+  msg[1] = (unsigned char)q->probe_id;
+  msg[2] = 0x01;                                /* RD */
+  msg[5] = 1;                                   /* one question */
+  while (*p) {                                  /* the name, checked by is_dns_name */
+    size_t len = strcspn(p, ".");
+    if (len == 0 || len > 63 || n + len + 1 > 12 + 255) return 0;
+    msg[n++] = (unsigned char)len;
+    memcpy(msg + n, p, len);
+    n += len;
+    p += len;
+    if (*p == '.') p++;
+  }
+  msg[n++] = 0;
+  msg[n++] = (unsigned char)(q->rrtype >> 8);
+  msg[n++] = (unsigned char)q->rrtype;
+  msg[n++] = 0;
+  msg[n++] = 1;                                 /* class IN */
+  for (i = 0; i < r->n_fwd; i++) {
+    int s = probe_socket(r, r->fwd[i].ss_family);
+    if (s >= 0 && sendto(s, msg, n, 0, (struct sockaddr *)&r->fwd[i], r->fwd_len[i]) ==
+        (ssize_t)n)
+      sent++;
+  }
+  return sent > 0;
+}
+
+/* Is this address one of the nameservers? */
+static int is_forwarder(mtasts_resolver *r, const struct sockaddr_storage *from) {
+  size_t i;
+  for (i = 0; i < r->n_fwd; i++) {
+    const struct sockaddr_storage *f = &r->fwd[i];
+    if (f->ss_family != from->ss_family) continue;
+    if (f->ss_family == AF_INET) {
+      const struct sockaddr_in *a = (const void *)f, *b = (const void *)from;
+      if (a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr) return 1;
+    } else {
+      const struct sockaddr_in6 *a = (const void *)f, *b = (const void *)from;
+      if (a->sin6_port == b->sin6_port &&
+          memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) == 0)
+        return 1;
+    }
+  }
+  return 0;
+}
+
+/* Read what the nameservers answered to probes: a probed query with an answer finishes as
+ * the SERVFAIL libunbound gave (a nameserver did answer). */
+static void drain_probes(mtasts_resolver *r) {
+  unsigned char msg[512];
+  int i;
+  for (i = 0; i < 2; i++) {
+    ssize_t n;
+    struct sockaddr_storage from;
+    socklen_t fromlen = sizeof from;
+    if (r->sock[i] < 0) continue;
+    while ((n = recvfrom(r->sock[i], msg, sizeof msg, MSG_TRUNC, (struct sockaddr *)&from,
+                         &fromlen)) >= 0) {
+      unsigned short id;
+      mtasts_dns_query *q;
+      if (n >= 12 && (msg[2] & 0x80) && is_forwarder(r, &from)) {
+        id = (unsigned short)(msg[0] << 8 | msg[1]);
+        for (q = r->pending; q; q = q->next)
+          if (q->probing && q->probe_id == id) {
+            q->probing = 0;
+            finish(r, q);
+            break;
+          }
+      }
+      fromlen = sizeof from;
+    }
+  }
 }
 
 /* libunbound failures of this host, not of the name asked: memory, its thread, its pipe. */
@@ -71,6 +220,15 @@ static void on_answer(void *arg, int err, struct ub_result *res) {
     q->status = MTASTS_DNS_SERVFAIL;
     snprintf(q->why, sizeof q->why, "the server answered rcode %d%s", res->rcode,
              res->rcode == 2 ? " (SERVFAIL)" : res->rcode == 5 ? " (REFUSED)" : "");
+    if (res->rcode == 2 && q->deadline <= mtasts_monotonic()) {
+      /* libunbound gave up no sooner than our deadline: no nameserver answered in time */
+      q->status = MTASTS_DNS_TIMEOUT;
+      snprintf(q->why, sizeof q->why, "no answer in time");
+    } else if (res->rcode == 2 && q->r->n_fwd > 0) {
+      q->probing = 1;      /* pending: the probe is sent by mtasts_resolver_step, after this */
+      q->result = res;
+      return;
+    }
   } else if (!res->havedata) {
     q->status = MTASTS_DNS_NODATA;
   } else {
@@ -223,18 +381,42 @@ bad:
 
 int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, char *err) {
   mtasts_resolver *r = calloc(1, sizeof *r);
+  size_t i;
   int rc;
   if (!r) {
     snprintf(err, MTASTS_ERR_MAX, "resolver: out of memory");
     return MTASTS_ELOCAL;
   }
   r->done_tail = &r->done;
+  r->sock[0] = r->sock[1] = -1;
   if ((rc = setup(o, &r->ctx, err)) != 0) {
     free(r);
     return rc;
   }
+  if ((r->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+    snprintf(err, MTASTS_ERR_MAX, "resolver: epoll: %s", strerror(errno));
+    goto bad;
+  }
+  {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.fd = ub_fd(r->ctx);
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, ev.data.fd, &ev) != 0) {
+      snprintf(err, MTASTS_ERR_MAX, "resolver: epoll: %s", strerror(errno));
+      close(r->epfd);
+      goto bad;
+    }
+  }
+  for (i = 0; i < o->n_nameservers; i++) add_forwarder(r, o->nameservers[i]);
+  if (o->n_nameservers == 0) add_resolvconf(r);
+  r->probe_seq = (unsigned short)(time(NULL) ^ getpid());
   *out = r;
   return 0;
+bad:
+  ub_ctx_delete(r->ctx);
+  free(r);
+  return MTASTS_ELOCAL;
 }
 
 int mtasts_resolver_check(const mtasts_resolver_opts *o, char *err) {
@@ -252,6 +434,9 @@ void mtasts_resolver_free(mtasts_resolver *r) {
   ub_ctx_delete(r->ctx);   /* cancels what is outstanding; no callback runs after this */
   for (q = r->pending; q; q = next) { next = q->next; free_query(q); }
   for (q = r->done; q; q = next) { next = q->next; free_query(q); }
+  if (r->sock[0] >= 0) close(r->sock[0]);
+  if (r->sock[1] >= 0) close(r->sock[1]);
+  close(r->epfd);
   free(r);
 }
 
@@ -304,7 +489,7 @@ int mtasts_resolver_query(mtasts_resolver *r, const char *name, int rrtype, doub
   return 0;
 }
 
-int mtasts_resolver_fd(mtasts_resolver *r) { return ub_fd(r->ctx); }
+int mtasts_resolver_fd(mtasts_resolver *r) { return r->epfd; }
 
 double mtasts_resolver_timeout(mtasts_resolver *r) {
   mtasts_dns_query *q;
@@ -322,10 +507,19 @@ int mtasts_resolver_step(mtasts_resolver *r, char *err) {
   double now;
   int rc;
   if (ub_poll(r->ctx) && (rc = ub_process(r->ctx)) != 0) return fail_local(err, "process", rc);
+  for (q = r->pending; q; q = next) {   /* SERVFAILs that came in: probe, or give up */
+    next = q->next;
+    if (q->probing && q->probe_id == 0 && !start_probe(r, q, q->result->qname)) {
+      q->probing = 0;
+      finish(r, q);
+    }
+  }
+  drain_probes(r);
   now = mtasts_monotonic();
   for (q = r->pending; q; q = next) {
     next = q->next;
-    if (q->deadline <= now && ub_cancel(r->ctx, q->async_id) == 0) {
+    if (q->deadline <= now && (q->probing || ub_cancel(r->ctx, q->async_id) == 0)) {
+      q->probing = 0;         /* a probe unanswered: no nameserver answered in time */
       q->status = MTASTS_DNS_TIMEOUT;
       snprintf(q->why, sizeof q->why, "no answer in time");
       finish(r, q);
@@ -348,7 +542,7 @@ void mtasts_resolver_cancel(mtasts_resolver *r, int id) {
   mtasts_dns_query *q;
   for (q = r->pending; q; q = q->next)
     if (q->id == id) {
-      if (ub_cancel(r->ctx, q->async_id) == 0) {
+      if (q->probing || ub_cancel(r->ctx, q->async_id) == 0) {
         unlink_pending(r, q);
         free_query(q);
       }

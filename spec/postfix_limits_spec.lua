@@ -364,6 +364,12 @@ describe("mtasts.postfix settings", function()
       assert_config("listen", "unix: needs a path", postfix.new{ client = client,
         listen = { "unix:" } })
       assert.is_nil(os.rename(path, path), "the client's cache directory was made")
+      -- the client's settings: a nameserver port out of range (--nameserver 127.0.0.1@99999)
+      local ok, msg, code, key = postfix.new{ client_opts = { path = path,
+        nameserver = "127.0.0.1@99999", trust_anchor = false }, listen = { "inet:127.0.0.1:0" } }
+      assert.same({ nil, "nameserver: '127.0.0.1@99999': port 99999 is out of range (1-65535)",
+        "config", "nameserver" }, { ok, msg, code, key })
+      assert.is_nil(os.rename(path, path), "the client's cache directory was made")
       -- the forms that parse
       assert.same({ host = "127.0.0.1", port = 8461 }, postfix.parse_listen("inet:127.0.0.1:8461"))
       assert.same({ host = "localhost", port = 0 }, postfix.parse_listen("localhost:0"))

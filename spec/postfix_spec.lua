@@ -372,3 +372,250 @@ describe("mtasts.postfix server, in process", function()
     assert.is_true(busy_answers >= 4, "busy connection answered " .. tostring(busy_answers))
   end)
 end)
+
+describe("mtasts.postfix logging", function()
+  local ENFORCE = { mode = "enforce", mx = { "mx1.enforce.example" } }
+  local function sts(domain, rtype, reason)
+    local r = { policy = { type = "sts", domain = domain }, summary = {}, failures = {} }
+    if rtype then
+      r.failures[1] = { result_type = rtype, failure_reason_code = reason, count = 1 }
+    end
+    return r
+  end
+  -- what the client answers, by domain: policy, result, fresh, message, code
+  local ANSWERS = {
+    ["enforce.example"] = { ENFORCE, sts("enforce.example"), true },
+    ["cached.example"] = { ENFORCE, sts("cached.example"), false },
+    ["expired.example"] = { nil, sts("expired.example", "sts-webpki-invalid",
+      "certificate-expired"), true },
+    ["dns.example"] = { nil, sts("dns.example", "sts-policy-fetch-error", "dns-timeout"), false,
+      "_mta-sts.dns.example TXT: timed out after 2 s: no nameserver answered", "dns" },
+    ["backoff.example"] = { nil, sts("backoff.example", "sts-policy-fetch-error",
+      "back-off-after-recent-fetch-error"), false },
+    ["fallback.example"] = { ENFORCE, sts("fallback.example", "sts-policy-fetch-error",
+      "dns-servfail+fallback-to-cached-policy"), false },
+  }
+  local function sorted(t) table.sort(t) return t end
+  local client = { close = function() end, get = function(_, domain)
+    local a = ANSWERS[domain]
+    return a[1], a[2], a[3], a[4], a[5]
+  end }
+
+  -- ask for each domain on one connection of a server with `log`; the answers
+  local function run_server(log, domains, zones)
+    local srv = assert(postfix.new{ client = client, listen = { "inet:127.0.0.1:0" },
+      memo_seconds = 0, log = log, zones = zones })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    local got, ok, err = {}, nil, nil
+    srv.loop:wrap(function()
+      ok, err = pcall(function()
+        local con = assert(socket.connect("127.0.0.1", port))
+        con:setmode("b", "b")
+        for _, d in ipairs(domains) do con:write(postfix.netstring("postfix " .. d)) end
+        con:flush()
+        local buf = ""
+        while #got < #domains do
+          local v, rest = postfix.netstring_decode(buf, 100000)
+          if v then got[#got + 1], buf = v, rest
+          else buf = buf .. assert(con:xread(-4096, "b", util.within(10))) end
+        end
+        con:close()
+      end)
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    srv:close()
+    assert(ok, err)
+    return got
+  end
+
+  it("logs one info line per lookup, and a warning for a failure found now", function()
+    local lines = {}
+    local answers = run_server(function(level, msg) lines[#lines + 1] = level .. ": " .. msg end,
+      { "enforce.example", "cached.example", "expired.example", "dns.example",
+        "backoff.example", "fallback.example" })
+    assert.equal("OK secure match=mx1.enforce.example servername=hostname", answers[1])
+    -- the lookups run at once: their lines come in any order
+    table.sort(lines)
+    assert.same(sorted{
+      "info: enforce.example: OK secure match=mx1.enforce.example servername=hostname (fetched)",
+      "info: cached.example: OK secure match=mx1.enforce.example servername=hostname (cache)",
+      "info: expired.example: NOTFOUND (fetched, sts-webpki-invalid certificate-expired)",
+      "warning: expired.example: sts-webpki-invalid certificate-expired (answered NOTFOUND)",
+      "info: dns.example: NOTFOUND (fetched, sts-policy-fetch-error dns-timeout: " ..
+        "_mta-sts.dns.example TXT: timed out after 2 s: no nameserver answered)",
+      "warning: dns.example: sts-policy-fetch-error dns-timeout: _mta-sts.dns.example TXT: " ..
+        "timed out after 2 s: no nameserver answered (answered NOTFOUND)",
+      "info: backoff.example: NOTFOUND (cache, sts-policy-fetch-error " ..
+        "back-off-after-recent-fetch-error)",
+      "info: fallback.example: OK secure match=mx1.enforce.example servername=hostname (cache, " ..
+        "sts-policy-fetch-error dns-servfail+fallback-to-cached-policy)",
+      "warning: fallback.example: sts-policy-fetch-error dns-servfail+fallback-to-cached-policy" ..
+        " (answered OK secure match=mx1.enforce.example servername=hostname)",
+    }, lines)
+  end)
+
+  it("logs the answer sent with failure_level, and TEMP for this host's failure", function()
+    local lines = {}
+    local was = ANSWERS["local.example"]
+    ANSWERS["local.example"] = { nil, nil, false, "mta-sts.local.example: this host failed: " ..
+      "no memory", "local" }
+    finally(function() ANSWERS["local.example"] = was end)
+    run_server(function(level, msg) lines[#lines + 1] = level .. ": " .. msg end,
+      { "expired.example", "local.example" }, { ["*"] = { tlsrpt = true, failure_level = "may" } })
+    table.sort(lines)
+    assert.equal(4, #lines, table.concat(lines, "\n"))
+    assert.equal("info: expired.example: OK may policy_type=sts policy_domain=expired.example " ..
+      "policy_failure=sts-webpki-invalid (fetched, sts-webpki-invalid certificate-expired)",
+      lines[2])
+    assert.matches("^warning: expired%.example: sts%-webpki%-invalid certificate%-expired " ..
+      "%(answered OK may ", lines[4])
+    assert.equal("err: local.example: mta-sts.local.example: this host failed: no memory " ..
+      "(this host failed: answering TEMP)", lines[1])
+    assert.equal("info: local.example: TEMP mta-sts.local.example: this host failed: no memory" ..
+      " (fetched, local this-host-failed)", lines[3])
+  end)
+
+  it("formats nothing for a level that is off", function()
+    local calls = { lookup_line = 0, failure_line = 0 }
+    local was = { lookup_line = postfix.lookup_line, failure_line = postfix.failure_line }
+    for k in pairs(calls) do
+      postfix[k] = function(...) calls[k] = calls[k] + 1 return was[k](...) end
+    end
+    finally(function() for k, f in pairs(was) do postfix[k] = f end end)
+    local log = require("mtasts.log")
+    -- log.null: no line at all, for lookups that succeed and that fail
+    run_server(log.null, { "enforce.example", "cached.example", "expired.example",
+      "dns.example" })
+    assert.same({ lookup_line = 0, failure_line = 0 }, calls)
+    -- the stderr logger without verbose drops info: no info line is built
+    assert.is_false(log.enabled(log.new{ to = "stderr" }, "info"))
+    run_server(log.new{ to = "stderr" }, { "enforce.example", "cached.example" })
+    assert.same({ lookup_line = 0, failure_line = 0 }, calls)
+    -- a host's own function: every level is on
+    run_server(function() end, { "enforce.example", "expired.example" })
+    assert.same({ lookup_line = 2, failure_line = 1 }, calls)
+  end)
+end)
+
+-- failure_level (docs/postfix.md, "When the policy cannot be obtained"): Postfix's own
+-- postmap -q against `mtasts serve postfix`, one domain per kind of failure, in the fixture
+-- world (the test CA, NSD, nginx on loopback).
+describe("failure_level with postmap -q #fixture", function()
+  local world = {}
+  local POLICY = "version: STSv1\nmode: enforce\nmx: mx.%s.example\nmax_age: 86400\n"
+  -- domain: its site (nil: none), or a zone of its own
+  local SITES = {
+    enforce = {}, expired = { cert = "expired" }, untrusted = { cert = "untrusted" },
+    wrongname = { cert = "wrongname" }, status500 = { status = 500 }, status404 = { status = 404 },
+    syntax = { body = "version: STSv1\nmode: enforcing\nmx: mx.syntax.example\nmax_age: 1\n" },
+  }
+
+  -- a server with these zones: fl (tlsrpt, failure_level=may), dane (failure_level=dane,
+  -- without tlsrpt), plain (no failure_level)
+  local function serve(name, nameserver, extra)
+    local out = world.dir .. "/" .. name .. ".out"
+    local pid = proc.spawn("mtasts-" .. name, util.lua_cmd() .. " bin/mtasts --db " ..
+      world.dir .. "/" .. name .. "-cache --nameserver " .. nameserver ..
+      " --trust-anchor none --allow-private-addresses --cafile " .. world.ca.cafile ..
+      (extra or "") .. " --connect-to :443:127.0.0.1:" .. world.web.port ..
+      " --timeout 2 -v serve postfix --listen inet:127.0.0.1:0" ..
+      " --zone fl:tlsrpt,failure_level=may --zone dane:failure_level=dane --zone plain", out)
+    assert(proc.poll(function() return util.run("cat " .. out):match("inet:127%.0%.0%.1:%d+")
+    end, 10), util.run("cat " .. out))
+    return { pid = pid, out = out,
+      port = tonumber(util.run("cat " .. out):match("inet:127%.0%.0%.1:(%d+)")) }
+  end
+
+  setup(function()
+    local dir = util.tmpdir()
+    world.dir = dir
+    util.write(dir .. "/main.cf", "")
+    world.ca = require("support.ca").new(dir .. "/ca")
+    local records, sites = {}, {}
+    for name, site in pairs(SITES) do
+      records[#records + 1] = ('_mta-sts.%s IN TXT "v=STSv1; id=1;"'):format(name)
+      records[#records + 1] = "mta-sts." .. name .. " IN A 127.0.0.1"
+      site.host = "mta-sts." .. name .. ".example"
+      if not site.status and not site.body then site.body = POLICY:format(name) end
+      sites[#sites + 1] = site
+    end
+    -- a policy host nothing listens on (connect_to a free port), and a record only
+    records[#records + 1] = '_mta-sts.refused IN TXT "v=STSv1; id=1;"'
+    records[#records + 1] = "mta-sts.refused IN A 127.0.0.1"
+    records[#records + 1] = "norecord IN MX 10 mx.norecord.example"
+    world.dns = require("support.dns").start({ ["example."] = records,
+      ["broken.example."] = "BROKEN" })
+    world.web = require("support.https").start(world.ca, sites)
+    world.server = serve("serve", world.dns.nameserver,
+      " --connect-to mta-sts.refused.example:443:127.0.0.1:" .. proc.free_port())
+    -- a nameserver that never answers: every _mta-sts lookup times out
+    world.silent = proc.free_port()
+    proc.spawn("stall", "build/support/stall " .. world.silent .. " 600", dir .. "/stall.log")
+    assert(proc.poll(function() return proc.tcp_open(world.silent) end, 10))
+    world.timeouts = serve("timeouts", "127.0.0.1@" .. world.silent)
+  end)
+
+  teardown(function()
+    if world.web then world.web.stop() end
+    if world.dns then world.dns.stop() end
+    proc.stop_all()
+    if world.dir then util.run("rm -rf '" .. world.dir .. "'") end
+  end)
+
+  -- postmap -q KEY against the map NAME of a server: the answer without "OK ", or NOTFOUND
+  local function postmap(server, name, key)
+    local out, status = util.run(("postmap -c %s -q %s socketmap:inet:127.0.0.1:%d:%s 2>&1")
+      :format(world.dir, key, server.port, name))
+    if status == 1 and out == "" then return "NOTFOUND" end
+    assert.equal(0, status, out)
+    return (out:gsub("%s+$", ""))
+  end
+
+  -- every kind: its domain, the server, the TLSRPT result type, the reason in the log
+  for _, case in ipairs({
+    { "an expired certificate on the policy host", "expired", "sts-webpki-invalid",
+      "certificate-expired" },
+    { "a certificate from an untrusted issuer", "untrusted", "sts-webpki-invalid",
+      "certificate-not-trusted" },
+    { "a certificate for another name", "wrongname", "sts-webpki-invalid",
+      "certificate-host-mismatch" },
+    { "a policy that does not parse", "syntax", "sts-policy-invalid", "policy-syntax" },
+    { "an HTTP status 500", "status500", "sts-policy-fetch-error", "http-status-500" },
+    { "an HTTP status 404", "status404", "sts-policy-fetch-error", "http-status-404" },
+    { "a policy host that refuses the connection", "refused", "sts-policy-fetch-error",
+      "connection-failed" },
+    { "a SERVFAIL for the _mta-sts record", "x.broken", "sts-policy-fetch-error",
+      "dns-servfail" },
+    { "a timeout of the _mta-sts record", "timeout", "sts-policy-fetch-error", "dns-timeout",
+      "timeouts" },
+  }) do
+    local label, name, rtype, reason, which = table.unpack(case)
+    it(label .. ": OK LEVEL with policy_failure=" .. rtype, function()
+      local server = world[which or "server"]
+      local domain = name .. ".example"
+      assert.equal(("may policy_type=sts policy_domain=%s policy_failure=%s"):format(domain,
+        rtype), postmap(server, "fl", domain))
+      -- again (the client's backoff, or a second DNS failure), in a zone without tlsrpt
+      assert.equal("dane", postmap(server, "dane", domain))
+      -- without failure_level: NOTFOUND, as before
+      assert.equal("NOTFOUND", postmap(server, "plain", domain))
+      local log = util.run("cat " .. server.out)
+      assert.matches(("info: %s: OK may policy_type=sts policy_domain=%s policy_failure=%s " ..
+        "(fetched, %s %s"):format(domain, domain, rtype, rtype, reason), log, 1, true)
+      assert.matches(("warning: %s: %s %s"):format(domain, rtype, reason), log, 1, true)
+    end)
+  end
+
+  it("answers a policy as before, and NOTFOUND for a domain without a record", function()
+    assert.equal("secure match=mx.enforce.example servername=hostname policy_type=sts " ..
+      "policy_domain=enforce.example mx_host_pattern=mx.enforce.example " ..
+      "{ policy_string = version: STSv1 } { policy_string = mode: enforce } " ..
+      "{ policy_string = mx: mx.enforce.example } { policy_string = max_age: 86400 }",
+      postmap(world.server, "fl", "enforce.example"))
+    assert.equal("NOTFOUND", postmap(world.server, "fl", "norecord.example"))
+    assert.equal("NOTFOUND", postmap(world.server, "dane", "norecord.example"))
+    assert.matches("info: norecord.example: NOTFOUND (fetched)",
+      util.run("cat " .. world.server.out), 1, true)
+  end)
+end)

@@ -97,8 +97,43 @@ describe("mtasts.resolver #fixture", function()
     slow:close()
     assert.is_nil(res)
     assert.equal("timeout", code)
-    assert.equal("_mta-sts.enforce.example TXT: no answer within 0.5 s", msg)
+    assert.equal("_mta-sts.enforce.example TXT: timed out after 0.5 s: no nameserver answered",
+      msg)
     assert.is_true(took < util.within(2), "took " .. took)
+  end)
+  it("says timeout, not servfail, when libunbound gives up on a silent server first", function()
+    -- a bound UDP port that reads and never answers: libunbound stops retrying after about
+    -- 17 s and answers SERVFAIL by itself; no nameserver answered, so it is a timeout, at
+    -- the resolver's deadline (docs/resolver.md, "Timeouts")
+    local silent = proc.free_port()
+    local dir, cleanup = util.tmpdir()
+    local pid = proc.spawn("stall", "build/support/stall " .. silent .. " 120", dir .. "/stall.log")
+    assert(proc.poll(function() return proc.tcp_open(silent) end, 10))
+    local slow = assert(resolver.new{ nameserver = "127.0.0.1@" .. silent, trust_anchor = false,
+      timeout = 19 })
+    local t0 = core.monotonic()
+    local res, msg, code = slow:txt("_mta-sts.silent.example")
+    local took = core.monotonic() - t0
+    slow:close()
+    proc.stop(pid)
+    cleanup()
+    assert.is_nil(res)
+    assert.equal("timeout", code, msg)
+    assert.equal("_mta-sts.silent.example TXT: timed out after 19 s: no nameserver answered", msg)
+    assert.is_true(took >= 18.9 and took < util.within(21), "took " .. took)
+  end)
+  it("says servfail at once when the server answers SERVFAIL, with a long timeout", function()
+    -- the probe that tells libunbound's own SERVFAIL from a server's is answered at once
+    local slow = assert(resolver.new{ nameserver = server.nameserver, trust_anchor = false,
+      timeout = 30 })
+    local t0 = core.monotonic()
+    local res, msg, code = slow:txt("_mta-sts.y.broken.example")
+    local took = core.monotonic() - t0
+    slow:close()
+    assert.is_nil(res)
+    assert.equal("servfail", code, msg)
+    assert.matches("rcode 2 (SERVFAIL)", msg, 1, true)
+    assert.is_true(took < util.within(5), "took " .. took)
   end)
   it("runs many queries at once on one resolver", function()
     local ids = {}

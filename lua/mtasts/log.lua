@@ -1,10 +1,14 @@
 --- mtasts.log: the one logger shape every module takes as its `log` option,
 -- `log(level, message)`, with syslog's level names, and the two loggers the programs use:
 -- to stderr, or to syslog. Reference: docs/log.md.
-local type, error, tostring = type, error, tostring
+local type, error, tostring, setmetatable = type, error, tostring, setmetatable
 local format = string.format
 
 local _M = {}
+
+-- What each logger made here lets through: logger -> function(level) -> boolean. Weak keys:
+-- a logger dropped by its owner is not kept alive here.
+local passes = setmetatable({}, { __mode = "k" })
 
 --- The levels, as syslog names them, with their syslog priorities.
 _M.LEVELS = { emerg = 0, alert = 1, crit = 2, err = 3, warning = 4, notice = 5, info = 6,
@@ -12,6 +16,24 @@ _M.LEVELS = { emerg = 0, alert = 1, crit = 2, err = 3, warning = 4, notice = 5, 
 
 --- A logger that says nothing: the default of every `log` option.
 function _M.null() end
+passes[_M.null] = function() return false end
+
+--- Whether `logger` writes messages of `level`: false for log.null and for a logger of
+-- log.new that drops the level (info and debug without verbose, ...); true for any other
+-- function (a host's own decides for itself). For callers that would build a message only
+-- to have it dropped.
+function _M.enabled(logger, level)
+  if _M.LEVELS[level] == nil then
+    error(("bad argument #2 to 'enabled' (a syslog level name expected, got %s)"):format(
+      type(level) == "string" and format("%q", level:sub(1, 20)) or type(level)), 2)
+  end
+  if type(logger) ~= "function" then
+    error("bad argument #1 to 'enabled' (function expected, got " .. type(logger) .. ")", 2)
+  end
+  local p = passes[logger]
+  if p == nil then return true end
+  return p(level)
+end
 
 --- Raise unless `level` is one of the level names (for loggers that check their callers).
 function _M.check(level)
@@ -53,6 +75,7 @@ function _M.new(opts)
     io.stderr:write(os.date("!%Y-%m-%dT%H:%M:%SZ "), ident, " ", level, ": ", tostring(msg),
       "\n")
   end
+  passes[stderr] = function(level) return verbose or (level ~= "debug" and level ~= "info") end
   if to == "stderr" then return stderr end
   local socket = require("cqueues.socket")   -- only for syslog
   -- cqueues connects on first use: connect now, so a missing /dev/log is known here
@@ -74,13 +97,15 @@ function _M.new(opts)
   local f = io.open("/proc/self/stat")
   local pid = f and f:read("n") or 0
   if f then f:close() end
-  return function(level, msg)
+  local function syslog(level, msg)
     _M.check(level)
     if level == "debug" and not verbose then return end
     sock:write(format("<%d>%s[%d]: %s", facility * 8 + _M.LEVELS[level], ident, pid,
       tostring(msg)))
     sock:flush()
   end
+  passes[syslog] = function(level) return verbose or level ~= "debug" end
+  return syslog
 end
 
 return _M

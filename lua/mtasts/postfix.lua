@@ -15,6 +15,7 @@ local condition = require("cqueues.condition")
 local mtasts = require("mtasts")
 local tlsrpt = require("mtasts.tlsrpt")
 local settings = require("mtasts.settings")
+local logging = require("mtasts.log")
 
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
@@ -108,8 +109,9 @@ end
 
 --- The answer for a lookup result. policy as from sts:get (or nil); opts: strict_testing,
 -- require_sni (default true), tlsrpt (Postfix 3.10 attributes), text (the policy text, for
--- policy_string), domain, failure (a TLSRPT result type when the lookup failed),
--- failure_level (the security level to send with a failure; no failure answer without it).
+-- policy_string), domain, failure (a TLSRPT result type when the policy could not be
+-- obtained), failure_level (the security level to send with a failure: "OK LEVEL", with the
+-- policy_failure attributes when tlsrpt; NOTFOUND without it).
 -- Policy lines holding '{' or '}' are left out of the policy_string attributes: Postfix's
 -- attribute syntax has no escape for them.
 function _M.answer(policy, opts)
@@ -130,7 +132,8 @@ function _M.answer(policy, opts)
     end
     return "OK " .. concat(out, " ")
   end
-  if opts.tlsrpt and opts.failure and opts.failure_level then
+  if opts.failure and opts.failure_level then
+    if not opts.tlsrpt then return "OK " .. opts.failure_level end
     return "OK " .. opts.failure_level .. " policy_type=sts policy_domain=" ..
       tostring(opts.domain) .. " policy_failure=" .. opts.failure
   end
@@ -156,10 +159,53 @@ local function parse_request(request)
   return name, domain
 end
 
+-- The reason a backed-off domain carries: its failure was found earlier and is remembered
+-- (the client's 300 s backoff), not found now.
+local BACKOFF = "back-off-after-recent-fetch-error"
+
+-- Answers longer than this are cut in log lines (the TLSRPT attributes of a long policy).
+local LOG_ANSWER_MAX = 160
+
+-- The failure of a lookup as text: "<result type> <reason>[: <message>]", or nil.
+local function failure_text(how)
+  if not how.result_type then return nil end
+  local t = how.result_type .. " " .. tostring(how.reason)
+  if how.message then t = t .. ": " .. how.message end
+  return t
+end
+
+--- The info line of one lookup: domain, the answer sent (cut at 160 bytes), where it came
+-- from ("cache" or "fetched": looked up now), and the failure if any. how: { source =,
+-- result_type =, reason =, message = }. Called only when info is logged.
+function _M.lookup_line(domain, answer, how)
+  answer = answer:gsub("%s+$", "")
+  if #answer > LOG_ANSWER_MAX then answer = answer:sub(1, LOG_ANSWER_MAX) .. " ..." end
+  local failure = failure_text(how)
+  return ("%s: %s (%s%s)"):format(domain, answer, how.source,
+    failure and ", " .. failure or "")
+end
+
+--- The warning line of a lookup that failed: domain, the failure, the answer sent. Called
+-- only when warning is logged.
+function _M.failure_line(domain, answer, how)
+  answer = answer:gsub("%s+$", "")
+  if #answer > LOG_ANSWER_MAX then answer = answer:sub(1, LOG_ANSWER_MAX) .. " ..." end
+  return ("%s: %s (answered %s)"):format(domain, failure_text(how), answer)
+end
+
+-- Log one lookup: the info line, and for a failure found now the warning line; each only
+-- when its level is on (nothing is formatted otherwise).
+local function log_lookup(self, domain, answer, how)
+  if self.info_on then self.log("info", _M.lookup_line(domain, answer, how)) end
+  if how.result_type and how.reason ~= BACKOFF and self.warning_on then
+    self.log("warning", _M.failure_line(domain, answer, how))
+  end
+end
+
 -- Answer one request (map name, domain) with the client.
 local function lookup(self, name, domain)
   local zone = zone_of(self, name)
-  local ok, policy, result, _, msg, code = pcall(self.client.get, self.client, domain)
+  local ok, policy, result, fresh, msg, code = pcall(self.client.get, self.client, domain)
   if not ok then
     self.log("err", "lookup " .. domain .. ": " .. tostring(policy))
     return "TEMP internal error"
@@ -173,14 +219,19 @@ local function lookup(self, name, domain)
     -- defers; NOTFOUND would send an enforce domain's mail with opportunistic TLS
     local why = tostring(msg):gsub("%c", " "):sub(1, 200)
     self:note("local", "err", ("%s: %s (this host failed: answering TEMP)"):format(domain, why))
-    return "TEMP " .. why
+    local answer = "TEMP " .. why
+    if self.info_on then
+      self.log("info", _M.lookup_line(domain, answer, { source = "fetched",
+        result_type = "local", reason = "this-host-failed" }))
+    end
+    return answer
   end
-  local failure
-  if msg then
-    self.log("info", ("%s: %s (%s)"):format(domain, tostring(msg), tostring(code)))
-    local f = result and result.failures and result.failures[1]
-    failure = f and f.result_type or "sts-policy-fetch-error"
-  end
+  -- The first failure the client recorded (a DNS failure or timeout of the _mta-sts record,
+  -- an unusable record, a fetch that failed, a certificate, a policy that does not parse):
+  -- with no policy to use, it is the policy_failure of the answer (docs/postfix.md,
+  -- "When the policy cannot be obtained"); with a cached policy, that policy is served.
+  local f = result and result.failures and result.failures[1]
+  local failure = not policy and f and f.result_type or nil
   if self.on_lookup then pcall(self.on_lookup, domain, policy, result) end
   local text
   if policy and zone.tlsrpt then
@@ -192,9 +243,15 @@ local function lookup(self, name, domain)
         "of the TLSRPT attributes")
     end
   end
-  return _M.answer(policy, { strict_testing = zone.strict_testing,
+  local answer = _M.answer(policy, { strict_testing = zone.strict_testing,
     require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
     failure = failure, failure_level = zone.failure_level })
+  if self.info_on or self.warning_on then
+    log_lookup(self, domain, answer, { source = (fresh or msg) and "fetched" or "cache",
+      result_type = f and f.result_type, reason = f and f.failure_reason_code,
+      message = msg and tostring(msg):gsub("%c", " ") or nil })
+  end
+  return answer
 end
 
 -- Recent answers by request ("name key"), kept MEMO_SECONDS, as the netstrings to write: a
@@ -505,7 +562,7 @@ function _M.new(opts)
     end
   end
   local self = setmetatable({ loop = cqueues.new(), zones = zones,
-    log = opts.log or function() end, max_request = opts.max_request or _M.MAX_REQUEST,
+    log = opts.log or logging.null, max_request = opts.max_request or _M.MAX_REQUEST,
     idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
     on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_old = {}, memo_used = 0,
     memo_retire = 0, memo_seconds = opts.memo_seconds or _M.MEMO_SECONDS,
@@ -516,6 +573,9 @@ function _M.new(opts)
     max_pending = opts.max_pending or _M.MAX_PENDING, memo_old_used = 0,
     counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0 }, is_open = true },
     server_mt)
+  -- the levels are asked once: a line is built only when its level is written
+  self.info_on = logging.enabled(self.log, "info")
+  self.warning_on = logging.enabled(self.log, "warning")
   if opts.client then
     self.client = opts.client
   else

@@ -96,7 +96,8 @@ function methods:lookup(name, rrtype)
   local what = name .. " " .. rrtype
   local msg = a.status == "nxdomain" and what .. ": no such domain"
     or a.status == "nodata" and what .. ": no records of this type"
-    or a.status == "timeout" and what .. ": no answer within " .. st.timeout .. " s"
+    or a.status == "timeout" and what .. ": timed out after " .. st.timeout ..
+      " s: no nameserver answered"
     or what .. ": " .. (a.why or a.status)
   return nil, msg, a.status
 end
