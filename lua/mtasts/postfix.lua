@@ -436,6 +436,7 @@ local function serve_connection(self, con)
   writer_wake:signal()
 end
 
+
 --- Make a server. opts: client (an mtasts client; made from client_opts otherwise, with
 -- the loop's wait), client_opts, listen ({ "inet:127.0.0.1:8461", "unix:/path" }),
 -- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
@@ -498,6 +499,40 @@ local function parse_mode(mode)
   return m and tonumber(m, 8) or nil
 end
 
+-- The values of new's options (their types checked already): true, or a config failure.
+local function check_values(opts, listen, zones)
+  for _, k in ipairs(LIMITS) do
+    local ok, err, code, key
+    if k == "memo_seconds" then ok, err, code, key = settings.at_least(k, opts[k], 0)
+    else ok, err, code, key = settings.integer(k, opts[k], 0) end
+    if not ok then return nil, err, code, key end
+  end
+  for _, spec in ipairs(listen) do
+    local ok, why = _M.parse_listen(spec)
+    if not ok then return settings.fail("listen", settings.show(spec) .. ": " .. why) end
+  end
+  if opts.socket_mode ~= nil and not parse_mode(opts.socket_mode) then
+    return settings.fail("socket_mode", settings.show(opts.socket_mode) ..
+      " is not an octal mode like 0660")
+  end
+  for name, zone in pairs(zones) do
+    if zone.failure_level ~= nil and not LEVELS[zone.failure_level] then
+      return settings.fail("zones", ("failure_level %s of zone '%s' is not a Postfix " ..
+        "security level (none, may, encrypt, dane, dane-only, fingerprint, verify, secure)")
+        :format(settings.show(zone.failure_level), name))
+    end
+  end
+  return true
+end
+
+--- Check the values of new's options without making anything (mtasts config check): listen
+-- addresses, socket_mode, zones' failure_level, the limits. true, or nil, message, "config",
+-- option.
+function _M.check(opts)
+  opts = opts or {}
+  return check_values(opts, opts.listen or {}, opts.zones or {})
+end
+
 function _M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected)", 2) end
   for k in pairs(opts) do
@@ -540,26 +575,9 @@ function _M.new(opts)
     bad("client_opts must be a table")
   end
   -- the values, before the client is opened (its cache directory made) or anything bound
-  for _, k in ipairs(LIMITS) do
-    local ok, err, code, key
-    if k == "memo_seconds" then ok, err, code, key = settings.at_least(k, opts[k], 0)
-    else ok, err, code, key = settings.integer(k, opts[k], 0) end
+  do
+    local ok, err, code, key = check_values(opts, listen, zones)
     if not ok then return nil, err, code, key end
-  end
-  for _, spec in ipairs(listen) do
-    local ok, why = _M.parse_listen(spec)
-    if not ok then return settings.fail("listen", settings.show(spec) .. ": " .. why) end
-  end
-  if opts.socket_mode ~= nil and not parse_mode(opts.socket_mode) then
-    return settings.fail("socket_mode", settings.show(opts.socket_mode) ..
-      " is not an octal mode like 0660")
-  end
-  for name, zone in pairs(zones) do
-    if zone.failure_level ~= nil and not LEVELS[zone.failure_level] then
-      return settings.fail("zones", ("failure_level %s of zone '%s' is not a Postfix " ..
-        "security level (none, may, encrypt, dane, dane-only, fingerprint, verify, secure)")
-        :format(settings.show(zone.failure_level), name))
-    end
   end
   local self = setmetatable({ loop = cqueues.new(), zones = zones,
     log = opts.log or logging.null, max_request = opts.max_request or _M.MAX_REQUEST,

@@ -36,8 +36,8 @@ local OPTIONS = { path = true, organization = true, contact = true, submitter = 
   from = true, clock = true, resolver = true, fetcher = true, sendmail = true,
   sendmail_timeout = true, window = true, retention = true, batch_size = true,
   batch_interval = true, max_attempts = true, backoff = true, skip_without_failures = true,
-  nameserver = true, trust_anchor = true, cafile = true, connect_to = true, timeouts = true,
-  log = true, wait = true, allow_private_addresses = true, max_rua = true, mode = true }
+  nameserver = true, trust_anchor = true, cafile = true, capath = true, connect_to = true,
+  timeouts = true, log = true, wait = true, allow_private_addresses = true, max_rua = true, mode = true }
 
 local function argerror(fn, msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 3) end
 
@@ -93,7 +93,8 @@ function _M.open(opts)
       trust_anchor = opts.trust_anchor }
   end
   if ok and not opts.fetcher then
-    ok, err, code, key = fetch.check{ cafile = opts.cafile, connect_to = opts.connect_to }
+    ok, err, code, key = fetch.check{ cafile = opts.cafile, capath = opts.capath,
+      connect_to = opts.connect_to }
   end
   if not ok then return nil, err, code, key end
   local db
@@ -114,7 +115,8 @@ function _M.open(opts)
     skip_without_failures = opts.skip_without_failures == true,
     resolver = opts.resolver, fetcher = opts.fetcher, owned = {},
     net = { nameserver = opts.nameserver, trust_anchor = opts.trust_anchor,
-      cafile = opts.cafile, connect_to = opts.connect_to, timeouts = timeouts,
+      cafile = opts.cafile, capath = opts.capath, connect_to = opts.connect_to,
+      timeouts = timeouts,
       wait = opts.wait, allow_private_addresses = opts.allow_private_addresses },
     max_rua = opts.max_rua or _M.MAX_RUA,
     pending = {}, npending = 0, since = nil, lowered = {}, nlowered = 0,
@@ -574,7 +576,7 @@ local function net(self)
   if not self.fetcher then
     local f, err, code = fetch.new{
       resolver = type(self.resolver.a) == "function" and self.resolver or nil,
-      cafile = self.net.cafile, connect_to = self.net.connect_to,
+      cafile = self.net.cafile, capath = self.net.capath, connect_to = self.net.connect_to,
       timeout = self.net.timeouts.fetch, wait = wait,
       allow_private_addresses = self.net.allow_private_addresses }
     if not f then return nil, err, code end
