@@ -8,6 +8,7 @@ local tlsrpt = require("mtasts.tlsrpt.format")
 local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
 local settings = require("mtasts.settings")
+local metrics = require("mtasts.metrics")
 
 local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, error, setmetatable,
   pcall
@@ -92,6 +93,7 @@ function _M.open(opts)
     end
   end
   self.path, self.mode = opts.path, mode
+  self:_families()
   self.is_open = true
   -- the resolver and fetcher first: they check the rest of the settings (the CA file, the
   -- trust anchor, the nameservers), and a bad one must leave no cache directory behind
@@ -189,11 +191,64 @@ local function forget_negative(self, ascii)
   self.negative[ascii], self.negative_old[ascii] = nil, nil
 end
 
+-- The client's metric families (docs/metrics.md): what DNS and HTTPS cost, how fetches end,
+-- what refresh passes did. sts:metrics() is the registry, sts:stats() its values.
+function Client:_families()
+  local reg = metrics.registry()
+  self.registry = reg
+  self.m_dns = reg:histogram("mtasts_dns_lookup_seconds",
+    "Time to look up a domain's _mta-sts TXT record, lookups of every outcome.")
+  self.m_fetch = reg:histogram("mtasts_policy_fetch_seconds",
+    "Time to fetch a policy file over HTTPS, fetches of every outcome.")
+  self.m_fetches = reg:counter("mtasts_policy_fetches_total",
+    "Policy fetches by outcome: ok, a TLSRPT result type, or local (this host failed).",
+    { "result" }, { series = { { "ok" }, { "sts-policy-fetch-error" },
+      { "sts-policy-invalid" }, { "sts-webpki-invalid" }, { "local" } } })
+  self.m_refresh_runs = reg:counter("mtasts_refresh_runs_total",
+    "Proactive refresh passes (refresh and maintain).")
+  self.m_refresh = reg:counter("mtasts_refresh_domains_total",
+    "Domains a refresh pass took up, by outcome; leased: another process held the lease.",
+    { "outcome" }, { series = { { "extended" }, { "updated" }, { "deleted" }, { "kept" },
+      { "failed" }, { "leased" } } })
+end
+
+-- The _mta-sts record, timed.
+function Client:_record(ascii)
+  local t0 = core.monotonic()
+  local record, err, code, reason = discover.record(self.resolver, ascii)
+  self.m_dns:observe(core.monotonic() - t0)
+  return record, err, code, reason
+end
+
+-- The policy file, timed and counted by outcome.
+function Client:_policy(ascii)
+  local t0 = core.monotonic()
+  local policy, text, info, reason = discover.policy(self.fetcher, ascii)
+  self.m_fetch:observe(core.monotonic() - t0)
+  local result = policy and "ok" or info == "local" and "local" or
+    fetch.result_type(info, reason)
+  self.m_fetches:labels(result):inc()
+  return policy, text, info, reason
+end
+
+--- The registry of the client's metric families: a host adds its own and exposes them all
+-- (mtasts.postfix does).
+function Client:metrics()
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
+  return self.registry
+end
+
+--- The client's counters as a plain table ({ [family] = { [labels] = value } }).
+function Client:stats()
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
+  return self.registry:values()
+end
+
 -- No usable row: look the record up and fetch (docs/conformance.md §5, "No usable row").
 -- When this host fails (code local), nothing is stored, remembered or reported: the
 -- domain is not at fault, and the caller defers.
 function Client:_first(ascii, now)
-  local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
+  local record, rerr, rcode, rreason = self:_record(ascii)
   if not record and rcode == "local" then return nil, nil, false, rerr, "local" end
   if not record then
     if rcode == "no-record" then
@@ -205,7 +260,7 @@ function Client:_first(ascii, now)
     if rcode == "dns" then return nil, result, false, rerr, "dns" end
     return nil, result, true   -- multiple records, record syntax: nothing stored
   end
-  local policy, text, info, reason = discover.policy(self.fetcher, ascii)
+  local policy, text, info, reason = self:_policy(ascii)
   if not policy then
     local code = info
     if code == "local" then return nil, nil, false, text, "local" end
@@ -239,7 +294,7 @@ function Client:_get(ascii, force)
   if not force and now - row.last_update < self.recheck then
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), false
   end
-  local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
+  local record, rerr, rcode, rreason = self:_record(ascii)
   if not record and rcode == "local" then
     -- this host failed, not the domain: the cached policy as it is, nothing to report
     self.log("err", tostring(rerr))
@@ -258,7 +313,7 @@ function Client:_get(ascii, force)
     if ok == nil then self.log("err", "cache: " .. tostring(err)) end
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), true
   end
-  local policy, text, info, reason = discover.policy(self.fetcher, ascii)
+  local policy, text, info, reason = self:_policy(ascii)
   if not policy then
     local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
     if info == "local" then
@@ -376,7 +431,7 @@ end
 -- for "failed" the message, code and TLSRPT reason of the lookup or fetch that failed.
 function Client:_refresh_one(ascii, now)
   local row = self.cache:lookup(ascii, now)
-  local record, rerr, rcode, rreason = discover.record(self.resolver, ascii)
+  local record, rerr, rcode, rreason = self:_record(ascii)
   if not record then
     if rcode == "no-record" and (not row or row.backoff or row.policy.mode == "none") then
       self.cache:delete(ascii)
@@ -389,7 +444,7 @@ function Client:_refresh_one(ascii, now)
     self.cache:mark_checked(ascii, now, true)
     return "extended"
   end
-  local policy, text, fcode, freason = discover.policy(self.fetcher, ascii)
+  local policy, text, fcode, freason = self:_policy(ascii)
   if not policy then return "failed", text, fcode, freason end
   self:_upsert(ascii, record.id, text, now)
   return "updated"
@@ -416,6 +471,7 @@ function Client:refresh(opts)
   local pruned, err, code = self.cache:prune(now, opts.unused_for or _M.PRUNE_AFTER)
   if not pruned then return nil, err, code end
   summary.pruned = pruned
+  self.m_refresh_runs:inc()
   local due
   due, err, code = self.cache:due_for_refresh(now, opts.older_than or _M.REFRESH_AFTER)
   if not due then return nil, err, code end
@@ -441,6 +497,8 @@ function Client:refresh(opts)
             code = fcode, reason = freason }
         end
         summary[outcome] = summary[outcome] + 1
+    self.m_refresh:labels(outcome):inc()
+        self.m_refresh:labels(outcome):inc()
         finished = finished + 1
         if opts.progress then opts.progress(finished, #due, due[i], outcome) end
       end
@@ -506,6 +564,7 @@ function Client:maintain(opts)
   local pruned, err, code = self.cache:prune(now, opts.unused_for or _M.PRUNE_AFTER)
   if not pruned then return nil, err, code end
   summary.pruned = pruned
+  self.m_refresh_runs:inc()
   local older_than = opts.older_than or _M.REFRESH_AFTER
   local due
   due, err, code = self.cache:due_for_refresh(now, older_than)
@@ -551,6 +610,7 @@ function Client:maintain(opts)
         code = fcode, reason = freason }
     end
     summary[outcome] = summary[outcome] + 1
+    self.m_refresh:labels(outcome):inc()
   end
   return summary
 end

@@ -16,6 +16,8 @@ local mtasts = require("mtasts")
 local tlsrpt = require("mtasts.tlsrpt")
 local settings = require("mtasts.settings")
 local logging = require("mtasts.log")
+local metrics = require("mtasts.metrics")
+local script_mod = require("mtasts.script")
 
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
@@ -144,6 +146,9 @@ end
 
 local Server = {}
 local server_mt = { __index = Server, __name = "mtasts.postfix.server" }
+local serve_http   -- the metrics' HTTP answer (below): the socketmap port takes scrapes too
+local families     -- the metric families (below)
+local START_TIME = os.time()   -- when the module was loaded: the process's start
 
 local function zone_of(self, name)
   return self.zones[name] or self.zones["*"] or {}
@@ -202,6 +207,36 @@ local function log_lookup(self, domain, answer, how)
   end
 end
 
+-- What the policy script's answer hook may return: a Postfix security level with its
+-- attributes, on one line (the server sends "OK " and it).
+local SCRIPT_LEVELS = { none = true, may = true, encrypt = true, dane = true,
+  ["dane-only"] = true, fingerprint = true, verify = true, secure = true }
+local function script_answer_ok(v)
+  if type(v) ~= "string" then return "not a string" end
+  local level = v:match("^(%S+)")
+  if not (level and SCRIPT_LEVELS[level]) then
+    return "not a Postfix security level (none, may, encrypt, dane, dane-only, fingerprint, " ..
+      "verify, secure) with its attributes"
+  end
+  if #v > 1000 or find(v, "%c") then return "not one line of at most 1000 bytes" end
+  return true
+end
+
+-- The policy script's say (docs/postfix.md, "Policy script"): on_failure is told of a
+-- failure, answer may replace the answer. A script that fails or answers what Postfix cannot
+-- take leaves the answer as it was (mtasts.script logs why).
+local function scripted(self, name, domain, policy, result, source, answer, f, msg)
+  local sc = self.script
+  local ctx = { domain = domain, map = name, policy = policy, result = result,
+    source = source, answer = answer, error = msg,
+    failure = f and { result_type = f.result_type, reason = f.failure_reason_code } or nil }
+  if f and sc:has("on_failure") then sc:call("on_failure", ctx) end
+  if not sc:has("answer") then return answer end
+  local v = sc:call("answer", ctx, nil, script_answer_ok)
+  if v == nil then return answer end
+  return "OK " .. v
+end
+
 -- Answer one request (map name, domain) with the client.
 local function lookup(self, name, domain)
   local zone = zone_of(self, name)
@@ -246,12 +281,16 @@ local function lookup(self, name, domain)
   local answer = _M.answer(policy, { strict_testing = zone.strict_testing,
     require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
     failure = failure, failure_level = zone.failure_level })
+  local source = (fresh or msg) and "fetched" or "cache"
+  if self.script then
+    answer = scripted(self, name, domain, policy, result, source, answer, f, msg)
+  end
   if self.info_on or self.warning_on then
-    log_lookup(self, domain, answer, { source = (fresh or msg) and "fetched" or "cache",
+    log_lookup(self, domain, answer, { source = source,
       result_type = f and f.result_type, reason = f and f.failure_reason_code,
       message = msg and tostring(msg):gsub("%c", " ") or nil })
   end
-  return answer
+  return answer, source
 end
 
 -- Recent answers by request ("name key"), kept MEMO_SECONDS, as the netstrings to write: a
@@ -262,10 +301,10 @@ end
 -- and answers older than two MEMO_SECONDS are gone.
 local function memo_get(self, request, now)
   local m = self.memo[request] or self.memo_old[request]
-  if m and m[2] > now then return m[1] end
+  if m and m[2] > now then return m[1], m[3] end
 end
 
-local function memo_put(self, request, reply)
+local function memo_put(self, request, reply, series)
   if self.memo_seconds <= 0 then return end
   local t = monotime()
   if t >= self.memo_retire or self.memo_used >= self.memo_bytes then
@@ -274,10 +313,18 @@ local function memo_put(self, request, reply)
     self.memo_retire = t + self.memo_seconds
   end
   if not self.memo[request] then self.memo_used = self.memo_used + #request + #reply + 96 end
-  self.memo[request] = { reply, t + self.memo_seconds }
+  self.memo[request] = { reply, t + self.memo_seconds, series }
 end
 
 local BUSY = _M.netstring("TEMP busy: too many lookups in flight")
+
+-- The kind of an answer, for the lookups metric: the security level of an OK, else the
+-- status word in lower case (notfound, temp, perm).
+local function answer_kind(answer)
+  local level = answer:match("^OK (%S+)")
+  if level then return level end
+  return (answer:match("^(%u+)") or "other"):lower()
+end
 
 -- Put s into the connection's output buffer within write_timeout seconds: true, or nil when
 -- the peer does not take it. (cqueues' write waits afresh after every partial write, and
@@ -299,6 +346,56 @@ end
 -- Flush the output buffer within write_timeout seconds: true, or false.
 local function flush(self, con)
   return con:flush("n", self.write_timeout) and true or false
+end
+
+-- --- metrics over HTTP ---
+
+local HTTP_HEAD_MAX, HTTP_TIMEOUT = 8192, 5
+
+-- Answer one HTTP request on con, whose first bytes are `buf`: GET or HEAD /metrics gets the
+-- exposition, anything else 404 or 405; then the connection is closed by the caller. Reads
+-- the request head within HTTP_TIMEOUT seconds. true when the answer was written.
+function serve_http(self, con, buf)
+  local deadline = monotime() + HTTP_TIMEOUT
+  buf = buf or ""
+  while not find(buf, "\r?\n\r?\n") and #buf < HTTP_HEAD_MAX do
+    local left = deadline - monotime()
+    if left <= 0 then return false end
+    local chunk, rerr = con:recv(-4096)
+    if chunk then buf = buf .. chunk
+    elseif rerr == EAGAIN then poll(con, left)
+    else break end
+  end
+  local method, path = buf:match("^(%u+) (%S+) HTTP/1%.[01]\r?\n")
+  local status, body, ctype = "400 Bad Request", "bad request\n", "text/plain"
+  if method and method ~= "GET" and method ~= "HEAD" then
+    status, body = "405 Method Not Allowed", "GET /metrics\n"
+  elseif path and (path == "/metrics" or path:match("^/metrics%?")) then
+    status, ctype = "200 OK", metrics.CONTENT_TYPE
+    self.scrapes = self.scrapes + 1
+    local ok, text = pcall(self.registry.expose, self.registry)
+    if ok then body = text else
+      self.log("err", "metrics: " .. tostring(text))
+      status, body, ctype = "500 Internal Server Error", "internal error\n", "text/plain"
+    end
+  elseif path then
+    status, body = "404 Not Found", "metrics are at /metrics\n"
+  end
+  local head = format("HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" ..
+    "Connection: close\r\n\r\n", status, ctype, #body)
+  return send_all(self, con, method == "HEAD" and head or head .. body) and flush(self, con)
+end
+
+-- A connection to a metrics listener: one request, one answer, closed.
+local function serve_metrics(self, con)
+  con:setmode("b", "bf")
+  con:onerror(function(_, _, why) return why end)
+  self.connections[con] = true
+  local ok, err = pcall(serve_http, self, con, "")
+  if not ok then self.log("warning", "metrics connection: " .. tostring(err)) end
+  self.connections[con] = nil
+  self.nconnections = self.nconnections - 1
+  con:close()
 end
 
 -- One connection: read netstrings, start a lookup per request, write answers in order.
@@ -352,6 +449,13 @@ local function serve_connection(self, con)
       end
       if closed then break end
       local value, nextpos, terr = take(buf, pos, max, maxdigits)
+      if terr and self.metrics_on_socketmap and next_slot == 1 and sub(buf, pos, pos + 3) ==
+          "GET " then
+        -- a scrape on the socketmap port: no netstring starts with a letter
+        if not serve_http(self, con, sub(buf, pos)) then closed = true end
+        closed = true
+        break
+      end
       if terr then
         self.log("warning", "closing a connection: " .. terr)
         closed = true
@@ -359,11 +463,16 @@ local function serve_connection(self, con)
       end
       if value then
         pos = nextpos
-        local known = memo_get(self, value, now)
+        local known, series = memo_get(self, value, now)
         local name, domain
-        if not known then
+        if known then
+          series:inc()
+        else
           name, domain = parse_request(value)
-          if not name then known = _M.netstring(domain) end   -- answered without a lookup
+          if not name then         -- answered without a lookup
+            known = _M.netstring(domain)
+            self.m_lookups:labels(answer_kind(domain), "none"):inc()
+          end
         end
         if known and next_write == next_slot then
           -- nothing waits before it: answer now, no coroutine (into the socket's buffer:
@@ -381,6 +490,7 @@ local function serve_connection(self, con)
             -- at the cap: Postfix defers this delivery and asks again, rather than wait
             -- here (what the cache answers at once still goes through)
             self.counts.busy = self.counts.busy + 1
+            self.m_lookups:labels("temp", "busy"):inc()
             self:note("busy", "warning", ("%d lookups in flight, the limit: answering " ..
               "TEMP"):format(self.lookups))
             answers[slot] = BUSY
@@ -388,12 +498,14 @@ local function serve_connection(self, con)
           else
             self.lookups = self.lookups + 1
             self.loop:wrap(function()
-              local looked, answer = pcall(lookup, self, name, domain)
+              local looked, answer, source = pcall(lookup, self, name, domain)
               self.lookups = self.lookups - 1
               local reply
               if looked then
                 reply = _M.netstring(answer)
-                memo_put(self, value, reply)
+                local kind = answer_kind(answer)
+                self.m_lookups:labels(kind, source or "none"):inc()
+                memo_put(self, value, reply, self.m_lookups:labels(kind, "memo"))
               else
                 self.log("err", "lookup: " .. tostring(answer))
                 reply = _M.netstring("TEMP internal error")
@@ -437,6 +549,66 @@ local function serve_connection(self, con)
 end
 
 
+-- The server's metric families, in the client's registry when it has one (its DNS, fetch
+-- and refresh families are exposed beside these): docs/metrics.md lists them all.
+function families(self)
+  local client = self.client
+  local reg = type(client.metrics) == "function" and client:metrics() or metrics.registry()
+  self.registry = reg
+  local series = {}
+  for _, a in ipairs({ "secure", "notfound", "temp" }) do
+    for _, src in ipairs({ "memo", "cache", "fetched" }) do series[#series + 1] = { a, src } end
+  end
+  self.m_lookups = reg:counter("mtasts_lookups_total", "Socketmap requests answered, by " ..
+    "answer (the security level of an OK, else notfound, temp, perm) and source (memo: " ..
+    "the same request's answer of the last second; cache; fetched: DNS or HTTPS now; none: " ..
+    "no lookup needed; busy: over the lookup limit).", { "answer", "source" },
+    { series = series })
+  reg:counter("mtasts_connections_total", "Connections by outcome: accepted, refused (over " ..
+    "the limit), accept errors.", { "outcome" }, { collect = function(f)
+      f:labels("accepted").v = self.counts.accepted
+      f:labels("refused").v = self.counts.refused
+      f:labels("error").v = self.counts.accept_errors
+    end })
+  reg:gauge("mtasts_connections_open", "Connections open now.", nil,
+    { collect = function(f) f:set(self.nconnections) end })
+  reg:gauge("mtasts_lookups_in_flight", "Lookups in flight now.", nil,
+    { collect = function(f) f:set(self.lookups) end })
+  -- the cache's rows, read at most every 30 s (a list decodes every row)
+  local rows_at, rows = -math.huge, {}
+  reg:gauge("mtasts_cache_rows", "Cached policies by state: enforce, testing, none (valid " ..
+    "rows by mode), expired, backoff.", { "state" }, {
+    series = { { "enforce" }, { "testing" }, { "none" }, { "expired" }, { "backoff" } },
+    collect = function(f)
+      if monotime() - rows_at >= 30 then
+        rows_at = monotime()
+        rows = { enforce = 0, testing = 0, none = 0, expired = 0, backoff = 0 }
+        local list = self.client.records and self.client:records() or {}
+        local now = os.time()
+        for _, r in ipairs(list) do
+          local state = r.backoff and "backoff" or (r.valid_end <= now and "expired") or
+            r.policy.mode
+          rows[state] = (rows[state] or 0) + 1
+        end
+      end
+      for state, n in pairs(rows) do f:labels(state):set(n) end
+    end })
+  reg:counter("mtasts_policy_script_calls_total", "Calls of the policy script's hooks.", nil,
+    { collect = function(f) f:labels().v = self.script and self.script.calls or 0 end })
+  reg:counter("mtasts_policy_script_errors_total", "Policy script calls that failed, ran " ..
+    "over their budget or answered what Postfix cannot take (the default answer was sent).",
+    nil, { collect = function(f) f:labels().v = self.script and self.script.errors or 0 end })
+  reg:counter("mtasts_metrics_scrapes_total", "Scrapes of these metrics.", nil,
+    { collect = function(f) f:labels().v = self.scrapes end })
+  reg:gauge("process_start_time_seconds", "Start time of the process since the epoch.", nil)
+    :set(START_TIME)
+  local v = core.library_versions and core.library_versions() or {}
+  reg:gauge("mtasts_build_info", "Versions of mtasts and the libraries it runs with.",
+    { "version", "lua", "curl", "openssl", "bdb", "unbound" }):labels(mtasts._VERSION,
+    tostring(v.lua), tostring(v.curl), tostring(v.openssl), tostring(v.bdb),
+    tostring(v.unbound)):set(1)
+end
+
 --- Make a server. opts: client (an mtasts client; made from client_opts otherwise, with
 -- the loop's wait), client_opts, listen ({ "inet:127.0.0.1:8461", "unix:/path" }),
 -- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
@@ -449,10 +621,19 @@ end
 -- fit the descriptor limit. write_timeout (default 30 s: a peer that reads none of its
 -- answers for that long is dropped), max_pending (answers waiting to be written on one
 -- connection before it is not read from, default 64).
+-- Unattended running (docs/postfix.md): refresh ({ interval = 3600, spacing = 1 } by
+-- default: a maintain pass of the client every interval, with jitter; false: none), metrics
+-- (listen addresses of a Prometheus endpoint), metrics_on_socketmap (default true: a GET on
+-- the socketmap port is answered with the metrics too), policy (a policy script's file),
+-- policy_budget, policy_exec (mtasts.script's budget and allow_exec), on_reload (called on
+-- SIGHUP before the policy script is read again: a host re-reads its settings and calls
+-- server:set_zones).
 local OPTIONS = { client = true, client_opts = true, listen = true, socket_mode = true,
   zones = true, log = true, max_request = true, idle_timeout = true, on_lookup = true,
   memo_seconds = true, memo_bytes = true, max_connections = true, max_lookups = true,
-  write_timeout = true, max_pending = true }
+  write_timeout = true, max_pending = true, refresh = true, metrics = true,
+  metrics_on_socketmap = true, policy = true, policy_budget = true, policy_exec = true,
+  on_reload = true }
 
 -- Zone options and their types; failure_level must be one of Postfix's security levels.
 local ZONE_OPTIONS = { strict_testing = "boolean", require_sni = "boolean", tlsrpt = "boolean",
@@ -510,6 +691,17 @@ local function check_values(opts, listen, zones)
   for _, spec in ipairs(listen) do
     local ok, why = _M.parse_listen(spec)
     if not ok then return settings.fail("listen", settings.show(spec) .. ": " .. why) end
+  end
+  local m = opts.metrics
+  for _, spec in ipairs(type(m) == "table" and m or { m }) do
+    local ok, why = _M.parse_listen(spec)
+    if not ok then return settings.fail("metrics", settings.show(spec) .. ": " .. why) end
+  end
+  local r = opts.refresh
+  if type(r) == "table" then
+    local ok, err, code, key = settings.seconds("refresh.interval", r.interval)
+    if ok then ok, err, code, key = settings.at_least("refresh.spacing", r.spacing, 0) end
+    if not ok then return nil, err, code, key end
   end
   if opts.socket_mode ~= nil and not parse_mode(opts.socket_mode) then
     return settings.fail("socket_mode", settings.show(opts.socket_mode) ..
@@ -574,6 +766,24 @@ function _M.new(opts)
   if opts.client == nil and opts.client_opts ~= nil and type(opts.client_opts) ~= "table" then
     bad("client_opts must be a table")
   end
+  if opts.refresh ~= nil and opts.refresh ~= false and type(opts.refresh) ~= "table" then
+    bad("refresh must be a table or false")
+  end
+  if type(opts.refresh) == "table" then
+    for k, v in pairs(opts.refresh) do
+      if (k ~= "interval" and k ~= "spacing") or type(v) ~= "number" then
+        bad("refresh takes numbers interval and spacing")
+      end
+    end
+  end
+  if opts.metrics ~= nil and type(opts.metrics) ~= "string" and type(opts.metrics) ~= "table"
+  then
+    bad("metrics must be an address or a list of addresses")
+  end
+  if opts.policy ~= nil and type(opts.policy) ~= "string" then bad("policy must be a file name") end
+  if opts.on_reload ~= nil and type(opts.on_reload) ~= "function" then
+    bad("on_reload must be a function")
+  end
   -- the values, before the client is opened (its cache directory made) or anything bound
   do
     local ok, err, code, key = check_values(opts, listen, zones)
@@ -606,8 +816,25 @@ function _M.new(opts)
     if not client then return nil, err, code, key end
     self.client, self.owns_client = client, true
   end
+  if opts.policy then
+    local sc, serr, scode, skey = script_mod.load(opts.policy, { log = self.log,
+      budget = opts.policy_budget, allow_exec = opts.policy_exec })
+    if not sc then self:close() return nil, serr, scode, skey end
+    self.script = sc
+  end
+  self.refresh = opts.refresh
+  if self.refresh == nil then self.refresh = {} end
+  self.metrics_on_socketmap = opts.metrics_on_socketmap ~= false
+  self.on_reload = opts.on_reload
+  self.scrapes = 0
+  families(self)
   for _, spec in ipairs(listen) do
     local ok, err, code = self:listen(spec, opts.socket_mode)
+    if not ok then self:close() return nil, err, code end
+  end
+  local m = opts.metrics
+  for _, spec in ipairs(type(m) == "table" and m or { m }) do
+    local ok, err, code = self:listen(spec, opts.socket_mode, "metrics")
     if not ok then self:close() return nil, err, code end
   end
   self:fit_descriptors()
@@ -674,7 +901,7 @@ end
 -- Returns the bound address as "inet:host:port" / "unix:path", or nil, message, "listen"
 -- (the message names the address and the reason: a port out of range, an unknown scheme,
 -- an address in use).
-function Server:listen(spec, mode)
+function Server:listen(spec, mode, kind)
   live(self, "listen")
   if type(spec) ~= "string" then
     error("bad argument #1 to 'listen' (string expected, got " .. type(spec) .. ")", 2)
@@ -710,7 +937,8 @@ function Server:listen(spec, mode)
     local _, host, port = srv:localname()
     bound = "inet:" .. tostring(host) .. ":" .. tostring(port)
   end
-  self.listeners[#self.listeners + 1] = { srv = srv, spec = bound }
+  self.listeners[#self.listeners + 1] = { srv = srv, spec = bound, kind = kind or "socketmap" }
+  local serve = kind == "metrics" and serve_metrics or serve_connection
   -- (errors stay values: out of descriptors (EMFILE, ENFILE) or memory is a moment's
   -- trouble, and the accept loop must go on once it passes)
   self.loop:wrap(function()
@@ -731,7 +959,7 @@ function Server:listen(spec, mode)
         else
           self.nconnections = self.nconnections + 1
           self.counts.accepted = self.counts.accepted + 1
-          self.loop:wrap(function() serve_connection(self, con) end)
+          self.loop:wrap(function() serve(self, con) end)
         end
       elseif not accepted or (aerr and aerr ~= ETIMEDOUT) then
         self.counts.accept_errors = self.counts.accept_errors + 1
@@ -746,12 +974,76 @@ function Server:listen(spec, mode)
   return bound
 end
 
---- The addresses listened on.
-function Server:addresses()
+--- The addresses listened on: the socketmap's, or those of `kind` ("metrics").
+function Server:addresses(kind)
   live(self, "addresses")
   local out = {}
-  for i, l in ipairs(self.listeners) do out[i] = l.spec end
+  for _, l in ipairs(self.listeners) do
+    if l.kind == (kind or "socketmap") then out[#out + 1] = l.spec end
+  end
   return out
+end
+
+--- Use these zones from now on (after a reload of the host's settings); they are checked as
+-- new checks them. true, or nil, message, "config", "zones" with the old ones kept.
+function Server:set_zones(zones)
+  live(self, "set_zones")
+  if type(zones) ~= "table" then
+    error("bad argument #1 to 'set_zones' (table expected, got " .. type(zones) .. ")", 2)
+  end
+  local ok, err, code, key = _M.check{ zones = zones }
+  if not ok then return nil, err, code, key end
+  self.zones = zones
+  self.memo, self.memo_old, self.memo_used, self.memo_old_used = {}, {}, 0, 0
+  return true
+end
+
+--- SIGHUP: the host's on_reload, then the policy script read again; what fails to load keeps
+-- what runs (logged at err).
+function Server:reload()
+  live(self, "reload")
+  if self.on_reload then
+    local ok, err = pcall(self.on_reload, self)
+    if not ok then self.log("err", "reload: " .. tostring(err) .. "; the running settings stay") end
+  end
+  if self.script then self.script:reload() end
+  -- answers given under the old settings are not reused
+  self.memo, self.memo_old, self.memo_used, self.memo_old_used = {}, {}, 0, 0
+  self.log("notice", "reloaded")
+end
+
+-- The refresh timer (docs/postfix.md, "Refresh"): a maintain pass of the client at start
+-- (after a short random wait) and every interval, with 10% jitter; each domain under a
+-- lease, so servers sharing a cache refresh it once.
+local function refresh_loop(self)
+  local r = self.refresh
+  local interval, spacing = r.interval or 3600, r.spacing or 1
+  cqueues.sleep(math.random() * math.min(60, interval))
+  while not self.stopping and self.is_open do
+    local ok, summary, err = pcall(self.client.maintain, self.client, { sleep = cqueues.sleep,
+      spacing = spacing })
+    if not ok then
+      self.log("err", "refresh: " .. tostring(summary))
+    elseif not summary then
+      self.log("err", "refresh: " .. tostring(err))
+    else
+      for _, f in ipairs(summary.failures) do
+        self.log("warning", ("refresh: %s: %s (%s)"):format(f.domain, tostring(f.error),
+          tostring(f.code)))
+      end
+      if self.info_on then
+        self.log("info", ("refresh: %d due: %d extended, %d updated, %d deleted, %d kept, " ..
+          "%d failed, %d leased elsewhere; %d pruned"):format(summary.due, summary.extended,
+          summary.updated, summary.deleted, summary.kept, summary.failed, summary.leased,
+          summary.pruned))
+      end
+    end
+    local wait = interval * (0.9 + 0.2 * math.random())
+    local until_ = monotime() + wait
+    while not self.stopping and monotime() < until_ do
+      cqueues.sleep(math.min(1, until_ - monotime()))
+    end
+  end
 end
 
 --- Stop accepting; idle connections close within a second, busy ones once their answers
@@ -777,7 +1069,8 @@ function Server:run(opts)
         while not self.stopping do
           local sig = sl:wait(1)
           if sig == signal.SIGHUP then
-            self.log("notice", "SIGHUP: nothing to reload (the cache is shared); going on")
+            self.log("notice", "SIGHUP: reloading")
+            self:reload()
           elseif sig then
             self.log("notice", "signal " .. sig .. ": finishing the requests in flight")
             self:stop()
@@ -785,6 +1078,10 @@ function Server:run(opts)
         end
       end)
     end
+  end
+  if self.refresh and self.client.maintain and not self.refresh_started then
+    self.refresh_started = true
+    self.loop:wrap(function() refresh_loop(self) end)
   end
   while not self.loop:empty() do
     local ok, err = self.loop:step(1)
