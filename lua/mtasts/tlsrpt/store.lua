@@ -37,7 +37,8 @@ local OPTIONS = { path = true, organization = true, contact = true, submitter = 
   sendmail_timeout = true, window = true, retention = true, batch_size = true,
   batch_interval = true, max_attempts = true, backoff = true, skip_without_failures = true,
   nameserver = true, trust_anchor = true, cafile = true, capath = true, connect_to = true,
-  timeouts = true, log = true, wait = true, allow_private_addresses = true, max_rua = true, mode = true }
+  timeouts = true, log = true, wait = true, allow_private_addresses = true, max_rua = true,
+  mode = true }
 
 local function argerror(fn, msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 3) end
 
