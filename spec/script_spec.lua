@@ -78,6 +78,48 @@ describe("mtasts.script", function()
     assert.equal("warning policy script: failed: x.example", lines[#lines])
   end)
 
+  it("a script cannot reach the host's string library, finalizers or tables", function()
+    local s = assert(script.load(file([[
+      local kept
+      return { answer = function(ctx)
+        if ctx.domain == "meta.example" then
+          local m = getmetatable("")
+          return tostring(m)
+        elseif ctx.domain == "gc.example" then
+          setmetatable({}, { __gc = function() while true do end end })
+        elseif ctx.domain == "rep.example" then
+          return ("x"):rep(2 ^ 30)
+        elseif ctx.domain == "tostring.example" then
+          error(setmetatable({}, { __tostring = function() error("boom") end }))
+        elseif ctx.domain == "deep.example" then
+          ctx.t.a.b.c.d.e.f.g.h.i.j = "changed"
+          kept = ctx.t
+          return "may"
+        end
+      end }
+    ]]), { log = log }))
+    assert.equal("nil", s:call("answer", { domain = "meta.example" }, "d"))
+    assert.equal("d", s:call("answer", { domain = "gc.example" }, "d"))
+    assert.matches("__gc is not allowed", lines[#lines], 1, true)
+    assert.equal("d", s:call("answer", { domain = "rep.example" }, "d"))
+    assert.matches("a result over", lines[#lines], 1, true)
+    assert.equal("d", s:call("answer", { domain = "tostring.example" }, "d"))
+    assert.matches("answer(tostring.example) a table", lines[#lines], 1, true)
+    local deep = { a = { b = { c = { d = { e = { f = { g = { h = { i = { j = "host" }
+      } } } } } } } } }
+    deep.self = deep
+    assert.equal("may", s:call("answer", { domain = "deep.example", t = deep }, "d"))
+    assert.equal("host", deep.a.b.c.d.e.f.g.h.i.j)
+    assert.equal("X", ("x"):upper(), "the host's string methods are back")
+    assert.equal(("ab"):rep(3), "ababab")
+    collectgarbage()
+    -- a hook table with a metatable is refused
+    local _, msg = script.load(file([[
+      return setmetatable({}, { __index = function() while true do end end })
+    ]]), { log = log })
+    assert.matches("must return a plain table of hooks", msg, 1, true)
+  end)
+
   it("refuses a script that cannot load, naming the file", function()
     local function refused(text, part)
       local s, msg, code, key = script.load(file(text), { log = log })
@@ -87,7 +129,7 @@ describe("mtasts.script", function()
       assert.matches(part, msg, 1, true)
     end
     refused("return {", "policy: " .. dir .. "/policy.lua:1:")
-    refused("return 5", "must return a table of hooks")
+    refused("return 5", "must return a plain table of hooks")
     refused("return { anwser = function() end }", "unknown hook 'anwser'")
     refused("return { answer = 5 }", "hook 'answer' must be a function")
     refused("while true do end", "took longer than 1 s")
