@@ -308,6 +308,15 @@ describe("bin/mtasts report #fixture", function()
     _, st, err = mtasts("report show " .. world.dir .. "/nonexistent")
     assert.equal(3, st)
     assert.matches("nonexistent", err, 1, true)
+    -- a report that does not parse: its code is the parser's, in JSON too
+    local bad = world.dir .. "/bad-report.json"
+    local bf = assert(io.open(bad, "wb"))
+    bf:write("{}")
+    bf:close()
+    local jout
+    jout, st = mtasts("--json report show " .. bad)
+    assert.equal(3, st)
+    assert.equal("report-syntax", cjson.decode(jout).code)
   end)
 end)
 

@@ -66,6 +66,8 @@ describe("mtasts.config", function()
     assert_config("attempt to index a string value", "config",
       config.parse("db = ('x'):rep(2^40)", "c"))
     assert.equal("X", ("x"):upper(), "the string library is back afterwards")
+    assert_config("makes more than 64 MiB of data", "config",
+      config.parse('local s = "xxxxxxxxxxxxxxxx" for i = 1, 40 do s = s .. s end', "c"))
     assert_config("attempt to load a binary chunk", "config",
       config.parse(string.dump(function() end), "c"))
   end)

@@ -589,6 +589,22 @@ describe("mtasts.tlsrpt store", function()
       assert.equal(1, #fetcher.posts)
     end)
 
+    it("Ctrl-C reaching the submission command is passed on, never the destination's " ..
+      "failure", function()
+      store = open{ resolver = fake_resolver({ ["_smtp._tls.example.com"] = RECORD }),
+        fetcher = fake_fetcher(200), sendmail = "kill -INT $$" }
+      store:add(sts(nil, 1))
+      now = tlsrpt.day_start(DAY) + 86400 + 60
+      local ok, err = pcall(store.send, store, DAY)
+      assert.is_false(ok)
+      assert.equal("interrupted!", err)
+      -- nothing was recorded against the mailto destination: its claim lapses as after a crash
+      local st = assert(store:stats())
+      for _, r in ipairs(st.retries) do
+        assert.is_nil(r.destination == "mailto:tlsrpt@example.com" and r.error or nil)
+      end
+    end)
+
     it("lists each failed delivery with its reason: the HTTP status, the submission " ..
       "command's exit status and standard error, each named once", function()
       local fetcher = fake_fetcher(503)

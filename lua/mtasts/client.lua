@@ -580,10 +580,10 @@ function Client:maintain(opts)
       busy = self.inflight[ascii]
     end
     now = self.clock()
-    local got, held_by = self.cache:lease("refresh:" .. ascii, me, now, lease)
+    local got, held_by, lcode = self.cache:lease("refresh:" .. ascii, me, now, lease)
     local outcome, ferr, fcode, freason
     if got == nil then
-      outcome, ferr, fcode = "failed", held_by, "cache"
+      outcome, ferr, fcode = "failed", held_by, lcode   -- the cache's trouble, its code
     elseif not got then
       outcome = "leased"
     else

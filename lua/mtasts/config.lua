@@ -10,7 +10,7 @@ local type, pairs, tostring, setmetatable, getmetatable = type, pairs, tostring,
 local math_type = math.type
 
 local _M = { DEFAULT_PATH = "/etc/mtasts/mtasts.conf", MAX_SIZE = 1048576,
-  BUDGET = 1000000 }
+  BUDGET = 1000000, MEMORY = 64 * 1024 }   -- instructions; KiB the file may allocate
 
 -- The kinds of value a setting takes; each returns true or a reason.
 local function string_kind(v)
@@ -171,10 +171,23 @@ function _M.parse(text, name)
   -- C call the budget cannot stop): cut off while the file runs
   local string_meta = getmetatable("")
   local string_index = string_meta.__index
+  -- checked every 10 instructions: the time a file takes, and the memory it makes (s .. s
+  -- doubles a string in one instruction; a loop of them would fill the machine)
   local co = coroutine.create(chunk)
+  local steps, base = 0, collectgarbage("count")
   debug.sethook(co, function()
-    error({ reason = "takes too long to read (a loop?)", key = "config" }, 0)
-  end, "", _M.BUDGET)
+    steps = steps + 10
+    if steps > _M.BUDGET then
+      error({ reason = "takes too long to read (a loop?)", key = "config" }, 0)
+    end
+    if collectgarbage("count") - base > _M.MEMORY then
+      collectgarbage()
+      if collectgarbage("count") - base > _M.MEMORY then
+        error({ reason = "makes more than " .. _M.MEMORY // 1024 .. " MiB of data",
+          key = "config" }, 0)
+      end
+    end
+  end, "", 10)
   string_meta.__index = nil
   local ok, e = coroutine.resume(co)
   string_meta.__index = string_index

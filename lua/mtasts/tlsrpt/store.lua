@@ -694,6 +694,11 @@ local function deliver_mail(self, report, body, uri)
   if e then e:close() end
   cleanup()
   if ok then return { ok = true } end
+  -- Ctrl-C reached the command (os.execute's system() ignores SIGINT here meanwhile): the
+  -- operator's interrupt, passed on as the interpreter's own, never the destination's failure
+  if (how == "signal" and status == 2) or (how == "exit" and status == 130) then
+    error("interrupted!", 0)
+  end
   local said = stderr ~= "" and ": " .. stderr or ""
   if how == "exit" and (status == 126 or status == 127) then
     -- the shell could not run it (not found, not executable): this host's setting
