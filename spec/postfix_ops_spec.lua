@@ -58,6 +58,10 @@ describe("mtasts.postfix metrics and policy script", function()
 
   local function with_server(opts, fn)
     local client = fake_client({ ["enforce.example"] = ENFORCE })
+    -- the registry of a real client: its DNS, fetch and refresh families are exposed too
+    local real = assert(require("mtasts").open{ path = dir .. "/client",
+      resolver = { txt = function() end }, fetcher = { fetch = function() end } })
+    client.registry = real:metrics()
     opts.client = client
     opts.listen = { "inet:127.0.0.1:0" }
     opts.refresh = false
@@ -70,6 +74,7 @@ describe("mtasts.postfix metrics and policy script", function()
     end)
     srv:run{ signals = false }
     srv:close()
+    real:close()
     assert(not failure, failure)
   end
 
@@ -97,6 +102,23 @@ describe("mtasts.postfix metrics and policy script", function()
       util.write(dir .. "/m.txt", body2)
       local out, st = util.run("promtool check metrics < " .. dir .. "/m.txt 2>&1")
       assert.equal(0, st, out)
+      -- every family the shipped Grafana dashboard queries is exposed
+      local f = assert(io.open("examples/grafana-dashboard.json"))
+      local dash = require("cjson").decode(f:read("a"))
+      f:close()
+      local asked = 0
+      for _, p in ipairs(dash.panels) do
+        for _, t in ipairs(p.targets) do
+          for name in t.expr:gmatch("[%a_][%w_]*") do
+            if name:match("^mtasts_") or name:match("^process_") then
+              local base = name:gsub("_bucket$", "")
+              asked = asked + 1
+              assert.matches("# TYPE " .. base .. " ", body2, 1, true)
+            end
+          end
+        end
+      end
+      assert.is_true(asked >= 10)
       -- the socketmap still answers on that port after a scrape
       assert.equal("OK secure match=mx.enforce.example servername=hostname",
         ask(sm, "postfix enforce.example"))
