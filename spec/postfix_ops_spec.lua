@@ -243,6 +243,19 @@ describe("refresh inside mtasts serve postfix #fixture", function()
       end
       return true
     end, 30), util.run("cat " .. dir .. "/server*.out"))
+    -- their metrics say the same: two domains updated in all, the rest leased or kept
+    local updated, fetched = 0, 0
+    for i = 1, 3 do
+      local port = tonumber(util.run("cat " .. dir .. "/server" .. i .. ".out")
+        :match("inet:127%.0%.0%.1:(%d+)"))
+      local body = util.run("curl -s http://127.0.0.1:" .. port .. "/metrics")
+      updated = updated + tonumber(body:match(
+        'mtasts_refresh_domains_total{outcome="updated"} (%d+)'))
+      fetched = fetched + tonumber(body:match('mtasts_policy_fetches_total{result="ok"} (%d+)'))
+      assert.matches('mtasts_cache_rows{state="enforce"} 2', body, 1, true)
+    end
+    assert.equal(2, updated)
+    assert.equal(2, fetched)
     for _, pid in ipairs(pids) do proc.stop(pid) end
     assert.equal(1, lines_of(dir .. "/fetch-a.log"), "a.example fetched once")
     assert.equal(1, lines_of(dir .. "/fetch-b.log"), "b.example fetched once")

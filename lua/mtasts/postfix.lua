@@ -593,6 +593,42 @@ function families(self)
       end
       for state, n in pairs(rows) do f:labels(state):set(n) end
     end })
+  -- the TLSRPT result store beside the cache (what Postfix or a host recorded, the reports'
+  -- deliveries waiting for a retry), read at most every 60 s
+  local store_at, store_stats, store = -math.huge, nil, nil
+  local function tlsrpt_stats()
+    if monotime() - store_at < 60 then return store_stats end
+    store_at = monotime()
+    local path = self.client.path
+    if not path then return nil end
+    if not store then
+      local st, err = tlsrpt.open{ path = path, resolver = {}, fetcher = {} }
+      if not st then
+        self:note("tlsrpt-metrics", "warning", "metrics: the result store: " .. tostring(err))
+        return nil
+      end
+      store = st
+      self.metrics_store = st
+    end
+    store_stats = store:stats()
+    return store_stats
+  end
+  reg:gauge("mtasts_tlsrpt_sessions", "TLS sessions in the result store's retained days, " ..
+    "by result.", { "result" }, { series = { { "success" }, { "failure" } },
+    collect = function(f)
+      local st = tlsrpt_stats()
+      local ok_n, fail_n = 0, 0
+      for _, d in ipairs(st and st.days or {}) do
+        ok_n, fail_n = ok_n + d.success, fail_n + d.failure
+      end
+      f:labels("success"):set(ok_n)
+      f:labels("failure"):set(fail_n)
+    end })
+  reg:gauge("mtasts_tlsrpt_report_retries", "Report deliveries waiting for a retry.", nil,
+    { collect = function(f)
+      local st = tlsrpt_stats()
+      f:set(st and #st.retries or 0)
+    end })
   reg:counter("mtasts_policy_script_calls_total", "Calls of the policy script's hooks.", nil,
     { collect = function(f) f:labels().v = self.script and self.script.calls or 0 end })
   reg:counter("mtasts_policy_script_errors_total", "Policy script calls that failed, ran " ..
@@ -1108,6 +1144,8 @@ function Server:close()
   for _, l in ipairs(self.listeners) do pcall(l.srv.close, l.srv) end
   for con in pairs(self.connections) do pcall(con.close, con) end
   local ok, err, code = true, nil, nil
+  if self.metrics_store then pcall(self.metrics_store.release, self.metrics_store) end
+  self.metrics_store = nil
   if self.owns_client then ok, err, code = self.client:close() end
   self.owns_client = false
   if not ok then return nil, err, code end
