@@ -448,6 +448,36 @@ describe("mtasts.open", function()
     end)
   end)
 
+  describe("policy script", function()
+    it("on_failure hears of each failed lookup; a host calls its own hooks", function()
+      util.write(dir .. "/policy.lua", [[
+        return {
+          on_failure = function(ctx)
+            log("warning", ctx.domain .. " " .. ctx.failure.result_type .. " " .. ctx.source)
+          end,
+          answer = function(ctx) return ctx.domain == "partner.example" and "encrypt" or nil end,
+        }
+      ]])
+      local logged = {}
+      local c = assert(mtasts.open{ path = dir .. "/p", resolver = w.resolver,
+        fetcher = w.fetcher, clock = w.clock, policy = dir .. "/policy.lua",
+        log = function(level, m) logged[#logged + 1] = level .. " " .. m end })
+      w.txt["_mta-sts.broken.example"] = { "v=STSv1; id=1;" }
+      c:get("broken.example")
+      assert.equal("warning policy script: broken.example sts-policy-fetch-error fetched",
+        logged[#logged])
+      assert.equal("encrypt", c:policy_script():call("answer", { domain = "partner.example" }))
+      c:close()
+      local bad, msg, code, key = mtasts.open{ path = dir .. "/never", resolver = w.resolver,
+        fetcher = w.fetcher, policy = dir .. "/none.lua" }
+      assert.is_nil(bad)
+      assert.equal("config", code)
+      assert.equal("policy", key)
+      assert.matches("No such file", msg, 1, true)
+      assert.is_nil(io.open(dir .. "/never"), "nothing made")
+    end)
+  end)
+
   describe("maintain", function()
     -- clients whose waits yield, driven round-robin like a host's loop
     local function yielding_client(path)

@@ -21,7 +21,8 @@ local client_mt = { __index = Client, __name = "mtasts.client" }
 local OPTIONS = { path = true, resolver = true, fetcher = true, clock = true, wait = true,
   recheck = true, timeouts = true, cafile = true, capath = true, proxy = true,
   connect_to = true, nameserver = true, trust_anchor = true, log = true,
-  allow_private_addresses = true, mode = true }
+  allow_private_addresses = true, mode = true, policy = true, policy_budget = true,
+  policy_exec = true }
 
 local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 3) end
 
@@ -64,6 +65,9 @@ function _M.open(opts)
     if opts[k] ~= nil and type(opts[k]) ~= "function" then argerror(k .. " must be a function") end
   end
   if opts.mode ~= nil and type(opts.mode) ~= "string" then argerror("mode must be a string") end
+  if opts.policy ~= nil and type(opts.policy) ~= "string" then
+    argerror("policy must be a file name")
+  end
   local recheck = opts.recheck or _M.DEFAULT_RECHECK
   if type(recheck) ~= "number" then argerror("recheck must be a number") end
   local timeouts = opts.timeouts or {}
@@ -94,6 +98,14 @@ function _M.open(opts)
   end
   self.path, self.mode = opts.path, mode
   self:_families()
+  if opts.policy then
+    -- the operator's policy script (docs/script.md): loaded now, so a broken one is a
+    -- setting's failure at start
+    local sc, serr, scode, skey = require("mtasts.script").load(opts.policy, { log = self.log,
+      budget = opts.policy_budget, allow_exec = opts.policy_exec })
+    if not sc then return nil, serr, scode, skey end
+    self.script = sc
+  end
   self.is_open = true
   -- the resolver and fetcher first: they check the rest of the settings (the CA file, the
   -- trust anchor, the nameservers), and a bad one must leave no cache directory behind
@@ -376,7 +388,22 @@ function Client:get(domain, opts)
     error(ret[2], 0)
   end
   slot.ret = pack(unpack(ret, 2, ret.n))
+  local result = ret[3]
+  if self.script and result and result.failures and result.failures[1] then
+    -- the policy script's on_failure hears of it (once per lookup; coalesced callers share it)
+    local f = result.failures[1]
+    self.script:call("on_failure", { domain = ascii, policy = ret[2], result = result,
+      source = ret[4] and "fetched" or "cache", error = ret[5],
+      failure = { result_type = f.result_type, reason = f.failure_reason_code } })
+  end
   return unpack(ret, 2, ret.n)
+end
+
+--- The policy script given to mtasts.open (an mtasts.script), or nil: a host calls its own
+-- hooks with it (`sts:policy_script():call("answer", ctx, default)`, docs/script.md).
+function Client:policy_script()
+  if not self.is_open then error("attempt to use a closed mtasts.client", 2) end
+  return self.script
 end
 
 --- True when get(domain) would answer now, without DNS or HTTPS: a lookup of it is in
