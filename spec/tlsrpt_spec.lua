@@ -626,6 +626,8 @@ describe("mtasts.tlsrpt store", function()
         "with status 75: sendmail: fatal: queue file write error retry later",
         code = "submission", exit = 75, attempts = 1, retry_at = now + 600 },
         by["mailto:tlsrpt@example.com"])
+      assert.same({ sent = 0, failed = 0, pending = 2, sending = 0 },
+        assert(store:stats()).deliveries)
       -- the second attempt is the last: given up, and said so
       now = now + 601
       sum = assert(store:send(DAY))
@@ -637,6 +639,8 @@ describe("mtasts.tlsrpt store", function()
         assert.equal(2, f.attempts)
       end
       assert.same({}, assert(store:send(DAY)).failures)
+      assert.same({ sent = 0, failed = 2, pending = 0, sending = 0 },
+        assert(store:stats()).deliveries)
     end)
 
     it("a POST that gets no answer: the fetcher's reason, the host not named twice", function()

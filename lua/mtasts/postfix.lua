@@ -624,6 +624,15 @@ function families(self)
       f:labels("success"):set(ok_n)
       f:labels("failure"):set(fail_n)
     end })
+  reg:gauge("mtasts_tlsrpt_deliveries", "Report deliveries of the retained days by state: " ..
+    "sent, failed (given up), pending (waiting for a retry), sending.", { "status" },
+    { series = { { "sent" }, { "failed" }, { "pending" }, { "sending" } },
+    collect = function(f)
+      local st = tlsrpt_stats()
+      for _, k in ipairs({ "sent", "failed", "pending", "sending" }) do
+        f:labels(k):set(st and st.deliveries and st.deliveries[k] or 0)
+      end
+    end })
   reg:gauge("mtasts_tlsrpt_report_retries", "Report deliveries waiting for a retry.", nil,
     { collect = function(f)
       local st = tlsrpt_stats()

@@ -444,7 +444,8 @@ function Store:stats()
   check(self, "stats")
   local days, err, code = self:days()
   if not days then return nil, err, code end
-  local out = { days = {}, pending = self.npending, retries = {} }
+  local out = { days = {}, pending = self.npending, retries = {},
+    deliveries = { sent = 0, failed = 0, pending = 0, sending = 0 } }
   for _, day in ipairs(days) do
     local recs, rerr, rcode = self.db:scan("R" .. day .. "\0")
     if not recs then return nil, rerr, rcode end
@@ -468,6 +469,9 @@ function Store:stats()
   for i = 1, #recs, 2 do
     local day, kind, domain, dest = recs[i]:match("^Q([^%z]*)%z(.)([^%z]*)%z(.*)$")
     local st = decode_state(recs[i + 1])
+    if day and st and dest ~= "" and out.deliveries[st.status] then
+      out.deliveries[st.status] = out.deliveries[st.status] + 1
+    end
     if day and st then
       if dest ~= "" and report_entry and report_entry.day == day and
         report_entry.domain == domain and report_entry.host == (kind == "h") then
