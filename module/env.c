@@ -22,6 +22,7 @@
  * child never uses its parent's handles. */
 #define _GNU_SOURCE 1  /* fallocate */
 #include "env.h"
+#include "buf.h"
 
 #include <ctype.h>
 #include <db.h>
@@ -38,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -612,18 +614,53 @@ static int in_group(gid_t gid) {
   return found;
 }
 
+/* The POSIX ACLs of a directory as Linux stores them (the extended attributes below): a
+ * 4-byte version (2), then 8-byte entries of a tag, permissions and an id, little-endian. */
+#define ACL_ACCESS "system.posix_acl_access"
+#define ACL_DEFAULT "system.posix_acl_default"
+#define ACL_TAG_USER 0x02          /* a named user */
+#define ACL_TAG_GROUP 0x08         /* a named group */
+#define ACL_PERM_WRITE 0x02
+
+/* Whether the ACL `name` of path gives write to a named user or group: 1 when it does, or
+ * when it cannot be read or does not parse (refused: the directory's writers are then
+ * unknown); 0 when it does not, or there is none. */
+static int acl_names_writer(const char *path, const char *name) {
+  unsigned char b[4 + 8 * 512];
+  ssize_t n = getxattr(path, name, b, sizeof b), i;
+  if (n < 0) return errno == ENODATA || errno == ENOTSUP ? 0 : 1;
+  if (n < 4 || (n - 4) % 8 != 0 || mtasts_get_u32le(b) != 2) return 1;
+  for (i = 4; i < n; i += 8) {
+    unsigned tag = (unsigned)b[i] | (unsigned)b[i + 1] << 8, perm = b[i + 2];
+    if ((tag == ACL_TAG_USER || tag == ACL_TAG_GROUP) && (perm & ACL_PERM_WRITE)) return 1;
+  }
+  return 0;
+}
+
+/* Whether an ACL lets a user or group other than the directory's owner and group write the
+ * directory (its access ACL, effective only while the group bits, which are then the ACL's
+ * mask, include write) or the files made in it (its default ACL, effective on files of mode
+ * 0660). stat shows neither: the group bits of a directory with an ACL are its mask. */
+int mtasts_env_acl_writers(const char *path, const struct stat *st) {
+  return ((st->st_mode & S_IWGRP) && acl_names_writer(path, ACL_ACCESS)) ||
+         acl_names_writer(path, ACL_DEFAULT);
+}
+
 /* The directory may be written only by users this process trusts: anyone else who can write
  * it could plant links there (mtasts.gate, a log file, policies.db) that make this process,
- * often root, overwrite another file. Berkeley DB opens its files without O_NOFOLLOW, so the
- * directory is what keeps them safe. The rule (docs/cache.md, "Files"):
- *   1. others may not write it;
+ * often root, overwrite another file, or write a log that recovery replays (and a log can
+ * name files anywhere). Berkeley DB opens its files without O_NOFOLLOW, so the directory is
+ * what keeps them safe. The rule (docs/cache.md, "Who may open a directory"):
+ *   1. others may not write it, and no ACL names another user or group that may;
  *   2. if its group may write it, that group must be one this process is a member of (the
  *      operator put this process in it); its owner may then be anyone, since a user other
- *      than root can give a directory only to a group it is a member of itself;
+ *      than root can give a directory only to a group it is a member of itself. Never for
+ *      root: it would trust every member of the group with its own writes;
  *   3. otherwise it must belong to this process's user, or to root.
  * For a rebuild (which never opens Berkeley DB in the directory, reads its files without
- * following links and only renames it) root may also claim a directory of another user, or
- * one its group can write. */
+ * following links, recovers their copy as the directory's owner, never as root, and only
+ * renames it) root may also claim a directory of another user, one its group can write, or
+ * one an ACL lets others write. */
 static int check_dir(const char *path, int rebuild, char *err) {
   struct stat st;
   uid_t me = geteuid();
@@ -643,11 +680,27 @@ static int check_dir(const char *path, int rebuild, char *err) {
              "chmod o-w on it", path, (unsigned)(st.st_mode & 07777));
     return EPERM;
   }
+  if (!root_rebuild && mtasts_env_acl_writers(path, &st)) {
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: an ACL lets another user or group write the "
+             "directory or its files: a link planted there could make this process overwrite "
+             "other files; remove it (setfacl -b) and share the cache through the directory's "
+             "group", path);
+    return EPERM;
+  }
   if (st.st_mode & S_IWGRP) {
     struct group grp, *gr = NULL;
     char buf[1024];
-    if (root_rebuild || in_group(st.st_gid)) return 0;
+    if (root_rebuild) return 0;
     if (getgrgid_r(st.st_gid, &grp, buf, sizeof buf, &gr) != 0) gr = NULL;
+    if (me == 0 && in_group(st.st_gid)) {
+      snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory is writable by its group %s "
+               "(gid %u), and root does not trust a group's members with its writes: a "
+               "member could plant a link that makes root overwrite other files; run mtasts "
+               "as a member of the group (e.g. sudo -u mtasts), or chmod g-w the directory",
+               path, gr ? gr->gr_name : "", (unsigned)st.st_gid);
+      return EPERM;
+    }
+    if (me != 0 && in_group(st.st_gid)) return 0;
     snprintf(err, MTASTS_ERR_MAX, "cache %.160s: the directory is writable by its group %s "
              "(gid %u), which this process is not a member of: a member could plant a link "
              "that makes this process overwrite other files; run mtasts as a member of that "
@@ -678,6 +731,13 @@ int mtasts_env_open(const char *path, unsigned mode, mtasts_env **out, char *err
   if (mode != 0 && mode != 0600 && mode != 0660) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: mode %04o is not 0600 or 0660", path, mode);
     return EINVAL;
+  }
+  if (geteuid() == 0 && (mode & 060) && access(path, F_OK) != 0 && errno == ENOENT) {
+    /* it would be made group-writable, which root refuses to open (check_dir) */
+    snprintf(err, MTASTS_ERR_MAX, "cache %.160s: root does not make a cache its group can "
+             "write (mode 0660): its members could plant links that make root overwrite "
+             "other files; make it as a member of the group (e.g. sudo -u mtasts)", path);
+    return EPERM;
   }
   if ((rc = mkdirs(path, mode)) != 0) {
     snprintf(err, MTASTS_ERR_MAX, "cache %.200s: create directory: %s", path, strerror(rc));

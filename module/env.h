@@ -67,6 +67,11 @@ int mtasts_env_verify(mtasts_env *e, int which, char *err);
  * until it is closed; nobody can open the cache meanwhile. */
 int mtasts_env_claim(const char *real, int *fd, char *err);
 
+/* Whether an ACL of directory path (whose stat is st) lets a user or group other than its
+ * owner and group write it or the files made in it; 1 also when the ACL cannot be read. */
+struct stat;
+int mtasts_env_acl_writers(const char *path, const struct stat *st);
+
 /* The errcall of every Berkeley DB handle made here: keeps the library's text for the
  * message of a failure, never prints it. */
 void mtasts_env_errcall(const struct __db_env *e, const char *pfx, const char *msg);

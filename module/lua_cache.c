@@ -198,6 +198,8 @@ static int cache_lease(lua_State *L) {
   char err[MTASTS_ERR_MAX], held_by[MTASTS_LEASE_HOLDER_MAX + 1];
   int got, rc;
   if (secs <= 0) return luaL_argerror(L, 5, "seconds above 0 expected");
+  /* the end, now + seconds, must be an integer too: signed overflow is undefined */
+  if (now > INT64_MAX - secs) return luaL_argerror(L, 5, "now + seconds out of range");
   rc = mtasts_cache_lease(u->e, name, holder, now, now + secs, &got, held_by, &held_until,
                           &u->buf, err);
   if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);

@@ -5,8 +5,10 @@
  * finds through the owners of the two databases: rows through cache.c (which knows rows),
  * result records through results.c (which knows their shape). Root may rebuild a cache of
  * another user (env.c: check_dir): the old directory is only read, never through a link
- * (O_NOFOLLOW, regular files only), and the new one is made by this process, 0700 until it
- * is complete, then given the old one's owner, group and modes. */
+ * (O_NOFOLLOW, regular files only), its log is recovered on a copy by a child that runs as
+ * the directory's owner (recover_as: a log can name files anywhere), and the new one is
+ * made by this process, 0700 until it is complete, then given the old one's owner, group
+ * and modes. */
 #include "cache.h"
 #include "results.h"
 
@@ -14,7 +16,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,11 +302,60 @@ static int salvage_results(const char *dir, mtasts_env *e, mtasts_rebuild *r, ch
   return rc;
 }
 
+/* Who recovers the copy. Recovery replays the file operations the log records, and a log
+ * can name database files by absolute paths, through links: run as root on a log someone
+ * else could write, it makes root create or overwrite files anywhere. So root recovers as
+ * root only a directory nobody else could write; any other one as the directory's owner
+ * and group (or, for a directory of root that its group or an ACL lets others write, as
+ * nobody with that group), which could have done the same from their own processes. */
+typedef struct {
+  const char *dir;   /* the scratch copy */
+  int drop;          /* 1: become uid and gid first */
+  uid_t uid;
+  gid_t gid;
+} recover_job;
+
+/* Give the scratch directory this process made, and the copies in it, to uid and gid;
+ * never through a link. 0, or -1. */
+static int give_scratch(int dfd, uid_t uid, gid_t gid) {
+  int fd = dup(dfd);
+  DIR *dh;
+  struct dirent *e;
+  int rc = 0;
+  if (fd < 0) return -1;
+  if (!(dh = fdopendir(fd))) {
+    close(fd);
+    return -1;
+  }
+  while (rc == 0 && (e = readdir(dh)))
+    if (e->d_name[0] != '.' && fchownat(dfd, e->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0)
+      rc = -1;
+  closedir(dh);     /* closes fd */
+  if (rc == 0 && fchown(dfd, uid, gid) != 0) rc = -1;
+  return rc;
+}
+
+/* In the child: recover the copy in j->dir, as j->uid and j->gid when j->drop. Exits 0 when
+ * the copy is recovered; any failure, of the change of user too, exits non-zero (the
+ * rebuild then salvages the files as they are). */
 static void recover_child(void *arg) {
+  recover_job *j = arg;
   DB_ENV *env;
+  int dfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  /* the environment is opened as ".", from inside the copy: the user it runs as need not
+   * be able to reach the directory by its path */
+  if (dfd < 0 || fchdir(dfd) != 0) _exit(3);
+  if (j->drop) {
+    if (give_scratch(dfd, j->uid, j->gid) != 0) _exit(3);
+    if (setgroups(0, NULL) != 0 || setgid(j->gid) != 0 || setuid(j->uid) != 0) _exit(3);
+    if (getuid() != j->uid || geteuid() != j->uid || getgid() != j->gid ||
+        getegid() != j->gid || (j->uid != 0 && setuid(0) == 0))
+      _exit(3);
+  }
+  close(dfd);
   if (db_env_create(&env, 0) != 0) _exit(1);
   env->set_errcall(env, mtasts_env_errcall);
-  if (env->open(env, arg, DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
+  if (env->open(env, ".", DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
                 DB_INIT_MPOOL | DB_PRIVATE | DB_RECOVER, 0600) != 0 ||
       env->txn_checkpoint(env, 0, 0, DB_FORCE) != 0) {
     env->close(env, 0);
@@ -311,15 +364,37 @@ static void recover_child(void *arg) {
   _exit(env->close(env, 0) == 0 ? 0 : 1);
 }
 
+/* Who recovers a copy of dir (stat old) for this process: itself, unless it is root and
+ * someone else could have written dir (its owner, its group, an ACL). */
+static void recover_as(const char *dir, const struct stat *old, recover_job *j) {
+  j->drop = 0;
+  if (geteuid() != 0) return;
+  if (old->st_uid == 0 && !(old->st_mode & (S_IWGRP | S_IWOTH)) &&
+      !mtasts_env_acl_writers(dir, old))
+    return;
+  j->drop = 1;
+  j->gid = old->st_gid;
+  j->uid = old->st_uid;
+  if (j->uid == 0) {     /* root's directory, writable by others: recover as nobody */
+    struct passwd pwd, *pw = NULL;
+    char buf[1024];
+    j->uid = getpwnam_r("nobody", &pwd, buf, sizeof buf, &pw) == 0 && pw && pw->pw_uid != 0
+           ? pw->pw_uid : 65534;
+  }
+}
+
 /* Bring a copy of dir's files up to date with its log before salvaging: writes that a
  * killed process committed may still be only in the log. The copy goes to scratch (dir is
- * kept as it was, for the operator); recovery runs in a child, as it may meet the damage.
- * 1 when scratch now holds a recovered copy of dir's databases, 0 when salvage should read
- * dir's own files (nothing to recover, or recovery failed on the damage). */
-static int recovered_copy(const char *dir, const char *scratch, int *stopped) {
+ * kept as it was, for the operator); recovery runs in a child, as it may meet the damage,
+ * and as the user recover_as names. 1 when scratch now holds a recovered copy of dir's
+ * databases, 0 when salvage should read dir's own files (nothing to recover, or recovery
+ * failed on the damage or could not run as that user). */
+static int recovered_copy(const char *dir, const struct stat *old, const char *scratch,
+                          int *stopped) {
   char from[PATH_MAX + 300], to[PATH_MAX + 300];
   DIR *dh = opendir(dir);
   struct dirent *e;
+  recover_job j;
   int ok = 1, logs = 0;
   if (!dh || mkdir(scratch, 0700) != 0) {
     if (dh) closedir(dh);
@@ -337,7 +412,9 @@ static int recovered_copy(const char *dir, const char *scratch, int *stopped) {
   }
   closedir(dh);
   if (!ok || logs == 0) return 0;
-  switch (in_child(recover_child, (void *)scratch)) {
+  recover_as(dir, old, &j);
+  j.dir = scratch;
+  switch (in_child(recover_child, &j)) {
   case 0: return 1;
   case -1: (*stopped)++; return 0;    /* killed at the timeout, or crashed on the damage */
   default: return 0;                  /* recovery failed: salvage the files as they are */
@@ -444,7 +521,7 @@ int mtasts_cache_rebuild(const char *path, unsigned mode, mtasts_rebuild *r, cha
     close(fd);
     return rc;
   }
-  from = recovered_copy(real, scratch, &r->stopped) ? scratch : real;
+  from = recovered_copy(real, &old, scratch, &r->stopped) ? scratch : real;
   if ((rc = mtasts_env_open(fresh, mode, &e, err)) == 0) {
     rc = salvage_into(from, e, r, err);
     if (rc == 0) rc = salvage_results(from, e, r, err);

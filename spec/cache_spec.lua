@@ -228,6 +228,14 @@ describe("mtasts.cache", function()
       assert.has_error(function() cache:lease("x\0y", "h", 1, 1) end)
       assert.has_error(function() cache:lease("x", "h", 1, 0) end)
     end)
+
+    it("raises when the end of the lease, now + seconds, is past the largest integer", function()
+      assert.has_error(function() cache:lease("x", "h", math.maxinteger, 1) end,
+        "bad argument #4 to 'lease' (now + seconds out of range)")
+      assert.has_error(function() cache:lease("x", "h", 1, math.maxinteger) end,
+        "bad argument #4 to 'lease' (now + seconds out of range)")
+      assert.is_true(cache:lease("x", "h", math.maxinteger - 60, 60), "the largest end is one")
+    end)
   end)
 
   describe("lifecycle", function()

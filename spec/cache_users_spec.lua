@@ -22,6 +22,7 @@ local function stage(dir)
   local so = (os.getenv("MTASTS_CPATH") or "./build/?.so"):gsub("%?", "mtasts/core")
   local out, status = util.run(table.concat({
     "cp -r lua " .. dir .. "/lua",
+    "cp -r bin " .. dir .. "/bin",
     "mkdir -p " .. dir .. "/spec/support " .. dir .. "/" .. so:match("^(.*)/"),
     "cp spec/support/cache_worker.lua " .. dir .. "/spec/support/",
     "cp " .. so .. " " .. dir .. "/" .. so,
@@ -314,6 +315,21 @@ describe("the mode option", function()
     assert.has_error(function() core.cache_open(dir, 420) end)    -- 0644
   end)
 
+  -- Root does not make or open a cache its group can write (docs/cache.md, "Who may open a
+  -- directory"): run as root, these run their Lua as a member of the group instead.
+  local staged
+  local function member(cmd)
+    if not as_root then return util.run("umask 077 && " .. util.lua_cmd() .. " " .. cmd) end
+    if not staged then
+      util.run("chmod 0755 " .. dir)
+      stage(dir)
+      util.run("chown " .. UID1 .. ":" .. GID .. " " .. dir)   -- the member makes the cache
+      staged = true
+    end
+    return util.run(as_user(dir, UID1, cmd))
+  end
+  after_each(function() staged = nil end)
+
   it("the CLI's --mode: a bad one is exit 78 naming the flag; 0660 makes a shared cache",
     function()
       local out, status = util.run(util.lua_cmd() .. " bin/mtasts --db " .. dir ..
@@ -321,8 +337,14 @@ describe("the mode option", function()
       assert.equal(78, status, out)
       assert.matches("--mode: '0640'", out, 1, true)
       assert.is_true(gone(dir .. "/cache"))
-      out, status = util.run("umask 077 && " .. util.lua_cmd() .. " bin/mtasts --db " .. dir ..
-        "/cache --mode 0660 report stats")
+      if as_root then
+        out, status = util.run(util.lua_cmd() .. " bin/mtasts --db " .. dir ..
+          "/cache --mode 0660 report stats")
+        assert.equal(3, status, out)
+        assert.matches("root does not make a cache its group can write", out, 1, true)
+        assert.is_true(gone(dir .. "/cache"))
+      end
+      out, status = member("bin/mtasts --db " .. dir .. "/cache --mode 0660 report stats")
       assert.equal(0, status, out)
       assert.equal("2770", util.mode(dir .. "/cache"))
       for name, what in pairs(files(dir .. "/cache")) do
@@ -332,20 +354,132 @@ describe("the mode option", function()
 
   it("an opener that names no mode keeps the mode of the cache's files", function()
     local path = dir .. "/cache"
-    local c = assert(cache.open(path, { mode = "0660" }))
-    assert(c:close())
+    local function open(mode)
+      return member("-e " .. quote("assert(require(\"mtasts.cache\").open(\"" .. path ..
+        "\"" .. (mode and ", { mode = \"" .. mode .. "\" }" or "") .. ")):close()"))
+    end
+    assert.equal("", open("0660"))
     util.run("rm " .. path .. "/__db.*")      -- made again by the next opener
-    local out = util.run("umask 077 && " .. util.lua_cmd() ..
-      " -e 'assert(require(\"mtasts.cache\").open(\"" .. path .. "\")):close()'")
-    assert.equal("", out)
+    assert.equal("", open())
     for name, what in pairs(files(path)) do
       assert.matches(" 660$", what, nil, false, name)
     end
     -- naming 0600 takes this user's files back to the owner alone
-    c = assert(cache.open(path, { mode = "0600" }))
-    assert(c:close())
+    assert.equal("", open("0600"))
     for name, what in pairs(files(path)) do
       assert.matches(" 600$", what, nil, false, name)
     end
+  end)
+end)
+
+-- Recovery replays the file operations a log records, and a log can name a database file by
+-- an absolute path, through a link: `mtasts cache rebuild` run as root recovers the copy of
+-- another user's log as that user, never as root (module/rebuild.c, recover_as).
+describe("a rebuild as root of a cache another user could write #slow", function()
+  local dir, cleanup
+  before_each(function()
+    dir, cleanup = util.tmpdir()
+    util.run("chmod 0755 " .. dir)
+  end)
+  after_each(function() cleanup() end)
+
+  -- A program of the cache's user: opens a transactional environment in arg 1, makes the
+  -- database named by arg 2 (an absolute path) and writes to it, then exits without a
+  -- checkpoint, as if killed: only the log knows of the file.
+  local MAKER = [[
+#include <db.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  DB_ENV *env; DB *db; DBT k, d;
+  if (argc != 3 || db_env_create(&env, 0) != 0) return 1;
+  if (env->open(env, argv[1], DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK |
+                DB_INIT_MPOOL | DB_RECOVER, 0600) != 0) return 1;
+  if (db_create(&db, env, 0) != 0) return 1;
+  if (db->open(db, NULL, argv[2], NULL, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT, 0644) != 0)
+    return 1;
+  memset(&k, 0, sizeof k); memset(&d, 0, sizeof d);
+  k.data = "owned"; k.size = 5; d.data = "by-recovery"; d.size = 11;
+  if (db->put(db, NULL, &k, &d, DB_AUTO_COMMIT) != 0) return 1;
+  _exit(0);
+}
+]]
+
+  local function compiled()
+    util.write(dir .. "/maker.c", MAKER)
+    local out, status = util.run("cc -o " .. dir .. "/maker " .. dir .. "/maker.c -ldb-5.3")
+    return status == 0, out
+  end
+
+  it_users("does not let the log of another user's cache make root write a file through a " ..
+    "link", function()
+    local ok, out = compiled()
+    if not ok then
+      pending("no C compiler or Berkeley DB headers: " .. out)
+      return
+    end
+    -- root's own directory, which nobody else may write, and the user's: a cache and a
+    -- directory the log names, later swapped for a link to root's
+    local victim, attacker = dir .. "/victim", dir .. "/attacker"
+    util.run("mkdir -m 0700 " .. victim .. " && mkdir -m 0755 " .. attacker ..
+      " && chown " .. UID1 .. ":" .. GID .. " " .. attacker)
+    local as1 = ("setpriv --reuid=%d --regid=%d --clear-groups "):format(UID1, GID)
+    out = util.run(as1 .. "sh -c " .. quote("umask 077 && mkdir -m 0700 " .. attacker ..
+      "/cache " .. attacker .. "/x && " .. dir .. "/maker " .. attacker .. "/cache " ..
+      attacker .. "/x/evil.db && rm -r " .. attacker .. "/x && ln -s " .. victim .. " " ..
+      attacker .. "/x && echo made"))
+    assert.matches("made", out, 1, true)
+    assert.matches("log%.0000000001", util.run("ls " .. attacker .. "/cache"))
+
+    local r, msg, code = core.cache_rebuild(attacker .. "/cache")
+    assert.is_table(r, tostring(msg) .. " " .. tostring(code))
+    assert.equal("", util.run("ls -A " .. victim))          -- nothing made in root's
+    -- the rebuilt cache is the user's, as the old one was
+    assert.equal(UID1 .. " " .. GID .. " 700", owner(attacker .. "/cache"))
+  end)
+
+  it_users("recovers as the owner: writes only the log had are kept", function()
+    local ok, out = compiled()
+    if not ok then
+      pending("no C compiler or Berkeley DB headers: " .. out)
+      return
+    end
+    stage(dir)
+    util.run("mkdir -m 0700 " .. dir .. "/lib && chown " .. UID1 .. ":" .. GID .. " " .. dir ..
+      "/lib")
+    local path = dir .. "/lib/mtasts"
+    -- the user writes three rows and is killed before a checkpoint; the file is put back as
+    -- it was before them, so only the log has them
+    util.write(dir .. "/writer.lua", [[
+      local core = require("mtasts.core")
+      local c = assert(core.cache_open(arg[1]))
+      local p = "version: STSv1\nmode: enforce\nmx: mx.example\nmax_age: 86400\n"
+      assert(c:upsert("first.example", "first", p, 1000))
+      os.execute("cp " .. arg[1] .. "/policies.db " .. arg[1] .. "/../before.db")
+      for i = 1, 3 do assert(c:upsert(("late%d.example"):format(i), "late", p, 1000)) end
+      os.execute("kill -9 " .. io.open("/proc/self/stat"):read("l"):match("^(%d+)"))
+    ]])
+    util.run("chmod 0644 " .. dir .. "/writer.lua")
+    out = util.run(as_user(dir, UID1, "writer.lua " .. path))
+    util.run(("setpriv --reuid=%d --regid=%d --clear-groups sh -c %s"):format(UID1, GID,
+      quote("cp " .. dir .. "/lib/before.db " .. path .. "/policies.db && rm -f " .. path ..
+      "/__db.0*")))
+    local r, msg, code = core.cache_rebuild(path)
+    assert.is_table(r, tostring(msg) .. " " .. tostring(code) .. " " .. out)
+    assert.equal(4, r.salvaged)
+    assert.equal(UID1 .. " " .. GID .. " 700", owner(path))
+    local expect = { ["first.example"] = "first" }
+    for i = 1, 3 do expect[("late%d.example"):format(i)] = "late" end
+    util.write(dir .. "/read.lua", [[
+      local c = assert(require("mtasts.core").cache_open(arg[1]))
+      for _, r in ipairs(assert(c:list())) do print(r.domain, r.record_id) end
+      c:close()
+    ]])
+    util.run("chmod 0644 " .. dir .. "/read.lua")
+    local seen = {}
+    for d, id in util.run(as_user(dir, UID1, "read.lua " .. path)):gmatch("(%S+)\t(%S+)") do
+      seen[d] = id
+    end
+    assert.same(expect, seen)
   end)
 end)
