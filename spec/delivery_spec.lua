@@ -13,6 +13,73 @@ local function result(mode)
   return tlsrpt.sts_result("example.com", "version: STSv1\nmode: " .. mode .. "\n", policy(mode))
 end
 
+describe("mtasts.delivery.plan with DANE", function()
+  local REC = { usage = 3, selector = 1, mtype = 1, data = ("\1"):rep(32) }
+  local function dane(hosts, mx_secure)
+    return { mx_secure = mx_secure ~= false, hosts = hosts }
+  end
+
+  it("usable TLSA records over a secure path decide, whatever MTA-STS says", function()
+    local r = result("enforce")
+    local plan = delivery.plan{ domain = "example.com", mx = MX, policy = policy("enforce"),
+      result = r, dane = dane({ ["evil.example.org"] = { status = "secure",
+        records = { REC }, usable = 1 } }) }
+    assert.same({ host = "evil.example.org", tls = "dane", verify_pkix = false,
+      tlsa = { REC } }, plan.hosts[3])
+    assert.same({}, plan.skipped, "no mx-mismatch for a DANE host")
+    assert.same({}, r.failures)
+    assert.is_false(plan.plaintext_fallback)
+  end)
+
+  it("insecure, no records, or an insecure MX set: MTA-STS as before", function()
+    for _, d in ipairs({
+      dane({ ["mx1.example.com"] = { status = "insecure", records = { REC }, usable = 1 } }),
+      dane({ ["mx1.example.com"] = { status = "secure", records = {}, usable = 0 } }),
+      dane({ ["mx1.example.com"] = { status = "secure", records = { REC }, usable = 1 } },
+        false) }) do
+      local plan = delivery.plan{ domain = "example.com", mx = MX, policy = policy("testing"),
+        result = result("testing"), dane = d }
+      assert.equal("opportunistic", plan.hosts[1].tls)
+      assert.is_true(plan.plaintext_fallback)
+    end
+  end)
+
+  it("secure TLSA records none of which is usable: TLS without authentication", function()
+    local plan = delivery.plan{ domain = "example.com", mx = { "mx1.example.com" },
+      dane = dane({ ["mx1.example.com"] = { status = "secure", usable = 0,
+        records = { { usage = 1, selector = 1, mtype = 1, data = ("\1"):rep(32) } } } }) }
+    assert.same({ { host = "mx1.example.com", tls = "required", verify_pkix = false } },
+      plan.hosts)
+    assert.is_false(plan.plaintext_fallback)
+  end)
+
+  it("a bogus or failed TLSA lookup skips the host; none left defers", function()
+    local plan = delivery.plan{ domain = "example.com", mx = { "mx1.example.com", "mx2.example" },
+      dane = dane({ ["mx1.example.com"] = { status = "bogus" } }) }
+    assert.same({ { host = "mx1.example.com", reason = "tlsa-lookup-failed" } }, plan.skipped)
+    assert.equal("mx2.example", plan.hosts[1].host)
+    plan = delivery.plan{ domain = "example.com", mx = { "mx1.example.com" },
+      dane = dane({ ["mx1.example.com"] = { status = "failed" } }) }
+    assert.same({}, plan.hosts)
+    assert.matches("TLSA lookup failed", plan.defer, 1, true)
+    assert.is_false(plan.plaintext_fallback)
+  end)
+
+  it("REQUIRETLS is met by DANE hosts alone; TLS-Required: No ignores DANE too", function()
+    local d = dane({ ["mx1.example.com"] = { status = "secure", records = { REC }, usable = 1 } })
+    local plan = delivery.plan{ domain = "example.com", mx = MX, require_tls = true, dane = d }
+    assert.is_nil(plan.fail)
+    assert.equal(1, #plan.hosts)
+    assert.equal("dane", plan.hosts[1].tls)
+    assert.equal(2, #plan.skipped)
+    assert.equal("requiretls-without-dane", plan.skipped[1].reason)
+    plan = delivery.plan{ domain = "example.com", mx = MX, tls_required_no = true, dane = d }
+    assert.equal("opportunistic", plan.hosts[1].tls)
+    assert.has_error(function() delivery.plan{ mx = MX, dane = 5 } end,
+      "bad argument #1 to 'plan' (dane must be a table)")
+  end)
+end)
+
 describe("mtasts.delivery.plan", function()
   it("enforce: TLS required on matching hosts, others skipped and reported", function()
     local r = result("enforce")

@@ -9,7 +9,24 @@ local type, ipairs, pairs, error = type, ipairs, pairs, error
 local _M = {}
 
 local PLAN_KEYS = { domain = true, mx = true, policy = true, result = true,
-  tls_required_no = true, require_tls = true, policy_error = true, policy_code = true }
+  tls_required_no = true, require_tls = true, policy_error = true, policy_code = true,
+  dane = true }
+
+-- The DANE state of one MX host (RFC 7672 §2.2), from opts.dane (what sts:dane returns):
+-- "dane" (usable TLSA records over a secure path: DANE decides, whatever MTA-STS says),
+-- "encrypt" (a secure TLSA RRset with no usable record: TLS, unauthenticated), "failed" (the
+-- TLSA lookup was bogus or failed: never a silent downgrade), or nil (no DANE: insecure, no
+-- records, or the MX RRset itself is not secure).
+local function dane_state(dane, host)
+  if type(dane) ~= "table" or not dane.mx_secure then return nil end
+  local h = type(dane.hosts) == "table" and dane.hosts[host:lower()] or nil
+  if type(h) ~= "table" then return nil end
+  if h.status == "bogus" or h.status == "failed" then return "failed", h end
+  if h.status ~= "secure" then return nil end
+  if (h.usable or 0) > 0 then return "dane", h end
+  if type(h.records) == "table" and #h.records > 0 then return "encrypt", h end
+  return nil
+end
 
 local function host_of(mx)
   if type(mx) == "table" then return mx.host end
@@ -26,8 +43,10 @@ end
 --                     policy, so there is nothing to wait for: no policy applies
 --   tls_required_no   the message has "TLS-Required: No" (RFC 8689): policies are ignored
 --   require_tls       the message asks for REQUIRETLS (RFC 8689)
--- Returns { hosts = { { host =, tls = "required"|"opportunistic", verify_pkix = } },
---   skipped = { { host =, reason = } }, plaintext_fallback = bool,
+--   dane              what sts:dane returned ({ mx_secure =, hosts = { [mx] = { status =,
+--                     records =, usable = } } }): DANE first, per MX (docs/delivery.md)
+-- Returns { hosts = { { host =, tls = "dane"|"required"|"opportunistic", verify_pkix =,
+--   tlsa = } }, skipped = { { host =, reason = } }, plaintext_fallback = bool,
 --   defer = reason | nil, fail = reason | nil }. Adds mx-mismatch details to `result`.
 function _M.plan(opts)
   if type(opts) ~= "table" then
@@ -50,16 +69,41 @@ function _M.plan(opts)
     return plan
   end
   local mode = (not opts.tls_required_no and policy and policy.mode) or "none"
-  if opts.require_tls and mode ~= "enforce" then
-    plan.fail = "REQUIRETLS needs an enforced MTA-STS policy, and " .. tostring(opts.domain) ..
-      " has none"
+  local dane = not opts.tls_required_no and opts.dane or nil
+  if dane ~= nil and type(dane) ~= "table" then
+    error("bad argument #1 to 'plan' (dane must be a table)", 2)
+  end
+  local any_dane = false
+  for _, mx in ipairs(opts.mx) do
+    local host = host_of(mx)
+    if type(host) == "string" and dane_state(dane, host) == "dane" then any_dane = true end
+  end
+  if opts.require_tls and mode ~= "enforce" and not any_dane then
+    plan.fail = "REQUIRETLS needs an enforced MTA-STS policy or DANE, and " ..
+      tostring(opts.domain) .. " has neither"
     plan.plaintext_fallback = false
     return plan
   end
+  local failed_tlsa, encrypt = 0, false
   for _, mx in ipairs(opts.mx) do
     local host = host_of(mx)
     if type(host) ~= "string" then error("bad argument #1 to 'plan' (mx entries are names)", 2) end
-    if mode == "none" then
+    local state, d = dane_state(dane, host)
+    if state == "dane" then
+      -- DANE takes precedence over MTA-STS (RFC 8461 §2): the TLSA records decide
+      plan.hosts[#plan.hosts + 1] = { host = host, tls = "dane", verify_pkix = false,
+        tlsa = d.records }
+    elseif state == "failed" then
+      failed_tlsa = failed_tlsa + 1
+      plan.skipped[#plan.skipped + 1] = { host = host, reason = "tlsa-lookup-failed" }
+    elseif opts.require_tls and mode ~= "enforce" then
+      -- REQUIRETLS met by DANE only: hosts without it are not tried
+      plan.skipped[#plan.skipped + 1] = { host = host, reason = "requiretls-without-dane" }
+    elseif state == "encrypt" and mode ~= "enforce" then
+      -- secure TLSA records, none usable: TLS is still mandatory (RFC 7672 §2.2)
+      encrypt = true
+      plan.hosts[#plan.hosts + 1] = { host = host, tls = "required", verify_pkix = false }
+    elseif mode == "none" then
       plan.hosts[#plan.hosts + 1] = { host = host, tls = "opportunistic", verify_pkix = true }
     elseif core.matches(policy, host) then
       plan.hosts[#plan.hosts + 1] = { host = host,
@@ -77,7 +121,13 @@ function _M.plan(opts)
     end
   end
   -- plaintext after a TLS failure only when nothing is enforced (or TLS-Required: No)
-  plan.plaintext_fallback = mode ~= "enforce" and not opts.require_tls
+  plan.plaintext_fallback = mode ~= "enforce" and not opts.require_tls and not any_dane and
+    not encrypt
+  if #plan.hosts == 0 and failed_tlsa > 0 then
+    -- every host left had a TLSA lookup fail: wait, never deliver around DANE
+    plan.defer = "dane: the TLSA lookup failed for " .. failed_tlsa .. " MX host(s)"
+    plan.plaintext_fallback = false
+  end
   return plan
 end
 
