@@ -64,6 +64,22 @@ describe("mtasts.tlsrpt store", function()
     cleanup()
   end)
 
+  it("records DANE results under the recipient domain and the MX host", function()
+    store = open()
+    local recs = { { usage = 3, selector = 1, mtype = 1, data = "\1\2\255" } }
+    local r = tlsrpt.tlsa_result("example.com", recs, "mx.example.com")
+    assert.same({ type = "tlsa", domain = "example.com", strings = { "3 1 1 0102ff" },
+      mx_host = { "mx.example.com" } }, r.policy)
+    r.summary.success = 2
+    assert(store:add(r, { host = false }))
+    local h = tlsrpt.tlsa_result("mx.example.com", recs, "mx.example.com")
+    h.summary.success = 2
+    assert(store:add(h))
+    local rep = assert(store:report("example.com", DAY))
+    assert.equal("tlsa", rep.policies[1].policy["policy-type"])
+    assert.same({ "3 1 1 0102ff" }, rep.policies[1].policy["policy-string"])
+  end)
+
   describe("merging", function()
     it("adds counts of equal policies and equal failure details", function()
       store = open()

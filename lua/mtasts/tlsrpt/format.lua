@@ -37,6 +37,25 @@ function _M.sts_result(domain, text, policy)
 end
 
 --- A result for a domain without a policy.
+--- The TLSA record in presentation form, "3 1 1 <hex>" (RFC 6698 §2.2), as a TLSRPT policy
+-- string shows it.
+function _M.tlsa_string(r)
+  local hex = tostring(r.data or ""):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+  return ("%d %d %d %s"):format(r.usage or 0, r.selector or 0, r.mtype or 0, hex)
+end
+
+--- A result for a DANE policy (RFC 8460 §4.4, policy-type "tlsa"): `domain` is the policy
+-- domain (the recipient domain in its own report, or the MX host in the MX host's report, as
+-- mox sends both), `records` the TLSA records (their presentation forms are the policy
+-- strings), `mx_host` the MX host the records are for.
+function _M.tlsa_result(domain, records, mx_host)
+  local strings = {}
+  for i, r in ipairs(records or {}) do strings[i] = _M.tlsa_string(r) end
+  return { policy = { type = "tlsa", domain = domain, strings = strings,
+      mx_host = mx_host and { mx_host } or nil },
+    summary = { success = 0, failure = 0 }, failures = {} }
+end
+
 function _M.no_policy_result(domain)
   return { policy = { type = "no-policy-found", domain = domain },
     summary = { success = 0, failure = 0 }, failures = {} }
