@@ -448,6 +448,67 @@ describe("mtasts.open", function()
     end)
   end)
 
+  describe("dane", function()
+    local function resolver(mx, tlsa)
+      return { txt = w.resolver.txt,
+        mx = function(_, d)
+          local m = mx[d]
+          if not m then return nil, d .. " MX: no such domain", "nxdomain", "secure" end
+          if m.err then return nil, d .. " MX: failed", m.err, m.err end
+          return m
+        end,
+        tlsa = function(_, host, port)
+          assert.equal(25, port)
+          local t = tlsa[host]
+          if t == nil then
+            return setmetatable({}, { __index = { dnssec = "secure" } })
+          end
+          if t.err then return nil, host .. " TLSA: failed", t.err, t.err end
+          return t
+        end }
+    end
+    local EE = { usage = 3, selector = 1, mtype = 1, data = ("\7"):rep(32) }
+    local PKIX = { usage = 1, selector = 1, mtype = 1, data = ("\7"):rep(32) }
+    local SHORT = { usage = 3, selector = 1, mtype = 1, data = ("\7"):rep(31) }
+
+    it("secure MX: each host's TLSA status, usable records and a tlsa result", function()
+      local c = assert(mtasts.open{ path = dir .. "/d", fetcher = w.fetcher, clock = w.clock,
+        resolver = resolver({
+          ["example.com"] = { dnssec = "secure", { preference = 10, host = "mx1.example.com." },
+            { preference = 20, host = "MX2.example.com" },
+            { preference = 30, host = "mx3.example.com" },
+            { preference = 40, host = "mx4.example.com" } } }, {
+          ["mx1.example.com"] = { dnssec = "secure", EE, PKIX },
+          ["mx2.example.com"] = { dnssec = "secure", PKIX, SHORT },
+          ["mx3.example.com"] = { err = "bogus" },
+          ["mx4.example.com"] = { dnssec = "insecure", EE } }) })
+      local d = c:dane("Example.COM")
+      assert.is_true(d.mx_secure)
+      assert.equal("secure", d.hosts["mx1.example.com"].status)
+      assert.equal(1, d.hosts["mx1.example.com"].usable)
+      assert.equal("tlsa", d.hosts["mx1.example.com"].result.policy.type)
+      assert.equal(0, d.hosts["mx2.example.com"].usable, "PKIX usages and a short digest")
+      assert.equal("bogus", d.hosts["mx3.example.com"].status)
+      assert.equal("insecure", d.hosts["mx4.example.com"].status)
+      assert.equal("secure", c:dane("example.com", { "mx9.example.com" })
+        .hosts["mx9.example.com"].status, "the hosts given, secure denial: no records")
+      c:close()
+    end)
+
+    it("an insecure or failed MX lookup: no DANE; a bogus one says so", function()
+      local c = assert(mtasts.open{ path = dir .. "/d2", fetcher = w.fetcher, clock = w.clock,
+        resolver = resolver({ ["plain.example"] = { dnssec = "insecure",
+          { preference = 10, host = "mx.plain.example" } },
+          ["bogus.example"] = { err = "bogus" } }, {}) })
+      assert.same({ mx_secure = false, hosts = {} }, c:dane("plain.example"))
+      local b = c:dane("bogus.example")
+      assert.is_false(b.mx_secure)
+      assert.equal("bogus", b.code)
+      assert.equal("nxdomain", c:dane("none.example").code)
+      c:close()
+    end)
+  end)
+
   describe("policy script", function()
     it("on_failure hears of each failed lookup; a host calls its own hooks", function()
       util.write(dir .. "/policy.lua", [[

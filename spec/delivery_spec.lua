@@ -65,6 +65,13 @@ describe("mtasts.delivery.plan with DANE", function()
     assert.is_false(plan.plaintext_fallback)
   end)
 
+  it("a bogus MX RRset defers", function()
+    local plan = delivery.plan{ domain = "example.com", mx = MX,
+      dane = { mx_secure = false, hosts = {}, code = "bogus", error = "MX: bogus" } }
+    assert.matches("MX records of example.com are bogus", plan.defer, 1, true)
+    assert.same({}, plan.hosts)
+  end)
+
   it("REQUIRETLS is met by DANE hosts alone; TLS-Required: No ignores DANE too", function()
     local d = dane({ ["mx1.example.com"] = { status = "secure", records = { REC }, usable = 1 } })
     local plan = delivery.plan{ domain = "example.com", mx = MX, require_tls = true, dane = d }

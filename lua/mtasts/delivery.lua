@@ -73,6 +73,13 @@ function _M.plan(opts)
   if dane ~= nil and type(dane) ~= "table" then
     error("bad argument #1 to 'plan' (dane must be a table)", 2)
   end
+  if dane and dane.code == "bogus" then
+    -- the MX RRset failed DNSSEC validation: the MX list itself cannot be trusted now
+    plan.defer = "dane: the MX records of " .. tostring(opts.domain) .. " are bogus: " ..
+      tostring(dane.error)
+    plan.plaintext_fallback = false
+    return plan
+  end
   local any_dane = false
   for _, mx in ipairs(opts.mx) do
     local host = host_of(mx)
