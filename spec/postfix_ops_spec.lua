@@ -160,6 +160,30 @@ describe("mtasts.postfix metrics and policy script", function()
     assert.matches("reload failed, the previous one stays", log, 1, true)
   end)
 
+  it("DANE first: dane-only, dane, TEMP for a bogus MX set, never secure over DANE",
+    function()
+    local states = {
+      ["enforce.example"] = { mx_secure = true, hosts = {
+        ["mx.enforce.example"] = { status = "secure", usable = 1 } } },
+      ["some.example"] = { mx_secure = true, hosts = {
+        ["a.some.example"] = { status = "secure", usable = 1 },
+        ["b.some.example"] = { status = "insecure", usable = 0 } } },
+      ["bogus.example"] = { mx_secure = false, hosts = {}, code = "bogus" },
+      ["plain.example"] = { mx_secure = false, hosts = {} },
+    }
+    with_server({ zones = { ["*"] = {}, nodane = { dane = false } } }, function(srv, client)
+      client.dane = function(_, d) return states[d] or { mx_secure = false, hosts = {} } end
+      local sm = port_of(srv:addresses()[1])
+      assert.equal("OK dane-only", ask(sm, "postfix enforce.example"))
+      assert.equal("OK dane", ask(sm, "postfix some.example"))
+      assert.matches("^TEMP dane: the MX records of bogus.example",
+        ask(sm, "postfix bogus.example"))
+      assert.equal("NOTFOUND ", ask(sm, "postfix plain.example"))
+      assert.equal("OK secure match=mx.enforce.example servername=hostname",
+        ask(sm, "nodane enforce.example"), "a zone with dane = false: MTA-STS only")
+    end)
+  end)
+
   it("a policy script that does not load stops the server from starting", function()
     util.write(dir .. "/bad.lua", "return { anwser = function() end }")
     local srv, msg, code, key = postfix.new{ client = fake_client({}), listen = {},

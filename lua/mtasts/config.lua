@@ -46,7 +46,7 @@ end
 
 -- A socketmap zone's options.
 local ZONE = { strict_testing = boolean_kind, require_sni = boolean_kind,
-  tlsrpt = boolean_kind, failure_level = string_kind }
+  tlsrpt = boolean_kind, failure_level = string_kind, dane = boolean_kind }
 
 -- The schema: a kind function, or a table of the settings of a section.
 local SCHEMA = {

@@ -148,6 +148,7 @@ local Server = {}
 local server_mt = { __index = Server, __name = "mtasts.postfix.server" }
 local serve_http   -- the metrics' HTTP answer (below): the socketmap port takes scrapes too
 local families     -- the metric families (below)
+local dane_answer  -- DANE first (below)
 local START_TIME = os.time()   -- when the module was loaded: the process's start
 
 local function zone_of(self, name)
@@ -205,6 +206,31 @@ local function log_lookup(self, domain, answer, how)
   if how.result_type and how.reason ~= BACKOFF and self.warning_on then
     self.log("warning", _M.failure_line(domain, answer, how))
   end
+end
+
+-- DANE before MTA-STS (RFC 8461 §2): for a domain whose MX RRset is DNSSEC-secure, "dane-only"
+-- when every MX host has usable TLSA records, "dane" when some have (or their lookups failed:
+-- Postfix's own DANE lookups then defer those hosts), so that Postfix's DANE is never
+-- replaced by "secure" (WebPKI); a bogus MX RRset is TEMP. Otherwise the MTA-STS answer.
+function dane_answer(self, domain, answer)
+  local ok, d = pcall(self.client.dane, self.client, domain)
+  if not ok then
+    self.log("err", "dane " .. domain .. ": " .. tostring(d))
+    return answer
+  end
+  if d.code == "bogus" then
+    return "TEMP dane: the MX records of " .. domain .. " fail DNSSEC validation"
+  end
+  if not d.mx_secure then return answer end
+  local n, with, failed = 0, 0, 0
+  for _, h in pairs(d.hosts) do
+    n = n + 1
+    if h.status == "secure" and (h.usable or 0) > 0 then with = with + 1
+    elseif h.status == "bogus" or h.status == "failed" then failed = failed + 1 end
+  end
+  if n > 0 and with == n then return "OK dane-only" end
+  if with > 0 or failed > 0 then return "OK dane" end
+  return answer
 end
 
 -- What the policy script's answer hook may return: a Postfix security level with its
@@ -282,6 +308,9 @@ local function lookup(self, name, domain)
     require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
     failure = failure, failure_level = zone.failure_level })
   local source = (fresh or msg) and "fetched" or "cache"
+  if zone.dane ~= false and self.client.dane then
+    answer = dane_answer(self, domain, answer)
+  end
   if self.script then
     answer = scripted(self, name, domain, policy, result, source, answer, f, msg)
   end
@@ -682,7 +711,7 @@ local OPTIONS = { client = true, client_opts = true, listen = true, socket_mode 
 
 -- Zone options and their types; failure_level must be one of Postfix's security levels.
 local ZONE_OPTIONS = { strict_testing = "boolean", require_sni = "boolean", tlsrpt = "boolean",
-  failure_level = "string" }
+  failure_level = "string", dane = "boolean" }
 local LEVELS = { none = true, may = true, encrypt = true, dane = true, ["dane-only"] = true,
   fingerprint = true, verify = true, secure = true }
 local LIMITS = { "max_request", "idle_timeout", "memo_seconds", "memo_bytes",
