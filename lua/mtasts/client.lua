@@ -14,7 +14,8 @@ local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, err
   pcall
 local unpack, pack = table.unpack, table.pack
 
-local _M = { DEFAULT_RECHECK = 60, REFRESH_AFTER = 12 * 3600, PRUNE_AFTER = 180 * 86400 }
+local _M = { DEFAULT_RECHECK = 60, REFRESH_AFTER = 12 * 3600, PRUNE_AFTER = 180 * 86400,
+  DANE_MEMO = 10000 }
 local Client = {}
 local client_mt = { __index = Client, __name = "mtasts.client" }
 
@@ -87,7 +88,8 @@ function _M.open(opts)
 
   local self = setmetatable({ recheck = recheck, clock = opts.clock or os.time,
     log = opts.log or function() end, negative = {}, negative_old = {}, negative_n = 0,
-    negative_rotate = 0, inflight = {}, owned = {} }, client_mt)
+    negative_rotate = 0, inflight = {}, owned = {}, dane_memo = {}, dane_memo_old = {},
+    dane_memo_n = 0 }, client_mt)
   -- the default wait yields inside refresh's own loop, and blocks in poll elsewhere
   self.wait = opts.wait or function(fd, events, timeout)
     if self.yielding and coroutine.isyieldable() then
@@ -435,6 +437,25 @@ function Client:dane(domain, mx)
   end
   local ascii, err, code = core.domain(domain)
   if not ascii then return { mx_secure = false, hosts = {}, error = err, code = code } end
+  -- the answer of a lookup without `mx` is kept `recheck` seconds (the socketmap server asks
+  -- for every lookup); two generations of at most DANE_MEMO entries
+  local now = self.clock()
+  if mx == nil and self.recheck > 0 then
+    local m = self.dane_memo[ascii] or self.dane_memo_old[ascii]
+    if m and now < m.expires then return copy(m.value) end
+  end
+  local out = self:_dane(ascii, mx)
+  if mx == nil and self.recheck > 0 and out.code ~= "bogus" then
+    if self.dane_memo_n >= _M.DANE_MEMO then
+      self.dane_memo_old, self.dane_memo, self.dane_memo_n = self.dane_memo, {}, 0
+    end
+    if not self.dane_memo[ascii] then self.dane_memo_n = self.dane_memo_n + 1 end
+    self.dane_memo[ascii] = { expires = now + self.recheck, value = copy(out) }
+  end
+  return out
+end
+
+function Client:_dane(ascii, mx)
   local r = self.resolver
   if type(r.mx) ~= "function" or type(r.tlsa) ~= "function" then
     return { mx_secure = false, hosts = {} }      -- a resolver without DNSSEC answers
