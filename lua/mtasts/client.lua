@@ -408,17 +408,6 @@ function Client:policy_script()
   return self.script
 end
 
--- A TLSA record SMTP can use (RFC 7672 §3.1): DANE-TA(2) or DANE-EE(3), a full certificate
--- or SPKI (selector 0, 1), exact data or a SHA-256/512 digest of the right length.
-local DIGEST_LEN = { [1] = 32, [2] = 64 }
-local function usable(r)
-  if r.usage ~= 2 and r.usage ~= 3 then return false end
-  if r.selector ~= 0 and r.selector ~= 1 then return false end
-  if type(r.data) ~= "string" or r.data == "" then return false end
-  if r.mtype == 0 then return true end
-  return DIGEST_LEN[r.mtype] == #r.data
-end
-
 --- The DANE state of a domain's MX hosts (RFC 7672 §2.2), for delivery.plan's `dane`.
 -- mx: the MX host names in use (default: the MX records looked up now). The MX RRset must be
 -- DNSSEC-secure for DANE to apply (else mx_secure = false and nothing else is asked); then
@@ -456,42 +445,7 @@ function Client:dane(domain, mx)
 end
 
 function Client:_dane(ascii, mx)
-  local r = self.resolver
-  if type(r.mx) ~= "function" or type(r.tlsa) ~= "function" then
-    return { mx_secure = false, hosts = {} }      -- a resolver without DNSSEC answers
-  end
-  local answer, merr, mcode = r:mx(ascii)
-  if not answer then
-    return { mx_secure = false, hosts = {}, error = merr, code = mcode }
-  end
-  local out = { mx_secure = answer.dnssec == "secure", hosts = {} }
-  if not out.mx_secure then return out end
-  local names = {}
-  for i, m in ipairs(mx or answer) do
-    names[i] = (type(m) == "table" and m.host or m):lower():gsub("%.$", "")
-  end
-  for _, host in ipairs(names) do
-    if not out.hosts[host] then
-      local t, terr, tcode = r:tlsa(host, 25)
-      local h
-      if not t then
-        h = { status = tcode == "bogus" and "bogus" or "failed", error = terr, code = tcode }
-      elseif t.dnssec ~= "secure" then
-        h = { status = "insecure", records = {}, usable = 0 }
-      else
-        local recs, n = {}, 0
-        for i, rec in ipairs(t) do
-          recs[i] = { usage = rec.usage, selector = rec.selector, mtype = rec.mtype,
-            data = rec.data }
-          if usable(rec) then n = n + 1 end
-        end
-        h = { status = "secure", records = recs, usable = n }
-        if #recs > 0 then h.result = tlsrpt.tlsa_result(ascii, recs, host) end
-      end
-      out.hosts[host] = h
-    end
-  end
-  return out
+  return discover.dane(self.resolver, ascii, mx)
 end
 
 --- True when get(domain) would answer now, without DNS or HTTPS: a lookup of it is in
