@@ -464,7 +464,7 @@ describe("bin/mtasts on the demo world #fixture", function()
       assert.matches(want, out, 1, true)
     end
     assert.matches("took:     mx %d+%.%d+ s, mta%-sts %d+%.%d+ s, policy %d+%.%d+ s, " ..
-      "tlsrpt %d+%.%d+ s\n", out)
+      "tlsrpt %d+%.%d+ s, dane %d+%.%d+ s\n", out)
     v = cjson.decode((run("--json -v check enforce.example")))
     assert.equal(200, v.detail.fetch.status)
     assert.equal("text/plain", v.detail.fetch.content_type)
