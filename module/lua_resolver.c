@@ -222,16 +222,30 @@ bad:
   return -1;
 }
 
-/* r:done() -> { { id =, status =, secure =, records =, canonname =, why = }, ... }
+/* What DNSSEC said of an answer: "bogus" when validation failed; "secure" or "insecure" for
+ * an answer with data, or a denial (NXDOMAIN, NODATA), libunbound's secure flag covering
+ * every link of a CNAME chain; NULL when there was no answer to judge (a timeout, a
+ * SERVFAIL, this host's failure, rdata that did not decode). */
+static const char *dnssec_status(const mtasts_dns_query *q) {
+  if (q->status == MTASTS_DNS_BOGUS) return "bogus";
+  if (!q->result || (q->status != MTASTS_DNS_OK && q->status != MTASTS_DNS_NXDOMAIN &&
+                     q->status != MTASTS_DNS_NODATA))
+    return NULL;
+  return q->result->secure ? "secure" : "insecure";
+}
+
+/* r:done() -> { { id =, type =, status =, secure =, dnssec =, records =, canonname =, name =,
+ *   why = }, ... }
  * Every query answered (or timed out) since the last call, in order. */
 static int resolver_done(lua_State *L) {
   lresolver *u = resolver_check(L, 1);
   mtasts_dns_query *q;
+  const char *dnssec;
   int n = 0;
   lua_newtable(L);
   while ((q = mtasts_resolver_done(u->r)) != NULL) {
     /* the query stays owned by the resolver until its table is complete */
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 8);
     lua_pushinteger(L, q->id);
     lua_setfield(L, -2, "id");
     lua_pushstring(L, type_name(q->rrtype));
@@ -242,6 +256,10 @@ static int resolver_done(lua_State *L) {
     lua_setfield(L, -2, "status");
     lua_pushboolean(L, q->result && q->result->secure);
     lua_setfield(L, -2, "secure");
+    if ((dnssec = dnssec_status(q)) != NULL) {
+      lua_pushstring(L, dnssec);
+      lua_setfield(L, -2, "dnssec");
+    }
     if (q->result && q->result->canonname) {
       lua_pushstring(L, q->result->canonname);
       lua_setfield(L, -2, "canonname");
