@@ -18,7 +18,8 @@ local methods = core.resolver_methods
 -- and the timeout.
 local state = setmetatable({}, { __mode = "k" })
 
-local OPTIONS = { nameserver = true, trust_anchor = true, timeout = true, wait = true }
+local OPTIONS = { nameserver = true, trust_anchor = true, stub = true, timeout = true,
+  wait = true }
 
 -- Misuse raises (at the caller of `fn`): an unknown option, a wrong type. Returns the timeout.
 local function check_types(opts, fn)
@@ -43,7 +44,8 @@ end
 local failed = settings.failed
 
 --- Create a resolver. opts: nameserver ("IP@PORT" or a list), trust_anchor (a file, or
--- false for no DNSSEC validation), timeout (seconds, default 5), wait(fd, events, timeout).
+-- false for no DNSSEC validation), stub ({ [zone] = "IP@PORT" or a list }: zones asked of
+-- their own servers), timeout (seconds, default 5), wait(fd, events, timeout).
 -- Every setting is checked and loaded now: a bad one fails with code "config" (and the
 -- option's name as the fourth value), never later as a failed lookup.
 function _M.new(opts)
@@ -53,7 +55,7 @@ function _M.new(opts)
   if not ok then return nil, err, code, key end
   local r
   r, err, code = core.resolver_new{ nameserver = opts.nameserver,
-    trust_anchor = opts.trust_anchor }
+    trust_anchor = opts.trust_anchor, stub = opts.stub }
   if not r then return failed(err, code) end
   local st = pending.new(opts.wait or core.poll)
   st.timeout = timeout
@@ -70,7 +72,7 @@ function _M.check(opts)
   local ok, err, code, key = settings.seconds("timeout", timeout)
   if not ok then return nil, err, code, key end
   ok, err, code = core.resolver_check{ nameserver = opts.nameserver,
-    trust_anchor = opts.trust_anchor }
+    trust_anchor = opts.trust_anchor, stub = opts.stub }
   if not ok then return failed(err, code) end
   return true
 end
