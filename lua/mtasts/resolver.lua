@@ -38,6 +38,22 @@ local function check_types(opts, fn)
   if opts.wait ~= nil and type(opts.wait) ~= "function" then
     error("bad argument #1 to '" .. fn .. "' (wait must be a function)", 3)
   end
+  if opts.stub ~= nil then
+    if type(opts.stub) ~= "table" then
+      error("bad argument #1 to '" .. fn .. "' (stub must be a table)", 3)
+    end
+    for zone, servers in pairs(opts.stub) do
+      local ok = type(zone) == "string" and (type(servers) == "string" or
+        type(servers) == "table")
+      if ok and type(servers) == "table" then
+        for _, v in pairs(servers) do ok = ok and type(v) == "string" end
+      end
+      if not ok then
+        error("bad argument #1 to '" .. fn .. "' (stub: zone names to a server or a list " ..
+          "of servers, strings)", 3)
+      end
+    end
+  end
   return timeout
 end
 

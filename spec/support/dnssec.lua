@@ -178,4 +178,66 @@ function _M.start(zones, opts)
   return w
 end
 
+--- The DANE fixture world: a signed example. (the trust anchor) holding one domain per
+-- case, each with an MX host mx.<domain> at opts.address (default 127.0.0.1), an MTA-STS
+-- record and policy host (mta-sts.<domain>, same address) and a TLSRPT record:
+--
+-- | domain | TLSA of _25._tcp.mx.<domain> | r:tlsa says |
+-- |---|---|---|
+-- | dane-ee.example | 3 1 1, SHA-256 of opts.ee's public key | secure |
+-- | dane-ta.example | 2 0 1, SHA-256 of the certificate opts.ta | secure |
+-- | mismatch.example | 3 1 1, a digest of no key | secure (the data matches nothing) |
+-- | cname.example | a CNAME to dane-ee's TLSA name | secure, canonname that name |
+-- | nodane.example | none | secure, an empty list (denial nxdomain) |
+-- | insecure.example | 3 1 1 as dane-ee, in an unsigned zone delegated without DS | insecure |
+-- | bogus.example | 3 1 1 as dane-ee, replaced after signing by another digest | fail bogus |
+-- | slow.example | the TLSA name is delegated to the stall server | fail timeout |
+--
+-- Without opts.ee or opts.ta their digests are made-up bytes (w.data has the hex of each:
+-- ee, ta, other). opts.records: more lines for example. (names absolute),
+-- opts.insecure_records for insecure.example. Returns the world of start, and w.domains (the
+-- table above: domain -> { mx =, tlsa = the TLSA name, expect = "secure" | "insecure" |
+-- "bogus" | "timeout" | "none" }).
+function _M.dane_world(opts)
+  opts = opts or {}
+  local addr = opts.address or "127.0.0.1"
+  local ee = opts.ee and _M.tlsa_data(opts.ee, 1, 1) or string.rep("e1", 32)
+  local ta = opts.ta and _M.tlsa_data(opts.ta, 0, 1) or string.rep("7a", 32)
+  local other = string.rep("0f", 32)
+  -- the lines of domain d (no final dot), names absolute
+  local function domain(d, tlsa)
+    local lines = { d .. ". IN MX 10 mx." .. d .. ".", "mx." .. d .. ". IN A " .. addr,
+      "mta-sts." .. d .. ". IN A " .. addr,
+      "_mta-sts." .. d .. '. IN TXT "v=STSv1; id=1;"',
+      "_smtp._tls." .. d .. '. IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@' .. d .. '"' }
+    if tlsa then lines[#lines + 1] = "_25._tcp.mx." .. d .. ". IN " .. tlsa end
+    return lines
+  end
+  local top = {}
+  local function add(lines) for _, l in ipairs(lines) do top[#top + 1] = l end end
+  add(domain("dane-ee.example", "TLSA 3 1 1 " .. ee))
+  add(domain("dane-ta.example", "TLSA 2 0 1 " .. ta))
+  add(domain("mismatch.example", "TLSA 3 1 1 " .. other))
+  add(domain("cname.example", "CNAME _25._tcp.mx.dane-ee.example."))
+  add(domain("nodane.example"))
+  add(domain("bogus.example", "TLSA 3 1 1 " .. ee))
+  add(domain("slow.example"))
+  for _, l in ipairs(opts.records or {}) do top[#top + 1] = l end
+  local insecure = domain("insecure.example", "TLSA 3 1 1 " .. ee)
+  for _, l in ipairs(opts.insecure_records or {}) do insecure[#insecure + 1] = l end
+  local w = _M.start({
+    ["example."] = { sign = true, records = top,
+      bogus = { "_25._tcp.mx.bogus.example. IN TLSA 3 1 1 " .. other } },
+    ["insecure.example."] = { records = insecure },
+  }, { stall = { "_25._tcp.mx.slow.example." } })
+  w.domains, w.data = {}, { ee = ee, ta = ta, other = other }
+  for d, expect in pairs{ ["dane-ee.example"] = "secure", ["dane-ta.example"] = "secure",
+    ["mismatch.example"] = "secure", ["cname.example"] = "secure",
+    ["nodane.example"] = "none", ["insecure.example"] = "insecure",
+    ["bogus.example"] = "bogus", ["slow.example"] = "timeout" } do
+    w.domains[d] = { mx = "mx." .. d, tlsa = "_25._tcp.mx." .. d, expect = expect }
+  end
+  return w
+end
+
 return _M
