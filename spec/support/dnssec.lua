@@ -136,8 +136,8 @@ function _M.start(zones, opts)
     if z.sign then
       local file = dir .. "/zone" .. i
       util.write(file, text)
-      local key = sh("cd '" .. dir .. "' && ldns-keygen -a ECDSAP256SHA256 -k " .. origin)
-        :gsub("%s+$", "")
+      local key = sh("cd '" .. dir .. "' && ldns-keygen -r /dev/urandom -a ECDSAP256SHA256 -k " ..
+        origin):gsub("%s+$", "")
       local ds = read(dir .. "/" .. key .. ".ds"):gsub("%s+$", "")
       sh("cd '" .. dir .. "' && ldns-signzone -i " .. inception .. " -e " .. expiration ..
         " -o " .. origin .. " -f " .. file .. ".signed " .. file .. " " .. key)
