@@ -289,6 +289,19 @@ describe("mtasts.resolver with DNSSEC #fixture", function()
       msg)
     assert.is_true(took >= 1.9 and took < util.within(4), "took " .. took)
   end)
+  it("says timeout, not servfail, when libunbound gives up on a silent stub zone first",
+    function()
+    -- libunbound answers SERVFAIL by itself after 12-17 s; the probe then asks the stub
+    -- zone's own server (silent), not the nameserver NSD (which would answer): a timeout
+    local slow = assert(resolver.new(w:resolver_opts{ timeout = 19 }))
+    local t0 = core.monotonic()
+    local t, msg, code = slow:tlsa("mx.slow.example")
+    local took = core.monotonic() - t0
+    slow:close()
+    assert.is_nil(t)
+    assert.equal("timeout", code, msg)
+    assert.is_true(took >= 18.9 and took < util.within(21), "took " .. took)
+  end)
   it("follows CNAMEs: secure only when every link is", function()
     local t = assert(r:tlsa("mx.cname.example"))
     assert.same({ "secure", "_25._tcp.mx.dane-ee.example." }, { t.dnssec, t.canonname })
