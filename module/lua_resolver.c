@@ -10,6 +10,7 @@
 
 #define RESOLVER_MT "mtasts.resolver"
 #define MAX_NAMESERVERS 16
+#define MAX_STUBS 16          /* stub zone servers, all zones together */
 
 typedef struct {
   mtasts_resolver *r;     /* first: NULL once closed (lua_util.h) */
@@ -45,10 +46,47 @@ static const char *type_name(int t) {
   return "?";
 }
 
-/* The options of resolver_new and resolver_check into o; ns holds the nameservers. The
- * values stay on the stack, anchoring the strings, until the C function returns. */
-static void read_opts(lua_State *L, const char *fn, mtasts_resolver_opts *o, const char **ns) {
-  static const char *const keys[] = { "nameserver", "trust_anchor", NULL };
+/* stub = { [zone] = "IP@PORT" | { "IP@PORT", ... } } on top of the stack into o, one pair per
+ * server: zones and addrs hold MAX_STUBS. The strings are anchored by the table, which stays
+ * on the stack. */
+static void read_stubs(lua_State *L, const char *fn, mtasts_resolver_opts *o, const char **zones,
+                       const char **addrs) {
+  int t = lua_gettop(L);
+  o->stub_zones = zones;
+  o->stub_addrs = addrs;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_Integer i, len = 1;
+    if (lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "bad argument #1 to '%s' (stub: keys must be zone names)", fn);
+    if (lua_type(L, -1) == LUA_TTABLE) len = luaL_len(L, -1);
+    else if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "bad argument #1 to '%s' (stub: a zone's servers are a string or a table "
+                 "of strings)", fn);
+    for (i = 1; i <= len; i++) {
+      if (o->n_stubs >= MAX_STUBS)
+        luaL_error(L, "bad argument #1 to '%s' (stub: over %d servers)", fn, MAX_STUBS);
+      if (lua_type(L, -1) == LUA_TTABLE) {
+        if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+          luaL_error(L, "bad argument #1 to '%s' (stub: a zone's servers are a string or a "
+                     "table of strings)", fn);
+        addrs[o->n_stubs] = lua_tostring(L, -1);
+        lua_pop(L, 1);   /* anchored by the table */
+      } else {
+        addrs[o->n_stubs] = lua_tostring(L, -1);
+      }
+      zones[o->n_stubs++] = lua_tostring(L, -2);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* The options of resolver_new and resolver_check into o; ns holds the nameservers, zones and
+ * addrs the stub zones. The values stay on the stack, anchoring the strings, until the C
+ * function returns. */
+static void read_opts(lua_State *L, const char *fn, mtasts_resolver_opts *o, const char **ns,
+                      const char **zones, const char **addrs) {
+  static const char *const keys[] = { "nameserver", "trust_anchor", "stub", NULL };
   memset(o, 0, sizeof *o);
   luaL_checktype(L, 1, LUA_TTABLE);
   mtasts_lua_opt_known(L, 1, fn, keys);
@@ -65,17 +103,23 @@ static void read_opts(lua_State *L, const char *fn, mtasts_resolver_opts *o, con
   default:
     luaL_error(L, "bad argument #1 to '%s' (trust_anchor is a file or false)", fn);
   }
+  switch (lua_getfield(L, 1, "stub")) {
+  case LUA_TNIL: break;
+  case LUA_TTABLE: read_stubs(L, fn, o, zones, addrs); break;
+  default: luaL_error(L, "bad argument #1 to '%s' (stub must be a table)", fn);
+  }
 }
 
-/* resolver_new{ nameserver = "IP@PORT" | { ... }, trust_anchor = file | false }
+/* resolver_new{ nameserver = "IP@PORT" | { ... }, trust_anchor = file | false,
+ *   stub = { [zone] = "IP@PORT" | { ... } } }
  *   -> resolver | fail (config, local) */
 static int resolver_new(lua_State *L) {
   mtasts_resolver_opts o;
-  const char *ns[MAX_NAMESERVERS];
+  const char *ns[MAX_NAMESERVERS], *zones[MAX_STUBS], *addrs[MAX_STUBS];
   char err[MTASTS_ERR_MAX];
   lresolver *u;
   int rc;
-  read_opts(L, "resolver_new", &o, ns);
+  read_opts(L, "resolver_new", &o, ns, zones, addrs);
   u = mtasts_lua_class_new(L, &resolver_class, sizeof *u);
   if ((rc = mtasts_resolver_new(&o, &u->r, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   return 1;
@@ -85,10 +129,10 @@ static int resolver_new(lua_State *L) {
  * resolver_new, keeping nothing */
 static int resolver_check_opts(lua_State *L) {
   mtasts_resolver_opts o;
-  const char *ns[MAX_NAMESERVERS];
+  const char *ns[MAX_NAMESERVERS], *zones[MAX_STUBS], *addrs[MAX_STUBS];
   char err[MTASTS_ERR_MAX];
   int rc;
-  read_opts(L, "resolver_check", &o, ns);
+  read_opts(L, "resolver_check", &o, ns, zones, addrs);
   if ((rc = mtasts_resolver_check(&o, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
   lua_pushboolean(L, 1);
   return 1;
@@ -222,16 +266,30 @@ bad:
   return -1;
 }
 
-/* r:done() -> { { id =, status =, secure =, records =, canonname =, why = }, ... }
+/* What DNSSEC said of an answer: "bogus" when validation failed; "secure" or "insecure" for
+ * an answer with data, or a denial (NXDOMAIN, NODATA), libunbound's secure flag covering
+ * every link of a CNAME chain; NULL when there was no answer to judge (a timeout, a
+ * SERVFAIL, this host's failure, rdata that did not decode). */
+static const char *dnssec_status(const mtasts_dns_query *q) {
+  if (q->status == MTASTS_DNS_BOGUS) return "bogus";
+  if (!q->result || (q->status != MTASTS_DNS_OK && q->status != MTASTS_DNS_NXDOMAIN &&
+                     q->status != MTASTS_DNS_NODATA))
+    return NULL;
+  return q->result->secure ? "secure" : "insecure";
+}
+
+/* r:done() -> { { id =, type =, status =, secure =, dnssec =, records =, canonname =, name =,
+ *   why = }, ... }
  * Every query answered (or timed out) since the last call, in order. */
 static int resolver_done(lua_State *L) {
   lresolver *u = resolver_check(L, 1);
   mtasts_dns_query *q;
+  const char *dnssec;
   int n = 0;
   lua_newtable(L);
   while ((q = mtasts_resolver_done(u->r)) != NULL) {
     /* the query stays owned by the resolver until its table is complete */
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 8);
     lua_pushinteger(L, q->id);
     lua_setfield(L, -2, "id");
     lua_pushstring(L, type_name(q->rrtype));
@@ -242,6 +300,10 @@ static int resolver_done(lua_State *L) {
     lua_setfield(L, -2, "status");
     lua_pushboolean(L, q->result && q->result->secure);
     lua_setfield(L, -2, "secure");
+    if ((dnssec = dnssec_status(q)) != NULL) {
+      lua_pushstring(L, dnssec);
+      lua_setfield(L, -2, "dnssec");
+    }
     if (q->result && q->result->canonname) {
       lua_pushstring(L, q->result->canonname);
       lua_setfield(L, -2, "canonname");

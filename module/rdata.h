@@ -44,12 +44,16 @@ typedef struct {
   size_t n_nameservers;
   const char *trust_anchor;     /* a file; NULL: Debian's dns-root-data when present */
   int no_trust_anchor;          /* 1: no DNSSEC validation at all */
+  const char **stub_zones;      /* stub zones: names under stub_zones[i] are asked of */
+  const char **stub_addrs;      /* stub_addrs[i] ("IP@PORT" or "IP"), not the nameservers */
+  size_t n_stubs;               /* pairs; a zone with several servers comes once for each */
 } mtasts_resolver_opts;
 
 /* Make a resolver, its settings checked and loaded now (libunbound reads the trust anchor on
  * its first query otherwise, and a bad one would fail every lookup as SERVFAIL): 0, or
  * MTASTS_ECONFIG (a nameserver that is no IP[@PORT], a trust anchor or /etc/resolv.conf that
- * cannot be read or loaded; err starts with the option's name: "nameserver: ...") or
+ * cannot be read or loaded, a stub zone that is no DNS name or whose server is no
+ * IP[@PORT]; err starts with the option's name: "nameserver: ...") or
  * MTASTS_ELOCAL (out of memory, no libunbound context), with err. */
 int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, char *err);
 /* Check the settings as mtasts_resolver_new does, keeping nothing: 0 or MTASTS_ECONFIG,

@@ -14,7 +14,9 @@
  * same question is sent once, directly, to every configured nameserver, from a socket of our
  * own, and the query finishes when one of them answers (anything: servfail, as libunbound
  * said) or at its deadline (timeout: no nameserver answered within it). The descriptor the
- * host waits on is an epoll descriptor holding libunbound's and the probe sockets. */
+ * host waits on is an epoll descriptor holding libunbound's and the probe sockets. A name
+ * under a stub zone (libunbound asks that zone's own servers, not the nameservers) is probed
+ * at the servers of the closest such zone. */
 #include "rdata.h"
 
 #include <arpa/inet.h>
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>   /* strncasecmp */
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -45,9 +48,13 @@ struct mtasts_resolver {
   int sock[2];                              /* probe sockets, IPv4 and IPv6; -1 until used */
   struct sockaddr_storage fwd[MAX_PROBED];  /* the nameservers libunbound asks */
   socklen_t fwd_len[MAX_PROBED];
+  char fwd_zone[MAX_PROBED][MTASTS_NAME_MAX + 1];   /* "" (a nameserver) or the stub zone
+                                                       it serves: lower case, no final dot */
   size_t n_fwd;
   unsigned short probe_seq;
 };
+
+static int is_dns_name(const char *name);
 
 static void unlink_pending(mtasts_resolver *r, mtasts_dns_query *q) {
   mtasts_dns_query **pp;
@@ -69,14 +76,20 @@ static void free_query(mtasts_dns_query *q) {
 
 /* --- the probe (see the top of this file) --- */
 
-/* A nameserver setting ("IP", "IP@PORT", checked before) into r's list of probed servers. */
-static void add_forwarder(mtasts_resolver *r, const char *spec) {
+/* A nameserver setting ("IP", "IP@PORT", checked before) into r's list of probed servers;
+ * zone: NULL for a nameserver, else the stub zone it serves. */
+static void add_forwarder(mtasts_resolver *r, const char *spec, const char *zone) {
   char ip[INET6_ADDRSTRLEN + 1];
   const char *at = strchr(spec, '@');
-  size_t n = at ? (size_t)(at - spec) : strlen(spec);
+  size_t n = at ? (size_t)(at - spec) : strlen(spec), zn = zone ? strlen(zone) : 0, i;
   unsigned long port = at ? strtoul(at + 1, NULL, 10) : 53;
   struct sockaddr_storage *ss = &r->fwd[r->n_fwd];
   if (r->n_fwd >= MAX_PROBED || n == 0 || n >= sizeof ip || port < 1 || port > 65535) return;
+  if (zn > 0 && zone[zn - 1] == '.') zn--;
+  if (zn > MTASTS_NAME_MAX) return;
+  for (i = 0; i < zn; i++)
+    r->fwd_zone[r->n_fwd][i] = (char)(zone[i] >= 'A' && zone[i] <= 'Z' ? zone[i] | 0x20 : zone[i]);
+  r->fwd_zone[r->n_fwd][zn] = '\0';
   memcpy(ip, spec, n);
   ip[n] = '\0';
   memset(ss, 0, sizeof *ss);
@@ -97,7 +110,7 @@ static void add_resolvconf(mtasts_resolver *r) {
   FILE *f = fopen("/etc/resolv.conf", "re");
   if (!f) return;
   while (fgets(line, sizeof line, f))
-    if (sscanf(line, " nameserver %46s", ip) == 1) add_forwarder(r, ip);
+    if (sscanf(line, " nameserver %46s", ip) == 1) add_forwarder(r, ip, NULL);
   fclose(f);
 }
 
@@ -114,12 +127,30 @@ static int probe_socket(mtasts_resolver *r, int family) {
   return r->sock[i] = s;
 }
 
-/* Send the question of q (name, its type, class IN, recursion desired) to every nameserver:
- * 1 when it went to at least one, 0 when it could not be sent (no probe, then). */
+/* The servers that answer for name: those of the closest stub zone it lies in, or the
+ * nameservers ("") when it lies in none. */
+static const char *probe_zone(const mtasts_resolver *r, const char *name) {
+  size_t n = strlen(name), i, best_n = 0;
+  const char *best = "";
+  if (n > 0 && name[n - 1] == '.') n--;
+  for (i = 0; i < r->n_fwd; i++) {
+    const char *z = r->fwd_zone[i];
+    size_t zn = strlen(z);
+    if (zn == 0 || zn <= best_n || zn > n || strncasecmp(name + n - zn, z, zn) != 0) continue;
+    if (zn < n && name[n - zn - 1] != '.') continue;
+    best = z;
+    best_n = zn;
+  }
+  return best;
+}
+
+/* Send the question of q (name, its type, class IN, recursion desired) to every server that
+ * answers for the name: 1 when it went to at least one, 0 when it could not be sent (no
+ * probe, then). */
 static int start_probe(mtasts_resolver *r, mtasts_dns_query *q, const char *name) {
   unsigned char msg[12 + 256 + 4];
   size_t n = 12, i, sent = 0;
-  const char *p = name;
+  const char *p = name, *zone = probe_zone(r, name);
   memset(msg, 0, 12);
   if (++r->probe_seq == 0) r->probe_seq = 1;   /* 0: not sent yet */
   q->probe_id = r->probe_seq;
@@ -142,7 +173,9 @@ static int start_probe(mtasts_resolver *r, mtasts_dns_query *q, const char *name
   msg[n++] = 0;
   msg[n++] = 1;                                 /* class IN */
   for (i = 0; i < r->n_fwd; i++) {
-    int s = probe_socket(r, r->fwd[i].ss_family);
+    int s;
+    if (strcmp(r->fwd_zone[i], zone) != 0) continue;
+    s = probe_socket(r, r->fwd[i].ss_family);
     if (s >= 0 && sendto(s, msg, n, 0, (struct sockaddr *)&r->fwd[i], r->fwd_len[i]) ==
         (ssize_t)n)
       sent++;
@@ -244,9 +277,10 @@ static int fail_local(char *err, const char *what, int rc) {
   return MTASTS_ELOCAL;
 }
 
-/* A nameserver setting, "IP" or "IP@PORT": 0, or MTASTS_ECONFIG with err. libunbound takes
- * "127.0.0.1@99999" and asks port 34463; it is checked here instead. */
-static int check_nameserver(const char *ns, char *err) {
+/* A nameserver setting, "IP" or "IP@PORT": 0, or MTASTS_ECONFIG with err, which starts with
+ * `what` (the option). libunbound takes "127.0.0.1@99999" and asks port 34463; it is checked
+ * here instead. */
+static int check_nameserver(const char *what, const char *ns, char *err) {
   char ip[INET6_ADDRSTRLEN + 1];
   unsigned char addr[sizeof(struct in6_addr)];
   const char *at = strchr(ns, '@');
@@ -260,19 +294,19 @@ static int check_nameserver(const char *ns, char *err) {
     unsigned long port = 0;
     size_t digits = strspn(p, "0123456789");
     if (digits == 0 || p[digits] != '\0' || digits > 5) {
-      snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s': the port is not a number", ns);
+      snprintf(err, MTASTS_ERR_MAX, "%s: '%.100s': the port is not a number", what, ns);
       return MTASTS_ECONFIG;
     }
     port = strtoul(p, NULL, 10);
     if (port < 1 || port > 65535) {
-      snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s': port %lu is out of range (1-65535)",
+      snprintf(err, MTASTS_ERR_MAX, "%s: '%.100s': port %lu is out of range (1-65535)", what,
                ns, port);
       return MTASTS_ECONFIG;
     }
   }
   return 0;
 not_ip:
-  snprintf(err, MTASTS_ERR_MAX, "nameserver: '%.100s' is not an IP address (IP or IP@PORT)", ns);
+  snprintf(err, MTASTS_ERR_MAX, "%s: '%.100s' is not an IP address (IP or IP@PORT)", what, ns);
   return MTASTS_ECONFIG;
 }
 
@@ -310,7 +344,14 @@ static int check_plain(const mtasts_resolver_opts *o, char *err) {
   size_t i;
   int rc;
   for (i = 0; i < o->n_nameservers; i++)
-    if ((rc = check_nameserver(o->nameservers[i], err)) != 0) return rc;
+    if ((rc = check_nameserver("nameserver", o->nameservers[i], err)) != 0) return rc;
+  for (i = 0; i < o->n_stubs; i++) {
+    if (!is_dns_name(o->stub_zones[i])) {
+      snprintf(err, MTASTS_ERR_MAX, "stub: '%.100s' is not a zone name", o->stub_zones[i]);
+      return MTASTS_ECONFIG;
+    }
+    if ((rc = check_nameserver("stub", o->stub_addrs[i], err)) != 0) return rc;
+  }
   if (o->n_nameservers == 0 &&
       (rc = check_readable("nameserver", "/etc/resolv.conf", " (none is given)", err)) != 0)
     return rc;
@@ -359,6 +400,13 @@ static int setup(const mtasts_resolver_opts *o, struct ub_ctx **out, char *err) 
     rc = rc == UB_NOMEM ? MTASTS_ELOCAL : MTASTS_ECONFIG;
     goto bad;
   }
+  for (i = 0; i < o->n_stubs; i++)
+    if ((rc = ub_ctx_set_stub(ctx, o->stub_zones[i], o->stub_addrs[i], 0)) != 0) {
+      snprintf(err, MTASTS_ERR_MAX, "stub: '%.100s' '%.100s': %s", o->stub_zones[i],
+               o->stub_addrs[i], ub_strerror(rc));
+      rc = rc == UB_SYNTAX ? MTASTS_ECONFIG : MTASTS_ELOCAL;
+      goto bad;
+    }
   if (ta && (rc = ub_ctx_add_ta_file(ctx, ta)) != 0) {
     rc = fail_local(err, "trust anchor", rc);
     goto bad;
@@ -408,8 +456,9 @@ int mtasts_resolver_new(const mtasts_resolver_opts *o, mtasts_resolver **out, ch
       goto bad;
     }
   }
-  for (i = 0; i < o->n_nameservers; i++) add_forwarder(r, o->nameservers[i]);
+  for (i = 0; i < o->n_nameservers; i++) add_forwarder(r, o->nameservers[i], NULL);
   if (o->n_nameservers == 0) add_resolvconf(r);
+  for (i = 0; i < o->n_stubs; i++) add_forwarder(r, o->stub_addrs[i], o->stub_zones[i]);
   r->probe_seq = (unsigned short)(time(NULL) ^ getpid());
   *out = r;
   return 0;

@@ -6,12 +6,15 @@
 --   server:stop()
 --
 -- A zone whose records are the string "BROKEN" fails to load, so NSD answers SERVFAIL for
--- it. Names outside every zone are REFUSED (the resolver reports servfail).
+-- it. A zone given as { text = "..." } is served as that complete zone file (a signed zone
+-- from support.dnssec). Names outside every zone are REFUSED (the resolver reports servfail).
 local util = require("support.util")
 local proc = require("support.proc")
 
 local _M = {}
 
+--- The text of a zone file for origin `name` (with its SOA, NS and ns A 127.0.0.1) and the
+-- record lines, relative to the origin unless they end with a dot.
 local function zone_file(name, records)
   local lines = { "$ORIGIN " .. name, "$TTL 60",
     "@ IN SOA ns." .. name .. " hostmaster." .. name .. " 1 3600 600 86400 60",
@@ -24,7 +27,10 @@ local function zone_file(name, records)
   return table.concat(lines, "\n") .. "\n"
 end
 
---- Start NSD with zones { [origin] = { record lines } | "BROKEN" }; returns a server.
+_M.zone_file = zone_file
+
+--- Start NSD with zones { [origin] = { record lines } | "BROKEN" | { text = zone file } };
+-- returns a server.
 -- port: a fixed port (53 inside a private network namespace), else a free one.
 function _M.start(zones, port)
   local dir = util.tmpdir()
@@ -42,7 +48,8 @@ function _M.start(zones, port)
       "  tcp-count: 20", "remote-control:", "  control-enable: no" }
     for i, name in ipairs(names) do
       local file = "zone" .. i .. ".zone"
-      util.write(dir .. "/" .. file, zone_file(name, zones[name]))
+      local z = zones[name]
+      util.write(dir .. "/" .. file, type(z) == "table" and z.text or zone_file(name, z))
       conf[#conf + 1] = "zone:"
       conf[#conf + 1] = "  name: " .. name
       conf[#conf + 1] = "  zonefile: " .. file
