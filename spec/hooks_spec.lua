@@ -47,6 +47,35 @@ describe("mtasts.hooks", function()
     return r and r.policies[1], trigger
   end
 
+  it("DANE first: a DANE host's sessions go to tlsa results, for the domain and the MX host",
+    function()
+    local REC = { usage = 3, selector = 1, mtype = 1, data = ("\9"):rep(32) }
+    local client = fake_client({ ["example.com"] = TEXT })
+    function client.dane(_, domain, names)
+      assert.equal("example.com", domain)
+      assert.same({ "mx1.example.com" }, names)
+      return { mx_secure = true, hosts = { ["mx1.example.com"] = { status = "secure",
+        records = { REC }, usable = 1 } } }
+    end
+    h = assert(hooks.new{ client = client, store = store })
+    local msg = {}
+    local hosts = assert(h:get_mx("example.com", { "mx1.example.com" }, msg))
+    assert.same({ { host = "mx1.example.com", priority = 1, tls = "dane", verify_pkix = false,
+      plaintext_fallback = false, tlsa = { REC } } }, hosts)
+    assert(h:session(msg, "example.com", "mx1.example.com", { result_type = "validation-failure",
+      failure_reason_code = "dane-no-match" }))
+    assert(h:delivered(msg, "example.com", "mx1.example.com"))
+    assert(store:flush())
+    local p = report("example.com")
+    assert.equal("tlsa", p.policy["policy-type"])
+    assert.same({ "3 1 1 " .. ("09"):rep(32) }, p.policy["policy-string"])
+    assert.equal(1, p.summary["total-failure-session-count"])
+    local mxr = assert(store:report("mx1.example.com", DAY, { host = true }))
+    local mxp = mxr.policies[1]
+    assert.equal("tlsa", mxp.policy["policy-type"])
+    assert.equal("mx1.example.com", mxp.policy["policy-domain"])
+  end)
+
   it("enforce: allowed hosts by priority, TLS required; a delivery is a success", function()
     h = assert(hooks.new{ client = fake_client({ ["example.com"] = TEXT }), store = store })
     local msg = {}

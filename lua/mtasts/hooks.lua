@@ -7,8 +7,8 @@ local mtasts = require("mtasts")
 local delivery = require("mtasts.delivery")
 local tlsrpt = require("mtasts.tlsrpt")
 
-local type, pairs, ipairs, error, tostring, setmetatable = type, pairs, ipairs, error, tostring,
-  setmetatable
+local type, pairs, ipairs, error, tostring, setmetatable, next = type, pairs, ipairs, error,
+  tostring, setmetatable, next
 
 local _M = {}
 local Hooks = {}
@@ -71,11 +71,27 @@ local function finish(self, msg, domain)
   local a = per and per[domain]
   if not a then return true end
   per[domain] = nil
-  if not self.store or not a.result or a.recorded then return true end
+  if not self.store or a.recorded then return true end
   a.recorded = true
-  local ok, err, code = self.store:add(a.result, { recipient_domain = domain,
-    report = not is_report(msg) })
-  if not ok then self.log("err", "recording a TLSRPT result failed: " .. tostring(err)) end
+  local report = not is_report(msg)
+  local ok, err, code = true, nil, nil
+  local function add(result, opts)
+    local done, e, c = self.store:add(result, opts)
+    if not done then
+      self.log("err", "recording a TLSRPT result failed: " .. tostring(e))
+      if ok then ok, err, code = nil, e, c end
+    end
+  end
+  if a.result and (a.sts_sessions or not next(a.dane or {})) then
+    add(a.result, { recipient_domain = domain, report = report })
+  end
+  -- DANE sessions: in the recipient domain's report and in the MX host's own (as mox does)
+  for _, d in pairs(a.dane or {}) do
+    if d.sessions > 0 then
+      add(d.domain_result, { recipient_domain = domain, host = false, report = report })
+      add(d.host_result, { recipient_domain = domain, report = report })
+    end
+  end
   return ok, err, code
 end
 
@@ -117,12 +133,23 @@ function Hooks:get_mx(domain, mx, msg, opts)
     type(opts) == "table" and opts.force and { force = true } or nil)
   local names = {}
   for i, m in ipairs(list) do names[i] = m.host end
+  -- DANE first, when the client can look it up (docs/delivery.md)
+  local dane = type(self.client.dane) == "function" and self.client:dane(domain, names) or nil
   local plan = delivery.plan{ domain = domain, mx = names, policy = policy, result = result,
     policy_error = perr and (tostring(perr) .. " (" .. tostring(pcode) .. ")") or nil,
-    policy_code = pcode,
+    policy_code = pcode, dane = dane,
     tls_required_no = msg.tls_required_no == true, require_tls = msg.require_tls == true }
   self.attempts[msg] = self.attempts[msg] or {}
-  self.attempts[msg][domain] = { result = result, plan = plan, policy = policy }
+  local a = { result = result, plan = plan, policy = policy, dane = {} }
+  self.attempts[msg][domain] = a
+  for _, h in ipairs(plan.hosts) do
+    if h.tls == "dane" then
+      local host = h.host:lower()
+      a.dane[host] = { sessions = 0,
+        domain_result = tlsrpt.tlsa_result(domain, h.tlsa, host),
+        host_result = tlsrpt.tlsa_result(host, h.tlsa, host) }
+    end
+  end
   if plan.defer or plan.fail then
     if result then result.summary.failure = result.summary.failure + 1 end
     finish(self, msg, domain)
@@ -138,7 +165,8 @@ function Hooks:get_mx(domain, mx, msg, opts)
   local out = {}
   for i, h in ipairs(plan.hosts) do
     out[i] = { host = h.host, priority = prio[h.host], tls = h.tls,
-      verify_pkix = h.verify_pkix, plaintext_fallback = plan.plaintext_fallback }
+      verify_pkix = h.verify_pkix, plaintext_fallback = plan.plaintext_fallback,
+      tlsa = h.tlsa }
   end
   return out
 end
@@ -151,9 +179,21 @@ end
 function Hooks:session(msg, domain, host, outcome)
   live(self, "session")
   local a = attempt_of(self, msg, domain)
-  if not a or not a.result then return false end
+  if not a then return false end
+  local d = type(host) == "string" and a.dane and a.dane[host:lower()]
+  if d then
+    -- a DANE host (tls = "dane"): its sessions are tlsa results, for the recipient domain and
+    -- for the MX host (result types of dane.verify: validation-failure, tlsa-invalid, ...)
+    delivery.outcome(d.domain_result, host, outcome)
+    delivery.outcome(d.host_result, host, outcome)
+    d.sessions = d.sessions + 1
+    a.sessions = (a.sessions or 0) + 1
+    return true
+  end
+  if not a.result then return false end
   delivery.outcome(a.result, host, outcome)
   a.sessions = (a.sessions or 0) + 1
+  a.sts_sessions = (a.sts_sessions or 0) + 1
   return true
 end
 
@@ -164,8 +204,8 @@ function Hooks:delivered(msg, domain, host, info)
   live(self, "delivered")
   local a = attempt_of(self, msg, domain)
   info = info or {}
-  if a and a.result and not a.sessions and info.tls ~= false then
-    delivery.outcome(a.result, host, { ok = true })
+  if a and not a.sessions and info.tls ~= false then
+    self:session(msg, domain, host, { ok = true })
   end
   return finish(self, msg, domain)
 end
