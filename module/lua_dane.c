@@ -12,6 +12,14 @@ static int argerr(lua_State *L, int arg, const char *why) {
   return luaL_error(L, "bad argument #%d to 'verify' (%s)", arg, why);
 }
 
+/* Argument arg is a table: "table expected, got nil", as luaL_checktype says it. */
+static void check_table(lua_State *L, int arg) {
+  if (lua_type(L, arg) != LUA_TTABLE) {
+    lua_pushfstring(L, "table expected, got %s", luaL_typename(L, arg));
+    argerr(L, arg, lua_tostring(L, -1));
+  }
+}
+
 /* A string argument or field without NUL bytes (names go to C strings). */
 static const char *plain_string(lua_State *L, int idx, int arg, const char *what) {
   size_t n;
@@ -49,6 +57,7 @@ static int dane_verify(lua_State *L) {
   lua_Integer now;
   int isint, rc;
 
+  lua_settop(L, 3);   /* the arguments at 1-3, what this function anchors above them */
   memset(&chain, 0, sizeof chain);
   /* the chain: PEM text, or a list of DER strings (borrowed from the argument) */
   if (lua_type(L, 1) == LUA_TSTRING) {
@@ -73,7 +82,7 @@ static int dane_verify(lua_State *L) {
   }
 
   /* the records */
-  luaL_checktype(L, 2, LUA_TTABLE);
+  check_table(L, 2);
   nrec = (lua_Integer)lua_rawlen(L, 2);
   recs = lua_newuserdatauv(L, (size_t)(nrec ? nrec : 1) * sizeof *recs, 0);
   for (i = 1; i <= nrec; i++) {
@@ -96,7 +105,7 @@ static int dane_verify(lua_State *L) {
   }
 
   /* the options */
-  luaL_checktype(L, 3, LUA_TTABLE);
+  check_table(L, 3);
   lua_pushnil(L);
   while (lua_next(L, 3)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
