@@ -61,18 +61,20 @@ local function make(dir, name, cn, ext, issuer, days)
   return c
 end
 
-function _M.new(dir)
+--- Vectors in dir; opts.leaf_days: how long the leaves are valid (default 1 day).
+function _M.new(dir, opts)
+  local days = opts and opts.leaf_days or 1
   local self = setmetatable({ dir = dir, certs = {} }, V)
   local c = self.certs
   c.root = make(dir, "root", "DANE test root", CA_EXT, nil, 3650)
   c.other = make(dir, "other", "DANE other root", CA_EXT, nil, 3650)
   c.int = make(dir, "int", "DANE test intermediate", CA_EXT, dir .. "/root", 3650)
   c.leaf = make(dir, "leaf", "mx1.example.com",
-    leaf_ext("DNS:mx1.example.com,DNS:mail.example.net"), dir .. "/int", 1)
-  c.wild = make(dir, "wild", "wildcard", leaf_ext("DNS:*.example.org"), dir .. "/int", 1)
-  c.partial = make(dir, "partial", "partial", leaf_ext("DNS:mx*.example.org"), dir .. "/int", 1)
+    leaf_ext("DNS:mx1.example.com,DNS:mail.example.net"), dir .. "/int", days)
+  c.wild = make(dir, "wild", "wildcard", leaf_ext("DNS:*.example.org"), dir .. "/int", days)
+  c.partial = make(dir, "partial", "partial", leaf_ext("DNS:mx*.example.org"), dir .. "/int", days)
   c.cn = make(dir, "cn", "mx9.example.com",
-    "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n", dir .. "/int", 1)
+    "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n", dir .. "/int", days)
   self.chain = self:chain_of("leaf", "int", "root")
   return self
 end
