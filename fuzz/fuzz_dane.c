@@ -1,6 +1,6 @@
 /* libFuzzer harness: the DANE primitive (dane.c) on hostile TLSA records and chains.
  * Input: byte 0 = flags (bit 0: the chain is DER strings, else PEM text; bits 1-3: the number
- * of records), then each record as usage, selector, mtype (1 byte each), a 2-byte big-endian
+ * of records; bit 4: a context made for this call, else the shared one), then each record as usage, selector, mtype (1 byte each), a 2-byte big-endian
  * length and the data, then the chain: PEM text as it is, or DER strings each behind a 2-byte
  * big-endian length. Properties: what comes from the network never fails the call; a result
  * is a match (a depth) or one of the RFC 8460 result types with a printable reason; without a
@@ -23,6 +23,7 @@ static size_t take16(const uint8_t **p, const uint8_t *end) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static mtasts_dane_ctx *shared;   /* one SSL_CTX for every input, as the binding keeps */
   static const char *const names[] = { "mx1.example.com", "mail.example.net" };
   static const char *const types[] = { "tlsa-invalid", "certificate-host-mismatch",
                                        "certificate-expired", "validation-failure", NULL };
@@ -62,7 +63,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     chain.pem = (const char *)p;
     chain.pemlen = (size_t)(end - p);
   }
-  rc = mtasts_dane_verify(&chain, recs, nrec, names, 2, 1800000000, &res, err);
+  if (!shared && mtasts_dane_ctx_new(&shared, err) != 0) return 0;
+  rc = mtasts_dane_verify(flags & 0x10 ? NULL : shared, &chain, recs, nrec, names, 2,
+                          1800000000, &res, err);
   if (rc == -2) return 0;   /* out of memory: this host, not the input */
   if (rc != 0) abort();
   if (res.ok) {

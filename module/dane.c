@@ -10,8 +10,9 @@
  * (OpenSSL ignores dates for DANE-EE itself; DANE_FLAG_NO_DANE_EE_NAMECHECKS the names), and
  * the RFC 8460 result type of a failure.
  *
- * Rules of this file: every OpenSSL object is made and freed inside mtasts_dane_verify (no
- * global state, thread-safe), the error queue is cleared before and drained after, and what
+ * Rules of this file: every OpenSSL object but the shared SSL_CTX (mtasts_dane_ctx, only
+ * read once made) is made and freed inside mtasts_dane_verify (no global state,
+ * thread-safe), the error queue is cleared before and drained after, and what
  * comes from the network (the chain, the records) never makes the call fail: it becomes a
  * result. */
 #include "dane.h"
@@ -147,10 +148,33 @@ static void classify(X509_STORE_CTX *xctx, int verr, const char *const *names, s
   }
 }
 
-int mtasts_dane_verify(const mtasts_dane_chain *chain, const mtasts_tlsa *recs, size_t nrec,
-                       const char *const *names, size_t nnames, int64_t now,
-                       mtasts_dane_result *res, char *err) {
-  SSL_CTX *ctx = NULL;
+/* The context is an SSL_CTX and nothing else: the struct only gives it a name of ours. */
+struct mtasts_dane_ctx { SSL_CTX *ssl_ctx; };
+
+int mtasts_dane_ctx_new(mtasts_dane_ctx **out, char *err) {
+  mtasts_dane_ctx *c = OPENSSL_zalloc(sizeof *c);
+  ERR_clear_error();
+  if (!c || !(c->ssl_ctx = SSL_CTX_new(TLS_client_method())) ||
+      SSL_CTX_dane_enable(c->ssl_ctx) <= 0) {
+    snprintf(err, MTASTS_ERR_MAX, "OpenSSL: %s", first_error());
+    mtasts_dane_ctx_free(c);
+    ERR_clear_error();
+    return -2;
+  }
+  *out = c;
+  return 0;
+}
+
+void mtasts_dane_ctx_free(mtasts_dane_ctx *c) {
+  if (!c) return;
+  SSL_CTX_free(c->ssl_ctx);
+  OPENSSL_free(c);
+}
+
+int mtasts_dane_verify(mtasts_dane_ctx *shared, const mtasts_dane_chain *chain,
+                       const mtasts_tlsa *recs, size_t nrec, const char *const *names,
+                       size_t nnames, int64_t now, mtasts_dane_result *res, char *err) {
+  mtasts_dane_ctx *own = NULL;   /* made here when the caller has none, freed at the end */
   SSL *ssl = NULL;
   STACK_OF(X509) *sk = NULL;
   X509_STORE *store = NULL;
@@ -167,9 +191,11 @@ int mtasts_dane_verify(const mtasts_dane_chain *chain, const mtasts_tlsa *recs, 
     rc = -1;
     goto done;
   }
-  if (!(ctx = SSL_CTX_new(TLS_client_method())) || SSL_CTX_dane_enable(ctx) <= 0 ||
-      !(ssl = SSL_new(ctx)))
-    goto oom;
+  if (!shared) {
+    if ((rc = mtasts_dane_ctx_new(&own, err)) != 0) goto done;
+    shared = own;
+  }
+  if (!(ssl = SSL_new(shared->ssl_ctx))) goto oom;
   /* the names: one trailing dot dropped; any of them may match (RFC 7672 §3.2.2) */
   for (i = 0; i < nnames; i++) {
     size_t n = strlen(names[i]);
@@ -268,7 +294,7 @@ done:
   X509_STORE_free(store);
   sk_X509_pop_free(sk, X509_free);
   SSL_free(ssl);
-  SSL_CTX_free(ctx);
+  mtasts_dane_ctx_free(own);
   ERR_clear_error();
   return rc;
 }

@@ -6,6 +6,19 @@
 #include <string.h>
 
 #define DANE_NAMES_MAX 64   /* reference identifiers: the MX host and a few more */
+#define DANEBOX_MT "mtasts.danebox"
+
+/* The SSL_CTX every call of this Lua state shares (dane.h), in a box that is dane_verify's
+ * upvalue: made at the first call (not at require: it costs half a millisecond), freed with
+ * the state. A Lua state runs one call at a time, so the lazy making needs no lock. */
+typedef struct { mtasts_dane_ctx *ctx; } dane_box;
+
+static int danebox__gc(lua_State *L) {
+  dane_box *b = luaL_checkudata(L, 1, DANEBOX_MT);
+  mtasts_dane_ctx_free(b->ctx);
+  b->ctx = NULL;
+  return 0;
+}
 
 /* Raise "bad argument #arg to 'verify' (why)": the name the Lua facade gives it. */
 static int argerr(lua_State *L, int arg, const char *why) {
@@ -130,8 +143,13 @@ static int dane_verify(lua_State *L) {
     lua_pop(L, 1);   /* anchored by the names table, itself on the stack */
   }
 
-  rc = mtasts_dane_verify(&chain, recs, (size_t)nrec, names, (size_t)nnames, (int64_t)now,
-                          &res, err);
+  {
+    dane_box *b = lua_touserdata(L, lua_upvalueindex(1));
+    if (!b->ctx && mtasts_dane_ctx_new(&b->ctx, err) != 0)
+      return luaL_error(L, "dane.verify: %s", err);   /* this host: memory */
+    rc = mtasts_dane_verify(b->ctx, &chain, recs, (size_t)nrec, names, (size_t)nnames,
+                            (int64_t)now, &res, err);
+  }
   if (rc == -1) {
     lua_pushstring(L, err);
     return argerr(L, 3, lua_tostring(L, -1));
@@ -159,6 +177,7 @@ static int dane_verify(lua_State *L) {
 }
 
 void mtasts_open_dane(lua_State *L) {
-  lua_pushcfunction(L, dane_verify);
+  (void)mtasts_lua_newbox(L, sizeof(dane_box), DANEBOX_MT, danebox__gc);
+  lua_pushcclosure(L, dane_verify, 1);
   lua_setfield(L, -2, "dane_verify");
 }
