@@ -1,8 +1,8 @@
 /* libFuzzer harness: the DANE primitive (dane.c) on hostile TLSA records and chains.
  * Input: byte 0 = flags (bit 0: the chain is DER strings, else PEM text; bits 1-3: the number
- * of records; bit 4: a context made for this call, else the shared one), then each record as usage, selector, mtype (1 byte each), a 2-byte big-endian
- * length and the data, then the chain: PEM text as it is, or DER strings each behind a 2-byte
- * big-endian length. Properties: what comes from the network never fails the call; a result
+ * of records; bit 4: a context made for this call, else the shared one), then each record as
+ * usage, selector, mtype (1 byte each), a 2-byte big-endian length and the data, then the
+ * chain: PEM text as it is, or DER strings each behind a 2-byte big-endian length. Properties: what comes from the network never fails the call; a result
  * is a match (a depth) or one of the RFC 8460 result types with a printable reason; without a
  * DANE-TA or DANE-EE record it is always tlsa-invalid. */
 #include "dane.h"
