@@ -45,7 +45,7 @@ SRCS := $(wildcard module/*.c)
 OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
 ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 # the pure C parts (no Lua header): what the fuzz harnesses link
-PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c
+PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c module/dane.c
 HDRS := $(wildcard module/*.h)
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 

@@ -2,6 +2,7 @@
  * each binding file add its functions and classes. mtasts.core is internal: applications
  * use the Lua modules in lua/mtasts/. */
 #define _GNU_SOURCE 1  /* dladdr */
+#include "dane.h"
 #include "lua_util.h"
 #include "mtasts.h"
 
@@ -156,5 +157,6 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   mtasts_open_resolver(L);
   mtasts_open_fetch(L);
   mtasts_open_results(L);
+  mtasts_open_dane(L);
   return 1;
 }
