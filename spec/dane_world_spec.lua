@@ -12,10 +12,12 @@ local proc = require("support.proc")
 
 describe("DANE on the signed fixture world #fixture", function()
   local dnssec = require("support.dnssec")
-  local w, r, dir, cleanup
+  local w, r, dir, cleanup, ca, crt, key
   setup(function()
     dir, cleanup = util.tmpdir()
-    w = dnssec.dane_world{}
+    ca = require("support.ca").new(dir .. "/ca")
+    crt, key = ca:issue("mx.dane-ee.example")
+    w = dnssec.dane_world{ ee = crt }
     r = assert(resolver.new(w:resolver_opts{ timeout = 2 }))
   end)
   teardown(function()
@@ -91,6 +93,29 @@ describe("DANE on the signed fixture world #fixture", function()
     assert.equal("OK dane", got["bogus.example"])
     assert.equal("NOTFOUND ", got["nodane.example"])
     assert.equal("NOTFOUND ", got["insecure.example"])
+  end)
+
+  it("a Lua host verifies the chain its TLS handshake got with dane.verify", function()
+    local dane = require("mtasts.dane")
+    local port = proc.free_port()
+    proc.spawn("s_server", "openssl s_server -quiet -accept 127.0.0.1:" .. port .. " -cert " ..
+      crt .. " -key " .. key .. " -naccept 10", dir .. "/s_server.log")
+    assert(proc.poll(function() return proc.tcp_open(port) end, 10))
+    -- the chain the server sent, as a host's TLS library hands it over (PEM, leaf first)
+    local chain = util.run("openssl s_client -connect 127.0.0.1:" .. port ..
+      " -servername mx.dane-ee.example -showcerts </dev/null 2>/dev/null")
+    assert.matches("BEGIN CERTIFICATE", chain, 1, true)
+    local tlsa = assert(r:tlsa("mx.dane-ee.example", 25))
+    assert.equal("secure", tlsa.dnssec)
+    local ok, info = dane.verify(chain, tlsa, { names = { "mx.dane-ee.example" },
+      now = os.time() })
+    assert.is_true(ok, info and info.reason)
+    assert.same({ usage = 3, selector = 1, mtype = 1, depth = 0 }, info)
+    -- the same chain against another domain's records does not match
+    ok, info = dane.verify(chain, assert(r:tlsa("mx.mismatch.example", 25)),
+      { names = { "mx.mismatch.example" }, now = os.time() })
+    assert.is_false(ok)
+    assert.equal("validation-failure", info.result_type)
   end)
 
   it("mtasts check shows the DNSSEC status, the TLSA records and that DANE wins", function()
