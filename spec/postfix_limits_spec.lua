@@ -429,7 +429,9 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
     local pid = proc.spawn("mtasts-serve", "prlimit --nofile=256:256 " .. util.lua_cmd() ..
       " bin/mtasts --db " .. dir .. "/cache --nameserver " .. dns.nameserver ..
       " --trust-anchor none --allow-private-addresses --connect-to :443:127.0.0.1:" .. stall ..
-      " --timeout 3" ..
+      -- scaled like every wait here: under ASan or a loaded machine the ~30 stalled fetches
+      -- take seconds to start, and must all still be stalled when they are counted
+      " --timeout " .. util.within(3) ..
       " serve postfix --listen inet:127.0.0.1:0", out)
     local port
     assert(proc.poll(function()
@@ -490,7 +492,7 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
     assert.equal(400, busy + none, log)
     assert.is_true(none >= 1 and busy >= 1, ("%d NOTFOUND, %d TEMP"):format(none, busy))
     assert.same({ "NOTFOUND " }, quick[1])
-    -- well before the stalled lookups end (3 s); not at once, though: each of the ~30 policy
+    -- well before the stalled lookups end (3 s, scaled); not at once, though: each of the ~30 policy
     -- fetches that start together costs OpenSSL ~20 ms of CPU in the loop (a new SSL_CTX)
     assert.is_true(quick[2] < util.within(2), "the other connection waited " .. quick[2] ..
       " s: " .. log)
