@@ -492,7 +492,7 @@ describe("mtasts serve postfix at a low descriptor limit #fixture", function()
     assert.equal(400, busy + none, log)
     assert.is_true(none >= 1 and busy >= 1, ("%d NOTFOUND, %d TEMP"):format(none, busy))
     assert.same({ "NOTFOUND " }, quick[1])
-    -- well before the stalled lookups end (3 s, scaled); not at once, though: each of the ~30 policy
+    -- well before the stalled lookups end (3 s scaled); not at once, though: each of the ~30 policy
     -- fetches that start together costs OpenSSL ~20 ms of CPU in the loop (a new SSL_CTX)
     assert.is_true(quick[2] < util.within(2), "the other connection waited " .. quick[2] ..
       " s: " .. log)
