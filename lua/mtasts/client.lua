@@ -519,12 +519,6 @@ function Client:_refresh_one(ascii, now)
   return "updated"
 end
 
--- Ctrl-C in the standalone interpreter (lua.c) raises "interrupted!" once, wherever the code
--- is: a pcall here passes it on rather than count it as one domain's failure.
-local function pass_interrupt(e)
-  if type(e) == "string" and e:sub(-12) == "interrupted!" then error(e, 0) end
-end
-
 --- One proactive-refresh pass: prune rows unused for 180 days, then refresh rows not
 -- updated for 12 hours, `concurrency` at a time, their starts spread over `window` seconds
 -- with jitter. Returns counts { due, pruned, extended, updated, deleted, kept, failed } and
@@ -557,7 +551,7 @@ function Client:refresh(opts)
         local ok, outcome, ferr, fcode, freason = pcall(self._refresh_one, self, due[i],
           self.clock())
         if not ok then
-          pass_interrupt(outcome)
+          settings.pass_interrupt(outcome)
           self.log("err", "refresh " .. due[i] .. ": " .. tostring(outcome))
           outcome, ferr, fcode = "failed", tostring(outcome), "raised"
         end
@@ -667,7 +661,7 @@ function Client:maintain(opts)
         self.inflight[ascii] = nil
         slot.done = true
         if not ok then
-          pass_interrupt(outcome)
+          settings.pass_interrupt(outcome)
           self.log("err", "refresh " .. ascii .. ": " .. tostring(outcome))
           outcome, ferr, fcode = "failed", tostring(outcome), "raised"
         end

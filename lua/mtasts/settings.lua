@@ -5,7 +5,7 @@
 -- as nil, message, "config", option: the message starts with the option's name
 -- ("timeouts.dns: 0 is not ..."), and the fourth value is that name, so that a program (the
 -- CLI) can say which of its own flags it was.
-local type, tostring, tonumber = type, tostring, tonumber
+local type, tostring, tonumber, error = type, tostring, tonumber, error
 
 local _M = { MAX_SECONDS = 86400 }
 
@@ -104,6 +104,12 @@ function _M.timeouts(t)
   local ok, err, code, key = _M.seconds("timeouts.dns", t.dns)
   if not ok then return nil, err, code, key end
   return _M.seconds("timeouts.fetch", t.fetch)
+end
+
+--- Ctrl-C in the standalone interpreter (lua.c) raises "interrupted!" once, wherever the code
+-- is: a pcall that turns errors into one domain's or destination's failure passes it on.
+function _M.pass_interrupt(e)
+  if type(e) == "string" and e:sub(-12) == "interrupted!" then error(e, 0) end
 end
 
 return _M

@@ -808,13 +808,6 @@ local function local_retry(self, attempts, o)
     next = self.clock() + backoff(self, attempts > 0 and attempts or 1) }
 end
 
--- Ctrl-C in the standalone interpreter (lua.c) raises "interrupted!" wherever the code is:
--- a pcall here must pass it on, not record it as a destination's failure. The claims of what
--- was being sent lapse as after a crash.
-local function pass_interrupt(e)
-  if type(e) == "string" and e:sub(-12) == "interrupted!" then error(e, 0) end
-end
-
 -- Deliver one report to every destination; returns a summary word for it.
 local function send_one(self, day, domain, host, now, summary)
   local qbase = "Q" .. day .. "\0" .. (host and "h" or "d") .. domain .. "\0"
@@ -908,7 +901,7 @@ local function send_one(self, day, domain, host, now, summary)
       if j.https == (pass == 2) then
         local started, finish = pcall(deliver_start, self, report, body, j.uri)
         if not started then
-          pass_interrupt(finish)
+          settings.pass_interrupt(finish)
           local raised = { error = tostring(finish), code = "raised" }
           finish = function() return raised end
         end
@@ -920,7 +913,7 @@ local function send_one(self, day, domain, host, now, summary)
   for _, j in ipairs(jobs) do
     local done, o = pcall(j.finish)
     if not done then
-      pass_interrupt(o)
+      settings.pass_interrupt(o)
       o = { error = tostring(o), code = "raised" }
     end
     local new
@@ -992,7 +985,7 @@ function Store:send(day)
         else
           -- one report's trouble (a raised error included) is that report's, not the run's
           local sent_ok, serr = pcall(send_one, self, d, r.domain, r.host, now, summary)
-          if not sent_ok then pass_interrupt(serr) end
+          if not sent_ok then settings.pass_interrupt(serr) end
           if not sent_ok and getmetatable(serr) == DbFailure then
             -- the store cannot record what it does: stop before delivering anything more
             self.log("err", ("report %s %s: the delivery state cannot be written: %s; " ..
