@@ -184,6 +184,20 @@ describe("mtasts.postfix metrics and policy script", function()
     end)
   end)
 
+  it("a metrics address or refresh interval that cannot work is a config failure", function()
+    local srv, msg, code, key = postfix.new{ client = fake_client({}), listen = {},
+      metrics = "tcp:127.0.0.1:1" }
+    assert.is_nil(srv)
+    assert.equal("config", code)
+    assert.equal("metrics", key)
+    assert.matches("'tcp' is not a known scheme", msg, 1, true)
+    srv, msg, code, key = postfix.new{ client = fake_client({}), listen = {},
+      refresh = { interval = 0 } }
+    assert.is_nil(srv)
+    assert.equal("config", code)
+    assert.equal("refresh.interval", key, msg)
+  end)
+
   it("a policy script that does not load stops the server from starting", function()
     util.write(dir .. "/bad.lua", "return { anwser = function() end }")
     local srv, msg, code, key = postfix.new{ client = fake_client({}), listen = {},
