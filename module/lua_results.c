@@ -50,19 +50,31 @@ static int results_open(lua_State *L) {
   return 1;
 }
 
-/* r:apply({key, a, b, key, a, b, ...}) -> true | fail: one transaction */
+/* r:apply({key, a, b, key, a, b, ...} [, mark_key, mark_value]) -> true | fail, committed:
+ * transactions of at most 500 keys, the mark (a key starting with "S") in the last one.
+ * After a failure, the keys whose updates were committed before it come as a 4th value
+ * (an array), so that the caller can keep only the rest for a retry. */
 static int results_apply(lua_State *L) {
   lresults *u = results_check(L, 1);
   lua_Integer i, n;
-  mtasts_delta *d;
+  mtasts_delta *d = NULL;
+  mtasts_mark mark, *mp = NULL;
+  size_t done;
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 3)) {
+    mark.key = check_key(L, 3, &mark.kn);
+    mark.value = luaL_checklstring(L, 4, &mark.vn);
+    luaL_argcheck(L, mark.key[0] == 'S' && mark.kn >= 2, 3, "a mark's key starts with S");
+    luaL_argcheck(L, mark.vn <= MTASTS_RESULTS_VALUE_MAX, 4, "value too long");
+    mp = &mark;
+  }
   /* raw reads only: a value from an __index metamethod would not be anchored by the table */
   n = (lua_Integer)lua_rawlen(L, 2);
   luaL_argcheck(L, n % 3 == 0, 2, "expected key, a, b triples");
-  if (n == 0) { lua_pushboolean(L, 1); return 1; }
-  d = lua_newuserdatauv(L, (size_t)(n / 3) * sizeof *d, 0);   /* freed by the GC */
+  if (n == 0 && !mp) { lua_pushboolean(L, 1); return 1; }
+  if (n > 0) d = lua_newuserdatauv(L, (size_t)(n / 3) * sizeof *d, 0);   /* freed by the GC */
   for (i = 0; i < n / 3; i++) {
     lua_Integer a, b;
     lua_rawgeti(L, 2, i * 3 + 1);
@@ -80,8 +92,16 @@ static int results_apply(lua_State *L) {
     d[i].a = (uint64_t)a;
     d[i].b = (uint64_t)b;
   }
-  if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), err)) != 0)
-    return mtasts_lua_fail_rc(L, rc, err);
+  if ((rc = mtasts_results_apply(u->e, d, (size_t)(n / 3), mp, &done, err)) != 0) {
+    size_t j;
+    mtasts_lua_fail_rc(L, rc, err);
+    lua_createtable(L, (int)(done > 100000 ? 100000 : done), 0);
+    for (j = 0; j < done; j++) {
+      lua_pushlstring(L, d[j].key, d[j].kn);
+      lua_rawseti(L, -2, (lua_Integer)j + 1);
+    }
+    return 4;
+  }
   lua_pushboolean(L, 1);
   return 1;
 }

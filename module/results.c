@@ -23,7 +23,11 @@ static uint64_t sat_add(uint64_t x, uint64_t y) {
 
 /* --- apply --- */
 
-typedef struct { const mtasts_delta *d; size_t n; } apply_ctx;
+typedef struct {
+  const mtasts_delta *d;
+  size_t n;
+  const mtasts_mark *mark;   /* written in this transaction too, or NULL */
+} apply_ctx;
 
 static int op_apply(DB_ENV *env, DB *db, void *vctx) {
   apply_ctx *x = vctx;
@@ -56,6 +60,12 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
     dbt(&v, val, sizeof val);
     if ((rc = db->put(db, t, &k, &v, 0)) != 0) break;
   }
+  if (rc == 0 && x->mark) {
+    DBT k, v;
+    dbt(&k, x->mark->key, x->mark->kn);
+    dbt(&v, x->mark->value, x->mark->vn);
+    rc = db->put(db, t, &k, &v, 0);
+  }
   if (rc != 0) {
     t->abort(t);
     return rc;
@@ -75,15 +85,21 @@ static int delta_cmp(const void *x, const void *y) {
   return c ? c : (a->kn > b->kn) - (a->kn < b->kn);
 }
 
-int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, char *err) {
-  size_t off;
+int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_mark *mark,
+                         size_t *done, char *err) {
+  size_t off = 0;
   int rc = 0;
   err[0] = '\0';
+  *done = 0;
   if (n > 1) qsort(d, n, sizeof *d, delta_cmp);
-  for (off = 0; off < n && rc == 0; off += APPLY_CHUNK) {
-    apply_ctx x = {d + off, n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK};
+  do {
+    size_t len = n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK;
+    /* the mark goes with the last transaction: it is durable only when every update is */
+    apply_ctx x = {d + off, len, off + len == n ? mark : NULL};
+    if (len == 0 && !mark) break;
     rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_apply, &x, "results: add", err);
-  }
+    if (rc == 0) *done = off += len;
+  } while (rc == 0 && off < n);
   return rc;
 }
 
@@ -316,6 +332,7 @@ int mtasts_results_delete_range(mtasts_env *e, const char *lo, size_t ln, const 
  * the rest of a key means is the store's business; these are the shapes only. */
 int mtasts_results_is_key(const unsigned char *k, size_t n) {
   size_t i;
+  if (n >= 2 && n <= MTASTS_RESULTS_KEY_MAX && k[0] == 'S') return 1;   /* a mark */
   if (n < 13 || n > MTASTS_RESULTS_KEY_MAX || (k[0] != 'R' && k[0] != 'Q') || k[11] != 0)
     return 0;
   for (i = 1; i <= 10; i++)
@@ -325,6 +342,7 @@ int mtasts_results_is_key(const unsigned char *k, size_t n) {
 
 int mtasts_results_is_value(const unsigned char *k, const unsigned char *v, size_t vn) {
   if (k[0] == 'R') return vn == 16;
+  if (k[0] == 'S') return vn <= MTASTS_RESULTS_VALUE_MAX;
   return vn >= 2 && vn <= MTASTS_RESULTS_VALUE_MAX && v[0] == '{' && v[vn - 1] == '}';
 }
 

@@ -17,10 +17,16 @@
  * a and b are added to them, stopping at INT64_MAX (so counts never wrap or go negative). */
 typedef struct { const char *key; size_t kn; uint64_t a, b; } mtasts_delta;
 
+/* A plain value stored with a batch of updates: a reader's position (how far a log or a
+ * socket has been recorded), under a key that starts with 'S'. */
+typedef struct { const char *key, *value; size_t kn, vn; } mtasts_mark;
+
 /* Apply n updates in transactions of at most 500 keys, sorting d by key first (a batch then
- * walks the btree's pages in one direction): all of them are durable when it returns 0;
- * after an error, the transactions before the failing one are. */
-int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, char *err);
+ * walks the btree's pages in one direction), and store mark (if not NULL) in the last of
+ * them: all of them are durable when it returns 0; after an error, the transactions before
+ * the failing one are: *done says how many updates of the sorted d (its first *done). */
+int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_mark *mark,
+                         size_t *done, char *err);
 
 /* Records whose key starts with prefix, in key order, copied into b as u32 key length, key,
  * u32 value length, value; at most limit records (0: no limit) starting after `after`

@@ -228,6 +228,29 @@ describe("mtasts.tlsrpt store", function()
       assert.equal(0, store.npending)
     end)
 
+    it("commits a mark with the batch, in its last transaction", function()
+      store = open{ batch_size = 5000, batch_interval = 3600 }
+      local other = open{ batch_size = 1 }
+      assert.is_nil(store:mark("reader"))
+      for i = 1, 1200 do      -- three transactions of at most 500 keys
+        local r = sts(nil, 1)
+        r.policy.domain = "d" .. i .. ".example"
+        store:add(r)
+      end
+      store:set_mark("reader", "inode 7 offset 1200")
+      assert.is_nil(other:mark("reader"))
+      assert(store:flush())
+      assert.equal("inode 7 offset 1200", other:mark("reader"))
+      assert.equal(1200, #other:domains(DAY))
+      store:set_mark("reader", "inode 7 offset 1300")   -- a mark alone is committed too
+      assert(store:flush())
+      assert.equal("inode 7 offset 1300", other:mark("reader"))
+      assert.equal(0, other:prune(1) and 0)               -- prune keeps marks
+      assert.equal("inode 7 offset 1300", other:mark("reader"))
+      assert.has_error(function() store:set_mark("", "x") end)
+      other:close()
+    end)
+
     it("after close, use raises", function()
       store = open()
       store:close()

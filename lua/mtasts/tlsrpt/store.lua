@@ -285,20 +285,54 @@ function Store:add(result, opts)
   return true
 end
 
---- Commit the batch of this process in one transaction. true, or nil, message, code (the
--- batch is kept for the next try).
+--- Commit the batch of this process, with the staged mark (set_mark). true, or nil,
+-- message, code (what was not committed is kept for the next try).
 function Store:flush()
   check(self, "flush")
-  if next(self.pending) == nil then return true end
+  local mark = self.mark_pending
+  if next(self.pending) == nil and not mark then return true end
   local flat, n = {}, 0
   for key, c in pairs(self.pending) do
     flat[n + 1], flat[n + 2], flat[n + 3] = key, c[1], c[2]
     n = n + 3
   end
-  local ok, err, code = self.db:apply(flat)
-  if not ok then return nil, err, code end
-  self.pending, self.npending, self.since = {}, 0, nil
+  local ok, err, code, committed
+  if mark then
+    ok, err, code, committed = self.db:apply(flat, mark[1], mark[2])
+  else
+    ok, err, code, committed = self.db:apply(flat)
+  end
+  if not ok then
+    -- a large batch is committed in several transactions: those before the failing one are
+    -- durable, and must not be applied again at the next try
+    for _, key in ipairs(committed or {}) do self.pending[key] = nil end
+    return nil, err, code
+  end
+  self.pending, self.npending, self.since, self.mark_pending = {}, 0, nil, nil
   return true
+end
+
+--- Stage a mark: a named value (how far a reader has recorded its input) committed with
+-- the batch, in the same transaction as its last results, so that a reader that restarts
+-- from the mark neither counts a result twice nor misses one. A later set_mark before the
+-- commit replaces it.
+function Store:set_mark(name, value)
+  check(self, "set_mark")
+  if type(name) ~= "string" or name == "" then
+    error("bad argument #1 to 'set_mark' (a name expected)", 2)
+  end
+  if type(value) ~= "string" then error("bad argument #2 to 'set_mark' (string expected)", 2) end
+  self.mark_pending = { "S" .. name, value }
+  if not self.since then self.since = core.monotonic() end
+end
+
+--- The committed value of a mark, or nil when there is none; nil, message, code on failure.
+function Store:mark(name)
+  check(self, "mark")
+  if type(name) ~= "string" or name == "" then
+    error("bad argument #1 to 'mark' (a name expected)", 2)
+  end
+  return self.db:get("S" .. name)
 end
 
 -- --- queries ---
