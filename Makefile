@@ -45,7 +45,8 @@ SRCS := $(wildcard module/*.c)
 OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
 ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 # the pure C parts (no Lua header): what the fuzz harnesses link
-PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c module/dane.c
+PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c module/dane.c \
+        module/dgram.c
 HDRS := $(wildcard module/*.h)
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 
@@ -177,6 +178,7 @@ bench: deps-test deps-bench all $(SUPPORT) build/bench/smclient build/bench/smce
 	$(LUA) bench/fetch.lua
 	$(LUA) bench/client.lua
 	$(LUA) bench/results.lua
+	$(LUA) bench/collector.lua
 	$(LUA) bench/socketmap.lua
 
 demo: deps-test all $(SUPPORT)

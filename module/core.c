@@ -157,6 +157,7 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   mtasts_open_resolver(L);
   mtasts_open_fetch(L);
   mtasts_open_results(L);
+  mtasts_open_collector(L);
   mtasts_open_dane(L);
   return 1;
 }

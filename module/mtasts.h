@@ -127,5 +127,6 @@ void mtasts_open_cache(struct lua_State *L);   /* adds cache_open and the mtasts
 void mtasts_open_resolver(struct lua_State *L); /* adds resolver_new and mtasts.resolver */
 void mtasts_open_fetch(struct lua_State *L);    /* adds fetcher_new and mtasts.fetcher */
 void mtasts_open_results(struct lua_State *L);  /* adds results_open, mtasts.results, codecs */
+void mtasts_open_collector(struct lua_State *L);  /* adds collector_open, dgram_parse */
 
 #endif

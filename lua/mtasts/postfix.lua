@@ -148,6 +148,7 @@ local Server = {}
 local server_mt = { __index = Server, __name = "mtasts.postfix.server" }
 local serve_http   -- the metrics' HTTP answer (below): the socketmap port takes scrapes too
 local families     -- the metric families (below)
+local collect_loop -- the libtlsrpt collector's commits (below)
 local dane_answer  -- DANE first (below)
 local START_TIME = os.time()   -- when the module was loaded: the process's start
 
@@ -701,13 +702,15 @@ end
 -- the socketmap port is answered with the metrics too), policy (a policy script's file),
 -- policy_budget, policy_exec (mtasts.script's budget and allow_exec), on_reload (called on
 -- SIGHUP before the policy script is read again: a host re-reads its settings and calls
--- server:set_zones).
+-- server:set_zones), tlsrpt (a libtlsrpt datagram collector run by this server, recording
+-- Postfix 3.10's TLS results in the result store beside the cache: { listen = "unix:PATH",
+-- socket_mode =, socket_group = }, docs/tlsrpt-collector.md).
 local OPTIONS = { client = true, client_opts = true, listen = true, socket_mode = true,
   zones = true, log = true, max_request = true, idle_timeout = true, on_lookup = true,
   memo_seconds = true, memo_bytes = true, max_connections = true, max_lookups = true,
   write_timeout = true, max_pending = true, refresh = true, metrics = true,
   metrics_on_socketmap = true, policy = true, policy_budget = true, policy_exec = true,
-  on_reload = true }
+  on_reload = true, tlsrpt = true }
 
 -- Zone options and their types; failure_level must be one of Postfix's security levels.
 local ZONE_OPTIONS = { strict_testing = "boolean", require_sni = "boolean", tlsrpt = "boolean",
@@ -858,9 +861,14 @@ function _M.new(opts)
   if opts.on_reload ~= nil and type(opts.on_reload) ~= "function" then
     bad("on_reload must be a function")
   end
+  if opts.tlsrpt ~= nil and type(opts.tlsrpt) ~= "table" then bad("tlsrpt must be a table") end
   -- the values, before the client is opened (its cache directory made) or anything bound
   do
     local ok, err, code, key = check_values(opts, listen, zones)
+    if ok and opts.tlsrpt then
+      ok, err, code, key = require("mtasts.tlsrpt.collector").check(opts.tlsrpt)
+      if not ok then err, key = "tlsrpt." .. tostring(err), "tlsrpt." .. tostring(key) end
+    end
     if not ok then return nil, err, code, key end
   end
   local self = setmetatable({ loop = cqueues.new(), zones = zones,
@@ -902,6 +910,21 @@ function _M.new(opts)
   self.on_reload = opts.on_reload
   self.scrapes = 0
   families(self)
+  if opts.tlsrpt then
+    local t = opts.tlsrpt
+    local col, cerr, ccode = require("mtasts.tlsrpt.collector").open{ path = self.client.path,
+      listen = t.listen, socket_mode = t.socket_mode, socket_group = t.socket_group,
+      log = self.log }
+    if not col then
+      self:close()
+      if ccode == "listen" then return nil, "tlsrpt." .. tostring(cerr), ccode, "tlsrpt.listen" end
+      return nil, cerr, ccode
+    end
+    self.collector = col
+    col:families(self.registry)
+    self.listeners[#self.listeners + 1] = { spec = "unix:" .. col.path, kind = "tlsrpt" }
+    self.loop:wrap(function() collect_loop(self) end)
+  end
   for _, spec in ipairs(listen) do
     local ok, err, code = self:listen(spec, opts.socket_mode)
     if not ok then self:close() return nil, err, code end
@@ -1120,6 +1143,21 @@ local function refresh_loop(self)
   end
 end
 
+-- The collector's commits: every second, what its thread gathered goes to the result store
+-- in one transaction. A failed commit is kept and retried (logged at most every 10 s).
+function collect_loop(self)
+  while not self.stopping and self.is_open do
+    cqueues.sleep(1)
+    if self.collector and self.collector.is_open then
+      local ok, err = self.collector:step()
+      if not ok then
+        self:note("tlsrpt-commit", "err", "tlsrpt collector: commit failed: " .. tostring(err) ..
+          "; kept, retrying")
+      end
+    end
+  end
+end
+
 --- Stop accepting; idle connections close within a second, busy ones once their answers
 -- are written; run() returns then, or after SHUTDOWN_GRACE seconds in any case.
 function Server:stop()
@@ -1127,7 +1165,7 @@ function Server:stop()
   if self.stopping then return end
   self.stopping = true
   self.stop_by = cqueues.monotime() + _M.SHUTDOWN_GRACE
-  for _, l in ipairs(self.listeners) do pcall(l.srv.close, l.srv) end
+  for _, l in ipairs(self.listeners) do if l.srv then pcall(l.srv.close, l.srv) end end
 end
 
 --- Run the loop until stop() and every connection has closed; SIGTERM and SIGINT stop.
@@ -1179,7 +1217,13 @@ end
 function Server:close()
   if not self.is_open then return true end
   self.is_open, self.stopping = false, true
-  for _, l in ipairs(self.listeners) do pcall(l.srv.close, l.srv) end
+  for _, l in ipairs(self.listeners) do if l.srv then pcall(l.srv.close, l.srv) end end
+  -- the collector reads what is queued and commits everything before the store closes
+  if self.collector then
+    local cok, cerr = self.collector:close()
+    if not cok then self.log("err", "tlsrpt collector: " .. tostring(cerr)) end
+    self.collector = nil
+  end
   for con in pairs(self.connections) do pcall(con.close, con) end
   local ok, err, code = true, nil, nil
   if self.metrics_store then pcall(self.metrics_store.release, self.metrics_store) end

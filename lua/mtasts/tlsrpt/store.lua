@@ -2,12 +2,16 @@
 -- reports, delivering them. Opened with tlsrpt.open{...}. Reference: docs/tlsrpt.md.
 --
 -- Storage (results.db in a cache environment, module/results.c) holds counters under keys
---   "R" day NUL kind policy-domain NUL recipient-domain NUL flag rtype policy [NUL detail]
+--   "R" day NUL kind report-domain NUL recipient-domain NUL flag rtype policy [NUL detail]
 -- kind "d" (recipient-domain report) or "h" (MX host / DANE report); flag "1" (asks for a
--- report) or "0" (a result of delivering a report: included, never the reason for one);
--- rtype "S" (summary: success, failure) or "D" (failure detail: count); policy and detail
+-- report), "0" (a result of delivering a report: included, never the reason for one) or "2"
+-- (asks for a report, and is reported as it came: a libtlsrpt datagram's, never left out);
+-- rtype "S" (summary: success, failure), "D" (failure detail: count) or "P" (the TLSRPT
+-- record the MTA used, in place of the policy: how many results named it); policy and detail
 -- are canonical encodings (policy_blob, detail_blob), so equal fields merge into one counter
--- (docs/conformance.md §7.2).
+-- (docs/conformance.md §7.2). The report domain is the policy domain unless add says
+-- otherwise (opts.domain).
+-- Marks (a reader's position, set_mark) live under "S" name.
 -- Delivery state lives under "Q" day NUL kind policy-domain NUL [destination] as JSON.
 local core = require("mtasts.core")
 local json = require("mtasts.json")
@@ -222,11 +226,13 @@ local function bump(self, key, a, b)
 end
 
 --- Record a result (docs/architecture.md, "The TLSRPT result table"). opts: day
--- ("YYYY-MM-DD", default today by the store's clock), recipient_domain (default the policy
--- domain), host (an MX host /
--- DANE result; default: policy type tlsa), report (false for results of delivering a
--- report: included in reports, never the cause of one). Batched: returns true, or a
--- failure of the flush it triggered (the batch is kept and retried).
+-- ("YYYY-MM-DD", default today by the store's clock), domain (the report it goes into;
+-- default the policy domain), recipient_domain (default the report's domain), host (an MX
+-- host / DANE result; default: policy type tlsa without opts.domain), report (false for
+-- results of delivering a report: included in reports, never the cause of one), verbatim
+-- (reported as given, never left out: results another program classified), record (the
+-- TLSRPT record the MTA found for the domain: the report goes to its rua). Batched: returns
+-- true, or a failure of the flush it triggered (the batch is kept and retried).
 function Store:add(result, opts)
   check(self, "add")
   opts = opts or {}
@@ -250,8 +256,16 @@ function Store:add(result, opts)
   if rdomain ~= nil and (type(rdomain) ~= "string" or rdomain:find("%z")) then
     error("bad argument #2 to 'add' (recipient_domain must be a string)", 2)
   end
+  local domain = opts.domain
+  if domain ~= nil and (type(domain) ~= "string" or domain == "" or domain:find("%z")) then
+    error("bad argument #2 to 'add' (domain must be a domain name)", 2)
+  end
+  local record = opts.record
+  if record ~= nil and type(record) ~= "string" then
+    error("bad argument #2 to 'add' (record must be a string)", 2)
+  end
   local host = opts.host
-  if host == nil then host = p.type == "tlsa" end
+  if host == nil then host = domain == nil and p.type == "tlsa" end
   local sum = result.summary or {}
   local success = count_of(sum.success, "summary.success")
   local failure = count_of(sum.failure, "summary.failure")
@@ -262,8 +276,10 @@ function Store:add(result, opts)
     pdomain = lower_domain(p.domain)
     lowered[p.domain], self.nlowered = pdomain, self.nlowered + 1
   end
-  local base = "R" .. day .. "\0" .. (host and "h" or "d") .. pdomain .. "\0" ..
-    (rdomain and lower_domain(rdomain) or pdomain) .. "\0" .. (opts.report == false and "0" or "1")
+  local rep = domain and lower_domain(domain) or pdomain
+  local flag = opts.report == false and "0" or opts.verbatim and "2" or "1"
+  local base = "R" .. day .. "\0" .. (host and "h" or "d") .. rep .. "\0" ..
+    (rdomain and lower_domain(rdomain) or rep) .. "\0" .. flag
   local blob = policy_blob(p, pdomain)
   -- every key and count is made (and checked) before any goes into the batch: a result
   -- refused half-way must leave nothing of itself behind
@@ -276,6 +292,10 @@ function Store:add(result, opts)
   end
   bump(self, base .. "S" .. blob, success, failure)
   for _, d in ipairs(details) do bump(self, d[1], d[2], 0) end
+  if record then
+    local n = sat(success, failure)
+    bump(self, base .. "P" .. esc(record), n > 0 and n or 1, 0)
+  end
   self.npending = self.npending + 1
   local now = core.monotonic()
   if not self.since then self.since = now end
@@ -363,12 +383,15 @@ local function gather(self, domain, day, host)
   local prefix = "R" .. day .. "\0" .. (host and "h" or "d") .. domain .. "\0"
   local recs, err, code = self.db:scan(prefix)
   if not recs then return nil, err, code end
-  local by, order, trigger = {}, {}, false
+  local by, order, trigger, records = {}, {}, false, {}
   for i = 1, #recs, 2 do
     local key, value = recs[i], recs[i + 1]
     local rest = key:sub(#prefix + 1)
-    local flag, rtype, tail = rest:match("^[^%z]*%z([01])([SD])(.*)$")
-    if flag then
+    local flag, rtype, tail = rest:match("^[^%z]*%z([012])([SDP])(.*)$")
+    if rtype == "P" then
+      local rec = unesc(tail)
+      records[rec] = (records[rec] or 0) + unpack(">I8", value)
+    elseif flag then
       local blob, detail = tail, nil
       if rtype == "D" then blob, detail = tail:match("^([^%z]*)%z(.*)$") end
       if blob then
@@ -379,19 +402,25 @@ local function gather(self, domain, day, host)
           order[#order + 1] = blob
         end
         local a, b = unpack(">I8I8", value)
+        if flag == "2" then e.verbatim = true end
         if rtype == "S" then
           e.success, e.failure = e.success + a, e.failure + b
-          if flag == "1" and (a > 0 or b > 0) then trigger = true end
+          if flag ~= "0" and (a > 0 or b > 0) then trigger = true end
         else
           if not e.details[detail] then e.dorder[#e.dorder + 1] = detail end
           e.details[detail] = (e.details[detail] or 0) + a
-          if flag == "1" then trigger = true end
+          if flag ~= "0" then trigger = true end
         end
       end
     end
   end
   sort(order)
-  return by, order, trigger
+  -- the record most results named (the smallest text of equals): where the report goes
+  local record, most = nil, 0
+  for rec, n in pairs(records) do
+    if n > most or (n == most and rec < record) then record, most = rec, n end
+  end
+  return by, order, trigger, record
 end
 
 local function day_range(day)
@@ -410,7 +439,7 @@ function Store:report(domain, day, opts)
   domain = lower_domain(domain)
   -- committed results stay readable when the batch cannot be committed (a full disk)
   self:flush()
-  local by, order, trigger = gather(self, domain, day, host)
+  local by, order, trigger, record = gather(self, domain, day, host)
   if not by then return nil, order, trigger end
   if #order == 0 then return nil end
   local policies, has_tlsa = {}, false
@@ -424,8 +453,9 @@ function Store:report(domain, day, opts)
   for _, blob in ipairs(order) do
     local e = by[blob]
     local pol = e.pol
-    -- a domain with a TLSA result gets no no-policy-found result (mox does the same)
-    if not (has_tlsa and pol.t == "no-policy-found") then
+    -- a domain with a TLSA result gets no no-policy-found result (mox does the same), unless
+    -- another program classified it (a libtlsrpt datagram's: reported as it came)
+    if not (has_tlsa and pol.t == "no-policy-found" and not e.verbatim) then
       local policy = { ["policy-type"] = pol.t, ["policy-domain"] = pol.d,
         ["policy-string"] = pol.s, ["mx-host"] = pol.m }
       local details = {}
@@ -456,7 +486,7 @@ function Store:report(domain, day, opts)
       self.submitter,
     policies = policies,
   }
-  facts_of[report] = { failures = failures, has_tlsa = has_tlsa }
+  facts_of[report] = { failures = failures, has_tlsa = has_tlsa, record = record }
   return report, trigger
 end
 
@@ -487,7 +517,7 @@ function Store:stats()
     if not doms then return nil, derr, dcode end
     local success, failure = 0, 0
     for i = 1, #recs, 2 do
-      if recs[i]:match("^R[^%z]*%z[^%z]*%z[^%z]*%z[01]S") then
+      if recs[i]:match("^R[^%z]*%z[^%z]*%z[^%z]*%z[012]S") then
         local a, b = unpack(">I8I8", recs[i + 1])
         success, failure = success + a, failure + b
       end
@@ -867,7 +897,13 @@ local function send_one(self, day, domain, host, now, summary)
   if not trigger then return drop("only results of delivering reports") end
   if host and not facts.has_tlsa then return drop("an MX host report without a TLSA result") end
   if self.skip_without_failures and facts.failures == 0 then return drop("no failures") end
-  local rua, why, final, lcode = rua_of(self, domain)
+  local rua, why, final, lcode
+  if facts.record then
+    -- the record the MTA found when it delivered (a libtlsrpt datagram's "pr")
+    local rec = tlsrpt.parse_record(facts.record)
+    if rec then rua = rec.rua end
+  end
+  if not rua then rua, why, final, lcode = rua_of(self, domain) end
   if not rua then
     if final then return drop(why) end
     local o = { error = why, code = lcode }
