@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -411,7 +412,17 @@ int mtasts_collector_open(const mtasts_collector_opts *o, mtasts_collector **out
     unlink(o->path);
     goto fail;
   }
-  if ((rc = pthread_create(&c->th, NULL, run, c)) != 0) {
+  /* the thread takes no signal: they are the host's (a SIGTERM delivered to a thread that
+   * does not block it would end the process before the host's handler sees it). It
+   * inherits the mask it is created with. */
+  {
+    sigset_t all, mask;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &mask);
+    rc = pthread_create(&c->th, NULL, run, c);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+  }
+  if (rc != 0) {
     errf(err, rc, "pthread_create: %s", strerror(rc));
     unlink(o->path);
     goto fail;

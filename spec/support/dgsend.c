@@ -5,7 +5,8 @@
  * default (MSG_DONTWAIT, as the library in production) or blocking with --blocking.
  *
  *   dgsend SOCKET mix COUNT [--domains N] [--blocking] [--reuse] [--rate R]
- *   dgsend SOCKET raw FILE [--blocking]     FILE: records of u32 big-endian length + bytes
+ *   dgsend SOCKET raw FILE [--blocking] [--sndbuf N]   FILE: records of u32 big-endian length
+ *                                                        + bytes; --sndbuf: SO_SNDBUFFORCE
  *
  * Prints one JSON line: {"sent":, "eagain":, "refused":, "other":, "seconds":}. A datagram
  * that cannot be sent is counted and dropped, as libtlsrpt drops it. */
@@ -62,10 +63,10 @@ int main(int argc, char **argv) {
   struct sockaddr_un a;
   unsigned long count = 0, i, sent = 0, eagain = 0, refused = 0, other = 0;
   unsigned domains = 100;
-  int blocking = 0, reuse = 0, fd = -1, k;
+  int blocking = 0, reuse = 0, fd = -1, k, sndbuf = 0;
   double rate = 0, t0;
   FILE *raw = NULL;
-  static char buf[300000];
+  static char buf[1 << 20];
   if (argc < 4) {
     fprintf(stderr, "usage: dgsend SOCKET mix COUNT [--domains N] [--blocking] [--reuse] "
                     "[--rate R] | dgsend SOCKET raw FILE [--blocking]\n");
@@ -84,6 +85,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[k], "--reuse") == 0) reuse = 1;
     else if (strcmp(argv[k], "--domains") == 0 && k + 1 < argc) domains = (unsigned)atoi(argv[++k]);
     else if (strcmp(argv[k], "--rate") == 0 && k + 1 < argc) rate = atof(argv[++k]);
+    else if (strcmp(argv[k], "--sndbuf") == 0 && k + 1 < argc) sndbuf = atoi(argv[++k]);
     else { fprintf(stderr, "dgsend: unknown option %s\n", argv[k]); return 64; }
   }
   t0 = now();
@@ -101,7 +103,13 @@ int main(int argc, char **argv) {
     }
     if (rate > 0)
       while (now() - t0 < (double)i / rate) ;
-    if (fd < 0 && (fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) { perror("socket"); return 71; }
+    if (fd < 0) {
+      if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) { perror("socket"); return 71; }
+      if (sndbuf && setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) != 0) {
+        perror("SO_SNDBUFFORCE");
+        return 71;
+      }
+    }
     w = sendto(fd, buf, n, blocking ? 0 : MSG_DONTWAIT, (struct sockaddr *)&a, sizeof a);
     if (w == (ssize_t)n) sent++;
     else if (errno == EAGAIN || errno == EWOULDBLOCK) eagain++;
