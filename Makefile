@@ -21,6 +21,7 @@ DOCDIR     ?= $(PREFIX)/share/doc/mtasts
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSCTLDIR  ?= $(PREFIX)/lib/sysctl.d
 # Installs missing Debian packages for a group (build, test, fuzz, rock, bench). The rockspec
 # sets DEPS=true: luarocks users bring their own libraries.
 DEPS       ?= scripts/deps
@@ -216,7 +217,7 @@ install: install-lua
 	  sed 's|^local INSTALL_PATHS = nil$$|local INSTALL_PATHS = { "$(INST_LUADIR)", "$(INST_LIBDIR)" }|' \
 	    bin/$$p > $(DESTDIR)$(INST_BINDIR)/$$p; done
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
-	  $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DOCDIR)
+	  $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSCTLDIR) $(DESTDIR)$(DOCDIR)
 	install -m 644 $(MANPAGES) $(DESTDIR)$(MANDIR)/man1/
 	for u in $(UNITS_IN); do \
 	  sed 's|@BINDIR@|$(INST_BINDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u .in); \
@@ -224,6 +225,7 @@ install: install-lua
 	install -m 644 dist/systemd/*.timer $(DESTDIR)$(UNITDIR)/
 	install -m 644 dist/sysusers.d/mtasts.conf $(DESTDIR)$(SYSUSERSDIR)/mtasts.conf
 	install -m 644 dist/tmpfiles.d/mtasts.conf $(DESTDIR)$(TMPFILESDIR)/mtasts.conf
+	install -m 644 dist/sysctl.d/60-mtasts.conf $(DESTDIR)$(SYSCTLDIR)/60-mtasts.conf
 	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
 	@echo "installed under $(DESTDIR)$(PREFIX); next: systemd-sysusers; systemd-tmpfiles --create;" \
 	  "systemctl enable --now mtasts-postfix.service mtasts-refresh.timer mtasts-report.timer"
@@ -239,6 +241,7 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MANPAGES)))
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/mtasts.conf $(DESTDIR)$(TMPFILESDIR)/mtasts.conf
+	rm -f $(DESTDIR)$(SYSCTLDIR)/60-mtasts.conf
 	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
 	-rmdir $(DESTDIR)$(INST_LIBDIR)/mtasts $(DESTDIR)$(INST_LUADIR)/mtasts $(DESTDIR)$(DOCDIR) 2>/dev/null
 

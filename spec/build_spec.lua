@@ -130,6 +130,7 @@ describe("make install", function()
       "/usr/lib/systemd/system/mtasts-refresh.timer",
       "/usr/lib/systemd/system/mtasts-report.service",
       "/usr/lib/systemd/system/mtasts-report.timer",
+      "/usr/lib/systemd/system/mtasts-tlsrpt.service", "/usr/lib/sysctl.d/60-mtasts.conf",
       "/usr/lib/sysusers.d/mtasts.conf", "/usr/lib/tmpfiles.d/mtasts.conf",
       "/usr/share/doc/mtasts/README.md", "/usr/share/doc/mtasts/architecture.md" }) do
       assert.truthy(got[want], want)
@@ -138,7 +139,8 @@ describe("make install", function()
     assert.matches('local INSTALL_PATHS = { "/usr/share/lua/5.4", "/usr/lib/lua/5.4" }',
       f:read("a"), 1, true)
     f:close()
-    for _, unit in ipairs({ "mtasts-postfix", "mtasts-refresh", "mtasts-report" }) do
+    for _, unit in ipairs({ "mtasts-postfix", "mtasts-refresh", "mtasts-report",
+      "mtasts-tlsrpt" }) do
       f = assert(io.open(s .. "/usr/lib/systemd/system/" .. unit .. ".service"))
       local text = f:read("a")
       f:close()
@@ -181,7 +183,7 @@ describe("documentation of the programs", function()
     local text = man("mtasts.1")
     local commands = { "", "lookup", "check", "cache", "cache list", "cache show",
       "cache delete", "cache rebuild", "cache verify", "refresh", "report", "report build",
-      "report send", "report show", "report stats", "serve", "serve postfix" }
+      "report send", "report show", "report stats", "serve", "serve postfix", "serve tlsrpt" }
     local missing = {}
     for _, c in ipairs(commands) do
       local opts, out = options_of(c)
