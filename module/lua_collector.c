@@ -186,7 +186,7 @@ static int collector_take(lua_State *L) {
   mtasts_buf *b = mtasts_lua_newbuf(L);
   size_t n, i, at = 0;
   uint64_t dg;
-  if (mtasts_collector_take(u->c, b, &n, &dg) != 0) return mtasts_lua_fail(L, "out of memory", "nomem");
+  if (mtasts_collector_take(u->c, b, &n, &dg) != 0) return mtasts_lua_fail(L, "out of memory", "enomem");
   lua_createtable(L, (int)(n > 100000 ? 100000 : n), 0);
   for (i = 0; i < n; i++) {
     uint32_t kn = mtasts_get_u32(b->p + at);

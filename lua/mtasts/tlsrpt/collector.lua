@@ -162,7 +162,7 @@ end
 function Collector:step()
   live(self, "step")
   local entries, n = self.c:take()
-  if not entries then return nil, n, "nomem" end
+  if not entries then return nil, n, "enomem" end
   for _, e in ipairs(entries) do
     self.store:add(e.result, { domain = e.domain, host = false, verbatim = true,
       record = e.record })
