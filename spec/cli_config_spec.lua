@@ -116,4 +116,23 @@ describe("bin/mtasts --config #fixture", function()
     assert.same({ "inet:127.0.0.1:0" }, v.postfix.listen)
     assert.is_nil(io.open(world.dir .. "/checked"), "no cache made")
   end)
+
+  it("config check shows and checks the collector's settings", function()
+    local p = world_conf('tlsrpt = { listen = "unix:/tmp/c.sock", socket_group = "mail" }\n' ..
+      'postfix = { tlsrpt_listen = "unix:/tmp/d.sock" }\n')
+    local out, status, err = mtasts("--config " .. p .. " config check")
+    assert.equal(0, status, out .. err)
+    assert.matches("\ntlsrpt.listen = unix:/tmp/c.sock\n", out, 1, true)
+    assert.matches("\ntlsrpt.socket_mode = 0660\n", out, 1, true)
+    assert.matches("\npostfix.tlsrpt_listen = unix:/tmp/d.sock\n", out, 1, true)
+    for _, case in ipairs({
+      { 'tlsrpt = { socket_group = "no-such-grp" }', "tlsrpt.socket_group: no group" },
+      { 'tlsrpt = { socket_mode = "8" }', "tlsrpt.socket_mode: " },
+      { 'postfix = { tlsrpt_listen = "tcp:x" }', "postfix.tlsrpt_listen: 'tcp:x' is not" },
+    }) do
+      out, status, err = mtasts("--config " .. world_conf(case[1] .. "\n") .. " config check")
+      assert.equal(78, status, out .. err)
+      assert.matches(case[2], err, 1, true)
+    end
+  end)
 end)

@@ -46,7 +46,7 @@ local function group_id(g)
     end
     f:close()
   end
-  return nil, ("socket_group: no group %s"):format(settings.show(g))
+  return nil, ("no group %s"):format(settings.show(g))
 end
 
 --- The values of open's options, without making anything (mtasts config check): true, or
