@@ -172,13 +172,16 @@ describe("mtasts serve postfix #fixture", function()
   it("zones: strict_testing, no SNI, TLSRPT attributes, and any other name", function()
     run(function()
       local a = ask({ "strict testing.example", "nosni enforce.example",
-        "tlsrpt enforce.example", "other enforce.example" })
+        "tlsrpt enforce.example", "other enforce.example", "QUERYwithTLSRPT enforce.example" })
       assert.equal("OK secure match=mx.testing.example servername=hostname", a[1])
       assert.equal("OK secure match=mx1.enforce.example:.b.enforce.example", a[2])
       assert.matches("policy_type=sts policy_domain=enforce.example mx_host_pattern=" ..
         "mx1.enforce.example mx_host_pattern=*.b.enforce.example { policy_string = " ..
         "version: STSv1 }", a[3], 1, true)
       assert.matches("^OK secure match=", a[4])
+      assert.is_nil(a[4]:find("policy_type", 1, true))
+      -- the name QUERYwithTLSRPT, with no zone of its own: "*" with the TLSRPT attributes
+      assert.matches("policy_type=sts policy_domain=enforce.example", a[5], 1, true)
     end)
   end)
 

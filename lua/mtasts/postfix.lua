@@ -152,8 +152,24 @@ local collect_loop -- the libtlsrpt collector's commits (below)
 local dane_answer  -- DANE first (below)
 local START_TIME = os.time()   -- when the module was loaded: the process's start
 
+-- The map name QUERYwithTLSRPT asks for the TLSRPT attributes (the name other policy
+-- servers for Postfix 3.10 use): without a zone of its own, it is "*" with tlsrpt.
+local TLSRPT_NAME = "QUERYwithTLSRPT"
+
 local function zone_of(self, name)
-  return self.zones[name] or self.zones["*"] or {}
+  local z = self.zones[name]
+  if z then return z end
+  if name == TLSRPT_NAME then
+    local base = self.zones["*"] or {}
+    if self.tlsrpt_zone_of ~= base then
+      local t = {}
+      for k, v in pairs(base) do t[k] = v end
+      t.tlsrpt = true
+      self.tlsrpt_zone_of, self.tlsrpt_zone = base, t
+    end
+    return self.tlsrpt_zone
+  end
+  return self.zones["*"] or {}
 end
 
 -- The map name and domain of a request that needs a lookup; or nil and the answer when it
