@@ -31,9 +31,10 @@
 #include <unistd.h>
 
 #define VLEN 32
-#define ACTIVE 0.2     /* seconds of quiet after which the reader waits in poll again */
-#define NAP_NS 20000   /* nanoseconds between reads while busy */
-#define SPIN 0.002     /* seconds of reading without a nap after the last datagram */
+#define QUIET 0.05     /* seconds of quiet after which the reader waits in poll again */
+#define NAP_NS 20000   /* nanoseconds between reads while datagrams come */
+#define NAP_MAX_NS 160000  /* the longest nap: naps double while the socket is quiet */
+#define RT_MAX 0.05    /* seconds of a busy period with the real-time priority */
 #define LAST_MAX 300
 
 typedef struct { uint64_t hash; size_t off, len; uint64_t a, b; } ment;
@@ -53,7 +54,7 @@ typedef struct {
 } state_page;
 
 struct mtasts_collector {
-  int fd, stopfd[2], started, stopped;
+  int fd, stopfd[2], started, stopped, bound;
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   pthread_t th;
   pthread_mutex_t mu;
@@ -130,6 +131,12 @@ static int map_add(map *m, const unsigned char *key, size_t n, uint64_t a, uint6
     }
     j = (j + 1) & m->mask;
   }
+  /* grow first: a table that could not grow is never filled (the probe needs an empty slot) */
+  if ((m->n + 1) * 2 > m->mask + 1) {
+    if (map_grow(m)) return ENOMEM;
+    j = h & m->mask;
+    while (m->idx[j]) j = (j + 1) & m->mask;
+  }
   if (m->n == m->cap) {
     size_t ncap = m->cap ? m->cap * 2 : 64;
     ment *ne = realloc(m->e, ncap * sizeof *ne);
@@ -147,15 +154,16 @@ static int map_add(map *m, const unsigned char *key, size_t n, uint64_t a, uint6
   memcpy(m->arena.p + m->arena.n, key, n);
   m->arena.n += n;
   m->idx[j] = (uint32_t)++m->n;
-  if (m->n * 2 > m->mask + 1) return map_grow(m);
   return 0;
 }
 
 /* --- the receiver --- */
 
-static void excerpt(char *o, size_t on, const char *why, const unsigned char *p, size_t n) {
+/* why, the datagram's length n and its first bytes (of the have bytes read), escaped */
+static void excerpt(char *o, size_t on, const char *why, const unsigned char *p, size_t n,
+                    size_t have) {
   size_t k = (size_t)snprintf(o, on, "%s; datagram of %zu bytes: ", why, n), i;
-  for (i = 0; i < n && k + 5 < on && i < 120; i++) {
+  for (i = 0; i < have && k + 5 < on && i < 120; i++) {
     unsigned char c = p[i];
     if (c >= 0x20 && c < 0x7F && c != '\\') o[k++] = (char)c;
     else k += (size_t)snprintf(o + k, on - k, "\\x%02x", c);
@@ -164,46 +172,56 @@ static void excerpt(char *o, size_t on, const char *why, const unsigned char *p,
   o[k < on ? k : on - 1] = '\0';
 }
 
-/* One datagram, under the mutex. */
+/* One datagram: parsed outside the mutex (only this thread uses c->d), then its entries
+ * added under it. n is its length (for an oversized one, its real length: MSG_TRUNC). */
 static void take_one(mtasts_collector *c, const unsigned char *p, size_t n, int trunc) {
-  char err[200];
-  int rc;
+  char err[200], why[260];
+  int rc = 0;
   size_t i;
+  if (!trunc) rc = mtasts_dgram_parse(p, n, &c->d, err, sizeof err);
+  pthread_mutex_lock(&c->mu);
   c->st.received++;
   c->st.bytes += n;
   if (trunc) {
     c->st.oversized++;
     c->st.last_seq++;
-    excerpt(c->last, sizeof c->last, "oversized: longer than the collector reads", p, n > 200 ? 200 : n);
-    return;
-  }
-  rc = mtasts_dgram_parse(p, n, &c->d, err, sizeof err);
-  if (rc) {
-    char why[260];
+    excerpt(c->last, sizeof c->last, "oversized: longer than the collector reads", p, n,
+            n < MTASTS_COLLECTOR_MAX_DGRAM ? n : MTASTS_COLLECTOR_MAX_DGRAM);
+  } else if (rc) {
     c->st.rejected[rc]++;
     c->st.last_seq++;
     snprintf(why, sizeof why, "%s: %s", mtasts_dgram_reason(rc), err);
-    excerpt(c->last, sizeof c->last, why, p, n);
-    return;
-  }
-  if (c->cur->n + c->d.n > MTASTS_COLLECTOR_MAX_ENTRIES ||
-      c->cur->arena.n + c->d.keys.n > MTASTS_COLLECTOR_MAX_ARENA) {
+    excerpt(c->last, sizeof c->last, why, p, n, n);
+  } else if (c->cur->n + c->d.n > MTASTS_COLLECTOR_MAX_ENTRIES ||
+             c->cur->arena.n + c->d.keys.n > MTASTS_COLLECTOR_MAX_ARENA) {
     c->st.overflow++;
-    return;
-  }
-  for (i = 0; i < c->d.n; i++) {
-    const mtasts_dgram_entry *e = (const mtasts_dgram_entry *)c->d.ents.p + i;
-    if (map_add(c->cur, c->d.keys.p + e->off, e->len, e->a, e->b)) {
-      c->st.overflow++;     /* no memory: what was added of it stays, counted as lost */
-      return;
+    c->st.last_seq++;
+    excerpt(c->last, sizeof c->last, "overflow: too many distinct results held since the "
+            "last commit", p, n, n);
+  } else {
+    for (i = 0; i < c->d.n; i++) {
+      const mtasts_dgram_entry *e = (const mtasts_dgram_entry *)c->d.ents.p + i;
+      if (map_add(c->cur, c->d.keys.p + e->off, e->len, e->a, e->b)) {
+        rc = -1;       /* no memory: what was added of it stays; counted as not counted */
+        break;
+      }
+    }
+    if (rc) {
+      c->st.overflow++;
+      c->st.last_seq++;
+      excerpt(c->last, sizeof c->last, "overflow: out of memory", p, n, n);
+    } else {
+      c->cur->datagrams++;
+      c->st.accepted++;
+      c->st.sessions += c->d.sessions;
+      if (c->d.repaired) c->st.repaired++;
+      c->st.t_mismatch += c->d.t_mismatch;
+      c->st.unknown_type += c->d.unknown_type;
     }
   }
-  c->cur->datagrams++;
-  c->st.accepted++;
-  c->st.sessions += c->d.sessions;
-  if (c->d.repaired) c->st.repaired++;
-  c->st.t_mismatch += c->d.t_mismatch;
-  c->st.unknown_type += c->d.unknown_type;
+  pthread_mutex_unlock(&c->mu);
+  /* a large datagram's scratch is not kept */
+  if (c->d.keys.cap > (64u << 10) || c->d.ents.cap > (64u << 10)) mtasts_dgram_free(&c->d);
 }
 
 /* Read until the queue is empty (returns whether anything was read). */
@@ -219,22 +237,22 @@ static int drain(mtasts_collector *c) {
       msgs[i].msg_hdr.msg_iov = &iov[i];
       msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    n = recvmmsg(c->fd, msgs, VLEN, MSG_DONTWAIT, NULL);
+    /* MSG_TRUNC: an oversized datagram's msg_len is its real length */
+    n = recvmmsg(c->fd, msgs, VLEN, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (n <= 0) {
       if (n < 0 && errno == EINTR) continue;
       return any;
     }
     any = 1;
-    pthread_mutex_lock(&c->mu);
-    c->st.reads++;
     for (i = 0; i < n; i++)
       take_one(c, iov[i].iov_base, msgs[i].msg_len, (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0);
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&c->mu);
+    c->st.reads++;
     if (c->state) __atomic_store_n(&c->state->accepted, c->st.accepted, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&c->mu);
     if (n < VLEN) return any;
   }
 }
-
 
 static double mono(void) {
   struct timespec t;
@@ -261,38 +279,51 @@ static void *run(void *arg) {
   /* short naps wake on a timer: exact, with no slack added */
   (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
   struct sched_param rt = {1}, other = {0};
-  /* A real-time priority while waiting (when the process may have one: root, or
-   * CAP_SYS_NICE): the wake-up then puts the reader on a CPU where it runs at once. It goes
-   * back to the normal class to read, so a flood of datagrams cannot take a CPU from the
-   * rest of the machine. */
-  c->st.rt = pthread_setschedparam(pthread_self(), SCHED_FIFO, &rt) == 0;
-  (void)other;
+  int fifo;
+  /* A real-time priority (when the process may have one: root, LimitRTPRIO, CAP_SYS_NICE)
+   * while waiting and through a burst: the wake-up then puts the reader on a CPU where it
+   * runs at once, and its naps end on time. A busy period longer than RT_MAX is a flood,
+   * not a burst: the reader then goes on in the normal class, so that it cannot take a CPU
+   * from the rest of the machine; it waits with its priority again once it is quiet. */
+  fifo = pthread_setschedparam(pthread_self(), SCHED_FIFO, &rt) == 0;
+  pthread_mutex_lock(&c->mu);
+  c->st.rt = fifo;
+  pthread_mutex_unlock(&c->mu);
   warm(c);
   for (;;) {
     struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->stopfd[0], POLLIN, 0}};
-    double last;
-    int rc;
+    double last, start;
+    int rc, rt_now = fifo;
     rc = poll(p, 2, -1);
     if (rc < 0 && errno != EINTR) break;
     if (p[1].revents) break;
-    /* Busy: read without a pause while datagrams come (and SPIN seconds after), then read
-     * and nap until the socket has been quiet for ACTIVE seconds. A sender at
-     * full speed refills the short queue (11 datagrams by default) in about 100 us. Waiting
-     * in poll would not do: AF_UNIX wakes its reader "synchronously", so the scheduler runs
-     * the reader on the sender's CPU, where the two take turns of milliseconds while the
-     * other CPU idles and the queue overflows. A nap ends on a timer, on an idle CPU. */
+    /* Busy: read without a pause while datagrams come, then read and nap (20 us, doubling to
+     * 160 us while nothing comes, so a quiet socket costs few wake-ups) until the socket has
+     * been quiet for QUIET seconds. A sender at full speed refills the short queue (11
+     * datagrams by default) in about 100 us. Waiting in poll between datagrams would not
+     * do: AF_UNIX wakes its reader "synchronously", so the scheduler runs the reader on the
+     * sender's CPU, where the two take turns of milliseconds while the other CPU idles and
+     * the queue overflows. A nap ends on a timer, on an idle CPU. */
+    nap.tv_nsec = NAP_NS;
     nanosleep(&nap, NULL);
-    last = mono();
+    start = last = mono();
     while (!__atomic_load_n(&c->stopped, __ATOMIC_RELAXED)) {
       double t;
       if (drain(c)) {
         last = mono();
+        nap.tv_nsec = NAP_NS;
+        if (rt_now && last - start > RT_MAX) {
+          (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &other);
+          rt_now = 0;
+        }
         continue;
       }
       t = mono();
-      if (t - last > ACTIVE) break;
-      if (c->st.rt || t - last > SPIN) nanosleep(&nap, NULL);
+      if (t - last > QUIET) break;
+      nanosleep(&nap, NULL);
+      if (nap.tv_nsec < NAP_MAX_NS) nap.tv_nsec *= 2;
     }
+    if (fifo && !rt_now) (void)pthread_setschedparam(pthread_self(), SCHED_FIFO, &rt);
   }
   drain(c);      /* what is still queued at the stop */
   return NULL;
@@ -331,26 +362,39 @@ static int clear_path(const char *path, char *err) {
   return 0;
 }
 
-static int open_state(mtasts_collector *c, const char *path, uint64_t *instance,
-                      uint64_t *prev_instance, uint64_t *prev_accepted, char *err) {
+/* What the collector before this one left in the state file: 0 and the values (0, 0 when
+ * there is no such file), or an errno with err set. Nothing is written. */
+static int read_state(const char *path, uint64_t *prev_instance, uint64_t *prev_accepted,
+                      char *err) {
+  state_page st;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  ssize_t r;
+  if (fd < 0) return errno == ENOENT ? 0 : errf(err, errno, "%s: %s", path, strerror(errno));
+  r = read(fd, &st, sizeof st);
+  close(fd);
+  if (r == (ssize_t)sizeof st && memcmp(st.magic, MAGIC, 8) == 0) {
+    *prev_instance = st.instance;
+    *prev_accepted = st.accepted;
+  }
+  return 0;
+}
+
+/* Map the state file and start this instance's count in it. */
+static int map_state(mtasts_collector *c, const char *path, uint64_t instance, char *err) {
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   void *p;
-  if (fd < 0) return errf(err, errno, "%s: %s", path, strerror(errno));
+  if (fd < 0) return errf(err, errno, "the state file %s: %s", path, strerror(errno));
   if (ftruncate(fd, 4096) != 0) {
     int e = errno;
     close(fd);
-    return errf(err, e, "%s: %s", path, strerror(e));
+    return errf(err, e, "the state file %s: %s", path, strerror(e));
   }
   p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
-  if (p == MAP_FAILED) return errf(err, errno, "%s: %s", path, strerror(errno));
+  if (p == MAP_FAILED) return errf(err, errno, "the state file %s: %s", path, strerror(errno));
   c->state = p;
-  if (memcmp(c->state->magic, MAGIC, 8) == 0) {
-    *prev_instance = c->state->instance;
-    *prev_accepted = c->state->accepted;
-  }
   memcpy(c->state->magic, MAGIC, 8);
-  c->state->instance = *instance;
+  c->state->instance = instance;
   c->state->accepted = 0;
   return 0;
 }
@@ -379,10 +423,9 @@ int mtasts_collector_open(const mtasts_collector_opts *o, mtasts_collector **out
     rc = errf(err, ENOMEM, "out of memory");
     goto fail;
   }
-  /* a live collector at the path is refused before its state file is touched */
+  /* a live collector at the path is refused before its state file is read */
   if ((rc = clear_path(o->path, err)) != 0) goto fail;
-  if (o->state && (rc = open_state(c, o->state, instance, prev_instance, prev_accepted, err)) != 0)
-    goto fail;
+  if (o->state && (rc = read_state(o->state, prev_instance, prev_accepted, err)) != 0) goto fail;
   if ((c->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) {
     rc = errf(err, errno, "socket: %s", strerror(errno));
     goto fail;
@@ -401,17 +444,19 @@ int mtasts_collector_open(const mtasts_collector_opts *o, mtasts_collector **out
     rc = errf(err, errno, "%s: %s", o->path, strerror(errno));
     goto fail;
   }
+  c->bound = 1;    /* from here on the socket file is ours to remove */
   if (chmod(o->path, (mode_t)o->mode) != 0 ||
       (o->gid >= 0 && chown(o->path, (uid_t)-1, (gid_t)o->gid) != 0)) {
     rc = errf(err, errno, "%s: %s", o->path, strerror(errno));
-    unlink(o->path);
     goto fail;
   }
   if (pipe2(c->stopfd, O_CLOEXEC) != 0) {
     rc = errf(err, errno, "pipe: %s", strerror(errno));
-    unlink(o->path);
     goto fail;
   }
+  /* the state file is written only now, when nothing else can fail but the thread: a start
+   * that fails keeps what the collector before it left there */
+  if (o->state && (rc = map_state(c, o->state, *instance, err)) != 0) goto fail;
   /* the thread takes no signal: they are the host's (a SIGTERM delivered to a thread that
    * does not block it would end the process before the host's handler sees it). It
    * inherits the mask it is created with. */
@@ -424,7 +469,10 @@ int mtasts_collector_open(const mtasts_collector_opts *o, mtasts_collector **out
   }
   if (rc != 0) {
     errf(err, rc, "pthread_create: %s", strerror(rc));
-    unlink(o->path);
+    if (c->state) {                            /* put back what was there */
+      c->state->instance = *prev_instance;
+      c->state->accepted = *prev_accepted;
+    }
     goto fail;
   }
   c->started = 1;
@@ -492,7 +540,7 @@ void mtasts_collector_stop(mtasts_collector *c) {
   if (c->stopped) return;
   __atomic_store_n(&c->stopped, 1, __ATOMIC_RELAXED);
   /* new senders find no socket (their loss, as with any stop); what is queued is read */
-  if (c->fd >= 0) unlink(c->path);
+  if (c->bound) unlink(c->path);
   if (c->started) {
     ssize_t w;
     do w = write(c->stopfd[1], "x", 1);

@@ -351,6 +351,7 @@ static int domain(rd *r, mtasts_buf *b, size_t off, const char *name) {
       return fail(r, MTASTS_DGRAM_EINVALID, "\"%s\" is not a domain name", name);
     }
   }
+  if (label == 0) return fail(r, MTASTS_DGRAM_EINVALID, "\"%s\" is not a domain name", name);
   mtasts_put_u32(b->p + off, (uint32_t)n);
   b->n = off + 4 + n;
   return 0;
@@ -499,6 +500,14 @@ static int prefix(mtasts_buf *k, const mtasts_buf *sc, size_t d, int has_pr, siz
   return 0;
 }
 
+/* Room for n more key bytes, within MTASTS_DGRAM_MAX_KEYS: 0, ELIMIT or ENOMEM. Every entry
+ * repeats its policy's key (d, pr, strings), so a datagram of many details over a long
+ * record would otherwise make hundreds of megabytes from a few hundred kilobytes. */
+static int key_room(mtasts_dgram *d, size_t n) {
+  if (d->keys.n + n > MTASTS_DGRAM_MAX_KEYS) return MTASTS_DGRAM_ELIMIT;
+  return mtasts_buf_reserve(&d->keys, d->keys.n + n) ? MTASTS_DGRAM_ENOMEM : 0;
+}
+
 static int entry(mtasts_dgram *d, size_t off, uint64_t a, uint64_t b) {
   mtasts_dgram_entry e;
   e.off = off;
@@ -593,6 +602,10 @@ int mtasts_dgram_parse(const unsigned char *in, size_t n, mtasts_dgram *d, char 
     unsigned char kind = 'S';
     uint32_t j;
     if (p->has_t && p->tval != p->t) mismatch++;
+    if ((rc = key_room(d, 1 + sc.n + 16)) != 0) {   /* its key: parts of sc, at most once each */
+      if (rc == MTASTS_DGRAM_ELIMIT) rc = fail(&r, rc, "the datagram's results pass %u bytes", (unsigned)MTASTS_DGRAM_MAX_KEYS);
+      goto out;
+    }
     if (put(&d->keys, &kind, 1) || prefix(&d->keys, &sc, dom, seen[2], pr, p) ||
         entry(d, off, p->final == 0, p->final == 1)) {
       rc = MTASTS_DGRAM_ENOMEM;
@@ -602,8 +615,8 @@ int mtasts_dgram_parse(const unsigned char *in, size_t n, mtasts_dgram *d, char 
     plen = d->keys.n - base;       /* the policy's part of the key, copied into its details' */
     for (j = 0, at = p->det; j < p->ndet; j++) {
       size_t dl = detail_len(sc.p + at), koff = d->keys.n;
-      if (mtasts_buf_reserve(&d->keys, d->keys.n + 1 + plen + dl)) {
-        rc = MTASTS_DGRAM_ENOMEM;
+      if ((rc = key_room(d, 1 + plen + dl)) != 0) {
+        if (rc == MTASTS_DGRAM_ELIMIT) rc = fail(&r, rc, "the datagram's results pass %u bytes", (unsigned)MTASTS_DGRAM_MAX_KEYS);
         goto out;
       }
       d->keys.p[d->keys.n++] = 'D';

@@ -22,6 +22,7 @@
 #define MTASTS_DGRAM_MAX_DETAILS 64     /* failure details of one policy */
 #define MTASTS_DGRAM_MAX_STRINGS 1024   /* policy-string or mx-host items of one policy */
 #define MTASTS_DGRAM_MAX_DEPTH 32       /* nesting of JSON values (unknown members) */
+#define MTASTS_DGRAM_MAX_KEYS (1u << 20) /* bytes of all the entries' keys of one datagram */
 
 typedef struct { size_t off, len; uint64_t a, b; } mtasts_dgram_entry;
 
@@ -42,7 +43,7 @@ typedef struct {
   X(MISSING, "missing")     /* no "d" or no "policies", or a policy without "policy-type" or "f" */ \
   X(INVALID, "invalid")     /* a member of the wrong type or value: a bad domain, f not 0 or 1 */ \
   X(POLICY_TYPE, "policy-type") /* a policy type other than 1 (tlsa), 2 (sts), 9 (none) */ \
-  X(LIMIT, "limit")         /* more policies, details or strings than the limits above */ \
+  X(LIMIT, "limit")         /* more policies, details, strings, nesting or key bytes than above */ \
   X(NOMEM, "nomem")
 
 enum {

@@ -170,6 +170,20 @@ describe("libtlsrpt datagrams (dgram_parse)", function()
     end)
   end
 
+  it("refuses a datagram whose results would pass 1 MiB, at once", function()
+    -- every entry repeats its policy's key: 64 policies of 64 details over a long record
+    local det = string.rep('{"c":201},', 63) .. '{"c":201}'
+    local pol = '{"policy-type":2,"f":1,"failure-details":[' .. det .. ']}'
+    local s = '{"d":"a.example","pr":"' .. string.rep("x", 168000) .. '","policies":[' ..
+      string.rep(pol .. ",", 63) .. pol .. "]}"
+    local t0 = core.monotonic()
+    local e, msg, reason = core.dgram_parse(s)
+    assert.is_nil(e)
+    assert.equal("limit", reason)
+    assert.matches("pass 1048576 bytes", msg)
+    assert.is_true(core.monotonic() - t0 < util.within(1))
+  end)
+
   it("never raises or overreads on random bytes and mutations", function()
     util.seed()
     local seeds = { STS_OK, STS_EXPIRED, TLSA_FAIL, NONE_OK }
@@ -347,6 +361,34 @@ describe("the collector on its socket", function()
     assert.matches("exists and is not a socket", msg3)
   end)
 
+  it("counts what a killed collector lost even after a start that failed", function()
+    local listen = "unix:" .. dir .. "/sub/t.sock"
+    os.execute("mkdir '" .. dir .. "/sub'")
+    c = assert(open{ listen = listen })
+    raw_file(dir .. "/raw", { NONE_OK, NONE_OK, NONE_OK })
+    util.run(SEND .. " " .. dir .. "/sub/t.sock raw " .. dir .. "/raw --blocking")
+    wait_received(3)
+    c:release()           -- as a kill: nothing committed
+    c = nil
+    os.execute("rm -rf '" .. dir .. "/sub'")
+    local bad, _, code = open{ listen = listen }   -- the same socket: its directory is gone
+    assert.is_nil(bad)
+    assert.equal("listen", code)
+    os.execute("mkdir '" .. dir .. "/sub'")
+    c = assert(open{ listen = listen })
+    assert.equal(3, c:stats().lost_at_start)
+    assert.matches("accepted 3 datagrams it did not commit: lost", table.concat(logged, "\n"))
+  end)
+
+  it("refuses a relative socket path and a group id out of range", function()
+    local _, msg, code, key = open{ listen = "unix:run/tlsrpt/tlsrpt.sock" }
+    assert.same({ "config", "listen" }, { code, key })
+    assert.matches("not an absolute path", msg)
+    _, msg, code, key = open{ socket_group = "99999999999" }
+    assert.same({ "config", "socket_group" }, { code, key })
+    assert.matches("not a group id", msg)
+  end)
+
   it("gives the socket the mode and group asked for", function()
     c = assert(open{ socket_mode = "0620", socket_group = "mail" })
     assert.equal("620", util.mode(dir .. "/t.sock"))
@@ -401,8 +443,8 @@ describe("a collector killed mid-stream", function()
   end
   -- how many datagrams the running collector has accepted (its state file)
   local function accepted()
-    local f = io.open(dir .. "/db/collector-" .. (dir .. "/t.sock"):gsub("[^%w%.%-]", "_") ..
-      ".state", "rb")
+    local name = util.run("ls " .. dir .. "/db/collector-*.state 2>/dev/null"):match("%S+")
+    local f = name and io.open(name, "rb")
     if not f then return 0 end
     local s = f:read(24)
     f:close()

@@ -1234,10 +1234,11 @@ function Server:close()
   if not self.is_open then return true end
   self.is_open, self.stopping = false, true
   for _, l in ipairs(self.listeners) do if l.srv then pcall(l.srv.close, l.srv) end end
-  -- the collector reads what is queued and commits everything before the store closes
+  -- the collector reads what is queued and commits everything before the store closes; a
+  -- failure there (datagrams lost, logged by the collector) is close's failure too
+  local col_ok, col_err, col_code = true, nil, nil
   if self.collector then
-    local cok, cerr = self.collector:close()
-    if not cok then self.log("err", "tlsrpt collector: " .. tostring(cerr)) end
+    col_ok, col_err, col_code = self.collector:close()
     self.collector = nil
   end
   for con in pairs(self.connections) do pcall(con.close, con) end
@@ -1246,6 +1247,7 @@ function Server:close()
   self.metrics_store = nil
   if self.owns_client then ok, err, code = self.client:close() end
   self.owns_client = false
+  if not col_ok then return nil, "tlsrpt collector: " .. tostring(col_err), col_code end
   if not ok then return nil, err, code end
   return true
 end

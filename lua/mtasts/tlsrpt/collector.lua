@@ -25,19 +25,29 @@ local collector_mt = { __index = Collector, __name = "mtasts.tlsrpt.collector" }
 local OPTIONS = { path = true, listen = true, socket_mode = true, socket_group = true,
   log = true, clock = true, mode = true, rcvbuf = true }
 
--- "unix:PATH" or a plain absolute path: the path, or nil and why.
+-- "unix:/PATH" or a plain absolute path: the path, or nil and why. A relative path is
+-- refused: Postfix takes its socket name relative to its queue directory, the collector would
+-- take it relative to its working directory.
 local function socket_path(listen)
   if type(listen) ~= "string" then return nil, "a unix:PATH address expected" end
   local path = listen:match("^unix:(.+)$") or (listen:sub(1, 1) == "/" and listen) or nil
   if not path then return nil, settings.show(listen) .. " is not unix:PATH" end
+  if path:sub(1, 1) ~= "/" then
+    return nil, settings.show(listen) .. " is not an absolute path (Postfix's relative " ..
+      "smtp_tlsrpt_socket_name is inside its queue directory, e.g. /var/spool/postfix/)"
+  end
   if #path > 107 then return nil, settings.show(listen) .. ": the path is longer than 107 bytes" end
   return path
 end
 
 -- A group's id from its name or number, or nil and why.
 local function group_id(g)
-  if type(g) == "number" then return g // 1 end
-  if g:match("^%d+$") then return tonumber(g) end
+  local n = math.tointeger(type(g) == "number" and g or g:match("^%d+$") and tonumber(g))
+  if n then
+    if n < 0 or n >= 4294967295 then return nil, ("%s is not a group id"):format(tostring(g)) end
+    return n
+  end
+  if type(g) == "number" then return nil, ("%s is not a group id"):format(tostring(g)) end
   local f = io.open("/etc/group", "r")
   if f then
     for line in f:lines() do
@@ -90,7 +100,12 @@ function _M.open(opts)
     resolver = {}, fetcher = {}, log = log }
   if not store then return nil, serr, scode end
   local mark = "tlsrpt-collector:" .. path
-  local state = opts.path .. "/collector-" .. path:gsub("[^%w%.%-]", "_") .. ".state"
+  -- the state file's name: the socket's path, readable, and a hash of it (b_c.sock and
+  -- b/c.sock read alike)
+  local h = 2166136261
+  for i = 1, #path do h = ((h ~ path:byte(i)) * 16777619) & 0xffffffff end
+  local state = ("%s/collector-%s-%08x.state"):format(opts.path,
+    path:gsub("[^%w%.%-]", "_"):sub(-80), h)
   local c, info = core.collector_open{ path = path,
     mode = tonumber((opts.socket_mode or _M.SOCKET_MODE):match("([0-7][0-7][0-7])$"), 8),
     gid = gid, rcvbuf = opts.rcvbuf or _M.RCVBUF, state = state }
@@ -105,7 +120,12 @@ function _M.open(opts)
   -- what the collector before this one accepted and did not commit (killed, or the machine
   -- stopped): it is lost, and said so
   if info.previous_instance then
-    local m = store:mark(mark)
+    local m, merr = store:mark(mark)
+    if m == nil and merr ~= nil then
+      log("warning", ("%s: what the collector before this one committed cannot be read (%s): " ..
+        "its losses are not counted"):format(path, tostring(merr)))
+      info.previous_accepted = 0
+    end
     local inst, n = (m or ""):match("^(%x+) (%d+)$")
     local committed = inst == info.previous_instance and tonumber(n) or 0
     local lost = info.previous_accepted - committed

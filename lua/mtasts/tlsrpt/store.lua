@@ -293,8 +293,9 @@ function Store:add(result, opts)
   bump(self, base .. "S" .. blob, success, failure)
   for _, d in ipairs(details) do bump(self, d[1], d[2], 0) end
   if record then
+    -- how many sessions named the record (a result of failure details alone names it for none)
     local n = sat(success, failure)
-    bump(self, base .. "P" .. esc(record), n > 0 and n or 1, 0)
+    if n > 0 then bump(self, base .. "P" .. esc(record), n, 0) end
   end
   self.npending = self.npending + 1
   local now = core.monotonic()
