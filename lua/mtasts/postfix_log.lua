@@ -1017,7 +1017,8 @@ end
 
 --- Read until stop(), a signal (SIGTERM, SIGINT; unless opts.signals is false) or the end of
 -- standard input, committing every commit_interval seconds and at the end. opts.interval:
--- seconds between looks at a file that has not grown (default 0.25). Returns true and why
+-- seconds between looks at a file that has not grown (default 0.25); opts.report_interval:
+-- seconds between log lines (info) with the counts (default 600). Returns true and why
 -- it stopped ("eof", "signal 15", "stopped"), or nil, message, code when the last commit
 -- failed.
 function Follower:run(opts)
@@ -1043,11 +1044,18 @@ function Follower:run(opts)
     end)
   end
   local interval = opts.interval or 0.25
+  local every, said = opts.report_interval or 600, os.time()
   local commit_failed, commit_code
   local function maybe_commit(force)
     if not force and self.last_commit and os.time() - self.last_commit < self.commit_interval
     then
       return
+    end
+    if os.time() - said >= every then
+      said = os.time()
+      local c = self.reader.counts
+      self.log("info", ("postfix-log: %d lines, %d ignored; %d sessions recorded (%d " ..
+        "successful, %d failed)"):format(c.lines, c.ignored, c.sessions, c.success, c.failure))
     end
     local ok, err, code = self:commit()
     if not ok then
