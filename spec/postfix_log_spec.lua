@@ -637,3 +637,55 @@ describe("mtasts.postfix_log follower", function()
     store:close()
   end)
 end)
+
+describe("mtasts postfix-log (the command)", function()
+  local dir, cleanup
+  before_each(function() dir, cleanup = util.tmpdir() end)
+  after_each(function() cleanup() end)
+
+  -- standard output only (the log lines go to standard error)
+  local function mtasts_cmd(args)
+    return util.run(util.lua_cmd() .. " bin/mtasts --db " .. dir .. "/db " .. args ..
+      " 2>" .. dir .. "/stderr")
+  end
+
+  it("reads standard input to its end, records, and prints its counts", function()
+    local out, status = mtasts_cmd("postfix-log - < " .. FIX .. "maillog")
+    assert.equal(0, status, out)
+    assert.matches("^121 lines: 44 used, 77 ignored; 17 sessions recorded %(10 successful, 7 " ..
+      "failed%)", out)
+    out, status = mtasts_cmd("--json report stats")
+    assert.equal(0, status, out)
+    local days = require("cjson").decode(out).days
+    assert.equal(1, #days)
+    assert.equal(10, days[1].success)
+    assert.equal(7, days[1].failure)
+  end)
+
+  it("records the journal cursor of journalctl -o json lines, and prints it", function()
+    local out, status = mtasts_cmd("postfix-log --cursor")
+    assert.equal(1, status, out)
+    assert.equal("", out)
+    out, status = mtasts_cmd("--json postfix-log < " .. FIX .. "journal.json")
+    assert.equal(0, status, out)
+    local stats = require("cjson").decode(out)
+    assert.equal("eof", stats.stopped)
+    assert.equal(17, stats.sessions)
+    out, status = mtasts_cmd("postfix-log --cursor")
+    assert.equal(0, status, out)
+    local last = read("journal.json"):match('"__CURSOR":"([^"]+)"[^\n]*\n$')
+    assert.equal(last .. "\n", out)
+  end)
+
+  it("refuses --from-start with standard input, and a directory for FILE", function()
+    local _, status = mtasts_cmd("postfix-log --from-start -")
+    assert.equal(64, status)
+    assert.matches("^mtasts: %-%-from%-start: only for a FILE", util.run("cat " .. dir ..
+      "/stderr"))
+    local out
+    out, status = mtasts_cmd("--json postfix-log " .. dir)
+    assert.equal(3, status, out)
+    assert.same({ code = "eisdir", error = dir .. ": is a directory" },
+      require("cjson").decode(out))
+  end)
+end)

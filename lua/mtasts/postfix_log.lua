@@ -1015,12 +1015,12 @@ function Follower:stats()
   return self.reader:stats()
 end
 
---- Read until stop(), a signal (SIGTERM, SIGINT; unless opts.signals is false) or the end of
--- standard input, committing every commit_interval seconds and at the end. opts.interval:
--- seconds between looks at a file that has not grown (default 0.25); opts.report_interval:
--- seconds between log lines (info) with the counts (default 600). Returns true and why
--- it stopped ("eof", "signal 15", "stopped"), or nil, message, code when the last commit
--- failed.
+--- Read until stop(), a signal (SIGTERM, SIGINT, which it blocks and leaves blocked; unless
+-- opts.signals is false) or the end of standard input, committing every commit_interval
+-- seconds and at the end. opts.interval: seconds between looks at a file that has not grown
+-- (default 0.25); opts.report_interval: seconds between log lines (info) with the counts
+-- (default 600). Returns true and why it stopped ("eof", "signal 15", "stopped"), or nil,
+-- message, code when the last commit failed.
 function Follower:run(opts)
   live(self, "run")
   opts = opts or {}
@@ -1042,6 +1042,14 @@ function Follower:run(opts)
         end
       end
     end)
+  end
+  if self.stdin then
+    self.log("notice", "postfix-log: reading standard input")
+  else
+    self.log("notice", ("postfix-log: following %s from byte %d%s"):format(self.file,
+      self.fh and self.offset or self.start_at or 0, self.replay_to and
+      (" (the recorded position: sessions up to byte " .. self.replay_to ..
+        " are recorded already)") or ""))
   end
   local interval = opts.interval or 0.25
   local every, said = opts.report_interval or 600, os.time()
@@ -1103,7 +1111,8 @@ function Follower:run(opts)
     local ok, err = loop:step(1)
     if not ok then error(err, 0) end
   end
-  if signal then signal.unblock(signal.SIGTERM, signal.SIGINT) end
+  -- SIGTERM and SIGINT stay blocked, as after server:run (mtasts.postfix): a second one,
+  -- sent while this one is handled, must not kill the process before it has committed
   maybe_commit(true)
   if commit_failed then return nil, commit_failed, commit_code end
   return true, why or "stopped"
