@@ -1119,7 +1119,7 @@ function Follower:run(opts)
 end
 
 --- Commit and close the file (not the store, which is the caller's). true, or the failure
--- of that commit; a second close returns true.
+-- of that commit; a second close returns true. Also at the end of a `<close>` scope.
 function Follower:close()
   if not self.is_open then return true end
   local ok, err, code = self:commit()
@@ -1128,12 +1128,13 @@ function Follower:close()
   if not ok then return nil, err, code end
   return true
 end
-follower_mt.__close = function(self)
+follower_mt.__close = Follower.close
+-- the finalizer lets go of the file and commits nothing (docs/style.md §4)
+follower_mt.__gc = function(self)
   if self.is_open then
     self.is_open = false
     if self.fh then self.fh:close() self.fh = nil end
   end
 end
-follower_mt.__gc = follower_mt.__close
 
 return _M
