@@ -282,6 +282,24 @@ describe("mtasts.postfix_log reader", function()
     assert.equal(1, reader:stats().plaintext)
   end)
 
+  it("tells a connection's further recipients from the next message's new connection",
+    function()
+      local function to(pid, qid, rcpt, extra)
+        return ("Nov 30 10:00:00 m postfix/smtp[%d]: %s: to=<%s@testing.example>, " ..
+          "relay=mx.testing.example[192.0.2.1]:25, %sdelay=1, status=sent (250 ok)")
+          :format(pid, qid, rcpt, extra or "")
+      end
+      local got, reader = run(table.concat({
+        to(1, "A1", "u1"), to(1, "A1", "u2"),          -- one message, two recipients
+        to(1, "A2", "u1"),                              -- the next message: a new connection
+        to(1, "A3", "u1", "conn_use=2, "),              -- a cached connection: not counted
+      }, "\n") .. "\n")
+      assert.same({
+        "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1",
+        "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1" }, got)
+      assert.equal(1, reader:stats().reused)
+    end)
+
   it("started in the middle of a log, does not take a connection it saw no start of for " ..
     "one without TLS", function()
     local log = table.concat({

@@ -322,8 +322,8 @@ end
 -- A delivery line: "QUEUEID: to=<addr>, [orig_to=<...>, ]relay=HOST[IP]:PORT, [conn_use=N, ]
 -- delay=..., status=S (text)". key: the process, nil for a bare line.
 local function on_delivery(self, key, msg, pos, replay)
-  local addr, after = msg:match("^%w+: to=<([^<>]*)>, (.*)$")
-  if not addr then return false end
+  local qid, addr, after = msg:match("^(%w+): to=<([^<>]*)>, (.*)$")
+  if not qid then return false end
   after = after:gsub("^orig_to=<[^<>]*>, ", "")
   local relay, rest = after:match("^relay=([^,%s]*), (.*)$")
   if not relay then return false end
@@ -334,7 +334,8 @@ local function on_delivery(self, key, msg, pos, replay)
   if not status then return false end
   local host, ip, port = peer(relay)
   if not is_address(ip) then host, ip, port = nil, nil, nil end
-  if key == nil then
+  local bare = key == nil
+  if bare then
     -- without process ids, lines are told apart by the peer they name
     if not host then return true end
     key = host .. "[" .. ip .. "]:" .. (port or "")
@@ -364,12 +365,20 @@ local function on_delivery(self, key, msg, pos, replay)
     end
   end
   if #pending > 0 then
-    -- the sessions of this delivery: every MX host tried, the last one its connection
-    for _, s in ipairs(pending) do record(self, s, domain, replay) end
-    local last = pending[#pending]
-    last.domains = { [domain] = true }
+    -- the sessions of this delivery: every MX host tried, the last one its connection; for
+    -- bare lines, the oldest connection to this peer (others may be open to it at once)
+    local last
+    if bare then
+      last = table.remove(pending, 1)
+      record(self, last, domain, replay)
+    else
+      for _, s in ipairs(pending) do record(self, s, domain, replay) end
+      last = pending[#pending]
+      p.pending = {}
+    end
+    last.domains, last.qid = { [domain] = true }, qid
     last.n, last.t = self.n, self.t
-    p.current, p.pending = last, {}
+    p.current = last
     return true
   end
   if conn_use and conn_use > 1 then
@@ -378,8 +387,9 @@ local function on_delivery(self, key, msg, pos, replay)
     return true
   end
   local cur = p.current
-  if cur and host and cur.host == host and cur.ip == ip then
-    -- the same connection: more recipients, or another message on it
+  if cur and host and cur.qid == qid and cur.host == host and cur.ip == ip then
+    -- the same connection: more recipients of the message (another message on a connection
+    -- says conn_use, above; without it, it came over a new connection)
     cur.n, cur.t = self.n, self.t
     if not cur.domains[domain] then
       cur.domains[domain] = true
@@ -389,7 +399,7 @@ local function on_delivery(self, key, msg, pos, replay)
   end
   if not host or not after_ehlo(status, text) then return true end
   local s = new_session(self, pos, host, ip, port)
-  s.domains = { [domain] = true }
+  s.domains, s.qid = { [domain] = true }, qid
   p.current = s
   if self.partial and first and
     not (self.first_t and self.t and self.t - self.first_t > self.max_age) then
