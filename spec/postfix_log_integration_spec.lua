@@ -70,8 +70,9 @@ describe("mtasts postfix-log on real Postfix #fixture", function()
     assert.equal(17, r.stats.sessions)
     assert.equal(10, r.stats.success)
     assert.equal(7, r.stats.failure)
-    assert.equal(2, r.stats.plaintext)       -- plain, plaincached: no TLS, no policy
-    assert.equal(2, r.stats.reused)          -- plaincached's conn_use=2 and 3
+    -- plain's message and plaincached's three, no TLS, no policy: each over a connection of
+    -- its own (not counted) or over a cached one (conn_use=2, 3), as Postfix's timing goes
+    assert.equal(4, r.stats.plaintext + r.stats.reused)
     assert.equal(0, r.stats.errors)
     assert.equal(r.stats.lines, r.stats.used + r.stats.ignored)
     assert.matches("following .* from byte 0\n", r.log)
