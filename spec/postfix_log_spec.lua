@@ -282,7 +282,8 @@ describe("mtasts.postfix_log reader", function()
     assert.equal(1, reader:stats().plaintext)
   end)
 
-  it("tells a connection's further recipients from the next message's new connection",
+  it("tells a connection's further recipients (sent or deferred) from the next message's " ..
+    "new connection",
     function()
       local function to(pid, qid, rcpt, extra)
         return ("Nov 30 10:00:00 m postfix/smtp[%d]: %s: to=<%s@testing.example>, " ..
@@ -298,6 +299,28 @@ describe("mtasts.postfix_log reader", function()
         "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1",
         "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1" }, got)
       assert.equal(1, reader:stats().reused)
+      -- a message deferred for each of its recipients: one session
+      got = run(table.concat({
+        "Nov 30 10:00:00 m postfix/smtp[1]: A4: to=<u1@nostarttls.example>, relay=" ..
+          "mx.nostarttls.example[192.0.2.6]:25, delay=1, dsn=4.7.4, status=deferred (TLS is " ..
+          "required, but was not offered by host mx.nostarttls.example[192.0.2.6])",
+        "Nov 30 10:00:00 m postfix/smtp[1]: A4: to=<u2@nostarttls.example>, relay=" ..
+          "mx.nostarttls.example[192.0.2.6]:25, delay=1, dsn=4.7.4, status=deferred (TLS is " ..
+          "required, but was not offered by host mx.nostarttls.example[192.0.2.6])",
+        "Nov 30 10:00:01 m postfix/smtp[2]: SSL_connect error to mx.handshake.example" ..
+          "[192.0.2.7]:25: -1",
+        "Nov 30 10:00:01 m postfix/smtp[2]: A5: to=<u1@handshake.example>, relay=" ..
+          "mx.handshake.example[192.0.2.7]:25, delay=1, status=deferred (Cannot start TLS: " ..
+          "handshake failure)",
+        "Nov 30 10:00:01 m postfix/smtp[2]: A5: to=<u2@handshake.example>, relay=" ..
+          "mx.handshake.example[192.0.2.7]:25, delay=1, status=deferred (Cannot start TLS: " ..
+          "handshake failure)",
+      }, "\n") .. "\n")
+      assert.same({
+        "handshake.example sts validation-failure tls-handshake-failure mx.handshake.example " ..
+          "192.0.2.7",
+        "nostarttls.example sts starttls-not-supported nil mx.nostarttls.example 192.0.2.6" },
+        got)
     end)
 
   it("started in the middle of a log, does not take a connection it saw no start of for " ..

@@ -347,6 +347,18 @@ local function on_delivery(self, key, msg, pos, replay)
   local domain = name and core.domain(name)
   if not domain then return true end          -- no domain name (an IP literal, a local user)
   local pending = p.pending
+  local cur = p.current
+  if #pending == 0 and cur and host and cur.qid == qid and cur.host == host and cur.ip == ip
+  then
+    -- the same connection: more recipients of the message (another message on a connection
+    -- says conn_use, below; without it, it came over a new connection)
+    cur.n, cur.t = self.n, self.t
+    if not cur.domains[domain] then
+      cur.domains[domain] = true
+      if not cur.unknown then record(self, cur, domain, replay) end
+    end
+    return true
+  end
   if #pending == 0 then
     local f = status_failure(text)
     if f then
@@ -384,17 +396,6 @@ local function on_delivery(self, key, msg, pos, replay)
   if conn_use and conn_use > 1 then
     -- a cached connection used again: not a new session, whatever its domain
     if not replay then self.counts.reused = self.counts.reused + 1 end
-    return true
-  end
-  local cur = p.current
-  if cur and host and cur.qid == qid and cur.host == host and cur.ip == ip then
-    -- the same connection: more recipients of the message (another message on a connection
-    -- says conn_use, above; without it, it came over a new connection)
-    cur.n, cur.t = self.n, self.t
-    if not cur.domains[domain] then
-      cur.domains[domain] = true
-      if not cur.unknown then record(self, cur, domain, replay) end
-    end
     return true
   end
   if not host or not after_ehlo(status, text) then return true end
