@@ -134,6 +134,14 @@ describe("every class has the same lifecycle", function()
     { name = "mtasts.cache.reader",
       make = function(d) return assert(cache.open(d)) end,
       use = function(o) return o:list() end },
+    { name = "mtasts.postfix_log.follower",
+      make = function(d)
+        local store = assert(tlsrpt.open{ path = d, batch_size = math.huge,
+          batch_interval = math.huge })
+        return assert(require("mtasts.postfix_log").follow{ file = d .. "/maillog",
+          store = store })
+      end,
+      use = function(o) return o:stats() end },
   }
   for _, c in ipairs(classes) do
     it(c.name .. ": close returns true, twice; use after close raises", function()
@@ -167,6 +175,8 @@ describe("every class has the same lifecycle", function()
     unknown(require("mtasts.fetch").new, {})
     unknown(require("mtasts.resolver").new, {})
     unknown(delivery.plan, { mx = {} })
+    unknown(require("mtasts.postfix_log").new, {})
+    unknown(require("mtasts.postfix_log").follow, { file = "-", store = {} })
   end)
 
   it("the store's finalizer neither commits the batch nor logs", function()

@@ -183,7 +183,8 @@ describe("documentation of the programs", function()
     local text = man("mtasts.1")
     local commands = { "", "lookup", "check", "cache", "cache list", "cache show",
       "cache delete", "cache rebuild", "cache verify", "refresh", "report", "report build",
-      "report send", "report show", "report stats", "serve", "serve postfix", "serve tlsrpt" }
+      "report send", "report show", "report stats", "serve", "serve postfix", "serve tlsrpt",
+      "postfix-log" }
     local missing = {}
     for _, c in ipairs(commands) do
       local opts, out = options_of(c)

@@ -38,8 +38,9 @@ tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 
 --- Start Postfix delivering `mailboxes` (addresses under one or more domains) to Maildirs.
 -- opts.main: more main.cf lines; opts.smtpd: { { address = "127.0.0.2:25", cert =, key = } }
--- SMTP listeners with STARTTLS (only inside a private network namespace, or on loopback);
--- opts.hostname: myhostname.
+-- SMTP listeners with STARTTLS (only inside a private network namespace, or on loopback;
+-- without cert, no STARTTLS; `options`: more "-o name=value" of that listener);
+-- opts.master: more master.cf lines; opts.hostname: myhostname.
 function _M.start(mailboxes, opts)
   opts = opts or {}
   local dir = util.tmpdir()
@@ -56,9 +57,17 @@ function _M.start(mailboxes, opts)
   util.write(conf .. "/vmailbox", table.concat(map, "\n") .. "\n")
   local master = { MASTER }
   for _, l in ipairs(opts.smtpd or {}) do
-    master[#master + 1] = ("%s inet n - n - - smtpd -o smtpd_tls_security_level=may " ..
-      "-o smtpd_tls_cert_file=%s -o smtpd_tls_key_file=%s"):format(l.address, l.cert, l.key)
+    local line
+    if l.cert then
+      line = ("%s inet n - n - - smtpd -o smtpd_tls_security_level=may " ..
+        "-o smtpd_tls_cert_file=%s -o smtpd_tls_key_file=%s"):format(l.address, l.cert, l.key)
+    else
+      line = l.address .. " inet n - n - - smtpd -o smtpd_tls_security_level=none"
+    end
+    for _, o in ipairs(l.options or {}) do line = line .. " -o " .. o end
+    master[#master + 1] = line
   end
+  for _, l in ipairs(opts.master or {}) do master[#master + 1] = l end
   util.write(conf .. "/master.cf", table.concat(master, "\n") .. "\n")
   local lines = {
     "compatibility_level = 3.6",
