@@ -7,6 +7,7 @@
 --   blocking, one socket reused: datagrams/s absorbed: the collector's ceiling here
 --   non-blocking at full speed, 200,000 datagrams: lost at the sender (EAGAIN), in %
 --   non-blocking, 10 bursts of 1,000 datagrams 0.3 s apart: lost, in %
+--   the collector's CPU at steady rates of 2, 20, 200 and 2,000 datagrams/s
 -- each with net.unix.max_dgram_qlen as the machine has it (10 by default) and, when run as
 -- root, again with 1024 in a network namespace of its own (unshare -n: the sysctl is per
 -- namespace). After each run, every datagram the kernel accepted must be committed to the
@@ -122,6 +123,32 @@ do
   row("non-blocking, 10 bursts of 1,000: lost % (mean; per burst)",
     ("%.1f (%s)"):format(sum / 10, table.concat(s, " ")))
   row("reader with a real-time priority while it waits", tostring(st.rt))
+end
+
+-- the reader's cost at steady rates: CPU of this process (the collector; the sender is
+-- another) over 5 s of sending
+if not inner then
+  local function cpu()
+    local f = io.open("/proc/self/stat")
+    local st = f:read("a")
+    f:close()
+    local fields = {}
+    for x in st:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
+    return (tonumber(fields[12]) + tonumber(fields[13])) / 100
+  end
+  local dir = tmpdir()
+  local c = assert(collector.open{ path = dir .. "/db", listen = "unix:" .. dir .. "/s.sock" })
+  local parts = {}
+  for _, rate in ipairs({ 2, 20, 200, 2000 }) do
+    local c0, t0 = cpu(), core.monotonic()
+    local h = io.popen(SEND .. " " .. dir .. "/s.sock mix " .. rate * 5 .. " --rate " .. rate)
+    h:read("a")
+    h:close()
+    parts[#parts + 1] = ("%d/s %.1f%%"):format(rate, 100 * (cpu() - c0) / (core.monotonic() - t0))
+  end
+  assert(c:close())
+  os.execute("rm -rf '" .. dir .. "'")
+  row("reader's CPU (% of one core) at steady rates", table.concat(parts, ", "))
 end
 
 print(("collector, net.unix.max_dgram_qlen = %s%s"):format(tostring(q),

@@ -31,10 +31,11 @@
 #include <unistd.h>
 
 #define VLEN 32
-#define QUIET 0.05     /* seconds of quiet after which the reader waits in poll again */
+#define QUIET 0.002    /* seconds of quiet after which the reader waits in poll again */
 #define NAP_NS 20000   /* nanoseconds between reads while datagrams come */
-#define NAP_MAX_NS 160000  /* the longest nap: naps double while the socket is quiet */
-#define RT_MAX 0.05    /* seconds of a busy period with the real-time priority */
+#define NAP_MAX_NS 640000  /* the longest nap: naps double while the socket is quiet */
+#define RT_WINDOW 0.1  /* seconds over which the reader's share of a CPU is measured */
+#define RT_SHARE 0.8   /* over this share it is a flood: the reader leaves the real-time class */
 #define LAST_MAX 300
 
 typedef struct { uint64_t hash; size_t off, len; uint64_t a, b; } ment;
@@ -254,6 +255,12 @@ static int drain(mtasts_collector *c) {
   }
 }
 
+static double thread_cpu(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 static double mono(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -281,9 +288,10 @@ static void *run(void *arg) {
   struct sched_param rt = {1}, other = {0};
   int fifo;
   /* A real-time priority (when the process may have one: root, LimitRTPRIO, CAP_SYS_NICE)
-   * while waiting and through a burst: the wake-up then puts the reader on a CPU where it
-   * runs at once, and its naps end on time. A busy period longer than RT_MAX is a flood,
-   * not a burst: the reader then goes on in the normal class, so that it cannot take a CPU
+   * while waiting and reading: the wake-up then puts the reader on a CPU where it runs at
+   * once, and its naps end on time. The reader naps whenever the socket is empty, so it
+   * takes only what the datagrams cost; if that passes RT_SHARE of a CPU over RT_WINDOW, it
+   * is a flood, and the reader goes on in the normal class, so that it cannot take a CPU
    * from the rest of the machine; it waits with its priority again once it is quiet. */
   fifo = pthread_setschedparam(pthread_self(), SCHED_FIFO, &rt) == 0;
   pthread_mutex_lock(&c->mu);
@@ -292,13 +300,13 @@ static void *run(void *arg) {
   warm(c);
   for (;;) {
     struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->stopfd[0], POLLIN, 0}};
-    double last, start;
+    double last, start, cpu0;
     int rc, rt_now = fifo;
     rc = poll(p, 2, -1);
     if (rc < 0 && errno != EINTR) break;
     if (p[1].revents) break;
     /* Busy: read without a pause while datagrams come, then read and nap (20 us, doubling to
-     * 160 us while nothing comes, so a quiet socket costs few wake-ups) until the socket has
+     * 640 us while nothing comes, so a quiet socket costs few wake-ups) until the socket has
      * been quiet for QUIET seconds. A sender at full speed refills the short queue (11
      * datagrams by default) in about 100 us. Waiting in poll between datagrams would not
      * do: AF_UNIX wakes its reader "synchronously", so the scheduler runs the reader on the
@@ -307,14 +315,19 @@ static void *run(void *arg) {
     nap.tv_nsec = NAP_NS;
     nanosleep(&nap, NULL);
     start = last = mono();
+    cpu0 = thread_cpu();
     while (!__atomic_load_n(&c->stopped, __ATOMIC_RELAXED)) {
       double t;
       if (drain(c)) {
         last = mono();
         nap.tv_nsec = NAP_NS;
-        if (rt_now && last - start > RT_MAX) {
-          (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &other);
-          rt_now = 0;
+        if (rt_now && last - start > RT_WINDOW) {
+          if ((thread_cpu() - cpu0) / (last - start) > RT_SHARE) {
+            (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &other);
+            rt_now = 0;
+          }
+          start = last;
+          cpu0 = thread_cpu();
         }
         continue;
       }
