@@ -27,7 +27,8 @@ local sort, format, math_type, unpack, concat = table.sort, string.format, math.
 
 local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
   MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900, MAX_RUA = 10,
-  SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120 }
+  SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120,
+  KEYS_PER_TXN = 500 }   -- module/results.c's APPLY_CHUNK
 
 local Store = {}
 local store_mt = { __index = Store, __name = "mtasts.tlsrpt.store" }
@@ -124,7 +125,7 @@ function _M.open(opts)
       timeouts = timeouts,
       wait = opts.wait, allow_private_addresses = opts.allow_private_addresses },
     max_rua = opts.max_rua or _M.MAX_RUA,
-    pending = {}, npending = 0, since = nil, lowered = {}, nlowered = 0,
+    pending = {}, npending = 0, npending_keys = 0, since = nil, lowered = {}, nlowered = 0,
     is_open = true,
   }, store_mt)
   return self
@@ -222,6 +223,7 @@ local function bump(self, key, a, b)
     p[1], p[2] = sat(p[1], a), sat(p[2], b)
   else
     self.pending[key] = { a, b }
+    self.npending_keys = self.npending_keys + 1
   end
 end
 
@@ -326,11 +328,25 @@ function Store:flush()
   if not ok then
     -- a large batch is committed in several transactions: those before the failing one are
     -- durable, and must not be applied again at the next try
-    for _, key in ipairs(committed or {}) do self.pending[key] = nil end
+    for _, key in ipairs(committed or {}) do
+      if self.pending[key] then
+        self.pending[key] = nil
+        self.npending_keys = self.npending_keys - 1
+      end
+    end
     return nil, err, code
   end
-  self.pending, self.npending, self.since, self.mark_pending = {}, 0, nil, nil
+  self.pending, self.npending, self.npending_keys, self.since, self.mark_pending =
+    {}, 0, 0, nil, nil
   return true
+end
+
+--- How many distinct counters the batch holds. A commit of more than _M.KEYS_PER_TXN of
+-- them takes several transactions, and a mark goes with the last: a reader that needs its
+-- mark atomic with every result flushes before the batch passes that.
+function Store:pending_keys()
+  check(self, "pending_keys")
+  return self.npending_keys
 end
 
 --- Stage a mark: a named value (how far a reader has recorded its input) committed with
