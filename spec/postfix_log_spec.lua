@@ -613,6 +613,30 @@ describe("mtasts.postfix_log follower", function()
     b:close()
   end)
 
+  it("skips a run of NULs longer than a line (a crash) without taking the file for another",
+    function()
+      local half = #LINES // 2
+      util.write(log_path, upto(40))
+      local store = open_store()
+      local logged = {}
+      local function log(level, m) logged[#logged + 1] = level .. " " .. m end
+      local f = follow(store, { from_start = true, log = log })
+      f:step()
+      append(log_path, string.rep("\0", 20000))     -- no line end: dropped, as a long line
+      f:step()
+      append(log_path, "\n" .. table.concat(LINES, "\n", 41, half) .. "\n")
+      f:step()                                       -- running: no "truncated", no reread
+      assert(f:close())
+      append(log_path, table.concat(LINES, "\n", half + 1) .. "\n")
+      f = follow(store, { log = log })               -- restarted: the same file
+      f:step()
+      assert(f:close())
+      for _, l in ipairs(logged) do assert.not_matches("truncated", l) end
+      for _, l in ipairs(logged) do assert.not_matches("changed while stopped", l) end
+      assert.same(want(), snapshot(store))
+      store:close()
+    end)
+
   it("reads the new file from its start when the old one is gone, and says so", function()
     util.write(log_path, upto(63))
     local a = open_store()

@@ -876,7 +876,9 @@ local function consume(self, final)
     self.offset, buf = self.offset + #buf, ""
   end
   if #buf > _M.MAX_LINE then
-    -- a line longer than any Postfix writes: dropped up to its end
+    -- a line longer than any Postfix writes (or a block of NULs after a crash): dropped up to
+    -- its end; the fingerprint follows the bytes dropped, or the file would look truncated
+    self.tail = sub(self.tail .. sub(buf, -TAIL), -TAIL)
     self.offset, buf, self.skip_partial = self.offset + #buf, "", true
     reader.counts.ignored = reader.counts.ignored + 1
   end
