@@ -637,6 +637,44 @@ describe("mtasts.postfix_log follower", function()
       store:close()
     end)
 
+  it("commits before its batch needs more than one transaction of the store", function()
+    local t = {}
+    for i = 1, 1200 do
+      t[#t + 1] = ("Nov 30 10:00:00 m postfix/smtp[%d]: Verified TLS connection established " ..
+        "to mx.d%d.example[192.0.2.1]:25: TLSv1.3 with cipher X"):format(i, i)
+      t[#t + 1] = ("Nov 30 10:00:00 m postfix/smtp[%d]: Q%d: to=<u@d%d.example>, " ..
+        "relay=mx.d%d.example[192.0.2.1]:25, delay=1, status=sent (250 ok)"):format(i, i, i, i)
+    end
+    util.write(log_path, table.concat(t, "\n") .. "\n")
+    for _, stdin in ipairs({ false, true }) do
+      local store = open_store(dir .. "/db" .. tostring(stdin))
+      local most, flushes, flush = 0, 0, store.flush
+      store.flush = function(st)
+        most, flushes = math.max(most, st:pending_keys()), flushes + 1
+        return flush(st)
+      end
+      local input = stdin and assert(io.open(log_path, "rb")) or nil
+      local f = follow(store, { from_start = not stdin or nil, input = input })
+      while f:step() > 0 do end
+      assert(f:close())
+      if input then input:close() end
+      assert.is_true(most <= require("mtasts.tlsrpt.store").KEYS_PER_TXN, tostring(most))
+      assert.is_true(flushes >= 3)
+      local n = 0
+      for _ in pairs(snapshot(store)) do n = n + 1 end
+      assert.equal(1200, n)
+      store:close()
+    end
+  end)
+
+  it("refuses a store that commits by itself (without the position)", function()
+    local store = assert(tlsrpt.open{ path = dir .. "/db" })
+    assert.has_error(function() postfix_log.follow{ file = log_path, store = store } end,
+      "bad argument #1 to 'follow' (store must be opened with batch_size and batch_interval " ..
+      "math.huge)")
+    store:close()
+  end)
+
   it("reads the new file from its start when the old one is gone, and says so", function()
     util.write(log_path, upto(63))
     local a = open_store()

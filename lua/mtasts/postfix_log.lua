@@ -23,6 +23,8 @@ local _M = {
   CURRENT_AGE = 60,     -- seconds (or CURRENT_LINES lines) a delivered connection's further
   CURRENT_LINES = 2000, -- recipients are waited for, before a restart may lose its state
   MAX_LINE = 16384,     -- a longer line is ignored
+  FLUSH_KEYS = 400,     -- counters in a batch that make the follower commit at once (below the
+                        -- store's KEYS_PER_TXN: its mark is then in the same transaction)
   REASON_MAX = 160,     -- bytes of Postfix's text kept in a failure_reason_code
 }
 
@@ -722,6 +724,12 @@ function _M.follow(opts)
     argerror("follow", "file (a path, or - for standard input) is required")
   end
   if opts.store == nil then argerror("follow", "store (a result store) is required") end
+  local bs, bi = opts.store.batch_size, opts.store.batch_interval
+  if (bs ~= nil and bs ~= math.huge) or (bi ~= nil and bi ~= math.huge) then
+    -- a store that flushes by itself commits results without their position: counted twice
+    -- after a crash
+    argerror("follow", "store must be opened with batch_size and batch_interval math.huge")
+  end
   local log = opts.log or function() end
   local stdin = opts.input ~= nil or opts.file == "-"
   local self = setmetatable({
@@ -863,6 +871,14 @@ local function consume(self, final)
       reader:line(sub(buf, i, j - 1), line_start, replay)
     end
     i = j + 1
+    if reader.counts.results ~= self.results_seen and self:_full() then
+      -- the batch is near one transaction's worth: commit it with the position after this line
+      local used = sub(buf, 1, i - 1)
+      self.tail = #used >= TAIL and sub(used, -TAIL) or sub(self.tail .. used, -TAIL)
+      self.offset, buf, i = self.offset + i - 1, sub(buf, i), 1
+      self.buf = buf
+      self:_commit_full()
+    end
   end
   if i > 1 then
     local used = sub(buf, 1, i - 1)
@@ -883,6 +899,20 @@ local function consume(self, final)
     reader.counts.ignored = reader.counts.ignored + 1
   end
   self.buf = buf
+end
+
+-- Has the store's batch reached FLUSH_KEYS counters? A commit of more than KEYS_PER_TXN takes
+-- several transactions, and the mark is in the last one only: a crash between them would
+-- count the first ones twice after a restart.
+function Follower:_full()
+  self.results_seen = self.reader.counts.results
+  local store = self.store
+  return store.pending_keys ~= nil and store:pending_keys() >= _M.FLUSH_KEYS
+end
+
+function Follower:_commit_full()
+  local ok, err = self:commit()
+  if not ok then self.log("err", "postfix-log: commit failed: " .. tostring(err)) end
 end
 
 -- Read what fh has from self.offset + #self.buf on; returns the bytes read.
@@ -986,6 +1016,7 @@ function Follower:_step_stream()
   end
   local n = #line
   self.reader:line((line:gsub("\n$", "")))
+  if self.reader.counts.results ~= self.results_seen and self:_full() then self:_commit_full() end
   return n
 end
 
@@ -1096,6 +1127,9 @@ function Follower:run(opts)
         local line, e = sock:xread("*L", interval)
         if line then
           self.reader:line((line:gsub("\n$", "")))
+          if self.reader.counts.results ~= self.results_seen and self:_full() then
+            self:_commit_full()
+          end
         elseif e == nil then
           why = why or "eof"
           break
