@@ -323,6 +323,81 @@ describe("mtasts.postfix_log reader", function()
         got)
     end)
 
+  local function L(time, pid, msg)
+    return ("Nov 30 %s m postfix/smtp[%d]: %s"):format(time, pid, msg)
+  end
+  local function plain_too(d, t) return policy_of(d, t, true) end
+
+  it("takes the failure of an MX host Postfix left for the next from its QID: line, and the " ..
+    "delivery status of the last one", function()
+    local got = run(table.concat({
+      -- mx1 offers no STARTTLS, mx2 verifies: both sessions
+      L("10:00:00", 1, "Q1: TLS is required, but was not offered by host " ..
+        "mx1.twomx.example[192.0.2.1]"),
+      L("10:00:00", 1, "Verified TLS connection established to mx2.twomx.example" ..
+        "[192.0.2.2]:25: TLSv1.3 with cipher X"),
+      L("10:00:01", 1, "Q1: to=<u@twomx.example>, relay=mx2.twomx.example[192.0.2.2]:25, " ..
+        "delay=1, delays=0.1/0/0.5/0.2, dsn=2.0.0, status=sent (250 ok)"),
+      -- mx1 verifies, then 421; the last MX offers no STARTTLS
+      L("10:00:02", 2, "Verified TLS connection established to mx1.twomx.example" ..
+        "[192.0.2.1]:25: TLSv1.3 with cipher X"),
+      L("10:00:02", 2, "Q2: host mx1.twomx.example[192.0.2.1] said: 421 4.3.2 closing (in " ..
+        "reply to MAIL FROM command)"),
+      L("10:00:03", 2, "Q2: to=<u@twomx.example>, relay=mx2.twomx.example[192.0.2.2]:25, " ..
+        "delay=1, delays=0.1/0/0.8/0, dsn=4.7.4, status=deferred (TLS is required, but was " ..
+        "not offered by host mx2.twomx.example[192.0.2.2])"),
+    }, "\n") .. "\n")
+    assert.same({
+      "twomx.example sts ok", "twomx.example sts ok",
+      "twomx.example sts starttls-not-supported nil mx1.twomx.example 192.0.2.1",
+      "twomx.example sts starttls-not-supported nil mx2.twomx.example 192.0.2.2" }, got)
+  end)
+
+  it("does not give a process's leftover TLS line to the next delivery of its id", function()
+    local got, reader = run(table.concat({
+      -- killed after its TLS line; the id comes again five minutes later
+      L("10:00:00", 100, "Verified TLS connection established to mx.good.example" ..
+        "[192.0.2.1]:25: TLSv1.3 with cipher X"),
+      L("10:05:00", 100, "Q1: to=<u@plain.example>, relay=mxplain.example[192.0.2.9]:25, " ..
+        "delay=1, delays=0.1/0/0.2/0.1, dsn=2.0.0, status=sent (250 ok)"),
+      -- master says it was killed
+      L("10:06:00", 101, "Verified TLS connection established to mx.good.example" ..
+        "[192.0.2.1]:25: TLSv1.3 with cipher X"),
+      "Nov 30 10:06:00 m postfix/master[9]: warning: process /usr/lib/postfix/sbin/smtp pid " ..
+        "101 killed by signal 9",
+      L("10:06:00", 101, "Q2: to=<u@plain.example>, relay=mxplain.example[192.0.2.9]:25, " ..
+        "delay=1, dsn=2.0.0, status=sent (250 ok)"),
+    }, "\n") .. "\n", { policy_of = plain_too })
+    assert.same({
+      "plain.example sts starttls-not-supported nil mxplain.example 192.0.2.9",
+      "plain.example sts starttls-not-supported nil mxplain.example 192.0.2.9" }, got)
+    assert.equal(2, reader:stats().expired)
+  end)
+
+  it("skips a hop to a content filter (127.0.0.1, a port other than 25)", function()
+    local got, reader = run(table.concat({
+      L("10:00:00", 1, "Q1: to=<u@good.example>, relay=127.0.0.1[127.0.0.1]:10024, delay=1, " ..
+        "delays=0.1/0/0/0.9, dsn=2.0.0, status=sent (250 2.0.0 Ok, id=1, from MTA)"),
+      L("10:00:01", 2, "Q2: to=<u@good.example>, relay=localhost[::1]:25, delay=1, " ..
+        "dsn=2.0.0, status=sent (250 ok)"),
+    }, "\n") .. "\n")
+    assert.same({}, got)
+    assert.equal(2, reader:stats().skipped)
+  end)
+
+  it("takes a retry of the same message by the same process as a new connection", function()
+    local function deferred(time, delays)
+      return L(time, 7, "Q7: to=<u@testing.example>, relay=mx.testing.example[192.0.2.1]:25, " ..
+        "delay=1, delays=" .. delays .. ", dsn=4.0.0, status=deferred (host mx.testing." ..
+        "example[192.0.2.1] said: 451 later (in reply to RCPT TO command))")
+    end
+    local got = run(table.concat({ deferred("10:00:00", "0.1/0/0.1/0"),
+      deferred("10:06:00", "360/0/0.1/0") }, "\n") .. "\n")
+    assert.same({
+      "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1",
+      "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1" }, got)
+  end)
+
   it("started in the middle of a log, does not take a connection it saw no start of for " ..
     "one without TLS", function()
     local log = table.concat({

@@ -220,7 +220,7 @@ function _M.new(opts)
     n = 0, t = nil, first_t = nil, since_sweep = 0,
     counts = { lines = 0, used = 0, ignored = 0, sessions = 0, results = 0, success = 0,
       failure = 0, reused = 0, plaintext = 0, unknown = 0, expired = 0, errors = 0,
-      replayed = 0 },
+      replayed = 0, skipped = 0 },
   }, reader_mt)
 end
 
@@ -321,6 +321,26 @@ local function is_address(ip)
   return ip ~= nil and ip ~= "" and ip:match("^[%x:%.]+$") ~= nil
 end
 
+-- This host's own address, where content filters listen (amavis on 127.0.0.1:10024): no MX
+-- host. (Only 127.0.0.1 and ::1: the specs' world has its MX hosts on 127.0.0.2 and on.)
+local function is_loopback(ip)
+  local l = ip:lower()
+  return l == "127.0.0.1" or l == "::1" or l == "::ffff:127.0.0.1"
+end
+
+-- When the delivery attempt of a delivery line began (its connection setup, the first MX host
+-- tried): the line's time less c and d of "delays=a/b/c/d"; nil without them.
+local function attempt_start(self, rest)
+  if not self.t then return nil end
+  local c, d = rest:match("delays=[%d%.]+/[%d%.]+/([%d%.]+)/([%d%.]+)")
+  c, d = tonumber(c), tonumber(d)
+  if not c or not d then return nil end
+  return self.t - c - d
+end
+
+-- Seconds of slack when comparing times of lines (whole seconds) with the start of an attempt.
+local SLACK = 3
+
 -- A delivery line: "QUEUEID: to=<addr>, [orig_to=<...>, ]relay=HOST[IP]:PORT, [conn_use=N, ]
 -- delay=..., status=S (text)". key: the process, nil for a bare line.
 local function on_delivery(self, key, msg, pos, replay)
@@ -337,6 +357,14 @@ local function on_delivery(self, key, msg, pos, replay)
   local host, ip, port = peer(relay)
   if not is_address(ip) then host, ip, port = nil, nil, nil end
   local bare = key == nil
+  if host and (is_loopback(ip) or (port and port ~= "25")) then
+    -- a hop to a content filter (127.0.0.1:10024), or a relay on another port: no MX host;
+    -- what this process had pending was about that hop
+    if not replay then self.counts.skipped = self.counts.skipped + 1 end
+    local p = key and self.procs[key]
+    if p then p.pending, p.current = {}, nil end
+    return true
+  end
   if bare then
     -- without process ids, lines are told apart by the peer they name
     if not host then return true end
@@ -344,13 +372,29 @@ local function on_delivery(self, key, msg, pos, replay)
   end
   local p = proc_of(self, key)
   local first = p.seen_at == self.n
+  local prev = p.n
   p.n, p.t = self.n, self.t
   local name = addr:match("@([^@]+)$")
   local domain = name and core.domain(name)
   if not domain then return true end          -- no domain name (an IP literal, a local user)
+  local start = attempt_start(self, rest)
   local pending = p.pending
+  if start and #pending > 0 and not bare then
+    -- sessions that began before this attempt did are not its own (a process killed after
+    -- its TLS line, its id used again): forgotten
+    local keep = {}
+    for _, s in ipairs(pending) do
+      if s.t and s.t < start - SLACK then self.counts.expired = self.counts.expired + 1
+      else keep[#keep + 1] = s end
+    end
+    if #keep < #pending then p.pending, pending = keep, keep end
+  end
   local cur = p.current
-  if #pending == 0 and cur and host and cur.qid == qid and cur.host == host and cur.ip == ip
+  local same_attempt
+  if cur and cur.start and start then same_attempt = math.abs(cur.start - start) <= SLACK
+  else same_attempt = cur ~= nil and prev == cur.n end   -- its lines follow one another
+  if #pending == 0 and cur and host and cur.qid == qid and cur.host == host and cur.ip == ip and
+    same_attempt
   then
     -- the same connection: more recipients of the message (another message on a connection
     -- says conn_use, below; without it, it came over a new connection)
@@ -361,7 +405,10 @@ local function on_delivery(self, key, msg, pos, replay)
     end
     return true
   end
-  if #pending == 0 then
+  local last = pending[#pending]
+  if not last or (host and last.host ~= host) then
+    -- the status of the delivery is about the last MX host tried: when no session of it
+    -- is pending (the others were MX hosts tried before), the status may say what failed
     local f = status_failure(text)
     if f then
       -- a session whose failure only the delivery line says (tlsproxy logged the rest)
@@ -375,24 +422,24 @@ local function on_delivery(self, key, msg, pos, replay)
         end
       end
       s.failure = { result_type = f.result_type, failure_reason_code = f.failure_reason_code }
-      pending[1] = s
+      if not (last and last.host == h) then pending[#pending + 1] = s end
     end
   end
   if #pending > 0 then
     -- the sessions of this delivery: every MX host tried, the last one its connection; for
     -- bare lines, the oldest connection to this peer (others may be open to it at once)
-    local last
+    local conn
     if bare then
-      last = table.remove(pending, 1)
-      record(self, last, domain, replay)
+      conn = table.remove(pending, 1)
+      record(self, conn, domain, replay)
     else
       for _, s in ipairs(pending) do record(self, s, domain, replay) end
-      last = pending[#pending]
+      conn = pending[#pending]
       p.pending = {}
     end
-    last.domains, last.qid = { [domain] = true }, qid
-    last.n, last.t = self.n, self.t
-    p.current = last
+    conn.domains, conn.qid, conn.start = { [domain] = true }, qid, start
+    conn.n, conn.t = self.n, self.t
+    p.current = conn
     return true
   end
   if conn_use and conn_use > 1 then
@@ -402,7 +449,7 @@ local function on_delivery(self, key, msg, pos, replay)
   end
   if not host or not after_ehlo(status, text) then return true end
   local s = new_session(self, pos, host, ip, port)
-  s.domains, s.qid = { [domain] = true }, qid
+  s.domains, s.qid, s.start = { [domain] = true }, qid, start
   p.current = s
   if self.partial and first and
     not (self.first_t and self.t and self.t - self.first_t > self.max_age) then
@@ -537,10 +584,43 @@ local function on_smtp(self, key, msg, pos, replay)
     return true
   end
   if msg:find("^%w+: to=<") then return on_delivery(self, key, msg, pos, replay) end
+  local qtext = not bare and msg:match("^%w+: (.*)$")
+  local f = qtext and status_failure(qtext)
+  if f and f.peer then
+    -- "QID: TLS is required, but was not offered by host H[IP]": an MX host Postfix then
+    -- left for the next; the delivery line is about the last one only
+    local h, i = peer(f.peer)
+    if h then
+      local p = proc_of(self, key)
+      p.n, p.t = self.n, self.t
+      local s = new_session(self, pos, h, i, nil)
+      s.failure = { result_type = f.result_type, failure_reason_code = f.failure_reason_code }
+      p.current = nil
+      p.pending[#p.pending + 1] = s
+      return true
+    end
+  end
   if bare then
     if on_proxy(self, "", msg) then return true end
   end
   return false
+end
+
+-- A line of master: "warning: process /usr/lib/postfix/sbin/smtp pid 100 killed by signal 9"
+-- (or "exit status 1"): what that process had pending ends with it (its id may come again).
+local function on_master(self, tag, msg)
+  local path, pid, how = msg:match("^warning: process (%S+) pid (%d+) (%a+)")
+  if not path or (how ~= "killed" and how ~= "exit") then return false end
+  local prefix = tag:match("^(.*)/[^/]+$")
+  local prog = path:match("([^/]+)$")
+  if not prefix or (prog ~= "smtp" and prog ~= "tlsproxy") then return true end
+  local key = prefix .. "/" .. prog .. "[" .. pid .. "]"
+  local p = self.procs[key]
+  if p then
+    self.counts.expired = self.counts.expired + #p.pending
+    self.procs[key] = nil
+  end
+  return true
 end
 
 --- Feed one line (without its line end). pos: where the line starts in its input (a byte
@@ -573,6 +653,8 @@ function Reader:line(text, pos, replay)
       used = on_smtp(self, key, e.msg, pos, replay)
     elseif program == "tlsproxy" then
       used = on_proxy(self, key, e.msg)
+    elseif program == "master" then
+      used = on_master(self, e.tag, e.msg)
     elseif not e.tag then
       used = on_smtp(self, nil, e.msg, pos, replay)
     end
