@@ -398,6 +398,60 @@ describe("mtasts.postfix_log reader", function()
       "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1" }, got)
   end)
 
+  it("keeps tlsproxy's notes in the position, one per connection to the same MX host",
+    function()
+      local got = {}
+      local reader = postfix_log.new{ policy_of = policy_of,
+        add = function(r, o) got[#got + 1] = brief(r, o) return true end }
+      local function P(pid, msg)
+        return "Nov 30 10:00:00 m postfix/tlsproxy[" .. pid .. "]: " .. msg
+      end
+      local peer = "mx.expired.example[192.0.2.3]:25"
+      reader:line(P(50, "server certificate verification failed for " .. peer ..
+        ": certificate has expired"), 100)
+      assert.equal(100, reader:oldest())        -- the note is state: the mark stays before it
+      reader:line(P(50, "server certificate verification failed for " .. peer ..
+        ": num=62:hostname mismatch"), 200)
+      for i, pid in ipairs({ 1, 2 }) do
+        reader:line(L("10:00:01", pid, "Untrusted TLS connection established to " .. peer ..
+          ": TLSv1.3 with cipher X"), 200 + i * 100)
+      end
+      for _, pid in ipairs({ 1, 2 }) do
+        reader:line(L("10:00:01", pid, "Q" .. pid .. ": to=<u@expired.example>, relay=" .. peer ..
+          ", delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)"), 600)
+      end
+      table.sort(got)
+      assert.same({
+        "expired.example sts certificate-expired certificate has expired mx.expired.example " ..
+          "192.0.2.3",
+        "expired.example sts certificate-host-mismatch num=62:hostname mismatch " ..
+          "mx.expired.example 192.0.2.3" }, got)
+      -- a TLS library reason of a tlsproxy process is state too, and is forgotten in time
+      reader = postfix_log.new{ policy_of = policy_of }
+      reader:line(P(51, "warning: TLS library problem: error:0A00014D:SSL routines::x:y.c:1:"),
+        700)
+      assert.equal(700, reader:oldest())
+      reader:line(L("10:30:00", 3, "Q3: removed"), 800)
+      assert.is_nil(reader:oldest())
+      assert.is_nil(next(reader.proxy_reason))
+    end)
+
+  it("keeps the state of at most MAX_PROCS processes, and sweeps in linear time", function()
+    local max = postfix_log.MAX_PROCS
+    postfix_log.MAX_PROCS = 1000
+    local reader = postfix_log.new{ policy_of = policy_of }
+    local ok, err = pcall(function()
+      for i = 1, 1500 do
+        reader:line(L("10:00:00", i, "Verified TLS connection established to mx.good.example" ..
+          "[192.0.2.1]:25: TLSv1.3 with cipher X"))
+      end
+    end)
+    postfix_log.MAX_PROCS = max
+    assert(ok, err)
+    assert.equal(500, reader:stats().dropped)
+    assert.equal(1000, reader.nprocs)
+  end)
+
   it("started in the middle of a log, does not take a connection it saw no start of for " ..
     "one without TLS", function()
     local log = table.concat({

@@ -23,6 +23,7 @@ local _M = {
   CURRENT_AGE = 60,     -- seconds (or CURRENT_LINES lines) a delivered connection's further
   CURRENT_LINES = 2000, -- recipients are waited for, before a restart may lose its state
   MAX_LINE = 16384,     -- a longer line is ignored
+  MAX_PROCS = 20000,    -- processes (and tlsproxy notes) whose state is kept at once
   FLUSH_KEYS = 400,     -- counters in a batch that make the follower commit at once (below the
                         -- store's KEYS_PER_TXN: its mark is then in the same transaction)
   REASON_MAX = 160,     -- bytes of Postfix's text kept in a failure_reason_code
@@ -214,13 +215,14 @@ function _M.new(opts)
     max_age = opts.max_age or _M.MAX_AGE, max_lines = opts.max_lines or _M.MAX_LINES,
     partial = opts.partial == true,
     procs = {},       -- process key -> { pending = { session, ... }, current =, seen = }
-    proxied = {},     -- "host[ip]:port" or "[ip]:port" -> what tlsproxy logged about it
+    proxied = {},     -- "host[ip]:port" or "[ip]:port" -> what tlsproxy logged about it (a
+                      -- list, oldest first: connections to one MX host may be open at once)
     expect_proxy = {},-- bare lines: "[ip]:port" -> tlsproxy lines still to come
     proxy_reason = {},-- tlsproxy process -> its last "TLS library problem"
-    n = 0, t = nil, first_t = nil, since_sweep = 0,
+    n = 0, t = nil, first_t = nil, since_sweep = 0, nprocs = 0, nnotes = 0,
     counts = { lines = 0, used = 0, ignored = 0, sessions = 0, results = 0, success = 0,
       failure = 0, reused = 0, plaintext = 0, unknown = 0, expired = 0, errors = 0,
-      replayed = 0, skipped = 0 },
+      replayed = 0, skipped = 0, dropped = 0 },
   }, reader_mt)
 end
 
@@ -228,9 +230,41 @@ local function proc_of(self, key)
   local p = self.procs[key]
   if not p then
     p = { pending = {}, n = self.n, t = self.t, seen_at = self.n }
+    if self.nprocs >= _M.MAX_PROCS then
+      -- lines of more processes than Postfix runs (made up, by any local user through
+      -- logger -t postfix/smtp): their state is not kept
+      self.counts.dropped = self.counts.dropped + 1
+      return p
+    end
     self.procs[key] = p
+    self.nprocs = self.nprocs + 1
   end
   return p
+end
+
+-- tlsproxy's notes about a peer, for the smtp process whose TLS line comes next: first in,
+-- first out.
+local function push_note(self, k, note)
+  local list = self.proxied[k]
+  if not list then
+    if self.nnotes >= _M.MAX_PROCS then
+      self.counts.dropped = self.counts.dropped + 1
+      return
+    end
+    list = {}
+    self.proxied[k] = list
+  end
+  list[#list + 1] = note
+  self.nnotes = self.nnotes + 1
+end
+
+local function take_note(self, k)
+  local list = self.proxied[k]
+  if not list then return nil end
+  local note = table.remove(list, 1)
+  if #list == 0 then self.proxied[k] = nil end
+  self.nnotes = self.nnotes - 1
+  return note
 end
 
 local function expired(self, e)
@@ -253,9 +287,17 @@ local function sweep(self)
     if p.failure and expired(self, p.failure) then p.failure = nil end
     if #keep == 0 and not p.current and not p.failure and expired(self, p) then
       self.procs[key] = nil
+      self.nprocs = self.nprocs - 1
     end
   end
-  for _, tbl in ipairs({ self.proxied, self.expect_proxy }) do
+  for k, list in pairs(self.proxied) do
+    local keep = {}
+    for _, e in ipairs(list) do
+      if expired(self, e) then self.nnotes = self.nnotes - 1 else keep[#keep + 1] = e end
+    end
+    self.proxied[k] = #keep > 0 and keep or nil
+  end
+  for _, tbl in ipairs({ self.proxy_reason, self.expect_proxy }) do
     for k, e in pairs(tbl) do
       if expired(self, e) then tbl[k] = nil end
     end
@@ -416,7 +458,7 @@ local function on_delivery(self, key, msg, pos, replay)
       if f.peer then h, i = peer(f.peer) end
       local s = new_session(self, pos, h, i, pt)
       if f.failure_reason_code == "tls-handshake-failure" and i then
-        local note = self.proxied["[" .. i .. "]:" .. (pt or "25")]
+        local note = take_note(self, "[" .. i .. "]:" .. (pt or "25"))
         if note and note.reason then
           f.failure_reason_code = "tls-handshake-failure: " .. note.reason
         end
@@ -465,23 +507,29 @@ local function on_delivery(self, key, msg, pos, replay)
 end
 
 -- A line of a tlsproxy process: what it found about a peer, for the smtp process that asked.
-local function on_proxy(self, key, msg)
+local function on_proxy(self, key, msg, pos)
   local host, ip, port, why = msg:match("certificate verification failed for " .. PEER ..
     ": (.*)$")
   if host then
-    self.proxied[host:lower() .. "[" .. ip .. "]:" .. port] = { n = self.n, t = self.t,
-      result_type = certificate_failure(why), failure_reason_code = reason_text(why) }
+    push_note(self, host:lower() .. "[" .. ip .. "]:" .. port, { n = self.n, t = self.t,
+      pos = pos, result_type = certificate_failure(why), failure_reason_code = reason_text(why) })
     return true
   end
   local text = msg:match("^warning: TLS library problem: (.*)$")
   if text then
-    self.proxy_reason[key] = reason_text(library_reason(text))
+    if self.proxy_reason[key] or self.nprocs < _M.MAX_PROCS then
+      self.proxy_reason[key] = { reason = reason_text(library_reason(text)), pos = pos,
+        n = self.n, t = self.t }
+    else
+      self.counts.dropped = self.counts.dropped + 1
+    end
     return true
   end
   ip, port = msg:match("^TLS handshake failed for service=%S+ peer=%[([^%]]*)%]:(%d+)")
   if ip then
-    self.proxied["[" .. ip .. "]:" .. port] = { n = self.n, t = self.t,
-      reason = self.proxy_reason[key] }
+    local r = self.proxy_reason[key]
+    push_note(self, "[" .. ip .. "]:" .. port, { n = self.n, t = self.t, pos = pos,
+      reason = r and r.reason })
     self.proxy_reason[key] = nil
     return true
   end
@@ -527,9 +575,8 @@ local function on_smtp(self, key, msg, pos, replay)
     if f and f.peer == peerkey then s.failure = f end
     p.failure = nil
     if not s.failure then
-      local note = self.proxied[peerkey]
+      local note = take_note(self, peerkey)
       if note then
-        self.proxied[peerkey] = nil
         if level == "Untrusted" then
           s.failure = { result_type = note.result_type,
             failure_reason_code = note.failure_reason_code }
@@ -548,7 +595,7 @@ local function on_smtp(self, key, msg, pos, replay)
     local peerkey = host .. "[" .. ip .. "]:" .. port
     if bare then
       local e = self.expect_proxy["[" .. ip .. "]:" .. port]
-      if e then return on_proxy(self, "", msg) end
+      if e then return on_proxy(self, "", msg, pos) end
       key = peerkey
     end
     local p = proc_of(self, key)
@@ -601,7 +648,7 @@ local function on_smtp(self, key, msg, pos, replay)
     end
   end
   if bare then
-    if on_proxy(self, "", msg) then return true end
+    if on_proxy(self, "", msg, pos) then return true end
   end
   return false
 end
@@ -619,6 +666,7 @@ local function on_master(self, tag, msg)
   if p then
     self.counts.expired = self.counts.expired + #p.pending
     self.procs[key] = nil
+    self.nprocs = self.nprocs - 1
   end
   return true
 end
@@ -652,7 +700,7 @@ function Reader:line(text, pos, replay)
     if program == "smtp" then
       used = on_smtp(self, key, e.msg, pos, replay)
     elseif program == "tlsproxy" then
-      used = on_proxy(self, key, e.msg)
+      used = on_proxy(self, key, e.msg, pos)
     elseif program == "master" then
       used = on_master(self, e.tag, e.msg)
     elseif not e.tag then
@@ -667,7 +715,11 @@ function Reader:line(text, pos, replay)
     if used then counts.used = counts.used + 1 else counts.ignored = counts.ignored + 1 end
   end
   self.since_sweep = self.since_sweep + 1
-  if self.since_sweep >= 1000 then sweep(self) end
+  -- a sweep walks every entry: once per as many lines as there are entries (linear, not
+  -- quadratic in the processes)
+  if self.since_sweep >= 1000 and self.since_sweep >= self.nprocs + self.nnotes then
+    sweep(self)
+  end
   return used
 end
 
@@ -690,6 +742,11 @@ function Reader:oldest()
     end
     if p.failure then take(p.failure.pos) end
   end
+  -- tlsproxy's notes: a mark between one and the smtp line that takes it would lose it
+  for _, list in pairs(self.proxied) do
+    for _, e in ipairs(list) do take(e.pos) end
+  end
+  for _, e in pairs(self.proxy_reason) do take(e.pos) end
   return min
 end
 
@@ -702,6 +759,10 @@ function Reader:rebase(pos)
     if p.current then p.current.pos = pos end
     if p.failure then p.failure.pos = pos end
   end
+  for _, list in pairs(self.proxied) do
+    for _, e in ipairs(list) do e.pos = pos end
+  end
+  for _, e in pairs(self.proxy_reason) do e.pos = pos end
 end
 
 --- The counts: lines, used, ignored (lines that are no TLS or delivery line of
