@@ -894,6 +894,24 @@ describe("mtasts postfix-log (the command)", function()
     assert.equal(7, days[1].failure)
   end)
 
+  it("reads lines up to 16 KiB long on standard input, and skips longer ones", function()
+    local function line(n, len)
+      local l = ("Nov 30 10:00:00 m postfix/smtp[%d]: Q%d: to=<u@d%d.example>, relay=mx.d%d." ..
+        "example[192.0.2.1]:25, delay=1, status=sent (250 ok "):format(n, n, n, n)
+      return l .. ("x"):rep(len - #l - 1) .. ")"
+    end
+    local v = "Nov 30 10:00:00 m postfix/smtp[%d]: Verified TLS connection established to " ..
+      "mx.d%d.example[192.0.2.1]:25: TLSv1.3 with cipher X\n"
+    util.write(dir .. "/log", v:format(1, 1) .. line(1, 4203) .. "\n" .. v:format(2, 2) ..
+      line(2, 40000) .. "\n" .. v:format(3, 3) .. line(3, 16000) .. "\n")
+    local out, status = mtasts_cmd("--json postfix-log - < " .. dir .. "/log")
+    assert.equal(0, status, out)
+    local stats = require("cjson").decode(out)
+    assert.equal(2, stats.sessions)
+    assert.equal(6, stats.lines)
+    assert.equal(1, stats.ignored)
+  end)
+
   it("records the journal cursor of journalctl -o json lines, and prints it", function()
     local out, status = mtasts_cmd("postfix-log --cursor")
     assert.equal(1, status, out)

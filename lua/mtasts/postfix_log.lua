@@ -1265,10 +1265,20 @@ function Follower:run(opts)
       local socket = require("cqueues.socket")
       local sock = socket.fdopen(0)
       sock:setmode("b", "b")
+      -- cqueues splits lines at 4 KiB by default: a longer one came in pieces, each a line
+      sock:setmaxline(_M.MAX_LINE + 1)
       sock:onerror(function(_, _, e) return e end)
+      local dropping = false     -- in the pieces of a line over MAX_LINE
       while not self.stopping do
         local line, e = sock:xread("*L", interval)
-        if line then
+        local long = line and sub(line, -1) ~= "\n" and #line > _M.MAX_LINE
+        if line and (dropping or long) then
+          if not dropping then
+            local c = self.reader.counts
+            c.lines, c.ignored = c.lines + 1, c.ignored + 1
+          end
+          dropping = long
+        elseif line then
           self.reader:line((line:gsub("\n$", "")))
           if self.reader.counts.results ~= self.results_seen and self:_full() then
             self:_commit_full()
