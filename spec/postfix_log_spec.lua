@@ -452,6 +452,30 @@ describe("mtasts.postfix_log reader", function()
     assert.equal(1000, reader.nprocs)
   end)
 
+  it("dates each result by its own line, and takes no time from a line far ahead or not finite",
+    function()
+      local got = {}
+      local now = os.time{ year = 2026, month = 12, day = 1, hour = 12 }
+      local reader = postfix_log.new{ policy_of = policy_of, clock = function() return now end,
+        add = function(_, o) got[#got + 1] = o.day return true end }
+      local function session(stamp, pid)
+        reader:line(stamp .. " m postfix/smtp[" .. pid .. "]: Verified TLS connection " ..
+          "established to mx.good.example[192.0.2.1]:25: TLSv1.3 with cipher X")
+        reader:line(stamp .. " m postfix/smtp[" .. pid .. "]: Q" .. pid .. ": to=<u@good." ..
+          "example>, relay=mx.good.example[192.0.2.1]:25, delay=1, status=sent (250 ok)")
+      end
+      session("2026-12-01T10:00:00+00:00", 1)
+      session("2026-12-05T10:00:00+00:00", 2)       -- four days ahead: no time
+      session("2026-11-30T10:00:00+00:00", 3)       -- earlier than the last: its own
+      reader:line('{"MESSAGE": "Verified TLS connection established to mx.good.example' ..
+        '[192.0.2.1]:25: x", "SYSLOG_IDENTIFIER": "postfix/smtp", "SYSLOG_PID": "4", ' ..
+        '"__REALTIME_TIMESTAMP": "1e999"}')
+      session("2026-12-01T11:00:00+00:00", 5)
+      assert.same({ "2026-12-01", "2026-12-01", "2026-11-30", "2026-12-01" }, got)
+      assert.equal(3, reader:stats().bad_time)
+      assert.equal(0, reader:stats().errors)
+    end)
+
   it("started in the middle of a log, does not take a connection it saw no start of for " ..
     "one without TLS", function()
     local log = table.concat({

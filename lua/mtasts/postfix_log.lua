@@ -222,7 +222,7 @@ function _M.new(opts)
     n = 0, t = nil, first_t = nil, since_sweep = 0, nprocs = 0, nnotes = 0,
     counts = { lines = 0, used = 0, ignored = 0, sessions = 0, results = 0, success = 0,
       failure = 0, reused = 0, plaintext = 0, unknown = 0, expired = 0, errors = 0,
-      replayed = 0, skipped = 0, dropped = 0 },
+      replayed = 0, skipped = 0, dropped = 0, bad_time = 0 },
   }, reader_mt)
 end
 
@@ -687,9 +687,16 @@ function Reader:line(text, pos, replay)
   end
   text = text:gsub("\r$", "")
   self.n = self.n + 1
-  local e = _M.split(text, self.clock())
+  local now = self.clock()
+  local e = _M.split(text, now)
+  if e.t and not (e.t > -math.huge and e.t <= now + 86400) then
+    -- not a number, or more than a day ahead: a line without a time (one such line must
+    -- neither date the results after it nor make os.date raise on each)
+    counts.bad_time = counts.bad_time + 1
+    e.t = nil
+  end
   if e.t then
-    if not self.t or e.t > self.t then self.t = e.t end
+    self.t = e.t                      -- the line's own time, even when earlier than the last
     if not self.first_t then self.first_t = e.t end
   end
   if e.cursor then self.cursor = e.cursor end
