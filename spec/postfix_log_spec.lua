@@ -848,14 +848,36 @@ describe("mtasts.postfix_log follower", function()
     b:close()
   end)
 
-  it("waits for a file that is not there yet", function()
+  it("waits for a file that is not there yet, and says so; and why it cannot open one", function()
     local store = open_store()
-    local f = follow(store)
+    local logged = {}
+    local f = follow(store, { log = function(l, m) logged[#logged + 1] = l .. " " .. m end })
     assert.equal(0, f:step())
+    assert.equal(0, f:step())
+    assert.equal(1, #logged)
+    assert.matches("^notice postfix%-log: waiting for .*journalctl", logged[1])
     util.write(log_path, text)
     f:step()
     assert(f:close())
     assert.same(want(), snapshot(store))
+    store:close()
+  end)
+
+  it("warns when a file is there and cannot be opened", function()
+    local store = open_store()
+    local logged, there = {}, false
+    local f = follow(store, { log = function(l, m) logged[#logged + 1] = l .. " " .. m end,
+      stat = function(p)
+        -- there, and io.open fails (as for a file of mode 000, which root reads anyway)
+        if p == log_path and there then return { dev = 1, ino = 2, size = 10, mode = "file" } end
+        return postfix_log.stat(p)
+      end })
+    there, logged = true, {}
+    assert.equal(0, f:step())
+    assert.equal(0, f:step())
+    assert.equal(1, #logged)
+    assert.matches("^warning postfix%-log: cannot open the new .*maillog", logged[1])
+    assert(f:close())
     store:close()
   end)
 

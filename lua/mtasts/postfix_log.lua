@@ -908,8 +908,8 @@ end
 -- Open `path` as the file with inode st (stat again after opening: a rotation in between
 -- would give us another file than the one stat named). Returns the handle, or nil.
 local function open_checked(self, path, st)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
+  local fh, err = io.open(path, "rb")
+  if not fh then return nil, err end
   local again = self.stat(path)
   if not again or again.ino ~= st.ino or again.dev ~= st.dev then
     fh:close()
@@ -1117,9 +1117,25 @@ function Follower:step(limit)
   while self.queue and #self.queue > 0 do self:_finish_old(table.remove(self.queue, 1)) end
   if not self.fh then
     local st = self.stat(path)
-    if not st then return 0 end          -- not there (yet): wait for it
-    local fh = open_checked(self, path, st)
-    if not fh then return 0 end
+    if not st then                       -- not there (yet): wait for it
+      if not self.said_missing then
+        self.said_missing = true
+        self.log("notice", "postfix-log: waiting for " .. path .. ", which is not there " ..
+          "(no syslog daemon writing it? Where Postfix logs to the journal only, pipe " ..
+          "journalctl -o json into mtasts postfix-log -)")
+      end
+      return 0
+    end
+    local fh, ferr = open_checked(self, path, st)
+    if not fh then
+      local now = os.time()
+      if ferr and (not self.open_warned or now - self.open_warned >= 60) then
+        self.open_warned = now
+        self.log("warning", "postfix-log: cannot open the new " .. path .. ": " ..
+          tostring(ferr) .. " (nothing is read until it can be)")
+      end
+      return 0
+    end
     self.fh, self.dev, self.ino = fh, st.dev, st.ino
     local at = self.start_at or 0
     self.offset, self.buf, self.start_at = at, "", 0
