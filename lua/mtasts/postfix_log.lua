@@ -346,13 +346,14 @@ local function record(self, s, domain, replay)
   end
   local outcome = outcome_of(s, policy)
   delivery.outcome(result, s.host, outcome)
-  self.counts.sessions = self.counts.sessions + 1
-  if outcome.ok then self.counts.success = self.counts.success + 1
-  else self.counts.failure = self.counts.failure + 1 end
   local day = tlsrpt.day_of(self.t or self.clock())
   local rok, err = self.add(result, { day = day, recipient_domain = domain })
   self.counts.results = self.counts.results + 1
-  if not rok then
+  if rok then
+    self.counts.sessions = self.counts.sessions + 1
+    if outcome.ok then self.counts.success = self.counts.success + 1
+    else self.counts.failure = self.counts.failure + 1 end
+  else
     self.counts.errors = self.counts.errors + 1
     self.log("err", "postfix-log: recording failed: " .. tostring(err))
   end
@@ -1001,6 +1002,7 @@ function Follower:_start()
     "found (%s.1): reading the new one from its start; lines written to the old one after " ..
     "byte %d are not counted"):format(path, path, mark.done))
   self.start_at = 0
+  self.reader.partial = true     -- connections begun in the old file: unknown, not without TLS
   return true
 end
 
