@@ -476,6 +476,20 @@ describe("mtasts.postfix_log reader", function()
       assert.equal(0, reader:stats().errors)
     end)
 
+  it("takes num=21:unable to verify the first certificate for certificate-not-trusted",
+    function()
+      local peer = "mx.untrusted.example[192.0.2.5]:25"
+      local got = run(table.concat({
+        L("10:00:00", 1, "server certificate verification failed for " .. peer ..
+          ": num=21:unable to verify the first certificate"),
+        L("10:00:00", 1, "Untrusted TLS connection established to " .. peer .. ": TLSv1.3 x"),
+        L("10:00:00", 1, "Q1: to=<u@untrusted.example>, relay=" .. peer .. ", delay=1, " ..
+          "status=sent (250 ok)"),
+      }, "\n") .. "\n")
+      assert.same({ "untrusted.example sts certificate-not-trusted num=21:unable to verify " ..
+        "the first certificate mx.untrusted.example 192.0.2.5" }, got)
+    end)
+
   it("started in the middle of a log, does not take a connection it saw no start of for " ..
     "one without TLS", function()
     local log = table.concat({

@@ -130,7 +130,7 @@ local function certificate_failure(text)
   end
   if l:find("untrusted issuer", 1, true) or l:find("self-signed", 1, true) or
     l:find("self signed", 1, true) or l:find("not trusted", 1, true) or
-    l:find("unable to get", 1, true) then
+    l:find("unable to get", 1, true) or l:find("unable to verify", 1, true) then
     return "certificate-not-trusted"
   end
   return "validation-failure"
