@@ -323,6 +323,173 @@ describe("mtasts.postfix_log reader", function()
         got)
     end)
 
+  local function L(time, pid, msg)
+    return ("Nov 30 %s m postfix/smtp[%d]: %s"):format(time, pid, msg)
+  end
+  local function plain_too(d, t) return policy_of(d, t, true) end
+
+  it("takes the failure of an MX host Postfix left for the next from its QID: line, and the " ..
+    "delivery status of the last one", function()
+    local got = run(table.concat({
+      -- mx1 offers no STARTTLS, mx2 verifies: both sessions
+      L("10:00:00", 1, "Q1: TLS is required, but was not offered by host " ..
+        "mx1.twomx.example[192.0.2.1]"),
+      L("10:00:00", 1, "Verified TLS connection established to mx2.twomx.example" ..
+        "[192.0.2.2]:25: TLSv1.3 with cipher X"),
+      L("10:00:01", 1, "Q1: to=<u@twomx.example>, relay=mx2.twomx.example[192.0.2.2]:25, " ..
+        "delay=1, delays=0.1/0/0.5/0.2, dsn=2.0.0, status=sent (250 ok)"),
+      -- mx1 verifies, then 421; the last MX offers no STARTTLS
+      L("10:00:02", 2, "Verified TLS connection established to mx1.twomx.example" ..
+        "[192.0.2.1]:25: TLSv1.3 with cipher X"),
+      L("10:00:02", 2, "Q2: host mx1.twomx.example[192.0.2.1] said: 421 4.3.2 closing (in " ..
+        "reply to MAIL FROM command)"),
+      L("10:00:03", 2, "Q2: to=<u@twomx.example>, relay=mx2.twomx.example[192.0.2.2]:25, " ..
+        "delay=1, delays=0.1/0/0.8/0, dsn=4.7.4, status=deferred (TLS is required, but was " ..
+        "not offered by host mx2.twomx.example[192.0.2.2])"),
+    }, "\n") .. "\n")
+    assert.same({
+      "twomx.example sts ok", "twomx.example sts ok",
+      "twomx.example sts starttls-not-supported nil mx1.twomx.example 192.0.2.1",
+      "twomx.example sts starttls-not-supported nil mx2.twomx.example 192.0.2.2" }, got)
+  end)
+
+  it("does not give a process's leftover TLS line to the next delivery of its id", function()
+    local got, reader = run(table.concat({
+      -- killed after its TLS line; the id comes again five minutes later
+      L("10:00:00", 100, "Verified TLS connection established to mx.good.example" ..
+        "[192.0.2.1]:25: TLSv1.3 with cipher X"),
+      L("10:05:00", 100, "Q1: to=<u@plain.example>, relay=mxplain.example[192.0.2.9]:25, " ..
+        "delay=1, delays=0.1/0/0.2/0.1, dsn=2.0.0, status=sent (250 ok)"),
+      -- master says it was killed
+      L("10:06:00", 101, "Verified TLS connection established to mx.good.example" ..
+        "[192.0.2.1]:25: TLSv1.3 with cipher X"),
+      "Nov 30 10:06:00 m postfix/master[9]: warning: process /usr/lib/postfix/sbin/smtp pid " ..
+        "101 killed by signal 9",
+      L("10:06:00", 101, "Q2: to=<u@plain.example>, relay=mxplain.example[192.0.2.9]:25, " ..
+        "delay=1, dsn=2.0.0, status=sent (250 ok)"),
+    }, "\n") .. "\n", { policy_of = plain_too })
+    assert.same({
+      "plain.example sts starttls-not-supported nil mxplain.example 192.0.2.9",
+      "plain.example sts starttls-not-supported nil mxplain.example 192.0.2.9" }, got)
+    assert.equal(2, reader:stats().expired)
+  end)
+
+  it("skips a hop to a content filter (127.0.0.1, a port other than 25)", function()
+    local got, reader = run(table.concat({
+      L("10:00:00", 1, "Q1: to=<u@good.example>, relay=127.0.0.1[127.0.0.1]:10024, delay=1, " ..
+        "delays=0.1/0/0/0.9, dsn=2.0.0, status=sent (250 2.0.0 Ok, id=1, from MTA)"),
+      L("10:00:01", 2, "Q2: to=<u@good.example>, relay=localhost[::1]:25, delay=1, " ..
+        "dsn=2.0.0, status=sent (250 ok)"),
+    }, "\n") .. "\n")
+    assert.same({}, got)
+    assert.equal(2, reader:stats().skipped)
+  end)
+
+  it("takes a retry of the same message by the same process as a new connection", function()
+    local function deferred(time, delays)
+      return L(time, 7, "Q7: to=<u@testing.example>, relay=mx.testing.example[192.0.2.1]:25, " ..
+        "delay=1, delays=" .. delays .. ", dsn=4.0.0, status=deferred (host mx.testing." ..
+        "example[192.0.2.1] said: 451 later (in reply to RCPT TO command))")
+    end
+    local got = run(table.concat({ deferred("10:00:00", "0.1/0/0.1/0"),
+      deferred("10:06:00", "360/0/0.1/0") }, "\n") .. "\n")
+    assert.same({
+      "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1",
+      "testing.example sts starttls-not-supported nil mx.testing.example 192.0.2.1" }, got)
+  end)
+
+  it("keeps tlsproxy's notes in the position, one per connection to the same MX host",
+    function()
+      local got = {}
+      local reader = postfix_log.new{ policy_of = policy_of,
+        add = function(r, o) got[#got + 1] = brief(r, o) return true end }
+      local function P(pid, msg)
+        return "Nov 30 10:00:00 m postfix/tlsproxy[" .. pid .. "]: " .. msg
+      end
+      local peer = "mx.expired.example[192.0.2.3]:25"
+      reader:line(P(50, "server certificate verification failed for " .. peer ..
+        ": certificate has expired"), 100)
+      assert.equal(100, reader:oldest())        -- the note is state: the mark stays before it
+      reader:line(P(50, "server certificate verification failed for " .. peer ..
+        ": num=62:hostname mismatch"), 200)
+      for i, pid in ipairs({ 1, 2 }) do
+        reader:line(L("10:00:01", pid, "Untrusted TLS connection established to " .. peer ..
+          ": TLSv1.3 with cipher X"), 200 + i * 100)
+      end
+      for _, pid in ipairs({ 1, 2 }) do
+        reader:line(L("10:00:01", pid, "Q" .. pid .. ": to=<u@expired.example>, relay=" .. peer ..
+          ", delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)"), 600)
+      end
+      table.sort(got)
+      assert.same({
+        "expired.example sts certificate-expired certificate has expired mx.expired.example " ..
+          "192.0.2.3",
+        "expired.example sts certificate-host-mismatch num=62:hostname mismatch " ..
+          "mx.expired.example 192.0.2.3" }, got)
+      -- a TLS library reason of a tlsproxy process is state too, and is forgotten in time
+      reader = postfix_log.new{ policy_of = policy_of }
+      reader:line(P(51, "warning: TLS library problem: error:0A00014D:SSL routines::x:y.c:1:"),
+        700)
+      assert.equal(700, reader:oldest())
+      reader:line(L("10:30:00", 3, "Q3: removed"), 800)
+      assert.is_nil(reader:oldest())
+      assert.is_nil(next(reader.proxy_reason))
+    end)
+
+  it("keeps the state of at most MAX_PROCS processes, and sweeps in linear time", function()
+    local max = postfix_log.MAX_PROCS
+    postfix_log.MAX_PROCS = 1000
+    local reader = postfix_log.new{ policy_of = policy_of }
+    local ok, err = pcall(function()
+      for i = 1, 1500 do
+        reader:line(L("10:00:00", i, "Verified TLS connection established to mx.good.example" ..
+          "[192.0.2.1]:25: TLSv1.3 with cipher X"))
+      end
+    end)
+    postfix_log.MAX_PROCS = max
+    assert(ok, err)
+    assert.equal(500, reader:stats().dropped)
+    assert.equal(1000, reader.nprocs)
+  end)
+
+  it("dates each result by its own line, and takes no time from a line far ahead or not finite",
+    function()
+      local got = {}
+      local now = os.time{ year = 2026, month = 12, day = 1, hour = 12 }
+      local reader = postfix_log.new{ policy_of = policy_of, clock = function() return now end,
+        add = function(_, o) got[#got + 1] = o.day return true end }
+      local function session(stamp, pid)
+        reader:line(stamp .. " m postfix/smtp[" .. pid .. "]: Verified TLS connection " ..
+          "established to mx.good.example[192.0.2.1]:25: TLSv1.3 with cipher X")
+        reader:line(stamp .. " m postfix/smtp[" .. pid .. "]: Q" .. pid .. ": to=<u@good." ..
+          "example>, relay=mx.good.example[192.0.2.1]:25, delay=1, status=sent (250 ok)")
+      end
+      session("2026-12-01T10:00:00+00:00", 1)
+      session("2026-12-05T10:00:00+00:00", 2)       -- four days ahead: no time
+      session("2026-11-30T10:00:00+00:00", 3)       -- earlier than the last: its own
+      reader:line('{"MESSAGE": "Verified TLS connection established to mx.good.example' ..
+        '[192.0.2.1]:25: x", "SYSLOG_IDENTIFIER": "postfix/smtp", "SYSLOG_PID": "4", ' ..
+        '"__REALTIME_TIMESTAMP": "1e999"}')
+      session("2026-12-01T11:00:00+00:00", 5)
+      assert.same({ "2026-12-01", "2026-12-01", "2026-11-30", "2026-12-01" }, got)
+      assert.equal(3, reader:stats().bad_time)
+      assert.equal(0, reader:stats().errors)
+    end)
+
+  it("takes num=21:unable to verify the first certificate for certificate-not-trusted",
+    function()
+      local peer = "mx.untrusted.example[192.0.2.5]:25"
+      local got = run(table.concat({
+        L("10:00:00", 1, "server certificate verification failed for " .. peer ..
+          ": num=21:unable to verify the first certificate"),
+        L("10:00:00", 1, "Untrusted TLS connection established to " .. peer .. ": TLSv1.3 x"),
+        L("10:00:00", 1, "Q1: to=<u@untrusted.example>, relay=" .. peer .. ", delay=1, " ..
+          "status=sent (250 ok)"),
+      }, "\n") .. "\n")
+      assert.same({ "untrusted.example sts certificate-not-trusted num=21:unable to verify " ..
+        "the first certificate mx.untrusted.example 192.0.2.5" }, got)
+    end)
+
   it("started in the middle of a log, does not take a connection it saw no start of for " ..
     "one without TLS", function()
     local log = table.concat({
@@ -613,6 +780,68 @@ describe("mtasts.postfix_log follower", function()
     b:close()
   end)
 
+  it("skips a run of NULs longer than a line (a crash) without taking the file for another",
+    function()
+      local half = #LINES // 2
+      util.write(log_path, upto(40))
+      local store = open_store()
+      local logged = {}
+      local function log(level, m) logged[#logged + 1] = level .. " " .. m end
+      local f = follow(store, { from_start = true, log = log })
+      f:step()
+      append(log_path, string.rep("\0", 20000))     -- no line end: dropped, as a long line
+      f:step()
+      append(log_path, "\n" .. table.concat(LINES, "\n", 41, half) .. "\n")
+      f:step()                                       -- running: no "truncated", no reread
+      assert(f:close())
+      append(log_path, table.concat(LINES, "\n", half + 1) .. "\n")
+      f = follow(store, { log = log })               -- restarted: the same file
+      f:step()
+      assert(f:close())
+      for _, l in ipairs(logged) do assert.not_matches("truncated", l) end
+      for _, l in ipairs(logged) do assert.not_matches("changed while stopped", l) end
+      assert.same(want(), snapshot(store))
+      store:close()
+    end)
+
+  it("commits before its batch needs more than one transaction of the store", function()
+    local t = {}
+    for i = 1, 1200 do
+      t[#t + 1] = ("Nov 30 10:00:00 m postfix/smtp[%d]: Verified TLS connection established " ..
+        "to mx.d%d.example[192.0.2.1]:25: TLSv1.3 with cipher X"):format(i, i)
+      t[#t + 1] = ("Nov 30 10:00:00 m postfix/smtp[%d]: Q%d: to=<u@d%d.example>, " ..
+        "relay=mx.d%d.example[192.0.2.1]:25, delay=1, status=sent (250 ok)"):format(i, i, i, i)
+    end
+    util.write(log_path, table.concat(t, "\n") .. "\n")
+    for _, stdin in ipairs({ false, true }) do
+      local store = open_store(dir .. "/db" .. tostring(stdin))
+      local most, flushes, flush = 0, 0, store.flush
+      store.flush = function(st)
+        most, flushes = math.max(most, st:pending_keys()), flushes + 1
+        return flush(st)
+      end
+      local input = stdin and assert(io.open(log_path, "rb")) or nil
+      local f = follow(store, { from_start = not stdin or nil, input = input })
+      while f:step() > 0 do end
+      assert(f:close())
+      if input then input:close() end
+      assert.is_true(most <= require("mtasts.tlsrpt.store").KEYS_PER_TXN, tostring(most))
+      assert.is_true(flushes >= 3)
+      local n = 0
+      for _ in pairs(snapshot(store)) do n = n + 1 end
+      assert.equal(1200, n)
+      store:close()
+    end
+  end)
+
+  it("refuses a store that commits by itself (without the position)", function()
+    local store = assert(tlsrpt.open{ path = dir .. "/db" })
+    assert.has_error(function() postfix_log.follow{ file = log_path, store = store } end,
+      "bad argument #1 to 'follow' (store must be opened with batch_size and batch_interval " ..
+      "math.huge)")
+    store:close()
+  end)
+
   it("reads the new file from its start when the old one is gone, and says so", function()
     util.write(log_path, upto(63))
     local a = open_store()
@@ -628,19 +857,43 @@ describe("mtasts.postfix_log follower", function()
     fb:step()
     assert(fb:close())
     assert.matches("^warning postfix%-log: .* changed while stopped", logged[1])
+    -- the connections begun in the old file are unknown, not sessions without TLS
+    assert.is_true(fb.reader.partial)
     local st = b:stats()
     assert.equal(1, #st.days)
     b:close()
   end)
 
-  it("waits for a file that is not there yet", function()
+  it("waits for a file that is not there yet, and says so; and why it cannot open one", function()
     local store = open_store()
-    local f = follow(store)
+    local logged = {}
+    local f = follow(store, { log = function(l, m) logged[#logged + 1] = l .. " " .. m end })
     assert.equal(0, f:step())
+    assert.equal(0, f:step())
+    assert.equal(1, #logged)
+    assert.matches("^notice postfix%-log: waiting for .*journalctl", logged[1])
     util.write(log_path, text)
     f:step()
     assert(f:close())
     assert.same(want(), snapshot(store))
+    store:close()
+  end)
+
+  it("warns when a file is there and cannot be opened", function()
+    local store = open_store()
+    local logged, there = {}, false
+    local f = follow(store, { log = function(l, m) logged[#logged + 1] = l .. " " .. m end,
+      stat = function(p)
+        -- there, and io.open fails (as for a file of mode 000, which root reads anyway)
+        if p == log_path and there then return { dev = 1, ino = 2, size = 10, mode = "file" } end
+        return postfix_log.stat(p)
+      end })
+    there, logged = true, {}
+    assert.equal(0, f:step())
+    assert.equal(0, f:step())
+    assert.equal(1, #logged)
+    assert.matches("^warning postfix%-log: cannot open the new .*maillog", logged[1])
+    assert(f:close())
     store:close()
   end)
 
@@ -701,6 +954,24 @@ describe("mtasts postfix-log (the command)", function()
     assert.equal(1, #days)
     assert.equal(10, days[1].success)
     assert.equal(7, days[1].failure)
+  end)
+
+  it("reads lines up to 16 KiB long on standard input, and skips longer ones", function()
+    local function line(n, len)
+      local l = ("Nov 30 10:00:00 m postfix/smtp[%d]: Q%d: to=<u@d%d.example>, relay=mx.d%d." ..
+        "example[192.0.2.1]:25, delay=1, status=sent (250 ok "):format(n, n, n, n)
+      return l .. ("x"):rep(len - #l - 1) .. ")"
+    end
+    local v = "Nov 30 10:00:00 m postfix/smtp[%d]: Verified TLS connection established to " ..
+      "mx.d%d.example[192.0.2.1]:25: TLSv1.3 with cipher X\n"
+    util.write(dir .. "/log", v:format(1, 1) .. line(1, 4203) .. "\n" .. v:format(2, 2) ..
+      line(2, 40000) .. "\n" .. v:format(3, 3) .. line(3, 16000) .. "\n")
+    local out, status = mtasts_cmd("--json postfix-log - < " .. dir .. "/log")
+    assert.equal(0, status, out)
+    local stats = require("cjson").decode(out)
+    assert.equal(2, stats.sessions)
+    assert.equal(6, stats.lines)
+    assert.equal(1, stats.ignored)
   end)
 
   it("records the journal cursor of journalctl -o json lines, and prints it", function()

@@ -23,6 +23,9 @@ local _M = {
   CURRENT_AGE = 60,     -- seconds (or CURRENT_LINES lines) a delivered connection's further
   CURRENT_LINES = 2000, -- recipients are waited for, before a restart may lose its state
   MAX_LINE = 16384,     -- a longer line is ignored
+  MAX_PROCS = 20000,    -- processes (and tlsproxy notes) whose state is kept at once
+  FLUSH_KEYS = 400,     -- counters in a batch that make the follower commit at once (below the
+                        -- store's KEYS_PER_TXN: its mark is then in the same transaction)
   REASON_MAX = 160,     -- bytes of Postfix's text kept in a failure_reason_code
 }
 
@@ -127,7 +130,7 @@ local function certificate_failure(text)
   end
   if l:find("untrusted issuer", 1, true) or l:find("self-signed", 1, true) or
     l:find("self signed", 1, true) or l:find("not trusted", 1, true) or
-    l:find("unable to get", 1, true) then
+    l:find("unable to get", 1, true) or l:find("unable to verify", 1, true) then
     return "certificate-not-trusted"
   end
   return "validation-failure"
@@ -212,13 +215,14 @@ function _M.new(opts)
     max_age = opts.max_age or _M.MAX_AGE, max_lines = opts.max_lines or _M.MAX_LINES,
     partial = opts.partial == true,
     procs = {},       -- process key -> { pending = { session, ... }, current =, seen = }
-    proxied = {},     -- "host[ip]:port" or "[ip]:port" -> what tlsproxy logged about it
+    proxied = {},     -- "host[ip]:port" or "[ip]:port" -> what tlsproxy logged about it (a
+                      -- list, oldest first: connections to one MX host may be open at once)
     expect_proxy = {},-- bare lines: "[ip]:port" -> tlsproxy lines still to come
     proxy_reason = {},-- tlsproxy process -> its last "TLS library problem"
-    n = 0, t = nil, first_t = nil, since_sweep = 0,
+    n = 0, t = nil, first_t = nil, since_sweep = 0, nprocs = 0, nnotes = 0,
     counts = { lines = 0, used = 0, ignored = 0, sessions = 0, results = 0, success = 0,
       failure = 0, reused = 0, plaintext = 0, unknown = 0, expired = 0, errors = 0,
-      replayed = 0 },
+      replayed = 0, skipped = 0, dropped = 0, bad_time = 0 },
   }, reader_mt)
 end
 
@@ -226,9 +230,41 @@ local function proc_of(self, key)
   local p = self.procs[key]
   if not p then
     p = { pending = {}, n = self.n, t = self.t, seen_at = self.n }
+    if self.nprocs >= _M.MAX_PROCS then
+      -- lines of more processes than Postfix runs (made up, by any local user through
+      -- logger -t postfix/smtp): their state is not kept
+      self.counts.dropped = self.counts.dropped + 1
+      return p
+    end
     self.procs[key] = p
+    self.nprocs = self.nprocs + 1
   end
   return p
+end
+
+-- tlsproxy's notes about a peer, for the smtp process whose TLS line comes next: first in,
+-- first out.
+local function push_note(self, k, note)
+  local list = self.proxied[k]
+  if not list then
+    if self.nnotes >= _M.MAX_PROCS then
+      self.counts.dropped = self.counts.dropped + 1
+      return
+    end
+    list = {}
+    self.proxied[k] = list
+  end
+  list[#list + 1] = note
+  self.nnotes = self.nnotes + 1
+end
+
+local function take_note(self, k)
+  local list = self.proxied[k]
+  if not list then return nil end
+  local note = table.remove(list, 1)
+  if #list == 0 then self.proxied[k] = nil end
+  self.nnotes = self.nnotes - 1
+  return note
 end
 
 local function expired(self, e)
@@ -251,9 +287,17 @@ local function sweep(self)
     if p.failure and expired(self, p.failure) then p.failure = nil end
     if #keep == 0 and not p.current and not p.failure and expired(self, p) then
       self.procs[key] = nil
+      self.nprocs = self.nprocs - 1
     end
   end
-  for _, tbl in ipairs({ self.proxied, self.expect_proxy }) do
+  for k, list in pairs(self.proxied) do
+    local keep = {}
+    for _, e in ipairs(list) do
+      if expired(self, e) then self.nnotes = self.nnotes - 1 else keep[#keep + 1] = e end
+    end
+    self.proxied[k] = #keep > 0 and keep or nil
+  end
+  for _, tbl in ipairs({ self.proxy_reason, self.expect_proxy }) do
     for k, e in pairs(tbl) do
       if expired(self, e) then tbl[k] = nil end
     end
@@ -302,13 +346,14 @@ local function record(self, s, domain, replay)
   end
   local outcome = outcome_of(s, policy)
   delivery.outcome(result, s.host, outcome)
-  self.counts.sessions = self.counts.sessions + 1
-  if outcome.ok then self.counts.success = self.counts.success + 1
-  else self.counts.failure = self.counts.failure + 1 end
   local day = tlsrpt.day_of(self.t or self.clock())
   local rok, err = self.add(result, { day = day, recipient_domain = domain })
   self.counts.results = self.counts.results + 1
-  if not rok then
+  if rok then
+    self.counts.sessions = self.counts.sessions + 1
+    if outcome.ok then self.counts.success = self.counts.success + 1
+    else self.counts.failure = self.counts.failure + 1 end
+  else
     self.counts.errors = self.counts.errors + 1
     self.log("err", "postfix-log: recording failed: " .. tostring(err))
   end
@@ -318,6 +363,26 @@ end
 local function is_address(ip)
   return ip ~= nil and ip ~= "" and ip:match("^[%x:%.]+$") ~= nil
 end
+
+-- This host's own address, where content filters listen (amavis on 127.0.0.1:10024): no MX
+-- host. (Only 127.0.0.1 and ::1: the specs' world has its MX hosts on 127.0.0.2 and on.)
+local function is_loopback(ip)
+  local l = ip:lower()
+  return l == "127.0.0.1" or l == "::1" or l == "::ffff:127.0.0.1"
+end
+
+-- When the delivery attempt of a delivery line began (its connection setup, the first MX host
+-- tried): the line's time less c and d of "delays=a/b/c/d"; nil without them.
+local function attempt_start(self, rest)
+  if not self.t then return nil end
+  local c, d = rest:match("delays=[%d%.]+/[%d%.]+/([%d%.]+)/([%d%.]+)")
+  c, d = tonumber(c), tonumber(d)
+  if not c or not d then return nil end
+  return self.t - c - d
+end
+
+-- Seconds of slack when comparing times of lines (whole seconds) with the start of an attempt.
+local SLACK = 3
 
 -- A delivery line: "QUEUEID: to=<addr>, [orig_to=<...>, ]relay=HOST[IP]:PORT, [conn_use=N, ]
 -- delay=..., status=S (text)". key: the process, nil for a bare line.
@@ -335,6 +400,14 @@ local function on_delivery(self, key, msg, pos, replay)
   local host, ip, port = peer(relay)
   if not is_address(ip) then host, ip, port = nil, nil, nil end
   local bare = key == nil
+  if host and (is_loopback(ip) or (port and port ~= "25")) then
+    -- a hop to a content filter (127.0.0.1:10024), or a relay on another port: no MX host;
+    -- what this process had pending was about that hop
+    if not replay then self.counts.skipped = self.counts.skipped + 1 end
+    local p = key and self.procs[key]
+    if p then p.pending, p.current = {}, nil end
+    return true
+  end
   if bare then
     -- without process ids, lines are told apart by the peer they name
     if not host then return true end
@@ -342,13 +415,29 @@ local function on_delivery(self, key, msg, pos, replay)
   end
   local p = proc_of(self, key)
   local first = p.seen_at == self.n
+  local prev = p.n
   p.n, p.t = self.n, self.t
   local name = addr:match("@([^@]+)$")
   local domain = name and core.domain(name)
   if not domain then return true end          -- no domain name (an IP literal, a local user)
+  local start = attempt_start(self, rest)
   local pending = p.pending
+  if start and #pending > 0 and not bare then
+    -- sessions that began before this attempt did are not its own (a process killed after
+    -- its TLS line, its id used again): forgotten
+    local keep = {}
+    for _, s in ipairs(pending) do
+      if s.t and s.t < start - SLACK then self.counts.expired = self.counts.expired + 1
+      else keep[#keep + 1] = s end
+    end
+    if #keep < #pending then p.pending, pending = keep, keep end
+  end
   local cur = p.current
-  if #pending == 0 and cur and host and cur.qid == qid and cur.host == host and cur.ip == ip
+  local same_attempt
+  if cur and cur.start and start then same_attempt = math.abs(cur.start - start) <= SLACK
+  else same_attempt = cur ~= nil and prev == cur.n end   -- its lines follow one another
+  if #pending == 0 and cur and host and cur.qid == qid and cur.host == host and cur.ip == ip and
+    same_attempt
   then
     -- the same connection: more recipients of the message (another message on a connection
     -- says conn_use, below; without it, it came over a new connection)
@@ -359,7 +448,10 @@ local function on_delivery(self, key, msg, pos, replay)
     end
     return true
   end
-  if #pending == 0 then
+  local last = pending[#pending]
+  if not last or (host and last.host ~= host) then
+    -- the status of the delivery is about the last MX host tried: when no session of it
+    -- is pending (the others were MX hosts tried before), the status may say what failed
     local f = status_failure(text)
     if f then
       -- a session whose failure only the delivery line says (tlsproxy logged the rest)
@@ -367,30 +459,30 @@ local function on_delivery(self, key, msg, pos, replay)
       if f.peer then h, i = peer(f.peer) end
       local s = new_session(self, pos, h, i, pt)
       if f.failure_reason_code == "tls-handshake-failure" and i then
-        local note = self.proxied["[" .. i .. "]:" .. (pt or "25")]
+        local note = take_note(self, "[" .. i .. "]:" .. (pt or "25"))
         if note and note.reason then
           f.failure_reason_code = "tls-handshake-failure: " .. note.reason
         end
       end
       s.failure = { result_type = f.result_type, failure_reason_code = f.failure_reason_code }
-      pending[1] = s
+      if not (last and last.host == h) then pending[#pending + 1] = s end
     end
   end
   if #pending > 0 then
     -- the sessions of this delivery: every MX host tried, the last one its connection; for
     -- bare lines, the oldest connection to this peer (others may be open to it at once)
-    local last
+    local conn
     if bare then
-      last = table.remove(pending, 1)
-      record(self, last, domain, replay)
+      conn = table.remove(pending, 1)
+      record(self, conn, domain, replay)
     else
       for _, s in ipairs(pending) do record(self, s, domain, replay) end
-      last = pending[#pending]
+      conn = pending[#pending]
       p.pending = {}
     end
-    last.domains, last.qid = { [domain] = true }, qid
-    last.n, last.t = self.n, self.t
-    p.current = last
+    conn.domains, conn.qid, conn.start = { [domain] = true }, qid, start
+    conn.n, conn.t = self.n, self.t
+    p.current = conn
     return true
   end
   if conn_use and conn_use > 1 then
@@ -400,7 +492,7 @@ local function on_delivery(self, key, msg, pos, replay)
   end
   if not host or not after_ehlo(status, text) then return true end
   local s = new_session(self, pos, host, ip, port)
-  s.domains, s.qid = { [domain] = true }, qid
+  s.domains, s.qid, s.start = { [domain] = true }, qid, start
   p.current = s
   if self.partial and first and
     not (self.first_t and self.t and self.t - self.first_t > self.max_age) then
@@ -416,23 +508,29 @@ local function on_delivery(self, key, msg, pos, replay)
 end
 
 -- A line of a tlsproxy process: what it found about a peer, for the smtp process that asked.
-local function on_proxy(self, key, msg)
+local function on_proxy(self, key, msg, pos)
   local host, ip, port, why = msg:match("certificate verification failed for " .. PEER ..
     ": (.*)$")
   if host then
-    self.proxied[host:lower() .. "[" .. ip .. "]:" .. port] = { n = self.n, t = self.t,
-      result_type = certificate_failure(why), failure_reason_code = reason_text(why) }
+    push_note(self, host:lower() .. "[" .. ip .. "]:" .. port, { n = self.n, t = self.t,
+      pos = pos, result_type = certificate_failure(why), failure_reason_code = reason_text(why) })
     return true
   end
   local text = msg:match("^warning: TLS library problem: (.*)$")
   if text then
-    self.proxy_reason[key] = reason_text(library_reason(text))
+    if self.proxy_reason[key] or self.nprocs < _M.MAX_PROCS then
+      self.proxy_reason[key] = { reason = reason_text(library_reason(text)), pos = pos,
+        n = self.n, t = self.t }
+    else
+      self.counts.dropped = self.counts.dropped + 1
+    end
     return true
   end
   ip, port = msg:match("^TLS handshake failed for service=%S+ peer=%[([^%]]*)%]:(%d+)")
   if ip then
-    self.proxied["[" .. ip .. "]:" .. port] = { n = self.n, t = self.t,
-      reason = self.proxy_reason[key] }
+    local r = self.proxy_reason[key]
+    push_note(self, "[" .. ip .. "]:" .. port, { n = self.n, t = self.t, pos = pos,
+      reason = r and r.reason })
     self.proxy_reason[key] = nil
     return true
   end
@@ -478,9 +576,8 @@ local function on_smtp(self, key, msg, pos, replay)
     if f and f.peer == peerkey then s.failure = f end
     p.failure = nil
     if not s.failure then
-      local note = self.proxied[peerkey]
+      local note = take_note(self, peerkey)
       if note then
-        self.proxied[peerkey] = nil
         if level == "Untrusted" then
           s.failure = { result_type = note.result_type,
             failure_reason_code = note.failure_reason_code }
@@ -499,7 +596,7 @@ local function on_smtp(self, key, msg, pos, replay)
     local peerkey = host .. "[" .. ip .. "]:" .. port
     if bare then
       local e = self.expect_proxy["[" .. ip .. "]:" .. port]
-      if e then return on_proxy(self, "", msg) end
+      if e then return on_proxy(self, "", msg, pos) end
       key = peerkey
     end
     local p = proc_of(self, key)
@@ -535,10 +632,44 @@ local function on_smtp(self, key, msg, pos, replay)
     return true
   end
   if msg:find("^%w+: to=<") then return on_delivery(self, key, msg, pos, replay) end
+  local qtext = not bare and msg:match("^%w+: (.*)$")
+  local f = qtext and status_failure(qtext)
+  if f and f.peer then
+    -- "QID: TLS is required, but was not offered by host H[IP]": an MX host Postfix then
+    -- left for the next; the delivery line is about the last one only
+    local h, i = peer(f.peer)
+    if h then
+      local p = proc_of(self, key)
+      p.n, p.t = self.n, self.t
+      local s = new_session(self, pos, h, i, nil)
+      s.failure = { result_type = f.result_type, failure_reason_code = f.failure_reason_code }
+      p.current = nil
+      p.pending[#p.pending + 1] = s
+      return true
+    end
+  end
   if bare then
-    if on_proxy(self, "", msg) then return true end
+    if on_proxy(self, "", msg, pos) then return true end
   end
   return false
+end
+
+-- A line of master: "warning: process /usr/lib/postfix/sbin/smtp pid 100 killed by signal 9"
+-- (or "exit status 1"): what that process had pending ends with it (its id may come again).
+local function on_master(self, tag, msg)
+  local path, pid, how = msg:match("^warning: process (%S+) pid (%d+) (%a+)")
+  if not path or (how ~= "killed" and how ~= "exit") then return false end
+  local prefix = tag:match("^(.*)/[^/]+$")
+  local prog = path:match("([^/]+)$")
+  if not prefix or (prog ~= "smtp" and prog ~= "tlsproxy") then return true end
+  local key = prefix .. "/" .. prog .. "[" .. pid .. "]"
+  local p = self.procs[key]
+  if p then
+    self.counts.expired = self.counts.expired + #p.pending
+    self.procs[key] = nil
+    self.nprocs = self.nprocs - 1
+  end
+  return true
 end
 
 --- Feed one line (without its line end). pos: where the line starts in its input (a byte
@@ -557,9 +688,16 @@ function Reader:line(text, pos, replay)
   end
   text = text:gsub("\r$", "")
   self.n = self.n + 1
-  local e = _M.split(text, self.clock())
+  local now = self.clock()
+  local e = _M.split(text, now)
+  if e.t and not (e.t > -math.huge and e.t <= now + 86400) then
+    -- not a number, or more than a day ahead: a line without a time (one such line must
+    -- neither date the results after it nor make os.date raise on each)
+    counts.bad_time = counts.bad_time + 1
+    e.t = nil
+  end
   if e.t then
-    if not self.t or e.t > self.t then self.t = e.t end
+    self.t = e.t                      -- the line's own time, even when earlier than the last
     if not self.first_t then self.first_t = e.t end
   end
   if e.cursor then self.cursor = e.cursor end
@@ -570,7 +708,9 @@ function Reader:line(text, pos, replay)
     if program == "smtp" then
       used = on_smtp(self, key, e.msg, pos, replay)
     elseif program == "tlsproxy" then
-      used = on_proxy(self, key, e.msg)
+      used = on_proxy(self, key, e.msg, pos)
+    elseif program == "master" then
+      used = on_master(self, e.tag, e.msg)
     elseif not e.tag then
       used = on_smtp(self, nil, e.msg, pos, replay)
     end
@@ -583,7 +723,11 @@ function Reader:line(text, pos, replay)
     if used then counts.used = counts.used + 1 else counts.ignored = counts.ignored + 1 end
   end
   self.since_sweep = self.since_sweep + 1
-  if self.since_sweep >= 1000 then sweep(self) end
+  -- a sweep walks every entry: once per as many lines as there are entries (linear, not
+  -- quadratic in the processes)
+  if self.since_sweep >= 1000 and self.since_sweep >= self.nprocs + self.nnotes then
+    sweep(self)
+  end
   return used
 end
 
@@ -606,6 +750,11 @@ function Reader:oldest()
     end
     if p.failure then take(p.failure.pos) end
   end
+  -- tlsproxy's notes: a mark between one and the smtp line that takes it would lose it
+  for _, list in pairs(self.proxied) do
+    for _, e in ipairs(list) do take(e.pos) end
+  end
+  for _, e in pairs(self.proxy_reason) do take(e.pos) end
   return min
 end
 
@@ -618,6 +767,10 @@ function Reader:rebase(pos)
     if p.current then p.current.pos = pos end
     if p.failure then p.failure.pos = pos end
   end
+  for _, list in pairs(self.proxied) do
+    for _, e in ipairs(list) do e.pos = pos end
+  end
+  for _, e in pairs(self.proxy_reason) do e.pos = pos end
 end
 
 --- The counts: lines, used, ignored (lines that are no TLS or delivery line of
@@ -722,6 +875,12 @@ function _M.follow(opts)
     argerror("follow", "file (a path, or - for standard input) is required")
   end
   if opts.store == nil then argerror("follow", "store (a result store) is required") end
+  local bs, bi = opts.store.batch_size, opts.store.batch_interval
+  if (bs ~= nil and bs ~= math.huge) or (bi ~= nil and bi ~= math.huge) then
+    -- a store that flushes by itself commits results without their position: counted twice
+    -- after a crash
+    argerror("follow", "store must be opened with batch_size and batch_interval math.huge")
+  end
   local log = opts.log or function() end
   local stdin = opts.input ~= nil or opts.file == "-"
   local self = setmetatable({
@@ -750,8 +909,8 @@ end
 -- Open `path` as the file with inode st (stat again after opening: a rotation in between
 -- would give us another file than the one stat named). Returns the handle, or nil.
 local function open_checked(self, path, st)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
+  local fh, err = io.open(path, "rb")
+  if not fh then return nil, err end
   local again = self.stat(path)
   if not again or again.ino ~= st.ino or again.dev ~= st.dev then
     fh:close()
@@ -843,6 +1002,7 @@ function Follower:_start()
     "found (%s.1): reading the new one from its start; lines written to the old one after " ..
     "byte %d are not counted"):format(path, path, mark.done))
   self.start_at = 0
+  self.reader.partial = true     -- connections begun in the old file: unknown, not without TLS
   return true
 end
 
@@ -863,6 +1023,14 @@ local function consume(self, final)
       reader:line(sub(buf, i, j - 1), line_start, replay)
     end
     i = j + 1
+    if reader.counts.results ~= self.results_seen and self:_full() then
+      -- the batch is near one transaction's worth: commit it with the position after this line
+      local used = sub(buf, 1, i - 1)
+      self.tail = #used >= TAIL and sub(used, -TAIL) or sub(self.tail .. used, -TAIL)
+      self.offset, buf, i = self.offset + i - 1, sub(buf, i), 1
+      self.buf = buf
+      self:_commit_full()
+    end
   end
   if i > 1 then
     local used = sub(buf, 1, i - 1)
@@ -876,11 +1044,27 @@ local function consume(self, final)
     self.offset, buf = self.offset + #buf, ""
   end
   if #buf > _M.MAX_LINE then
-    -- a line longer than any Postfix writes: dropped up to its end
+    -- a line longer than any Postfix writes (or a block of NULs after a crash): dropped up to
+    -- its end; the fingerprint follows the bytes dropped, or the file would look truncated
+    self.tail = sub(self.tail .. sub(buf, -TAIL), -TAIL)
     self.offset, buf, self.skip_partial = self.offset + #buf, "", true
     reader.counts.ignored = reader.counts.ignored + 1
   end
   self.buf = buf
+end
+
+-- Has the store's batch reached FLUSH_KEYS counters? A commit of more than KEYS_PER_TXN takes
+-- several transactions, and the mark is in the last one only: a crash between them would
+-- count the first ones twice after a restart.
+function Follower:_full()
+  self.results_seen = self.reader.counts.results
+  local store = self.store
+  return store.pending_keys ~= nil and store:pending_keys() >= _M.FLUSH_KEYS
+end
+
+function Follower:_commit_full()
+  local ok, err = self:commit()
+  if not ok then self.log("err", "postfix-log: commit failed: " .. tostring(err)) end
 end
 
 -- Read what fh has from self.offset + #self.buf on; returns the bytes read.
@@ -935,9 +1119,25 @@ function Follower:step(limit)
   while self.queue and #self.queue > 0 do self:_finish_old(table.remove(self.queue, 1)) end
   if not self.fh then
     local st = self.stat(path)
-    if not st then return 0 end          -- not there (yet): wait for it
-    local fh = open_checked(self, path, st)
-    if not fh then return 0 end
+    if not st then                       -- not there (yet): wait for it
+      if not self.said_missing then
+        self.said_missing = true
+        self.log("notice", "postfix-log: waiting for " .. path .. ", which is not there " ..
+          "(no syslog daemon writing it? Where Postfix logs to the journal only, pipe " ..
+          "journalctl -o json into mtasts postfix-log -)")
+      end
+      return 0
+    end
+    local fh, ferr = open_checked(self, path, st)
+    if not fh then
+      local now = os.time()
+      if ferr and (not self.open_warned or now - self.open_warned >= 60) then
+        self.open_warned = now
+        self.log("warning", "postfix-log: cannot open the new " .. path .. ": " ..
+          tostring(ferr) .. " (nothing is read until it can be)")
+      end
+      return 0
+    end
     self.fh, self.dev, self.ino = fh, st.dev, st.ino
     local at = self.start_at or 0
     self.offset, self.buf, self.start_at = at, "", 0
@@ -984,6 +1184,7 @@ function Follower:_step_stream()
   end
   local n = #line
   self.reader:line((line:gsub("\n$", "")))
+  if self.reader.counts.results ~= self.results_seen and self:_full() then self:_commit_full() end
   return n
 end
 
@@ -1089,11 +1290,24 @@ function Follower:run(opts)
       local socket = require("cqueues.socket")
       local sock = socket.fdopen(0)
       sock:setmode("b", "b")
+      -- cqueues splits lines at 4 KiB by default: a longer one came in pieces, each a line
+      sock:setmaxline(_M.MAX_LINE + 1)
       sock:onerror(function(_, _, e) return e end)
+      local dropping = false     -- in the pieces of a line over MAX_LINE
       while not self.stopping do
         local line, e = sock:xread("*L", interval)
-        if line then
+        local long = line and sub(line, -1) ~= "\n" and #line > _M.MAX_LINE
+        if line and (dropping or long) then
+          if not dropping then
+            local c = self.reader.counts
+            c.lines, c.ignored = c.lines + 1, c.ignored + 1
+          end
+          dropping = long
+        elseif line then
           self.reader:line((line:gsub("\n$", "")))
+          if self.reader.counts.results ~= self.results_seen and self:_full() then
+            self:_commit_full()
+          end
         elseif e == nil then
           why = why or "eof"
           break
