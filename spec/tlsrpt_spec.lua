@@ -249,6 +249,13 @@ describe("mtasts.tlsrpt store", function()
       assert.equal("inode 7 offset 1300", other:mark("reader"))
       assert.has_error(function() store:set_mark("", "x") end)
       other:close()
+      -- a rebuild of the directory carries the marks over with the results
+      assert(store:close())
+      store = nil
+      assert(core.cache_rebuild(dir .. "/db"))
+      store = open()
+      assert.equal("inode 7 offset 1300", store:mark("reader"))
+      assert.equal(1200, #store:domains(DAY))
     end)
 
     it("after close, use raises", function()
