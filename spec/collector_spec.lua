@@ -205,6 +205,22 @@ local function raw_file(path, list)
   util.write(path, table.concat(parts))
 end
 
+-- TLS sessions in the result store of a database directory, or of an open store
+local function stored_sessions(store)
+  local own = type(store) == "string"
+  if own then store = assert(tlsrpt.open{ path = store }) end
+  local total = 0
+  for _, d in ipairs(store:stats().days) do total = total + d.success + d.failure end
+  if own then store:close() end
+  return total
+end
+
+-- wait until a collector started elsewhere has made its socket
+local function wait_socket(path)
+  assert(proc.poll(function() return select(2, util.run("test -S " .. path)) == 0 end,
+    util.within(10)), path .. " was not made")
+end
+
 describe("the collector on its socket", function()
   local dir, cleanup, c, now, logged
   local day = "2026-11-20"
@@ -339,9 +355,7 @@ describe("the collector on its socket", function()
     wait_received(20000)
     assert(c:step())
     assert.equal(20000, c:stats().committed)
-    local total = 0
-    for _, d in ipairs(c.store:stats().days) do total = total + d.success + d.failure end
-    assert.equal(20000, total)
+    assert.equal(20000, stored_sessions(c.store))
   end)
 
   it("refuses a socket another collector listens on, and a file that is no socket", function()
@@ -437,8 +451,7 @@ describe("a collector killed mid-stream", function()
   local function start(log)
     local pid = proc.spawn("tlsrpt", util.lua_cmd() .. " bin/mtasts --db " .. dir ..
       "/db serve tlsrpt --listen unix:" .. dir .. "/t.sock", log)
-    assert(proc.poll(function() return util.run("test -S " .. dir .. "/t.sock") and
-      select(2, util.run("test -S " .. dir .. "/t.sock")) == 0 end, util.within(10)))
+    wait_socket(dir .. "/t.sock")
     return pid
   end
   -- how many datagrams the running collector has accepted (its state file)
@@ -451,13 +464,7 @@ describe("a collector killed mid-stream", function()
     if not s or #s < 24 then return 0 end
     return (string.unpack("<I8", s, 17))
   end
-  local function sessions()
-    local store = assert(tlsrpt.open{ path = dir .. "/db" })
-    local total = 0
-    for _, d in ipairs(store:stats().days) do total = total + d.success + d.failure end
-    store:close()
-    return total
-  end
+  local function sessions() return stored_sessions(dir .. "/db") end
 
   it("keeps what it committed, counts what it lost on restart, and drains at SIGTERM", function()
     local pid = start(dir .. "/log1")
@@ -524,15 +531,10 @@ describe("mtasts serve tlsrpt and serve postfix --tlsrpt-listen", function()
     local pid = proc.spawn("postfix", util.lua_cmd() .. " bin/mtasts --config /dev/null --db " ..
       dir .. "/db serve postfix --listen inet:127.0.0.1:0 --refresh-interval 0 " ..
       "--tlsrpt-listen unix:" .. dir .. "/t.sock", log)
-    assert(proc.poll(function() return select(2, util.run("test -S " .. dir .. "/t.sock")) == 0 end,
-      util.within(10)))
+    wait_socket(dir .. "/t.sock")
     local out = util.run(SEND .. " " .. dir .. "/t.sock mix 100 --blocking")
     assert.equal(100, cjson.decode(out).sent)
     proc.stop(pid)
-    local store = assert(tlsrpt.open{ path = dir .. "/db" })
-    local total = 0
-    for _, d in ipairs(store:stats().days) do total = total + d.success + d.failure end
-    store:close()
-    assert.equal(100, total)
+    assert.equal(100, stored_sessions(dir .. "/db"))
   end)
 end)
