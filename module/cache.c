@@ -49,6 +49,7 @@ static int get_row(DB *db, DB_TXN *t, const char *key, mtasts_buf *b, u_int32_t 
 static int put_row(DB *db, DB_TXN *t, const char *key, const mtasts_buf *b) {
   DBT k, d;
   set_key(&k, key);
+  mtasts_env_row_written(key, k.size);   /* before the write: a copy made before is stale */
   memset(&d, 0, sizeof d);
   d.data = b->p;
   d.size = (u_int32_t)b->n;
@@ -64,6 +65,108 @@ static int normalise(const char *domain, char *key, char *err) {
   return 0;
 }
 
+/* --- the memo --- */
+
+/* A handle's copies of rows it read, each with the version of its bucket (env.h) at the
+ * read: answered from while that version holds, without the gate. Open addressing with
+ * linear probing over twice as many slots as rows; when full, it is emptied. */
+typedef struct {
+  char *key;                 /* NULL: a free slot */
+  size_t kn;
+  uint64_t version;
+  int64_t valid_end, use_until;   /* answered from while now < both */
+  unsigned char *row;
+  size_t rn;
+} memo_slot;
+
+struct mtasts_memo {
+  memo_slot *slots;
+  size_t mask;               /* slots - 1 */
+  size_t used, max;
+};
+
+mtasts_memo *mtasts_memo_new(size_t rows) {
+  mtasts_memo *m;
+  size_t slots = 16;
+  if (rows == 0) return NULL;
+  while (slots < 2 * rows) slots *= 2;
+  if (!(m = calloc(1, sizeof *m))) return NULL;
+  if (!(m->slots = calloc(slots, sizeof *m->slots))) {
+    free(m);
+    return NULL;
+  }
+  m->mask = slots - 1;
+  m->max = rows;
+  return m;
+}
+
+static void memo_clear(mtasts_memo *m) {
+  size_t i;
+  for (i = 0; i <= m->mask; i++) {
+    free(m->slots[i].key);
+    free(m->slots[i].row);
+  }
+  memset(m->slots, 0, (m->mask + 1) * sizeof *m->slots);
+  m->used = 0;
+}
+
+void mtasts_memo_free(mtasts_memo *m) {
+  if (!m) return;
+  memo_clear(m);
+  free(m->slots);
+  free(m);
+}
+
+size_t mtasts_memo_rows(const mtasts_memo *m) { return m ? m->used : 0; }
+
+/* The slot of key: its own, or the free one where it would go. */
+static memo_slot *memo_slot_of(mtasts_memo *m, const char *key, size_t kn) {
+  uint64_t h = 14695981039346656037ull;
+  size_t i;
+  for (i = 0; i < kn; i++) {
+    h ^= (unsigned char)key[i];
+    h *= 1099511628211ull;
+  }
+  for (i = (size_t)h & m->mask;; i = (i + 1) & m->mask) {
+    memo_slot *s = &m->slots[i];
+    if (!s->key || (s->kn == kn && memcmp(s->key, key, kn) == 0)) return s;
+  }
+}
+
+/* Keep a copy of the row in b (decoded as row), read at version. Best effort: without
+ * memory, there is no copy. */
+static void memo_put(mtasts_memo *m, const char *key, size_t kn, uint64_t version,
+                     const mtasts_buf *b, const mtasts_row *row) {
+  memo_slot *s = memo_slot_of(m, key, kn);
+  unsigned char *copy;
+  if (!s->key) {
+    char *k;
+    if (m->used >= m->max) {
+      memo_clear(m);
+      s = memo_slot_of(m, key, kn);
+    }
+    if (!(k = malloc(kn))) return;
+    memcpy(k, key, kn);
+    s->key = k;
+    s->kn = kn;
+    s->row = NULL;
+    s->rn = 0;
+    m->used++;
+  }
+  if (s->rn != b->n) {
+    if (!(copy = realloc(s->row, b->n ? b->n : 1))) {
+      s->valid_end = 0;      /* stays, never answers: the key is kept for the probe chain */
+      return;
+    }
+    s->row = copy;
+    s->rn = b->n;
+  }
+  memcpy(s->row, b->p, b->n);
+  s->version = version;
+  s->valid_end = row->valid_end;
+  s->use_until = row->last_use + MTASTS_TOUCH_SECONDS;
+}
+
 /* --- lookup --- */
 
 typedef struct {
@@ -71,6 +174,8 @@ typedef struct {
   int64_t now;
   mtasts_buf *b;
   int found;
+  uint64_t version;          /* of the key's bucket, read in the gate with the row */
+  int versioned;
 } lookup_ctx;
 
 static int op_lookup(DB_ENV *env, DB *db, void *vctx) {
@@ -97,18 +202,39 @@ static int op_touch(DB_ENV *env, DB *db, void *vctx) {
   return t->commit(t, DB_TXN_NOSYNC);
 }
 
-int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_buf *b,
-                        mtasts_row *row, int *found, char *key, char *err) {
+int mtasts_cache_lookup(mtasts_env *e, mtasts_memo *memo, const char *domain, int64_t now,
+                        mtasts_buf *b, mtasts_row *row, int *found, char *key,
+                        uint64_t *version, int *versioned, char *err) {
   char why[MTASTS_ERR_MAX];
   lookup_ctx x;
+  size_t kn;
+  uint64_t v;
   int rc, bad_row;
   *found = 0;
+  *versioned = 0;
   if ((rc = normalise(domain, key, err)) != 0) return rc;
+  kn = strlen(key);
+  x.versioned = mtasts_env_row_version(e, key, kn, &x.version) == 0;
+  if (memo && x.versioned) {
+    memo_slot *s = memo_slot_of(memo, key, kn);
+    v = x.version;
+    if (s->key && s->version == v && now < s->valid_end && now < s->use_until &&
+        mtasts_buf_reserve(b, s->rn) == 0) {
+      memcpy(b->p, s->row, s->rn);
+      b->n = s->rn;
+      if (mtasts_row_decode(b->p, b->n, row, why) == 0) {   /* it did when it was kept */
+        *found = 1;
+        *version = v;
+        *versioned = 1;
+        return 0;
+      }
+    }
+  }
   x.key = key; x.now = now; x.b = b; x.found = 0;
   if ((rc = run(e, op_lookup, &x, "lookup", err)) != 0) return rc;
   if (!x.found) return 0;
   bad_row = mtasts_row_decode(b->p, b->n, row, why) != 0;
-  if (!bad_row && (row->domain.n != strlen(key) || memcmp(row->domain.p, key, row->domain.n))) {
+  if (!bad_row && (row->domain.n != kn || memcmp(row->domain.p, key, kn))) {
     snprintf(why, sizeof why, "row names another domain");
     bad_row = 1;
   }
@@ -119,6 +245,7 @@ int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_b
   }
   if (now >= row->valid_end) return 0;
   if (row->last_use + MTASTS_TOUCH_SECONDS <= now) {
+    /* touched: the row in b is no longer what the database holds; no copy, no version */
     char ignored[MTASTS_ERR_MAX];
     mtasts_buf tb = { NULL, 0, 0 };
     lookup_ctx t = x;
@@ -126,6 +253,10 @@ int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_b
     (void)run(e, op_touch, &t, "touch", ignored);
     mtasts_buf_free(&tb);
     row->last_use = now;
+  } else if (x.versioned) {
+    if (memo) memo_put(memo, key, kn, x.version, b, row);
+    *version = x.version;
+    *versioned = 1;
   }
   *found = 1;
   return 0;
@@ -253,6 +384,7 @@ static int op_delete(DB_ENV *env, DB *db, void *vctx) {
   int rc;
   if ((rc = env->txn_begin(env, NULL, &t, 0)) != 0) return rc;
   set_key(&k, x->key);
+  mtasts_env_row_written(x->key, k.size);
   rc = db->del(db, t, &k, 0);
   x->found = rc == 0;
   if (rc == DB_NOTFOUND) rc = 0;
@@ -414,6 +546,7 @@ static int op_prune_one(DB_ENV *env, DB *db, void *vctx) {
   if (found && mtasts_row_get_time(x->b->p, x->b->n, MTASTS_ROW_LAST_USE, &last_use) == 0 &&
       last_use < x->cutoff) {
     set_key(&k, x->key);
+    mtasts_env_row_written(x->key, k.size);
     if ((rc = db->del(db, t, &k, 0)) != 0) goto abort;
     x->deleted = 1;
   }
@@ -642,7 +775,7 @@ int mtasts_cache_put_salvaged(mtasts_env *e, const mtasts_buf *d, mtasts_buf *ol
                               int *outcome, char *err) {
   char key[MTASTS_NAME_MAX + 1], ascii[MTASTS_NAME_MAX + 1], why[MTASTS_ERR_MAX];
   mtasts_row row, cur;
-  lookup_ctx x = { key, 0, old, 0 };
+  lookup_ctx x = { key, 0, old, 0, 0, 0 };
   raw_ctx put = { key, d };
   int rc, found;
   *outcome = MTASTS_SALVAGE_IGNORED;

@@ -16,11 +16,24 @@
 /* The cache is policies.db of an environment (env.h: mtasts_env_open, mtasts_env_close);
  * every function takes a handle on it. */
 
+/* A handle's memo: copies of rows it looked up, answered from without entering the gate
+ * while the row's version (env.h) holds. For one thread at a time, like the handle. At most
+ * `rows` rows (emptied when full); NULL when rows is 0 or there is no memory (no memo). */
+typedef struct mtasts_memo mtasts_memo;
+#define MTASTS_MEMO_ROWS 4096
+mtasts_memo *mtasts_memo_new(size_t rows);
+void mtasts_memo_free(mtasts_memo *m);
+size_t mtasts_memo_rows(const mtasts_memo *m);   /* how many it holds */
+
 /* Look a domain up. *found is 1 with the row decoded from b when a row exists and
  * now < valid_end; 0 otherwise. Writes last_use when it is MTASTS_TOUCH_SECONDS old.
- * key (MTASTS_NAME_MAX + 1 bytes) receives the domain as the cache keys it (A-labels). */
-int mtasts_cache_lookup(mtasts_env *e, const char *domain, int64_t now, mtasts_buf *b,
-                        mtasts_row *row, int *found, char *key, char *err);
+ * key (MTASTS_NAME_MAX + 1 bytes) receives the domain as the cache keys it (A-labels).
+ * With a memo, a row looked up before and not written since is answered from it. When
+ * *versioned is 1, *version is the row's version: mtasts_env_row_version of key gives it
+ * for as long as the row stays as it is (not after a touch, which wrote it). */
+int mtasts_cache_lookup(mtasts_env *e, mtasts_memo *memo, const char *domain, int64_t now,
+                        mtasts_buf *b, mtasts_row *row, int *found, char *key,
+                        uint64_t *version, int *versioned, char *err);
 /* Insert or replace the row of a domain: a policy (text parsed here), or a backoff row
  * when text is NULL. Committed durably before it returns 0. */
 int mtasts_cache_upsert(mtasts_env *e, const char *domain, const char *record_id,

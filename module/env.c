@@ -47,7 +47,7 @@
 #define RESULTS_FILE MTASTS_RESULTS_FILE
 #define GATE_FILE MTASTS_GATE_FILE
 #define GATE_MAGIC 0x6d747367u     /* "mtsg" */
-#define GATE_VERSION 2
+#define GATE_VERSION 3             /* 3: the row versions (rowver) */
 #define GATE_TIMEOUT_S 5           /* longest wait for the gate before giving up */
 #define MAX_RETRIES 6              /* deadlocks between threads of a process, per operation */
 
@@ -63,6 +63,10 @@ typedef struct {
    * the mutex where they put it; a gate file of that layout is extended with zeros. */
   uint32_t closed_clean;          /* the last user closed the cache (not killed) ... */
   uint64_t clean_log;             /* ... and the log looked like this then (log_fingerprint) */
+  /* Row versions (version 3): a counter per bucket of policy keys, bumped before every write
+   * of a key of that bucket and, all of them, after every recovery. Read without the gate,
+   * so a process can tell that a row it read has not been written since (env.h). */
+  uint64_t rowver[MTASTS_ROWVER_BUCKETS];
 } gate_t;
 
 typedef struct shared_env {
@@ -86,6 +90,10 @@ struct mtasts_env { shared_env *s; };
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static shared_env *registry;
+
+/* The environment whose operation this thread runs (set by mtasts_env_run around fn), so
+ * that an operation can bump the version of a row it writes (mtasts_env_row_written). */
+static __thread shared_env *running;
 
 /* The text of the last BDB error in this thread (set by errcall, read right after). */
 static __thread char bdb_msg[MTASTS_ERR_MAX];
@@ -593,6 +601,10 @@ static int enter(shared_env *s, char *err) {
       }
       g->generation++;
       g->need_recover = 0;
+      /* recovery may undo writes of the dead holder (and lose ones committed without a
+       * sync): no row read before it may be taken as current after it */
+      for (size_t i = 0; i < MTASTS_ROWVER_BUCKETS; i++)
+        __atomic_add_fetch(&g->rowver[i], 1, __ATOMIC_RELEASE);
     }
     s->gen = g->generation;
   }
@@ -847,6 +859,29 @@ uint64_t mtasts_env_generation(const mtasts_env *e) { return e->s->gate->generat
 
 uint64_t mtasts_env_recoveries(const mtasts_env *e) { return e->s->gate->recoveries; }
 
+/* FNV-1a of a key, folded to a bucket of the row versions. */
+static size_t rowver_bucket(const char *key, size_t n) {
+  uint64_t h = 14695981039346656037ull;
+  size_t i;
+  for (i = 0; i < n; i++) {
+    h ^= (unsigned char)key[i];
+    h *= 1099511628211ull;
+  }
+  return (size_t)(h ^ (h >> 32)) & (MTASTS_ROWVER_BUCKETS - 1);
+}
+
+int mtasts_env_row_version(const mtasts_env *e, const char *key, size_t n, uint64_t *v) {
+  gate_t *g = e->s->gate;
+  if (__atomic_load_n(&g->damaged, __ATOMIC_ACQUIRE)) return MTASTS_ECORRUPT;
+  *v = __atomic_load_n(&g->rowver[rowver_bucket(key, n)], __ATOMIC_ACQUIRE);
+  return 0;
+}
+
+void mtasts_env_row_written(const char *key, size_t n) {
+  if (running)
+    __atomic_add_fetch(&running->gate->rowver[rowver_bucket(key, n)], 1, __ATOMIC_RELEASE);
+}
+
 /* Deadlocks (possible only between threads of one process) are retried; a panic
  * (DB_RUNRECOVERY) makes the next holder recover, once. */
 int mtasts_env_run(mtasts_env *e, int which, int writes, mtasts_env_fn fn, void *ctx,
@@ -864,7 +899,9 @@ int mtasts_env_run(mtasts_env *e, int which, int writes, mtasts_env_fn fn, void 
       leave(s);
       return rc;
     }
+    running = s;
     rc = fn(s->env, results ? s->rdb : s->db, ctx);
+    running = NULL;
     if (rc == 0 && writes)
       /* after 256 KiB of log or 5 minutes: lets old log files be removed, so the directory
        * stays small whatever the mix of writes */

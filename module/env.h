@@ -38,6 +38,19 @@ const char *mtasts_env_path(const mtasts_env *e);            /* the resolved dir
 uint64_t mtasts_env_generation(const mtasts_env *e);
 uint64_t mtasts_env_recoveries(const mtasts_env *e);
 
+/* Row versions: a counter per bucket of policy keys, in the gate file, shared by every
+ * process. An operation bumps the counter of a key before it writes or deletes the key's row
+ * (mtasts_env_row_written), and a recovery bumps them all; nothing ever lowers one. So a row
+ * read inside the gate together with its counter's value is still what the database holds
+ * for as long as the counter keeps that value: a process may answer from its own copy then
+ * without entering the gate (cache.c's memo), and many processes read at once. */
+#define MTASTS_ROWVER_BUCKETS 4096     /* a power of 2 */
+/* The counter of key's bucket, read without the gate: 0 and *v, or MTASTS_ECORRUPT when the
+ * cache was found damaged (no copy may be used then). */
+int mtasts_env_row_version(const mtasts_env *e, const char *key, size_t n, uint64_t *v);
+/* Inside an operation (mtasts_env_run), before a write or delete of key: bump its counter. */
+void mtasts_env_row_written(const char *key, size_t n);
+
 /* Which database an operation runs on. */
 enum { MTASTS_DB_POLICIES, MTASTS_DB_RESULTS };
 

@@ -12,6 +12,7 @@ typedef struct {
   mtasts_buf buf;         /* rows read and written; owned here, freed in release */
   mtasts_buf scan;        /* what scans copy out */
   mtasts_buf index;       /* cache:list's decoded rows, pointing into scan */
+  mtasts_memo *memo;      /* rows looked up (cache.h); NULL: none */
 } lcache;
 
 static int cache_release(void *p, char *err) {
@@ -22,6 +23,8 @@ static int cache_release(void *p, char *err) {
   mtasts_buf_free(&u->buf);
   mtasts_buf_free(&u->scan);
   mtasts_buf_free(&u->index);
+  mtasts_memo_free(u->memo);
+  u->memo = NULL;
   return rc;
 }
 
@@ -109,6 +112,7 @@ static int cache_open(lua_State *L) {
   lcache *u = mtasts_lua_class_new(L, &cache_class, sizeof *u);
   int rc;
   if ((rc = mtasts_env_open(path, mode, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
+  u->memo = mtasts_memo_new(MTASTS_MEMO_ROWS);   /* none without memory: lookups still work */
   return 1;
 }
 
@@ -120,14 +124,42 @@ static int cache_lookup(lua_State *L) {
   int64_t now = check_time(L, 3);
   char err[MTASTS_ERR_MAX], key[MTASTS_NAME_MAX + 1];
   mtasts_row row;
+  uint64_t version;
+  int versioned;
   if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
-  rc = mtasts_cache_lookup(u->e, domain, now, &u->buf, &row, &found, key, err);
+  rc = mtasts_cache_lookup(u->e, u->memo, domain, now, &u->buf, &row, &found, key, &version,
+                           &versioned, err);
   if (rc != 0) return mtasts_lua_fail_rc(L, rc, err);
   if (!found) {
     lua_pushnil(L);
     return 1;
   }
   push_row(L, &row);   /* the row names key: mtasts_cache_lookup checked */
+  if (versioned) {
+    lua_pushinteger(L, (lua_Integer)version);
+    lua_setfield(L, -2, "version");
+  }
+  return 1;
+}
+
+/* cache:version(domain) -> integer | fail: the version of the row's bucket now, read
+ * without entering the gate; a row whose `version` equals it has not been written since. */
+static int cache_version(lua_State *L) {
+  lcache *u = cache_check(L, 1);
+  int bad, rc;
+  const char *domain = check_domain(L, 2, &bad);
+  char err[MTASTS_ERR_MAX], key[MTASTS_NAME_MAX + 1];
+  uint64_t version;
+  if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
+  if (mtasts_domain_ascii(domain, strlen(domain), key, err) != 0)
+    return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, err);
+  if ((rc = mtasts_env_row_version(u->e, key, strlen(key), &version)) != 0) {
+    snprintf(err, sizeof err, "cache %.160s: the database failed verification after a "
+             "recovery and is not used; run `mtasts cache rebuild` or move the directory "
+             "aside (the cache refills itself)", mtasts_env_path(u->e));
+    return mtasts_lua_fail_rc(L, rc, err);
+  }
+  lua_pushinteger(L, (lua_Integer)version);
   return 1;
 }
 
@@ -328,6 +360,7 @@ static int cache_rebuild(lua_State *L) {
 void mtasts_open_cache(lua_State *L) {
   static const luaL_Reg methods[] = {
     { "lookup", cache_lookup },
+    { "version", cache_version },
     { "upsert", cache_upsert },
     { "mark_checked", cache_mark_checked },
     { "delete", cache_delete },
@@ -347,4 +380,6 @@ void mtasts_open_cache(lua_State *L) {
   lua_setfield(L, -2, "cache_open");
   lua_pushcfunction(L, cache_rebuild);
   lua_setfield(L, -2, "cache_rebuild");
+  lua_pushinteger(L, MTASTS_TOUCH_SECONDS);   /* a looked-up row's last_use is written this often */
+  lua_setfield(L, -2, "touch_seconds");
 }

@@ -21,6 +21,8 @@ describe("mtasts.cache", function()
     it("stores a policy and returns the row while now < valid_end", function()
       assert.is_true(cache:upsert("example.com", "id1", ENFORCE, 1000))
       local row = assert(cache:lookup("example.com", 1000))
+      assert.equal(cache:version("example.com"), row.version)
+      row.version = nil
       assert.same({
         domain = "example.com", inserted = 1000, valid_end = 87400, last_update = 1000,
         last_use = 1000, backoff = false, record_id = "id1", policy_text = ENFORCE,
@@ -122,6 +124,124 @@ describe("mtasts.cache", function()
       assert.equal(1060, cache:list()[1].last_use)
       assert.equal(1060, cache:lookup("example.com", 1100).last_use)
       assert.equal(1060, cache:list()[1].last_use)
+    end)
+  end)
+
+  describe("the memo and row versions", function()
+    local function child(body)
+      local script = dir .. "/child.lua"
+      util.write(script, "local core = require('mtasts.core')\n" ..
+        "local c = assert(core.cache_open(arg[1]))\n" .. body .. "\nassert(c:close())\n")
+      local out, status = util.run(util.lua_cmd() .. " " .. script .. " " .. dir .. "/cache")
+      assert.equal(0, status, out)
+    end
+    it("answers a row again from the memo, and another process's write at once", function()
+      cache:upsert("example.com", "id1", ENFORCE, 1000)
+      local v1 = cache:lookup("example.com", 1000).version
+      assert.equal("id1", cache:lookup("example.com", 1001).record_id)   -- from the memo
+      assert.equal(v1, cache:version("example.com"))
+      child([[assert(c:upsert("example.com", "id2", ]] .. ("%q"):format(TESTING) .. [[, 1002))]])
+      assert.is_true(cache:version("example.com") > v1)
+      local row = cache:lookup("example.com", 1003)
+      assert.equal("id2", row.record_id)
+      assert.equal("testing", row.policy.mode)
+      child([[assert(c:delete("example.com"))]])
+      assert.is_nil(cache:lookup("example.com", 1004))
+      child([[assert(c:upsert("example.com", "id3", nil, 1005))]])
+      assert.is_true(cache:lookup("example.com", 1005).backoff)
+      child([[assert(c:mark_checked("example.com", 1100))]])
+      assert.equal(1100, cache:lookup("example.com", 1100).last_update)
+    end)
+    it("sees the writes of another handle of the same process", function()
+      local other = assert(core.cache_open(dir .. "/cache"))
+      cache:upsert("example.com", "id1", ENFORCE, 1000)
+      assert.equal("id1", cache:lookup("example.com", 1000).record_id)
+      assert.equal("id1", other:lookup("example.com", 1000).record_id)
+      assert(other:upsert("example.com", "id2", ENFORCE, 1001))
+      assert.equal("id2", cache:lookup("example.com", 1001).record_id)
+      assert(other:prune(1000 + 86400 * 400, 1))
+      assert.is_nil(cache:lookup("example.com", 1002))
+      other:close()
+    end)
+    it("keeps to valid_end and to the touch of last_use", function()
+      cache:upsert("example.com", "id1", TESTING, 1000)
+      assert.is_table(cache:lookup("example.com", 1000))
+      assert.is_nil(cache:lookup("example.com", 1600))            -- expired, memo or not
+      cache:upsert("example.com", "id1", TESTING, 2000)
+      local v = cache:lookup("example.com", 2000).version
+      local touched = cache:lookup("example.com", 2060)           -- the memo stops at the touch
+      assert.equal(2060, touched.last_use)
+      assert.is_nil(touched.version)                              -- written just now
+      assert.is_true(cache:version("example.com") > v)
+      assert.equal(2060, cache:lookup("example.com", 2061).last_use)
+      assert.equal(2060, cache:list()[1].last_use)
+    end)
+    it("drops every copy when a process killed inside the cache makes the next one recover",
+      function()
+        local proc = require("support.proc")
+        local script, count = dir .. "/writer.lua", dir .. "/count"
+        util.write(script, [[
+          local core = require("mtasts.core")
+          local c = assert(core.cache_open(arg[1]))
+          for n = 1, math.huge do
+            assert(c:upsert("child.example", tostring(n), nil, 1000))   -- durable: in the gate
+            if n % 20 == 0 then
+              local f = io.open(arg[2] .. ".tmp", "w") f:write(n) f:close()
+              os.rename(arg[2] .. ".tmp", arg[2])
+            end
+          end
+        ]])
+        local function written()
+          local f = io.open(count)
+          local n = f and tonumber(f:read("a"))
+          if f then f:close() end
+          return n or 0
+        end
+        local before = cache:stats().recoveries
+        local recovered, check, v
+        for _ = 1, 30 do
+          os.remove(count)
+          local pid = tonumber(util.run(util.lua_cmd() .. " " .. script .. " " .. dir ..
+            "/cache " .. count .. " >/dev/null 2>&1 & echo $!"):match("%d+"))
+          assert.is_true(proc.poll(function() return written() >= 20 end, util.within(20)))
+          -- a domain of another bucket than the child's: its version stands still meanwhile
+          for i = 1, 20 do
+            check = "check" .. i .. ".example"
+            cache:upsert(check, "c", TESTING, 1000)
+            v = assert(cache:lookup(check, 1000)).version
+            local seen = written()
+            proc.poll(function() return written() >= seen + 40 end, util.within(20))
+            if cache:version(check) == v then break end
+          end
+          os.execute("kill -9 " .. pid)
+          proc.poll(function() return not proc.alive(pid) end, util.within(10))
+          assert.is_table(cache:lookup("child.example", 1000))
+          if cache:stats().recoveries > before then recovered = true break end
+        end
+        assert.is_true(recovered, "no kill landed inside the cache in 30 tries")
+        assert.is_true(cache:version(check) > v, "a recovery left a version as it was")
+        assert.equal("c", cache:lookup(check, 1000).record_id)
+      end)
+    it("gives versions per bucket that only grow, and refuses what is not a domain", function()
+      local a, b = cache:version("a.example"), cache:version("A.Example.")
+      assert.equal(a, b)
+      cache:upsert("a.example", "1", TESTING, 1000)
+      assert.is_true(cache:version("a.example") > a)
+      local n, msg, code = cache:version("-bad-.example")
+      assert.is_nil(n)
+      assert.equal("domain-syntax", code)
+      assert.matches("starts or ends with '%-'", msg)
+    end)
+    it("serves a row looked up before, after the process's other rows changed", function()
+      for i = 1, 50 do cache:upsert("d" .. i .. ".example", "id" .. i, TESTING, 1000) end
+      for i = 1, 50 do
+        assert.equal("id" .. i, cache:lookup("d" .. i .. ".example", 1000).record_id)
+      end
+      for i = 1, 50, 2 do cache:upsert("d" .. i .. ".example", "new" .. i, TESTING, 1000) end
+      for i = 1, 50 do
+        assert.equal((i % 2 == 1 and "new" or "id") .. i,
+          cache:lookup("d" .. i .. ".example", 1000).record_id)
+      end
     end)
   end)
 

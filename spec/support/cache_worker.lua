@@ -5,7 +5,9 @@
 -- appends "ack <domain> <seq>" to LOG; every 20 operations it appends "maxwait <seconds>",
 -- the longest single operation so far, and "recoveries <n>", the cache's count of recoveries
 -- after a death inside it. A restarted worker continues its sequence above anything its log
--- shows, so sequences only grow.
+-- shows, so sequences only grow. A lookup of a row this worker writes alone (w<worker>-N)
+-- must show its last acknowledged upsert or a later one, memo or not ("error stale ..."
+-- otherwise).
 local core = require("mtasts.core")
 local dir, worker, logpath, deadline, seed = arg[1], arg[2], arg[3], tonumber(arg[4]),
   math.tointeger(tonumber(arg[5]))
@@ -39,19 +41,32 @@ end
 
 local POLICY = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 86400\n"
 local ops = 0
+local acked = {}     -- domain -> the last sequence this run acknowledged for it
 while clock() < deadline do
   local r = math.random()
   local t = clock()
   local ok, msg, c
-  if r < 0.5 then
+  if r < 0.3 then
     ok, msg, c = cache:lookup(("s%d.example"):format(math.random(50)), 1000)
     if ok == nil and msg == nil then ok = true end
+  elseif r < 0.5 then
+    local domain = ("w%s-%d.example"):format(worker, math.random(200))
+    ok, msg, c = cache:lookup(domain, 1000)
+    if ok == nil and msg == nil then ok = true end
+    if ok and acked[domain] and (type(ok) ~= "table" or tonumber(ok.record_id) < acked[domain])
+    then
+      ok, c, msg = nil, "stale", domain .. " shows " .. tostring(type(ok) == "table" and
+        ok.record_id) .. ", acknowledged " .. acked[domain]
+    end
   else
     seq = seq + 1
     local domain = r < 0.8 and ("w%s-%d.example"):format(worker, math.random(200))
       or ("s%d.example"):format(math.random(50))
     ok, msg, c = cache:upsert(domain, tostring(seq), POLICY, 1000)
-    if ok then log:write("ack ", domain, " ", seq, "\n") end
+    if ok then
+      log:write("ack ", domain, " ", seq, "\n")
+      acked[domain] = seq
+    end
   end
   local took = clock() - t
   if took > maxwait then maxwait = took end
