@@ -110,8 +110,9 @@ static int to_alabel(const char *label, uint8_t **out, int *uts46) {
 static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
   size_t start = 0, i;
   int uts46_any = 0, rtl_any = 0;
-  char q[4 * 40 + 8], qn[4 * 40 + 8];
-  mtasts_quote(qn, sizeof qn, name, n, 40);
+  char q[4 * 40 + 8], qn[4 * 40 + 8];   /* the name and a label quoted: only for a message */
+#define QUOTE_NAME() mtasts_quote(qn, sizeof qn, name, n, 40)
+#define QUOTE_BOTH() (QUOTE_NAME(), mtasts_quote(q, sizeof q, l, len, 20))
   if (n > MTASTS_NAME_MAX)
     return errf(err, "domain name is %zu octets, more than %d", n, MTASTS_NAME_MAX);
   while (start <= n) {
@@ -119,23 +120,24 @@ static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
     size_t end = dot ? (size_t)(dot - name) : n, len = end - start;
     const char *l = name + start;
     int digits = 1;
-    mtasts_quote(q, sizeof q, l, len, 20);
-    if (len == 0) return errf(err, "domain name '%s' has an empty label", qn);
+    if (len == 0) return QUOTE_NAME(), errf(err, "domain name '%s' has an empty label", qn);
     if (len > MTASTS_LABEL_MAX)
-      return errf(err, "domain name '%s': label '%s' is %zu octets, more than %d", qn, q, len,
-                  MTASTS_LABEL_MAX);
+      return QUOTE_BOTH(), errf(err, "domain name '%s': label '%s' is %zu octets, more than %d",
+                                qn, q, len, MTASTS_LABEL_MAX);
     for (i = 0; i < len; i++) {
       unsigned char c = (unsigned char)l[i];
       if (c >= '0' && c <= '9') continue;
       digits = 0;
       if ((c >= 'a' && c <= 'z') || c == '-') continue;
-      return errf(err, "domain name '%s': label '%s' has a character other than letters, "
-                  "digits and '-'", qn, q);
+      return QUOTE_BOTH(), errf(err, "domain name '%s': label '%s' has a character other "
+                                "than letters, digits and '-'", qn, q);
     }
     if (l[0] == '-' || l[len - 1] == '-')
-      return errf(err, "domain name '%s': label '%s' starts or ends with '-'", qn, q);
+      return QUOTE_BOTH(),
+             errf(err, "domain name '%s': label '%s' starts or ends with '-'", qn, q);
     if (!dot && digits)
-      return errf(err, "'%s' ends in a numeric label: an IP address is not a domain name", qn);
+      return QUOTE_NAME(),
+             errf(err, "'%s' ends in a numeric label: an IP address is not a domain name", qn);
     if (check_xn && is_xn(l, len)) {
       /* an A-label is valid when its U-label converts back to exactly it: libidn2's own
        * check accepts some that decode to disallowed code points ("xn--6a" is U+00A0), and
@@ -153,8 +155,8 @@ static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
       idn2_free(u);
       idn2_free(out);
       if (rc != IDN2_OK)
-        return errf(err, "domain name '%s': label '%s' is not a valid A-label: %s", qn, q,
-                    idn2_strerror(rc));
+        return QUOTE_BOTH(), errf(err, "domain name '%s': label '%s' is not a valid A-label: "
+                                  "%s", qn, q, idn2_strerror(rc));
       uts46_any |= uts46;
     }
     if (!dot) break;
@@ -163,9 +165,12 @@ static int check_ldh(const char *name, size_t n, int check_xn, char *err) {
   /* the bidi rule applies to every label of a name with a right-to-left label; libidn2
    * checks it only on IDNA2008's path, so a name that needed the UTS #46 path may have none */
   if (uts46_any && rtl_any)
-    return errf(err, "'%s' is not a valid internationalized domain name: right-to-left labels "
-                "with code points IDNA2008 disallows are not supported", qn);
+    return QUOTE_NAME(), errf(err, "'%s' is not a valid internationalized domain name: "
+                              "right-to-left labels with code points IDNA2008 disallows are "
+                              "not supported", qn);
   return 0;
+#undef QUOTE_NAME
+#undef QUOTE_BOTH
 }
 
 /* Length of a label separator at p: '.' or one of the full stops UTS #46 maps to it
@@ -243,16 +248,23 @@ too_long:
 }
 
 int mtasts_domain_ascii(const char *s, size_t n, char *ascii, char *err) {
-  char q[4 * 40 + 8];
+  char q[4 * 40 + 8];       /* the name quoted for a message: made only for one */
   size_t i;
   if (n == 0) return errf(err, "domain name is empty");
-  mtasts_quote(q, sizeof q, s, n, 40);
-  if (memchr(s, '\0', n)) return errf(err, "domain name '%s' contains a NUL byte", q);
+  if (memchr(s, '\0', n)) {
+    mtasts_quote(q, sizeof q, s, n, 40);
+    return errf(err, "domain name '%s' contains a NUL byte", q);
+  }
   if (n >= MTASTS_UNAME_MAX) return errf(err, "domain name is %zu bytes, too long", n);
-  if (s[0] == '[' || memchr(s, ':', n))
+  if (s[0] == '[' || memchr(s, ':', n)) {
+    mtasts_quote(q, sizeof q, s, n, 40);
     return errf(err, "'%s' is an address literal, not a domain name", q);
+  }
   for (i = 0; i < n; i++)
-    if ((unsigned char)s[i] >= 0x80) return ascii_from_unicode(s, n, ascii, q, err);
+    if ((unsigned char)s[i] >= 0x80) {
+      mtasts_quote(q, sizeof q, s, n, 40);
+      return ascii_from_unicode(s, n, ascii, q, err);
+    }
   if (s[n - 1] == '.') n--;  /* one trailing dot is accepted and dropped */
   if (n == 0) return errf(err, "domain name is empty");
   if (n > MTASTS_NAME_MAX)
