@@ -191,6 +191,65 @@ describe("mtasts.open", function()
       assert.equal(0, w.dns_calls)
       assert.same({}, result.failures)
     end)
+    it("answers again from its memo: a new result, the policy and its strings shared",
+      function()
+        local p1, r1 = sts:get("example.com")     -- read from the cache, remembered
+        local p2, r2 = sts:get("Example.COM")     -- from the memo
+        assert.equal(p1, p2)
+        assert.are_not.equal(r1, r2)
+        assert.same(r1, r2)
+        assert.are_not.equal(r1.summary, r2.summary)
+        assert.are_not.equal(r1.failures, r2.failures)
+        assert.equal(r1.policy.strings, r2.policy.strings)
+        r2.summary.success = 1
+        r2.failures[1] = { result_type = "x" }
+        local _, r3 = sts:get("example.com")
+        assert.same({ success = 0, failure = 0 }, r3.summary)
+        assert.same({}, r3.failures)
+        assert.equal(0, w.dns_calls + w.fetch_calls)
+      end)
+    it("sees another process's write of the row at once, memo or not", function()
+      sts:get("example.com")
+      sts:get("example.com")
+      local script = dir .. "/writer.lua"
+      util.write(script, "local c = assert(require('mtasts.core').cache_open(arg[1]))\n" ..
+        "assert(c:upsert('example.com', '2', " .. ("%q"):format(TESTING) .. ", " .. w.now ..
+        "))\nassert(c:close())\n")
+      local out, status = util.run(util.lua_cmd() .. " " .. script .. " " .. dir .. "/db")
+      assert.equal(0, status, out)
+      local policy, result = sts:get("example.com")
+      assert.equal("testing", policy.mode)
+      assert.same({ "mx.example.com" }, result.policy.mx_host)
+      assert.equal(0, w.dns_calls + w.fetch_calls)
+    end)
+    it("keeps the memo to recheck, valid_end and the touch of last_use", function()
+      sts:get("example.com")
+      w.now = w.now + 59
+      sts:get("example.com")
+      assert.equal(0, w.dns_calls)
+      w.now = w.now + 1                            -- recheck (60 s) is up: the TXT record
+      sts:get("example.com")
+      assert.equal(1, w.dns_calls)
+      assert.equal(w.now, sts.cache:lookup("example.com", w.now).last_use)
+    end)
+    it("holds at most two generations of HIT_MEMO domains", function()
+      local client = require("mtasts.client")
+      local saved = client.HIT_MEMO
+      client.HIT_MEMO = 3
+      for i = 1, 10 do
+        local d = "d" .. i .. ".example"
+        w.txt["_mta-sts." .. d] = { "v=STSv1; id=1;" }
+        w.policy[d] = TESTING
+        assert(sts:get(d))
+        assert(sts:get(d))
+      end
+      client.HIT_MEMO = saved
+      local n = 0
+      for _ in pairs(sts.hits) do n = n + 1 end
+      for _ in pairs(sts.hits_old) do n = n + 1 end
+      assert.is_true(n <= 6, n .. " remembered")
+      assert.equal("testing", (sts:get("d1.example")).mode)
+    end)
     it("force re-reads the TXT record within recheck", function()
       sts:get("example.com", { force = true })
       assert.equal(1, w.dns_calls)

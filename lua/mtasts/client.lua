@@ -15,7 +15,7 @@ local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, err
 local unpack, pack = table.unpack, table.pack
 
 local _M = { DEFAULT_RECHECK = 60, REFRESH_AFTER = 12 * 3600, PRUNE_AFTER = 180 * 86400,
-  DANE_MEMO = 10000 }
+  DANE_MEMO = 10000, HIT_MEMO = 4096 }
 local Client = {}
 local client_mt = { __index = Client, __name = "mtasts.client" }
 
@@ -89,7 +89,8 @@ function _M.open(opts)
   local self = setmetatable({ recheck = recheck, clock = opts.clock or os.time,
     log = opts.log or function() end, negative = {}, negative_old = {}, negative_n = 0,
     negative_rotate = 0, inflight = {}, owned = {}, dane_memo = {}, dane_memo_old = {},
-    dane_memo_n = 0 }, client_mt)
+    dane_memo_n = 0, hits = {}, hits_old = {}, hits_n = 0, ascii_of = {}, ascii_n = 0 },
+    client_mt)
   -- the default wait yields inside refresh's own loop, and blocks in poll elsewhere
   self.wait = opts.wait or function(fd, events, timeout)
     if self.yielding and coroutine.isyieldable() then
@@ -165,6 +166,32 @@ local function policy_result(ascii, policy, text, info)
     -- RFC 8461 §3.3: the policy SHOULD be text/plain; accepted since it parses, and noted
     tlsrpt.add_failure(result, "sts-policy-invalid", "content-type-not-text-plain")
   end
+  return result
+end
+
+-- Cache hits within recheck are remembered per domain (two generations of at most
+-- _M.HIT_MEMO entries) with the row's version: while the cache says the row has that version
+-- (cache:version, which reads the shared counters without a lock) and the memo's time holds
+-- (the row's valid_end, its next touch, last_update + recheck), sts:get answers from it
+-- without reading the row. The policy table and the result's policy strings and MX list
+-- are shared by every answer (docs/client.md: read-only); the result table is new each time.
+local function hit_result(ascii, m)
+  return { policy = { type = "sts", domain = ascii, strings = m.strings, mx_host = m.mx },
+    summary = { success = 0, failure = 0 }, failures = {} }
+end
+
+local function remember_hit(self, ascii, row)
+  local result = tlsrpt.sts_result(ascii, row.policy_text, row.policy)
+  if not row.version then return result end      -- touched just now: next time
+  local p = result.policy
+  local m = { version = row.version, policy = row.policy, strings = p.strings, mx = p.mx_host,
+    until_ = math.min(row.valid_end, row.last_use + core.touch_seconds,
+      row.last_update + self.recheck) }
+  if self.hits_n >= _M.HIT_MEMO then
+    self.hits_old, self.hits, self.hits_n = self.hits, {}, 0
+  end
+  if not self.hits[ascii] then self.hits_n = self.hits_n + 1 end
+  self.hits[ascii] = m
   return result
 end
 
@@ -306,7 +333,7 @@ function Client:_get(ascii, force)
   end
   local cached = row.policy
   if not force and now - row.last_update < self.recheck then
-    return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), false
+    return cached, remember_hit(self, ascii, row), false
   end
   local record, rerr, rcode, rreason = self:_record(ascii)
   if not record and rcode == "local" then
@@ -365,9 +392,22 @@ function Client:get(domain, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #2 to 'get' (table expected, got " .. type(opts) .. ")", 2)
   end
-  local ascii, err, code = core.domain(domain)
-  if not ascii then return nil, nil, false, err, code end
+  local ascii = self.ascii_of[domain]    -- core.domain, remembered (at most HIT_MEMO names)
+  if not ascii then
+    local err, code
+    ascii, err, code = core.domain(domain)
+    if not ascii then return nil, nil, false, err, code end
+    if self.ascii_n >= _M.HIT_MEMO then self.ascii_of, self.ascii_n = {}, 0 end
+    self.ascii_of[domain], self.ascii_n = ascii, self.ascii_n + 1
+  end
   local force = opts and opts.force or false
+  if not force and not self.inflight[ascii] then   -- a hit remembered (remember_hit)
+    local m = self.hits[ascii] or self.hits_old[ascii]
+    if m and self.clock() < m.until_ and self.cache and self.cache:version(ascii) == m.version
+    then
+      return m.policy, hit_result(ascii, m), false
+    end
+  end
   local key = force and ascii .. " force" or ascii
   local slot = self.inflight[ascii]
   while slot and slot.refresh do   -- maintain is refreshing it: the cache has it next
