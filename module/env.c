@@ -48,6 +48,7 @@
 #define GATE_FILE MTASTS_GATE_FILE
 #define GATE_MAGIC 0x6d747367u     /* "mtsg" */
 #define GATE_VERSION 3             /* 3: the row versions (rowver) */
+#define GATE_VERSION_PLAIN 2       /* the layout before them: joined while in use (no memo) */
 #define GATE_TIMEOUT_S 5           /* longest wait for the gate before giving up */
 #define MAX_RETRIES 6              /* deadlocks between threads of a process, per operation */
 
@@ -84,6 +85,9 @@ typedef struct shared_env {
   int rdb_rc;             /* ... it failed to open: this code, and this message */
   char rdb_err[MTASTS_ERR_MAX];
   int own_panic;          /* this process saw the panic: its handles can be closed safely */
+  int versions;           /* the gate has row versions (GATE_VERSION); 0 for a gate of the
+                           * earlier layout that processes of the earlier release use: its
+                           * writers do not bump them, so no row is answered from a memo */
 } shared_env;
 
 struct mtasts_env { shared_env *s; };
@@ -304,40 +308,50 @@ static int gate_map(shared_env *s, char *err) {
   g = mmap(NULL, sizeof *g, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (g == MAP_FAILED) { rc = errno; goto done; }
   gate_boot_id(boot);
+  s->versions = 1;
   if (g->magic != GATE_MAGIC || g->version != GATE_VERSION || memcmp(g->boot_id, boot, 40)) {
     pthread_mutexattr_t a;
+    struct timespec now;
+    uint64_t gen;
+    int in_use;
     /* never re-made under a process that uses it (another version of mtasts, or damage):
      * its mutex would be pulled from under it */
     fl.l_type = F_WRLCK;
     fl.l_start = 1;
-    if (fcntl(fd, F_SETLK, &fl) != 0) {
+    in_use = fcntl(fd, F_SETLK, &fl) != 0;
+    fl.l_start = 0;
+    if (in_use && g->magic == GATE_MAGIC && g->version == GATE_VERSION_PLAIN &&
+        memcmp(g->boot_id, boot, 40) == 0) {
+      /* the previous release's layout, in use by its processes: joined as they join it,
+       * without row versions (their writers do not bump them); the next opener after they
+       * all stopped makes the gate anew */
+      s->versions = 0;
+    } else if (in_use) {
       rc = EBUSY;
       snprintf(err, MTASTS_ERR_MAX, "cache %.160s: %s is of another version of mtasts (or "
                "damaged) and processes use the cache: restart them (an upgrade leaves the old "
                "ones running)", s->path, GATE_FILE);
       munmap(g, sizeof *g);
       goto done;
+    } else {
+      /* continue the count; from an unknown state start far from any earlier count, so a
+       * stale handle can never mistake the new generation for its own */
+      clock_gettime(CLOCK_REALTIME, &now);
+      gen = g->magic == GATE_MAGIC ? g->generation
+                                   : ((uint64_t)now.tv_sec << 20) ^ (uint64_t)now.tv_nsec;
+      memset(g, 0, sizeof *g);
+      pthread_mutexattr_init(&a);
+      pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+      pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+      rc = pthread_mutex_init(&g->mu, &a);
+      pthread_mutexattr_destroy(&a);
+      memcpy(g->boot_id, boot, 40);
+      g->generation = gen + 1;
+      g->need_recover = 1;      /* whatever was there before was not shut down by us */
+      g->version = GATE_VERSION;
+      g->magic = GATE_MAGIC;
+      if (msync(g, sizeof *g, MS_SYNC) != 0 && rc == 0) rc = errno;
     }
-    fl.l_start = 0;
-    /* continue the count; from an unknown state start far from any earlier count, so a
-     * stale handle can never mistake the new generation for its own */
-    struct timespec now;
-    uint64_t gen;
-    clock_gettime(CLOCK_REALTIME, &now);
-    gen = g->magic == GATE_MAGIC ? g->generation
-                                 : ((uint64_t)now.tv_sec << 20) ^ (uint64_t)now.tv_nsec;
-    memset(g, 0, sizeof *g);
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    rc = pthread_mutex_init(&g->mu, &a);
-    pthread_mutexattr_destroy(&a);
-    memcpy(g->boot_id, boot, 40);
-    g->generation = gen + 1;
-    g->need_recover = 1;      /* whatever was there before was not shut down by us */
-    g->version = GATE_VERSION;
-    g->magic = GATE_MAGIC;
-    if (msync(g, sizeof *g, MS_SYNC) != 0 && rc == 0) rc = errno;
   }
   if (rc == 0) {
     /* Nobody else has the cache open (byte 1 is free; we hold byte 0, so nobody can join
@@ -872,13 +886,14 @@ static size_t rowver_bucket(const char *key, size_t n) {
 
 int mtasts_env_row_version(const mtasts_env *e, const char *key, size_t n, uint64_t *v) {
   gate_t *g = e->s->gate;
+  if (!e->s->versions) return ENOTSUP;
   if (__atomic_load_n(&g->damaged, __ATOMIC_ACQUIRE)) return MTASTS_ECORRUPT;
   *v = __atomic_load_n(&g->rowver[rowver_bucket(key, n)], __ATOMIC_ACQUIRE);
   return 0;
 }
 
 void mtasts_env_row_written(const char *key, size_t n) {
-  if (running)
+  if (running && running->versions)
     __atomic_add_fetch(&running->gate->rowver[rowver_bucket(key, n)], 1, __ATOMIC_RELEASE);
 }
 

@@ -45,8 +45,9 @@ uint64_t mtasts_env_recoveries(const mtasts_env *e);
  * for as long as the counter keeps that value: a process may answer from its own copy then
  * without entering the gate (cache.c's memo), and many processes read at once. */
 #define MTASTS_ROWVER_BUCKETS 4096     /* a power of 2 */
-/* The counter of key's bucket, read without the gate: 0 and *v, or MTASTS_ECORRUPT when the
- * cache was found damaged (no copy may be used then). */
+/* The counter of key's bucket, read without the gate: 0 and *v; MTASTS_ECORRUPT when the
+ * cache was found damaged, ENOTSUP while processes of the previous release (whose gate has
+ * no versions) share the cache: no copy may be used then. */
 int mtasts_env_row_version(const mtasts_env *e, const char *key, size_t n, uint64_t *v);
 /* Inside an operation (mtasts_env_run), before a write or delete of key: bump its counter. */
 void mtasts_env_row_written(const char *key, size_t n);

@@ -3,6 +3,8 @@
 #include "cache.h"
 #include "lua_util.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #define CACHE_MT "mtasts.cache"
@@ -142,8 +144,9 @@ static int cache_lookup(lua_State *L) {
   return 1;
 }
 
-/* cache:version(domain) -> integer | fail: the version of the row's bucket now, read
- * without entering the gate; a row whose `version` equals it has not been written since. */
+/* cache:version(domain) -> integer | false | fail: the version of the row's bucket now, read
+ * without entering the gate; a row whose `version` equals it has not been written since.
+ * false while processes of the previous release share the cache (rows carry none then). */
 static int cache_version(lua_State *L) {
   lcache *u = cache_check(L, 1);
   int bad, rc;
@@ -153,7 +156,11 @@ static int cache_version(lua_State *L) {
   if (bad) return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, "domain name contains a NUL byte");
   if (mtasts_domain_ascii(domain, strlen(domain), key, err) != 0)
     return mtasts_lua_fail_rc(L, MTASTS_EDOMAIN, err);
-  if ((rc = mtasts_env_row_version(u->e, key, strlen(key), &version)) != 0) {
+  if ((rc = mtasts_env_row_version(u->e, key, strlen(key), &version)) == ENOTSUP) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (rc != 0) {
     snprintf(err, sizeof err, "cache %.160s: the database failed verification after a "
              "recovery and is not used; run `mtasts cache rebuild` or move the directory "
              "aside (the cache refills itself)", mtasts_env_path(u->e));
