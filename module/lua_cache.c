@@ -106,15 +106,18 @@ static void push_row(lua_State *L, const mtasts_row *r) {
 
 /* --- mtasts.cache --- */
 
-/* cache_open(path [, mode]) -> cache | fail */
+/* cache_open(path [, mode [, memo_rows]]) -> cache | fail */
 static int cache_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   unsigned mode = mtasts_lua_opt_filemode(L, 2);
+  lua_Integer rows = luaL_optinteger(L, 3, MTASTS_MEMO_ROWS);
   char err[MTASTS_ERR_MAX];
-  lcache *u = mtasts_lua_class_new(L, &cache_class, sizeof *u);
+  lcache *u;
   int rc;
+  if (rows < 0 || rows > (1 << 20)) return luaL_argerror(L, 3, "0 to 1048576 rows expected");
+  u = mtasts_lua_class_new(L, &cache_class, sizeof *u);
   if ((rc = mtasts_env_open(path, mode, &u->e, err)) != 0) return mtasts_lua_fail_rc(L, rc, err);
-  u->memo = mtasts_memo_new(MTASTS_MEMO_ROWS);   /* none without memory: lookups still work */
+  u->memo = mtasts_memo_new((size_t)rows);   /* none for 0 or without memory: lookups work */
   return 1;
 }
 
