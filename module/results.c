@@ -103,6 +103,120 @@ int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_
   return rc;
 }
 
+/* --- the batch --- */
+
+/* FNV-1a, 64 bits */
+static uint64_t key_hash(const char *k, size_t n) {
+  uint64_t h = 14695981039346656037ull;
+  size_t i;
+  for (i = 0; i < n; i++) h = (h ^ (unsigned char)k[i]) * 1099511628211ull;
+  return h;
+}
+
+/* the slot of key: where it is, or the empty one where it goes */
+static size_t batch_find(const mtasts_batch *b, const char *key, size_t kn, uint64_t h) {
+  size_t mask = b->nslot - 1, i = (size_t)h & mask;
+  for (;; i = (i + 1) & mask) {
+    uint32_t s = b->slot[i];
+    const mtasts_batch_entry *x;
+    if (s == 0) return i;
+    x = &b->e[s - 1];
+    if (x->hash == h && x->kn == kn && memcmp(b->keys.p + x->off, key, kn) == 0) return i;
+  }
+}
+
+static void batch_reindex(mtasts_batch *b) {
+  size_t j;
+  memset(b->slot, 0, b->nslot * sizeof *b->slot);
+  for (j = 0; j < b->n; j++) {
+    size_t mask = b->nslot - 1, i = (size_t)b->e[j].hash & mask;
+    while (b->slot[i]) i = (i + 1) & mask;
+    b->slot[i] = (uint32_t)(j + 1);
+  }
+}
+
+int mtasts_batch_reserve(mtasts_batch *b, size_t entries, size_t bytes) {
+  size_t need = b->n + entries;
+  if (need >= UINT32_MAX / 4 || bytes > SIZE_MAX / 2) return ENOMEM;
+  if (mtasts_buf_reserve(&b->keys, b->keys.n + bytes) != 0) return ENOMEM;
+  if (need > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    mtasts_batch_entry *e;
+    while (cap < need) cap *= 2;
+    if (!(e = realloc(b->e, cap * sizeof *e))) return ENOMEM;
+    b->e = e;
+    b->cap = cap;
+  }
+  if (need * 2 > b->nslot) {
+    size_t nslot = b->nslot ? b->nslot : 128;
+    uint32_t *slot;
+    while (need * 2 > nslot) nslot *= 2;
+    if (!(slot = malloc(nslot * sizeof *slot))) return ENOMEM;
+    free(b->slot);
+    b->slot = slot;
+    b->nslot = nslot;
+    batch_reindex(b);
+  }
+  return 0;
+}
+
+void mtasts_batch_bump(mtasts_batch *b, const char *key, size_t kn, uint64_t a, uint64_t bb) {
+  uint64_t h = key_hash(key, kn);
+  size_t i = batch_find(b, key, kn, h);
+  mtasts_batch_entry *x;
+  if (b->slot[i]) {
+    x = &b->e[b->slot[i] - 1];
+    x->a = sat_add(x->a, a);
+    x->b = sat_add(x->b, bb);
+    return;
+  }
+  x = &b->e[b->n];
+  x->off = b->keys.n;
+  x->kn = kn;
+  x->hash = h;
+  x->a = sat_add(0, a);
+  x->b = sat_add(0, bb);
+  memcpy(b->keys.p + b->keys.n, key, kn);
+  b->keys.n += kn;
+  b->slot[i] = (uint32_t)++b->n;
+}
+
+void mtasts_batch_deltas(const mtasts_batch *b, mtasts_delta *d) {
+  size_t j;
+  for (j = 0; j < b->n; j++) {
+    d[j].key = (const char *)b->keys.p + b->e[j].off;
+    d[j].kn = b->e[j].kn;
+    d[j].a = b->e[j].a;
+    d[j].b = b->e[j].b;
+  }
+}
+
+void mtasts_batch_drop(mtasts_batch *b, const mtasts_delta *d, size_t n) {
+  size_t j, k = 0;
+  if (n == 0 || b->n == 0) return;
+  for (j = 0; j < n; j++) {   /* marked by a length no key has; its bytes stay until clear */
+    size_t i = batch_find(b, d[j].key, d[j].kn, key_hash(d[j].key, d[j].kn));
+    if (b->slot[i]) b->e[b->slot[i] - 1].kn = SIZE_MAX;
+  }
+  for (j = 0; j < b->n; j++)
+    if (b->e[j].kn != SIZE_MAX) b->e[k++] = b->e[j];
+  b->n = k;
+  batch_reindex(b);
+}
+
+void mtasts_batch_clear(mtasts_batch *b) {
+  b->n = 0;
+  b->keys.n = 0;
+  if (b->slot) memset(b->slot, 0, b->nslot * sizeof *b->slot);
+}
+
+void mtasts_batch_free(mtasts_batch *b) {
+  mtasts_buf_free(&b->keys);
+  free(b->e);
+  free(b->slot);
+  memset(b, 0, sizeof *b);
+}
+
 /* --- scans --- */
 
 typedef struct {
