@@ -27,6 +27,7 @@ typedef struct {
   const mtasts_delta *d;
   size_t n;
   const mtasts_mark *mark;   /* written in this transaction too, or NULL */
+  int last;                  /* the batch's last transaction: its commit syncs the log */
 } apply_ctx;
 
 static int op_apply(DB_ENV *env, DB *db, void *vctx) {
@@ -70,7 +71,15 @@ static int op_apply(DB_ENV *env, DB *db, void *vctx) {
     t->abort(t);
     return rc;
   }
-  return t->commit(t, 0);
+  /* one sync per batch: the last commit's sync writes the log up to its end, so it makes
+   * the earlier transactions of the batch durable too (a failure before it: see below) */
+  return t->commit(t, x->last ? 0 : DB_TXN_WRITE_NOSYNC);
+}
+
+static int op_log_flush(DB_ENV *env, DB *db, void *ctx) {
+  (void)db;
+  (void)ctx;
+  return env->log_flush(env, NULL);
 }
 
 /* Keys per transaction: each holds a write lock on its page until the commit, and the
@@ -95,11 +104,18 @@ int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_
   do {
     size_t len = n - off < APPLY_CHUNK ? n - off : APPLY_CHUNK;
     /* the mark goes with the last transaction: it is durable only when every update is */
-    apply_ctx x = {d + off, len, off + len == n ? mark : NULL};
+    apply_ctx x = {d + off, len, off + len == n ? mark : NULL, off + len == n};
     if (len == 0 && !mark) break;
     rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_apply, &x, "results: add", err);
     if (rc == 0) *done = off += len;
   } while (rc == 0 && off < n);
+  if (rc != 0 && *done > 0) {
+    /* the transactions that went through were committed without a sync: make them durable
+     * before the caller drops them from its batch (a failure here leaves them in the log
+     * written to the system, which a killed process does not lose) */
+    char ferr[MTASTS_ERR_MAX];
+    (void)mtasts_env_run(e, MTASTS_DB_RESULTS, 0, op_log_flush, NULL, "results: sync", ferr);
+  }
   return rc;
 }
 

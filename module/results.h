@@ -23,8 +23,11 @@ typedef struct { const char *key, *value; size_t kn, vn; } mtasts_mark;
 
 /* Apply n updates in transactions of at most 500 keys, sorting d by key first (a batch then
  * walks the btree's pages in one direction), and store mark (if not NULL) in the last of
- * them: all of them are durable when it returns 0; after an error, the transactions before
- * the failing one are: *done says how many updates of the sorted d (its first *done). */
+ * them: all of them are durable when it returns 0 (the transactions before the last are
+ * committed without a sync of the log; the last one's sync writes the log up to its end, so
+ * one sync covers the batch); after an error, the transactions before the failing one are
+ * (the log is synced before it returns): *done says how many updates of the sorted d (its
+ * first *done). */
 int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_mark *mark,
                          size_t *done, char *err);
 
