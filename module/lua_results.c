@@ -174,8 +174,15 @@ static void kb_domain(lua_State *L, mtasts_buf *b, const char *s, size_t n, int 
 /* tostring(value at idx), escaped as blob_escape does (below) */
 static void kb_escaped(lua_State *L, mtasts_buf *b, int idx) {
   size_t n, i;
-  const char *v = luaL_tolstring(L, idx, &n);   /* pushed */
-  unsigned char *o = kb_room(L, b, 2 * n);
+  const char *v;
+  unsigned char *o;
+  if (lua_type(L, idx) == LUA_TSTRING) {   /* most values: tostring is the string itself */
+    lua_pushvalue(L, idx);
+    v = lua_tolstring(L, -1, &n);
+  } else {
+    v = luaL_tolstring(L, idx, &n);        /* pushed: tostring's rules, __tostring too */
+  }
+  o = kb_room(L, b, 2 * n);
   for (i = 0; i < n; i++) {
     unsigned char c = (unsigned char)v[i];
     if (c <= 3) {
