@@ -222,7 +222,8 @@ static uint64_t sat_sum(uint64_t x, uint64_t y) {
 }
 
 /* r:add(day, kind, report_domain|nil, recipient_domain|nil, flag, policy, success, failure
- *       [, failures [, record]]): the counters of one result into the batch. The store has
+ *       [, failures [, record]]) -> counters in the batch: the counters of one result into
+ * the batch. The store has
  * checked the arguments (docs/tlsrpt.md); a count here that is not a non-negative integer
  * raises. Every key is made, and room for it in the batch, before any counter changes. */
 static int results_add(lua_State *L) {
@@ -321,7 +322,8 @@ static int results_add(lua_State *L) {
   for (j = 0; j < nref; j++)   /* cannot fail now: every counter of the result, or none */
     mtasts_batch_bump(&u->batch, (const char *)b->p + refs[j].off, refs[j].kn, refs[j].a,
                       refs[j].b);
-  return 0;
+  lua_pushinteger(L, (lua_Integer)u->batch.n);
+  return 1;
 }
 
 /* r:commit([mark_key, mark_value]) -> true | fail: the batch (and the mark) committed as

@@ -228,6 +228,25 @@ describe("mtasts.tlsrpt store", function()
       assert.equal(0, store.npending)
     end)
 
+    it("with the default batch_size, commits at BATCH_KEYS distinct counters too", function()
+      local store_mod = require("mtasts.tlsrpt.store")
+      store = open{ batch_interval = 3600 }
+      local told = open{ batch_size = math.huge, batch_interval = math.huge }
+      for i = 1, store_mod.BATCH_KEYS - 1 do
+        local r = sts("d" .. i .. ".example", 1)
+        store:add(r)
+        told:add(r)
+      end
+      assert.equal(store_mod.BATCH_KEYS - 1, store:pending_keys())
+      store:add(sts("last.example", 1))
+      assert.equal(0, store:pending_keys())
+      assert.equal(0, store.npending)
+      -- a store given its batch_size commits when it is told (a reader with a mark)
+      told:add(sts("last.example", 1))
+      assert.equal(store_mod.BATCH_KEYS, told:pending_keys())
+      assert(told:release())
+    end)
+
     it("commits a mark with the batch, in its last transaction", function()
       store = open{ batch_size = 5000, batch_interval = 3600 }
       local other = open{ batch_size = 1 }

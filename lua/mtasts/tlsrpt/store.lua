@@ -27,7 +27,11 @@ local sort, format, math_type, unpack, concat, find = table.sort, string.format,
   string.unpack, table.concat, string.find
 local monotonic = core.monotonic
 
-local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
+-- BATCH_KEYS: with the default batch_size, distinct counters that make add commit before
+-- BATCH_SIZE results (memory: about 250 bytes each; BATCH_KEYS / KEYS_PER_TXN transactions).
+-- A store given its own batch_size commits by results and time only, as it is told.
+local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 100000, BATCH_INTERVAL = 1.0, BATCH_KEYS = 20000,
+  WINDOW = 4 * 3600,
   MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900, MAX_RUA = 10,
   SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120,
   KEYS_PER_TXN = 500 }   -- module/results.c's APPLY_CHUNK
@@ -118,6 +122,7 @@ function _M.open(opts)
     sendmail_timeout = opts.sendmail_timeout or _M.SENDMAIL_TIMEOUT,
     window = opts.window or _M.WINDOW, retention = opts.retention or _M.RETENTION_DAYS,
     batch_size = opts.batch_size or _M.BATCH_SIZE,
+    batch_keys = opts.batch_size == nil and _M.BATCH_KEYS or math.huge,
     batch_interval = opts.batch_interval or _M.BATCH_INTERVAL,
     max_attempts = opts.max_attempts or _M.MAX_ATTEMPTS, backoff = opts.backoff or _M.BACKOFF,
     skip_without_failures = opts.skip_without_failures == true,
@@ -264,14 +269,15 @@ function Store:add(result, opts)
   else
     failures = nil
   end
-  self.db:add(day, host and "h" or "d", domain, rdomain,
+  local keys = self.db:add(day, host and "h" or "d", domain, rdomain,
     opts.report == false and "0" or opts.verbatim and "2" or "1", p, success, failure,
     failures, record)
   self.npending = self.npending + 1
   local now = monotonic()
   local since = self.since
   if not since then self.since, since = now, now end
-  if self.npending >= self.batch_size or now - since >= self.batch_interval then
+  if self.npending >= self.batch_size or now - since >= self.batch_interval or
+      keys >= self.batch_keys then
     return self:flush()
   end
   return true
