@@ -117,7 +117,9 @@ int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_
     /* the mark goes with the last transaction: it is durable only when every update is */
     apply_ctx x = {d + off, len, off + len == n ? mark : NULL, off + len == n};
     if (len == 0 && !mark) break;
-    rc = mtasts_env_run(e, MTASTS_DB_RESULTS, 1, op_apply, &x, "results: add", err);
+    /* the checkpoint after the last transaction only: one after every 256 KiB of log
+     * wrote the cache's dirty pages out (and synced them) a dozen times in a large batch */
+    rc = mtasts_env_run(e, MTASTS_DB_RESULTS, x.last, op_apply, &x, "results: add", err);
     if (rc == 0) *done = off += len;
   } while (rc == 0 && off < n);
   if (rc != 0 && *done > 0) {
