@@ -221,11 +221,30 @@ static uint64_t sat_sum(uint64_t x, uint64_t y) {
   return y > (uint64_t)INT64_MAX - x ? (uint64_t)INT64_MAX : x + y;
 }
 
-/* r:add(day, kind, report_domain|nil, recipient_domain|nil, flag, policy, success, failure
- *       [, failures [, record]]) -> counters in the batch: the counters of one result into
- * the batch. The store has
- * checked the arguments (docs/tlsrpt.md); a count here that is not a non-negative integer
- * raises. Every key is made, and room for it in the batch, before any counter changes. */
+/* a count of the result at idx: nil is `dflt`; otherwise a non-negative integer, or -1 */
+static lua_Integer add_count(lua_State *L, int idx, lua_Integer dflt) {
+  lua_Integer v;
+  if (lua_isnil(L, idx)) return dflt;
+  if (!lua_isinteger(L, idx)) return -1;
+  v = lua_tointeger(L, idx);
+  return v < 0 ? -1 : v;
+}
+
+/* what the store raises for (store:add's argument number and reason): nil, argn, reason */
+static int add_refused(lua_State *L, int argn, const char *why) {
+  lua_pushnil(L);
+  lua_pushinteger(L, argn);
+  lua_pushstring(L, why);
+  return 3;
+}
+
+/* r:add(day, kind, report_domain|nil, recipient_domain|nil, flag, policy, success|nil,
+ *       failure|nil [, failures [, record]]) -> counters in the batch | nil, argn, reason:
+ * the counters of one result into the batch. The store has checked the types of the
+ * arguments and of policy.type and policy.domain (docs/tlsrpt.md); what is checked here (a
+ * NUL in a domain, the counts, each failure's result_type) is refused with the argument
+ * number and reason store:add raises with. Every key is made, and room for it in the
+ * batch, before any counter changes: a refused result leaves nothing behind. */
 static int results_add(lua_State *L) {
   lresults *u = results_check(L, 1);
   size_t dn, kn, rn = 0, cn = 0, pn, fn, plen, slen, j, nref, bytes = 0;
@@ -235,16 +254,23 @@ static int results_add(lua_State *L) {
   const char *rdom = luaL_optlstring(L, 5, NULL, &cn);
   const char *flag = luaL_checklstring(L, 6, &fn);
   const char *pdomain;
-  lua_Integer success = luaL_checkinteger(L, 8), failure = luaL_checkinteger(L, 9);
+  lua_Integer success = add_count(L, 8, 0), failure = add_count(L, 9, 0);
   mtasts_buf *b = &u->kbuf, *ix = &u->kidx;
   const key_ref *refs;
   luaL_checktype(L, 7, LUA_TTABLE);
-  luaL_argcheck(L, success >= 0 && failure >= 0, 8, "counts must not be negative");
+  if (success < 0) return add_refused(L, 1, "summary.success must be a non-negative integer");
+  if (failure < 0) return add_refused(L, 1, "summary.failure must be a non-negative integer");
+  if (!lua_isnoneornil(L, 10) && !lua_istable(L, 10))
+    return add_refused(L, 1, "failures must be a list");
   lua_settop(L, 11);
   b->n = ix->n = 0;
   lua_getfield(L, 7, "domain");
   pdomain = lua_tolstring(L, -1, &pn);    /* stays on the stack until the end */
-  if (!pdomain) luaL_error(L, "bad argument #1 to 'add' (policy.domain must be a domain name)");
+  if (!pdomain || pn == 0 || memchr(pdomain, 0, pn))
+    return add_refused(L, 1, "policy.domain must be a domain name");
+  if (rep && (rn == 0 || memchr(rep, 0, rn)))
+    return add_refused(L, 2, "domain must be a domain name");
+  if (rdom && memchr(rdom, 0, cn)) return add_refused(L, 2, "recipient_domain must be a string");
   if (!rep) rep = pdomain, rn = pn;
   if (!rdom) rdom = rep, cn = rn;
   /* the prefix */
@@ -276,9 +302,18 @@ static int results_add(lua_State *L) {
     lua_Integer i;
     for (i = 1; lua_geti(L, 10, i) != LUA_TNIL; i++) {
       size_t off = b->n;
-      lua_Integer count = 1;
-      int f, isnum;
-      luaL_checktype(L, -1, LUA_TTABLE);
+      lua_Integer count;
+      int f;
+      if (!lua_istable(L, -1) || lua_getfield(L, -1, "result_type") != LUA_TSTRING)
+        return add_refused(L, 1, "each failure needs a result_type");
+      lua_pop(L, 1);
+      if (lua_getfield(L, -1, "count") == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushnil(L);                 /* count or 1: false is 1 too */
+      }
+      count = add_count(L, -1, 1);
+      lua_pop(L, 1);
+      if (count < 0) return add_refused(L, 1, "count must be a non-negative integer");
       kb_again(L, b, 0, plen);
       kb_byte(L, b, 'D');
       kb_again(L, b, plen + 1, slen - plen - 1);
@@ -291,12 +326,7 @@ static int results_add(lua_State *L) {
         }
         lua_pop(L, 1);
       }
-      if (lua_getfield(L, -1, "count") != LUA_TNIL && lua_toboolean(L, -1)) {   /* count or 1 */
-        count = lua_tointegerx(L, -1, &isnum);
-        if (!isnum || count < 0)
-          luaL_error(L, "bad argument #1 to 'add' (count must be a non-negative integer)");
-      }
-      lua_pop(L, 2);   /* count, the failure */
+      lua_pop(L, 1);   /* the failure */
       kb_ref(L, ix, off, b->n - off, (uint64_t)count, 0);
     }
     lua_pop(L, 1);     /* the nil after the last */

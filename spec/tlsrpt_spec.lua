@@ -197,6 +197,18 @@ describe("mtasts.tlsrpt store", function()
       assert.has_error(function()
         store:add({ policy = { type = "sts", domain = "x" }, summary = { success = -1 } })
       end, "bad argument #1 to 'add' (summary.success must be a non-negative integer)")
+      assert.has_error(function() store:add({ policy = { type = "sts", domain = "a\0b" } }) end,
+        "bad argument #1 to 'add' (policy.domain must be a domain name)")
+      assert.has_error(function() store:add(sts(), { domain = "a\0b" }) end,
+        "bad argument #2 to 'add' (domain must be a domain name)")
+      assert.has_error(function() store:add(sts(), { recipient_domain = "a\0b" }) end,
+        "bad argument #2 to 'add' (recipient_domain must be a string)")
+      local half = sts(nil, 1)
+      half.failures = { { result_type = "certificate-expired" },
+        { result_type = "certificate-expired", count = 1.5 } }
+      assert.has_error(function() store:add(half) end,
+        "bad argument #1 to 'add' (count must be a non-negative integer)")
+      assert.equal(0, store:pending_keys(), "a refused result leaves nothing in the batch")
       assert.has_error(function() store:add(sts(), { day = "2026-13-01" }) end,
         'bad argument #2 to \'add\' (a UTC day "YYYY-MM-DD" expected, got "2026-13-01")')
       assert.has_error(function() store:add(sts(), { day = "yesterday" }) end,

@@ -23,8 +23,8 @@ local settings = require("mtasts.settings")
 
 local type, pairs, ipairs, error, tostring, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, setmetatable, pcall
-local sort, format, math_type, unpack, concat, find = table.sort, string.format, math.type,
-  string.unpack, table.concat, string.find
+local sort, format, math_type, unpack, concat = table.sort, string.format, math.type,
+  string.unpack, table.concat
 local monotonic = core.monotonic
 
 -- BATCH_KEYS: with the default batch_size, distinct counters that make add commit before
@@ -199,14 +199,6 @@ local function detail_of_blob(blob)
   return out
 end
 
-local function count_of(v, what)
-  if v == nil then return 0 end
-  if math_type(v) ~= "integer" or v < 0 then
-    error("bad argument #1 to 'add' (" .. what .. " must be a non-negative integer)", 4)
-  end
-  return v
-end
-
 local NOOPTS = {}
 
 --- Record a result (docs/architecture.md, "The TLSRPT result table"). opts: day
@@ -228,7 +220,7 @@ function Store:add(result, opts)
     error("bad argument #1 to 'add' (policy.type must be sts, tlsa or no-policy-found)", 2)
   end
   local pd = p.domain
-  if type(pd) ~= "string" or pd == "" or find(pd, "\0", 1, true) then
+  if type(pd) ~= "string" then
     error("bad argument #1 to 'add' (policy.domain must be a domain name)", 2)
   end
   local day = opts.day and check_day(opts.day, "add", 2)
@@ -238,12 +230,11 @@ function Store:add(result, opts)
     day = self.day
   end
   local rdomain = opts.recipient_domain
-  if rdomain ~= nil and (type(rdomain) ~= "string" or find(rdomain, "\0", 1, true)) then
+  if rdomain ~= nil and type(rdomain) ~= "string" then
     error("bad argument #2 to 'add' (recipient_domain must be a string)", 2)
   end
   local domain = opts.domain
-  if domain ~= nil and (type(domain) ~= "string" or domain == "" or
-      find(domain, "\0", 1, true)) then
+  if domain ~= nil and type(domain) ~= "string" then
     error("bad argument #2 to 'add' (domain must be a domain name)", 2)
   end
   local record = opts.record
@@ -253,25 +244,13 @@ function Store:add(result, opts)
   local host = opts.host
   if host == nil then host = domain == nil and p.type == "tlsa" end
   local sum = result.summary or NOOPTS
-  local success = count_of(sum.success, "summary.success")
-  local failure = count_of(sum.failure, "summary.failure")
-  -- every detail is checked before the batch changes (results:add then puts all of the
-  -- result's counters in, or raises before any): a result refused half-way must leave
-  -- nothing of itself behind
-  local failures = result.failures
-  if failures ~= nil and failures[1] ~= nil then
-    for _, d in ipairs(failures) do
-      if type(d) ~= "table" or type(d.result_type) ~= "string" then
-        error("bad argument #1 to 'add' (each failure needs a result_type)", 2)
-      end
-      count_of(d.count or 1, "count")
-    end
-  else
-    failures = nil
-  end
-  local keys = self.db:add(day, host and "h" or "d", domain, rdomain,
-    opts.report == false and "0" or opts.verbatim and "2" or "1", p, success, failure,
-    failures, record)
+  -- results:add checks the rest (a NUL in a domain, the counts, each failure's result_type)
+  -- and makes every key before the batch changes: a result refused half-way leaves nothing
+  -- of itself behind
+  local keys, argn, why = self.db:add(day, host and "h" or "d", domain, rdomain,
+    opts.report == false and "0" or opts.verbatim and "2" or "1", p, sum.success, sum.failure,
+    result.failures or nil, record)
+  if not keys then error(("bad argument #%d to 'add' (%s)"):format(argn, why), 2) end
   self.npending = self.npending + 1
   local now = monotonic()
   local since = self.since
