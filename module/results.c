@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void dbt(DBT *t, const void *p, size_t n) {
   memset(t, 0, sizeof *t);
@@ -135,10 +136,11 @@ int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_
 /* --- the batch --- */
 
 /* Eight bytes a step (keys are 100-200 bytes; a byte-wise hash was a tenth of an add),
- * each word mixed in with a multiply and a shift. Not for untrusted keys' worst cases: a
- * batch holds one process's own results. */
-static uint64_t key_hash(const char *k, size_t n) {
-  uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+ * each word mixed in with a multiply and a shift, from a seed of the batch's own: keys hold
+ * policy texts and host names from remote sites, which should not be able to choose keys
+ * that collide in every process. */
+static uint64_t key_hash(uint64_t seed, const char *k, size_t n) {
+  uint64_t h = seed ^ n, w;
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     memcpy(&w, k + i, 8);
@@ -185,6 +187,13 @@ int mtasts_batch_reserve(mtasts_batch *b, size_t entries, size_t bytes) {
     b->e = e;
     b->cap = cap;
   }
+  if (b->seed == 0) {   /* the first reserve: the seed, from the clock and an address */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    b->seed = ((uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull) ^ (uint64_t)ts.tv_sec ^
+              (uint64_t)(uintptr_t)b ^ 0x2545f4914f6cdd1dull;
+    if (b->seed == 0) b->seed = 1;
+  }
   if (need * 2 > b->nslot) {
     size_t nslot = b->nslot ? b->nslot : 128;
     uint32_t *slot;
@@ -199,7 +208,7 @@ int mtasts_batch_reserve(mtasts_batch *b, size_t entries, size_t bytes) {
 }
 
 void mtasts_batch_bump(mtasts_batch *b, const char *key, size_t kn, uint64_t a, uint64_t bb) {
-  uint64_t h = key_hash(key, kn);
+  uint64_t h = key_hash(b->seed, key, kn);
   size_t i = batch_find(b, key, kn, h);
   mtasts_batch_entry *x;
   if (b->slot[i]) {
@@ -233,7 +242,7 @@ void mtasts_batch_drop(mtasts_batch *b, const mtasts_delta *d, size_t n) {
   size_t j, k = 0;
   if (n == 0 || b->n == 0) return;
   for (j = 0; j < n; j++) {   /* marked by a length no key has; its bytes stay until clear */
-    size_t i = batch_find(b, d[j].key, d[j].kn, key_hash(d[j].key, d[j].kn));
+    size_t i = batch_find(b, d[j].key, d[j].kn, key_hash(b->seed, d[j].key, d[j].kn));
     if (b->slot[i]) b->e[b->slot[i] - 1].kn = SIZE_MAX;
   }
   for (j = 0; j < b->n; j++)
@@ -252,7 +261,7 @@ void mtasts_batch_free(mtasts_batch *b) {
   mtasts_buf_free(&b->keys);
   free(b->e);
   free(b->slot);
-  memset(b, 0, sizeof *b);
+  memset(b, 0, sizeof *b);   /* the seed too: made again at the next reserve */
 }
 
 /* --- scans --- */

@@ -42,6 +42,7 @@ typedef struct {
   size_t n, cap;
   uint32_t *slot;                 /* open addressing: entry index + 1, 0 for empty */
   size_t nslot;                   /* a power of two, at least twice n */
+  uint64_t seed;                  /* of the key hash; made at the first reserve */
 } mtasts_batch;
 
 /* Room for `entries` more entries holding `bytes` more key bytes: 0, or ENOMEM with the
