@@ -23,10 +23,42 @@ typedef struct { const char *key, *value; size_t kn, vn; } mtasts_mark;
 
 /* Apply n updates in transactions of at most 500 keys, sorting d by key first (a batch then
  * walks the btree's pages in one direction), and store mark (if not NULL) in the last of
- * them: all of them are durable when it returns 0; after an error, the transactions before
- * the failing one are: *done says how many updates of the sorted d (its first *done). */
+ * them: all of them are durable when it returns 0 (the transactions before the last are
+ * committed without a sync of the log; the last one's sync writes the log up to its end, so
+ * one sync covers the batch); after an error, the transactions before the failing one are
+ * (the log is synced before it returns): *done says how many updates of the sorted d (its
+ * first *done). */
 int mtasts_results_apply(mtasts_env *e, mtasts_delta *d, size_t n, const mtasts_mark *mark,
                          size_t *done, char *err);
+
+/* --- the batch: counter updates summed in memory before a commit ---
+ * A hash of key -> (a, b) owned by its holder (the mtasts.results userdata), so that a result
+ * recorded costs no allocation once its keys are there. Key bytes live back to back in one
+ * buffer; entries keep offsets into it. */
+typedef struct { size_t off, kn; uint64_t hash, a, b; } mtasts_batch_entry;
+typedef struct {
+  mtasts_buf keys;                /* the key bytes of every entry */
+  mtasts_batch_entry *e;          /* entries, in the order they came */
+  size_t n, cap;
+  uint32_t *slot;                 /* open addressing: entry index + 1, 0 for empty */
+  size_t nslot;                   /* a power of two, at least twice n */
+  uint64_t seed;                  /* of the key hash; made at the first reserve */
+} mtasts_batch;
+
+/* Room for `entries` more entries holding `bytes` more key bytes: 0, or ENOMEM with the
+ * batch unchanged. After it, that many mtasts_batch_bump calls cannot fail. */
+int mtasts_batch_reserve(mtasts_batch *b, size_t entries, size_t bytes);
+/* Add a and b (saturating) to the counters of key, making the entry when it is new. Call
+ * mtasts_batch_reserve first: it needs the room for a new entry. */
+void mtasts_batch_bump(mtasts_batch *b, const char *key, size_t kn, uint64_t a, uint64_t bb);
+/* Point d[0..b->n) at the entries (valid until the next change of the batch). */
+void mtasts_batch_deltas(const mtasts_batch *b, mtasts_delta *d);
+/* Drop the entries whose keys are those of d[0..n) (the updates a failed commit did make),
+ * keeping the rest; cannot fail. */
+void mtasts_batch_drop(mtasts_batch *b, const mtasts_delta *d, size_t n);
+/* Empty the batch (its memory is kept for the next); free releases it. */
+void mtasts_batch_clear(mtasts_batch *b);
+void mtasts_batch_free(mtasts_batch *b);
 
 /* Records whose key starts with prefix, in key order, copied into b as u32 key length, key,
  * u32 value length, value; at most limit records (0: no limit) starting after `after`

@@ -197,6 +197,18 @@ describe("mtasts.tlsrpt store", function()
       assert.has_error(function()
         store:add({ policy = { type = "sts", domain = "x" }, summary = { success = -1 } })
       end, "bad argument #1 to 'add' (summary.success must be a non-negative integer)")
+      assert.has_error(function() store:add({ policy = { type = "sts", domain = "a\0b" } }) end,
+        "bad argument #1 to 'add' (policy.domain must be a domain name)")
+      assert.has_error(function() store:add(sts(), { domain = "a\0b" }) end,
+        "bad argument #2 to 'add' (domain must be a domain name)")
+      assert.has_error(function() store:add(sts(), { recipient_domain = "a\0b" }) end,
+        "bad argument #2 to 'add' (recipient_domain must be a string)")
+      local half = sts(nil, 1)
+      half.failures = { { result_type = "certificate-expired" },
+        { result_type = "certificate-expired", count = 1.5 } }
+      assert.has_error(function() store:add(half) end,
+        "bad argument #1 to 'add' (count must be a non-negative integer)")
+      assert.equal(0, store:pending_keys(), "a refused result leaves nothing in the batch")
       assert.has_error(function() store:add(sts(), { day = "2026-13-01" }) end,
         'bad argument #2 to \'add\' (a UTC day "YYYY-MM-DD" expected, got "2026-13-01")')
       assert.has_error(function() store:add(sts(), { day = "yesterday" }) end,
@@ -226,6 +238,25 @@ describe("mtasts.tlsrpt store", function()
       store = open{ batch_size = 1000, batch_interval = 0 }
       store:add(sts(nil, 1))
       assert.equal(0, store.npending)
+    end)
+
+    it("with the default batch_size, commits at BATCH_KEYS distinct counters too", function()
+      local store_mod = require("mtasts.tlsrpt.store")
+      store = open{ batch_interval = 3600 }
+      local told = open{ batch_size = math.huge, batch_interval = math.huge }
+      for i = 1, store_mod.BATCH_KEYS - 1 do
+        local r = sts("d" .. i .. ".example", 1)
+        store:add(r)
+        told:add(r)
+      end
+      assert.equal(store_mod.BATCH_KEYS - 1, store:pending_keys())
+      store:add(sts("last.example", 1))
+      assert.equal(0, store:pending_keys())
+      assert.equal(0, store.npending)
+      -- a store given its batch_size commits when it is told (a reader with a mark)
+      told:add(sts("last.example", 1))
+      assert.equal(store_mod.BATCH_KEYS, told:pending_keys())
+      assert(told:release())
     end)
 
     it("commits a mark with the batch, in its last transaction", function()

@@ -7,7 +7,7 @@ local json = require("mtasts.json")
 
 local type, pairs, ipairs, error, tostring, tonumber = type, pairs, ipairs, error, tostring,
   tonumber
-local concat, format = table.concat, string.format
+local concat, format, unpack = table.concat, string.format, table.unpack
 
 local _M = {}
 
@@ -27,12 +27,23 @@ function _M.policy_strings(text)
   return lines
 end
 
+-- The lines of the policy texts sts_result saw, by text: a result is made per delivery, from
+-- the few policies a host meets again and again. Never handed out (each result gets a copy
+-- of its own); emptied when the texts in it pass LINES_BYTES.
+local lines_of, lines_bytes, LINES_BYTES = {}, 0, 2 * 1024 * 1024
+
 --- A result for an STS policy of `domain` (A-labels): policy text and parsed policy.
 function _M.sts_result(domain, text, policy)
-  local mx = {}
-  for i, m in ipairs(policy and policy.mx or {}) do mx[i] = m end
-  return { policy = { type = "sts", domain = domain, strings = _M.policy_strings(text),
-      mx_host = mx },
+  text = text or ""
+  local lines = lines_of[text]
+  if not lines then
+    lines = _M.policy_strings(text)
+    if lines_bytes + #text > LINES_BYTES then lines_of, lines_bytes = {}, 0 end
+    lines_of[text], lines_bytes = lines, lines_bytes + #text
+  end
+  local mx = policy and policy.mx
+  return { policy = { type = "sts", domain = domain, strings = { unpack(lines) },
+      mx_host = mx and { unpack(mx) } or {} },
     summary = { success = 0, failure = 0 }, failures = {} }
 end
 

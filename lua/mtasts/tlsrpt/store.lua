@@ -8,7 +8,8 @@
 -- (asks for a report, and is reported as it came: a libtlsrpt datagram's, never left out);
 -- rtype "S" (summary: success, failure), "D" (failure detail: count) or "P" (the TLSRPT
 -- record the MTA used, in place of the policy: how many results named it); policy and detail
--- are canonical encodings (policy_blob, detail_blob), so equal fields merge into one counter
+-- are canonical encodings (made by results:add in module/lua_results.c, read back here by
+-- policy_of_blob and detail_of_blob), so equal fields merge into one counter
 -- (docs/conformance.md §7.2). The report domain is the policy domain unless add says
 -- otherwise (opts.domain).
 -- Marks (a reader's position, set_mark) live under "S" name.
@@ -24,8 +25,13 @@ local type, pairs, ipairs, error, tostring, setmetatable, pcall = type, pairs, i
   error, tostring, setmetatable, pcall
 local sort, format, math_type, unpack, concat = table.sort, string.format, math.type,
   string.unpack, table.concat
+local monotonic = core.monotonic
 
-local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 1000, BATCH_INTERVAL = 1.0, WINDOW = 4 * 3600,
+-- BATCH_KEYS: with the default batch_size, distinct counters that make add commit before
+-- BATCH_SIZE results (memory: about 250 bytes each; BATCH_KEYS / KEYS_PER_TXN transactions).
+-- A store given its own batch_size commits by results and time only, as it is told.
+local _M = { RETENTION_DAYS = 10, BATCH_SIZE = 100000, BATCH_INTERVAL = 1.0, BATCH_KEYS = 20000,
+  WINDOW = 4 * 3600,
   MAX_ATTEMPTS = 8, BACKOFF = 900, BACKOFF_MAX = 6 * 3600, LEASE = 900, MAX_RUA = 10,
   SENDMAIL = "/usr/sbin/sendmail -i -t", SENDMAIL_TIMEOUT = 120,
   KEYS_PER_TXN = 500 }   -- module/results.c's APPLY_CHUNK
@@ -116,6 +122,7 @@ function _M.open(opts)
     sendmail_timeout = opts.sendmail_timeout or _M.SENDMAIL_TIMEOUT,
     window = opts.window or _M.WINDOW, retention = opts.retention or _M.RETENTION_DAYS,
     batch_size = opts.batch_size or _M.BATCH_SIZE,
+    batch_keys = opts.batch_size == nil and _M.BATCH_KEYS or math.huge,
     batch_interval = opts.batch_interval or _M.BATCH_INTERVAL,
     max_attempts = opts.max_attempts or _M.MAX_ATTEMPTS, backoff = opts.backoff or _M.BACKOFF,
     skip_without_failures = opts.skip_without_failures == true,
@@ -125,7 +132,7 @@ function _M.open(opts)
       timeouts = timeouts,
       wait = opts.wait, allow_private_addresses = opts.allow_private_addresses },
     max_rua = opts.max_rua or _M.MAX_RUA,
-    pending = {}, npending = 0, npending_keys = 0, since = nil, lowered = {}, nlowered = 0,
+    npending = 0, since = nil,
     is_open = true,
   }, store_mt)
   return self
@@ -153,23 +160,15 @@ end
 -- Canonical encodings of a policy and of a failure detail, used inside keys: equal fields
 -- give equal bytes, different fields different bytes. Fields are joined with \1, list
 -- items with \2; the bytes \0-\3 inside a value are escaped as \3 followed by the byte + 64,
--- so no encoding holds a NUL (the key separator) and splitting is unambiguous.
--- esc(v): tostring(v), escaped; the one implementation is in C (module/lua_results.c).
-local esc = core.blob_escape
+-- so no encoding holds a NUL (the key separator) and splitting is unambiguous. The keys are
+-- made in C (results:add, module/lua_results.c: the escaping and the layout of the header
+-- comment), with the batch's counters; they are read back here.
 
 local function unesc(v)
   if v:find("\3", 1, true) then
     v = v:gsub("\3(.)", function(c) return string.char(c:byte() - 64) end)
   end
   return v
-end
-
-local list_blob = core.blob_list   -- esc() of each item, joined with \2
-
-local function policy_blob(p, pdomain)
-  local blob = p.type .. "\1" .. esc(pdomain) .. "\1" .. list_blob(p.strings) ..
-    "\1" .. list_blob(p.mx_host)
-  return blob
 end
 
 local function split(s, sep)
@@ -187,15 +186,9 @@ end
 -- Detail fields in tlsrpt.DETAIL_FIELDS order: "" when absent, "=" .. value when present.
 local DETAIL_KEYS = {}
 for i, f in ipairs(tlsrpt.DETAIL_FIELDS) do DETAIL_KEYS[i] = f[1] end
-
-local function detail_blob(d)
-  local out = {}
-  for i, k in ipairs(DETAIL_KEYS) do
-    local v = d[k]
-    out[i] = v == nil and "" or "=" .. esc(v)
-  end
-  return concat(out, "\1")
-end
+-- the C side writes the detail fields in the same order (it is part of the file format)
+assert(concat(DETAIL_KEYS, ",") == core.result_detail_fields,
+  "mtasts.core's detail fields differ from tlsrpt.DETAIL_FIELDS")
 
 local function detail_of_blob(blob)
   local out, i = {}, 0
@@ -206,26 +199,7 @@ local function detail_of_blob(blob)
   return out
 end
 
-local function count_of(v, what)
-  if v == nil then return 0 end
-  if math_type(v) ~= "integer" or v < 0 then
-    error("bad argument #1 to 'add' (" .. what .. " must be a non-negative integer)", 4)
-  end
-  return v
-end
-
-local MAXINT = math.maxinteger
-local function sat(x, y) return x > MAXINT - y and MAXINT or x + y end
-
-local function bump(self, key, a, b)
-  local p = self.pending[key]
-  if p then
-    p[1], p[2] = sat(p[1], a), sat(p[2], b)
-  else
-    self.pending[key] = { a, b }
-    self.npending_keys = self.npending_keys + 1
-  end
-end
+local NOOPTS = {}
 
 --- Record a result (docs/architecture.md, "The TLSRPT result table"). opts: day
 -- ("YYYY-MM-DD", default today by the store's clock), domain (the report it goes into;
@@ -237,7 +211,7 @@ end
 -- true, or a failure of the flush it triggered (the batch is kept and retried).
 function Store:add(result, opts)
   check(self, "add")
-  opts = opts or {}
+  opts = opts or NOOPTS
   if type(result) ~= "table" or type(result.policy) ~= "table" then
     error("bad argument #1 to 'add' (a TLSRPT result table expected)", 2)
   end
@@ -245,7 +219,8 @@ function Store:add(result, opts)
   if not tlsrpt.POLICY_TYPES[p.type] then
     error("bad argument #1 to 'add' (policy.type must be sts, tlsa or no-policy-found)", 2)
   end
-  if type(p.domain) ~= "string" or p.domain == "" or p.domain:find("%z") then
+  local pd = p.domain
+  if type(pd) ~= "string" then
     error("bad argument #1 to 'add' (policy.domain must be a domain name)", 2)
   end
   local day = opts.day and check_day(opts.day, "add", 2)
@@ -255,11 +230,11 @@ function Store:add(result, opts)
     day = self.day
   end
   local rdomain = opts.recipient_domain
-  if rdomain ~= nil and (type(rdomain) ~= "string" or rdomain:find("%z")) then
+  if rdomain ~= nil and type(rdomain) ~= "string" then
     error("bad argument #2 to 'add' (recipient_domain must be a string)", 2)
   end
   local domain = opts.domain
-  if domain ~= nil and (type(domain) ~= "string" or domain == "" or domain:find("%z")) then
+  if domain ~= nil and type(domain) ~= "string" then
     error("bad argument #2 to 'add' (domain must be a domain name)", 2)
   end
   local record = opts.record
@@ -268,41 +243,20 @@ function Store:add(result, opts)
   end
   local host = opts.host
   if host == nil then host = domain == nil and p.type == "tlsa" end
-  local sum = result.summary or {}
-  local success = count_of(sum.success, "summary.success")
-  local failure = count_of(sum.failure, "summary.failure")
-  local lowered = self.lowered           -- domains as given -> as keyed (bounded memo)
-  local pdomain = lowered[p.domain]
-  if not pdomain then
-    if self.nlowered >= 4096 then lowered, self.nlowered = {}, 0 self.lowered = lowered end
-    pdomain = lower_domain(p.domain)
-    lowered[p.domain], self.nlowered = pdomain, self.nlowered + 1
-  end
-  local rep = domain and lower_domain(domain) or pdomain
-  local flag = opts.report == false and "0" or opts.verbatim and "2" or "1"
-  local base = "R" .. day .. "\0" .. (host and "h" or "d") .. rep .. "\0" ..
-    (rdomain and lower_domain(rdomain) or rep) .. "\0" .. flag
-  local blob = policy_blob(p, pdomain)
-  -- every key and count is made (and checked) before any goes into the batch: a result
-  -- refused half-way must leave nothing of itself behind
-  local details = {}
-  for i, d in ipairs(result.failures or {}) do
-    if type(d) ~= "table" or type(d.result_type) ~= "string" then
-      error("bad argument #1 to 'add' (each failure needs a result_type)", 2)
-    end
-    details[i] = { base .. "D" .. blob .. "\0" .. detail_blob(d), count_of(d.count or 1, "count") }
-  end
-  bump(self, base .. "S" .. blob, success, failure)
-  for _, d in ipairs(details) do bump(self, d[1], d[2], 0) end
-  if record then
-    -- how many sessions named the record (a result of failure details alone names it for none)
-    local n = sat(success, failure)
-    if n > 0 then bump(self, base .. "P" .. esc(record), n, 0) end
-  end
+  local sum = result.summary or NOOPTS
+  -- results:add checks the rest (a NUL in a domain, the counts, each failure's result_type)
+  -- and makes every key before the batch changes: a result refused half-way leaves nothing
+  -- of itself behind
+  local keys, argn, why = self.db:add(day, host and "h" or "d", domain, rdomain,
+    opts.report == false and "0" or opts.verbatim and "2" or "1", p, sum.success, sum.failure,
+    result.failures or nil, record)
+  if not keys then error(("bad argument #%d to 'add' (%s)"):format(argn, why), 2) end
   self.npending = self.npending + 1
-  local now = core.monotonic()
-  if not self.since then self.since = now end
-  if self.npending >= self.batch_size or now - self.since >= self.batch_interval then
+  local now = monotonic()
+  local since = self.since
+  if not since then self.since, since = now, now end
+  if self.npending >= self.batch_size or now - since >= self.batch_interval or
+      keys >= self.batch_keys then
     return self:flush()
   end
   return true
@@ -313,31 +267,16 @@ end
 function Store:flush()
   check(self, "flush")
   local mark = self.mark_pending
-  if next(self.pending) == nil and not mark then return true end
-  local flat, n = {}, 0
-  for key, c in pairs(self.pending) do
-    flat[n + 1], flat[n + 2], flat[n + 3] = key, c[1], c[2]
-    n = n + 3
-  end
-  local ok, err, code, committed
+  local ok, err, code
   if mark then
-    ok, err, code, committed = self.db:apply(flat, mark[1], mark[2])
+    ok, err, code = self.db:commit(mark[1], mark[2])
   else
-    ok, err, code, committed = self.db:apply(flat)
+    ok, err, code = self.db:commit()
   end
-  if not ok then
-    -- a large batch is committed in several transactions: those before the failing one are
-    -- durable, and must not be applied again at the next try
-    for _, key in ipairs(committed or {}) do
-      if self.pending[key] then
-        self.pending[key] = nil
-        self.npending_keys = self.npending_keys - 1
-      end
-    end
-    return nil, err, code
-  end
-  self.pending, self.npending, self.npending_keys, self.since, self.mark_pending =
-    {}, 0, 0, nil, nil
+  -- a large batch is committed in several transactions: after a failure, those before the
+  -- failing one are durable, and results:commit has dropped them from the batch
+  if not ok then return nil, err, code end
+  self.npending, self.since, self.mark_pending = 0, nil, nil
   return true
 end
 
@@ -346,7 +285,7 @@ end
 -- mark atomic with every result flushes before the batch passes that.
 function Store:pending_keys()
   check(self, "pending_keys")
-  return self.npending_keys
+  return self.db:pending()
 end
 
 --- Stage a mark: a named value (how far a reader has recorded its input) committed with
