@@ -375,6 +375,20 @@ describe("mtasts.postfix server, in process", function()
     assert.is_true(busy_answers >= 4, "busy connection answered " .. tostring(busy_answers))
   end)
 
+  it("core.trim gives free memory inside the C heap back to the system", function()
+    -- scattered free memory: every tenth string stays, the rest are freed
+    local keep, all = {}, {}
+    for i = 1, 200000 do
+      all[i] = ("%099d"):format(i)
+      if i % 10 == 0 then keep[#keep + 1] = all[i] end
+    end
+    all = nil   -- luacheck: ignore 311
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(core.trim())
+    assert.equal(20000, #keep)
+  end)
+
   it("answers at once what the client answers at once, and in order what waits", function()
     -- a client whose lookups answer at once, wait (a poll of the loop) or raise; pipelined
     -- on one connection, in order
