@@ -37,24 +37,61 @@ local function median(t)
   return c[(#c + 1) // 2]
 end
 
-local function rss_kib(pid)
-  local f = io.open("/proc/" .. pid .. "/status")
+local function read_file(path)
+  local f = io.open(path)
   if not f then return nil end
-  for line in f:lines() do
-    local v = line:match("^VmRSS:%s+(%d+)")
-    if v then f:close() return tonumber(v) end
-  end
+  local text = f:read("a")
   f:close()
+  return text
 end
 
--- the pids of a process and its descendants (the peer forks workers, timeout wraps all)
-local function tree_rss(pid)
-  local total = 0
-  for p in util.run("pstree -p " .. pid .. " | grep -o '([0-9]*)' | tr -d '()'"):gmatch("%d+") do
-    local comm = util.run("cat /proc/" .. p .. "/comm 2>/dev/null"):gsub("%s+$", "")
-    if comm ~= "timeout" then total = total + (rss_kib(p) or 0) end
+-- The processes of a server: its pid and its descendants (the peer forks workers), not the
+-- `timeout` that proc.spawn wraps each in, and never threads (they share one memory: the
+-- first version of this benchmark walked pstree's list, threads included, and counted our
+-- server twice, once for the resolver's thread).
+local function tree(pid, out)
+  out = out or {}
+  local comm = (read_file("/proc/" .. pid .. "/comm") or ""):gsub("%s+$", "")
+  if comm ~= "" and comm ~= "timeout" then out[#out + 1] = pid end
+  for task in util.run("ls /proc/" .. pid .. "/task 2>/dev/null"):gmatch("%d+") do
+    for child in (read_file("/proc/" .. pid .. "/task/" .. task .. "/children") or ""):gmatch(
+        "%d+") do
+      tree(child, out)
+    end
   end
-  return total
+  return out
+end
+
+-- Resident memory of a server's processes, in KiB: rss (the sum of their RSS: pages shared
+-- between them count once per process), pss (proportional: a page shared by n processes
+-- counts 1/n in each, so the sum is what the server costs the machine), and of each, the part
+-- that is Berkeley DB's shared regions (the __db.00N files of the cache directory, mapped
+-- by every process on the cache: their pages are counted in the RSS of each).
+local function memory(pid)
+  local m = { rss = 0, pss = 0, db_rss = 0, db_pss = 0, processes = 0 }
+  for _, p in ipairs(tree(pid)) do
+    local smaps = read_file("/proc/" .. p .. "/smaps")
+    if smaps then
+      m.processes = m.processes + 1
+      local db = false
+      for line in smaps:gmatch("[^\n]+") do
+        local path = line:match("^%x+%-%x+ %S+ %x+ %S+ %d+%s*(.*)$")
+        if path then
+          db = path:match("/__db%.%d+$") ~= nil
+        else
+          local k, v = line:match("^(%a+):%s+(%d+) kB")
+          if k == "Rss" then
+            m.rss = m.rss + tonumber(v)
+            if db then m.db_rss = m.db_rss + tonumber(v) end
+          elseif k == "Pss" then
+            m.pss = m.pss + tonumber(v)
+            if db then m.db_pss = m.db_pss + tonumber(v) end
+          end
+        end
+      end
+    end
+  end
+  return m
 end
 
 local dir = util.tmpdir()
@@ -213,7 +250,7 @@ local ok, err = pcall(function()
       bg:close()
       r.hol = { p50 = c.p50_us, p99 = c.p99_us, max = c.max_us }
     end
-    r.rss_kib = tree_rss(s.pid)
+    r.mem = memory(s.pid)
   end
 
   -- cached answers, every domain cached: run after run, each shape on each server in turn,
@@ -276,5 +313,15 @@ io.write(("%-34s %14d %14d\n"):format("20 first lookups of 1 domain: fetches", m
 io.write(("%-34s %14s %14s\n"):format("cached p50/p99/max (us) beside a 3 s lookup",
   ("%.0f/%.0f/%.0f"):format(m.hol.p50, m.hol.p99, m.hol.max),
   ("%.0f/%.0f/%.0f"):format(p.hol.p50, p.hol.p99, p.hol.max)))
-io.write(("%-34s %14.1f %14.1f %14.1f %9s\n"):format(("resident memory, %d cached (MiB)"):format(N),
-  m.rss_kib / 1024, p.rss_kib / 1024, c.rss_kib / 1024, ratio(m.rss_kib, p.rss_kib)))
+local function mib(kib) return ("%.1f"):format(kib / 1024) end
+io.write(("%-34s %14s %14s %14s %9s\n"):format(("resident memory, %d cached: RSS (MiB)")
+  :format(N), mib(m.mem.rss), mib(p.mem.rss), mib(c.mem.rss), ratio(m.mem.rss, p.mem.rss)))
+io.write(("%-34s %14s %14s %14s %9s\n"):format("  PSS (MiB)", mib(m.mem.pss), mib(p.mem.pss),
+  mib(c.mem.pss), ratio(m.mem.pss, p.mem.pss)))
+io.write(("%-34s %14s %14s\n"):format("  Berkeley DB regions, RSS / PSS (MiB)",
+  mib(m.mem.db_rss) .. " / " .. mib(m.mem.db_pss), "-"))
+io.write(("%-34s %14d %14d %14d\n"):format("  processes", m.mem.processes, p.mem.processes,
+  c.mem.processes))
+io.write(("aims: memory at most a quarter of the peer's: RSS %s, PSS %s; one request at a " ..
+  "time at least 0.85 of the ceiling: %s\n"):format(ratio(m.mem.rss, p.mem.rss),
+  ratio(m.mem.pss, p.mem.pss), ratio(m.c1d1.rps, c.c1d1.rps)))

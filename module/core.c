@@ -21,6 +21,9 @@
 #include <sys/resource.h>
 #include <unbound.h>
 #include <zlib.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 /* poll(fd, events, timeout) -> true (ready) | false (timed out) | fail. events is "r", "w"
  * or "rw"; timeout in seconds, nil for none. The blocking default of the client's `wait`. */
@@ -118,6 +121,20 @@ static int nofile(lua_State *L) {
   return 3;
 }
 
+/* trim() -> true | false: give the free memory of the C heap back to the system: glibc's
+ * malloc_trim(0), which releases the free pages inside the heap, not only at its top. true
+ * when some were released; false when none were, or the C library has no such call. For
+ * servers, after lookups that fetched: the buffers of finished TLS transfers leave free
+ * memory scattered through the heap that stays resident otherwise. */
+static int trim(lua_State *L) {
+#if defined(__GLIBC__)
+  lua_pushboolean(L, malloc_trim(0));
+#else
+  lua_pushboolean(L, 0);
+#endif
+  return 1;
+}
+
 /* Keep this library loaded until the process ends: Lua unloads C modules when a state
  * closes, but libunbound's thread and libdb's handles of an abandoned environment
  * (env.c) may outlive the state, and their code and the list that holds those handles
@@ -152,6 +169,8 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   lua_setfield(L, -2, "library_versions");
   lua_pushcfunction(L, nofile);
   lua_setfield(L, -2, "nofile");
+  lua_pushcfunction(L, trim);
+  lua_setfield(L, -2, "trim");
   mtasts_open_parse(L);
   mtasts_open_cache(L);
   mtasts_open_resolver(L);

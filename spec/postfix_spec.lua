@@ -374,6 +374,80 @@ describe("mtasts.postfix server, in process", function()
       tostring(idle_closed_at))
     assert.is_true(busy_answers >= 4, "busy connection answered " .. tostring(busy_answers))
   end)
+
+  it("core.trim gives free memory inside the C heap back to the system", function()
+    -- scattered free memory: every tenth string stays, the rest are freed
+    local keep, all = {}, {}
+    for i = 1, 200000 do
+      all[i] = ("%099d"):format(i)
+      if i % 10 == 0 then keep[#keep + 1] = all[i] end
+    end
+    all = nil   -- luacheck: ignore 311
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(core.trim())
+    assert.equal(20000, #keep)
+  end)
+
+  it("answers at once what the client answers at once, and in order what waits", function()
+    -- a client whose lookups answer at once, wait (a poll of the loop) or raise; pipelined
+    -- on one connection, in order
+    local ENFORCE = { mode = "enforce", mx = { "mx.now.example" } }
+    local calls = 0
+    local fake = { close = function() end, get = function(_, domain)
+      calls = calls + 1
+      if domain == "wait.example" then
+        cqueues.sleep(0.2)
+        return { mode = "enforce", mx = { "mx.wait.example" } }, {}, true
+      elseif domain == "raise.example" then
+        error("boom")
+      end
+      return ENFORCE, {}, false
+    end }
+    local srv = assert(postfix.new{ client = fake, listen = { "inet:127.0.0.1:0" },
+      memo_seconds = 0 })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    local got = {}
+    srv.loop:wrap(function()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      local names = { "now.example", "wait.example", "now.example", "raise.example",
+        "now.example" }
+      for _, d in ipairs(names) do con:write(postfix.netstring("postfix " .. d)) end
+      con:flush()
+      local buf = ""
+      while #got < #names do
+        local chunk = con:xread(-4096, "b", 5)
+        if not chunk then break end
+        buf = buf .. chunk
+        repeat
+          local v, rest = postfix.netstring_decode(buf)
+          if v then got[#got + 1], buf = v, rest end
+        until not v
+      end
+      -- one at a time: the answer comes back before the next request is sent
+      for _, d in ipairs({ "wait.example", "now.example" }) do
+        con:write(postfix.netstring("postfix " .. d))
+        con:flush()
+        local v = postfix.netstring_decode(con:xread(-4096, "b", 5))
+        got[#got + 1] = v
+      end
+      con:close()
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    local stats = srv:stats()
+    srv:close()
+    assert.same({ "OK secure match=mx.now.example servername=hostname",
+      "OK secure match=mx.wait.example servername=hostname",
+      "OK secure match=mx.now.example servername=hostname",
+      "TEMP internal error",
+      "OK secure match=mx.now.example servername=hostname",
+      "OK secure match=mx.wait.example servername=hostname",
+      "OK secure match=mx.now.example servername=hostname" }, got)
+    assert.equal(7, calls)
+    assert.equal(0, stats.lookups)
+  end)
 end)
 
 describe("mtasts.postfix logging", function()
