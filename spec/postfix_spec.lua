@@ -385,7 +385,11 @@ describe("mtasts.postfix server, in process", function()
     all = nil   -- luacheck: ignore 311
     collectgarbage()
     collectgarbage()
-    assert.is_true(core.trim())
+    local trimmed = core.trim()
+    -- glibc's allocator releases pages; under `make asan` the sanitizer's allocator stands in
+    -- for it and its malloc_trim releases nothing (false)
+    if (os.getenv("LD_PRELOAD") or "") == "" then assert.is_true(trimmed)
+    else assert.is_boolean(trimmed) end
     assert.equal(20000, #keep)
   end)
 
