@@ -174,7 +174,7 @@ typedef struct {
   int64_t now;
   mtasts_buf *b;
   int found;
-  uint64_t version;          /* of the key's bucket, read in the gate with the row */
+  uint64_t version;          /* of the key's bucket, read just before the row */
   int versioned;
 } lookup_ctx;
 
@@ -208,7 +208,6 @@ int mtasts_cache_lookup(mtasts_env *e, mtasts_memo *memo, const char *domain, in
   char why[MTASTS_ERR_MAX];
   lookup_ctx x;
   size_t kn;
-  uint64_t v;
   int rc, bad_row;
   *found = 0;
   *versioned = 0;
@@ -217,14 +216,13 @@ int mtasts_cache_lookup(mtasts_env *e, mtasts_memo *memo, const char *domain, in
   x.versioned = mtasts_env_row_version(e, key, kn, &x.version) == 0;
   if (memo && x.versioned) {
     memo_slot *s = memo_slot_of(memo, key, kn);
-    v = x.version;
-    if (s->key && s->version == v && now < s->valid_end && now < s->use_until &&
+    if (s->key && s->version == x.version && now < s->valid_end && now < s->use_until &&
         mtasts_buf_reserve(b, s->rn) == 0) {
       memcpy(b->p, s->row, s->rn);
       b->n = s->rn;
       if (mtasts_row_decode(b->p, b->n, row, why) == 0) {   /* it did when it was kept */
         *found = 1;
-        *version = v;
+        *version = x.version;
         *versioned = 1;
         return 0;
       }

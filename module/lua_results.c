@@ -55,6 +55,17 @@ static int results_open(lua_State *L) {
   return 1;
 }
 
+/* An optional mark at arguments idx (its key: "S" and a name) and idx + 1 (its value) into
+ * *m: m, or NULL when there is none. Raises on a bad one. */
+static mtasts_mark *opt_mark(lua_State *L, int idx, mtasts_mark *m) {
+  if (lua_isnoneornil(L, idx)) return NULL;
+  m->key = check_key(L, idx, &m->kn);
+  m->value = luaL_checklstring(L, idx + 1, &m->vn);
+  luaL_argcheck(L, m->key[0] == 'S' && m->kn >= 2, idx, "a mark's key starts with S");
+  luaL_argcheck(L, m->vn <= MTASTS_RESULTS_VALUE_MAX, idx + 1, "value too long");
+  return m;
+}
+
 /* r:apply({key, a, b, key, a, b, ...} [, mark_key, mark_value]) -> true | fail, committed:
  * transactions of at most 500 keys, the mark (a key starting with "S") in the last one.
  * After a failure, the keys whose updates were committed before it come as a 4th value
@@ -63,18 +74,12 @@ static int results_apply(lua_State *L) {
   lresults *u = results_check(L, 1);
   lua_Integer i, n;
   mtasts_delta *d = NULL;
-  mtasts_mark mark, *mp = NULL;
+  mtasts_mark mark, *mp;
   size_t done;
   char err[MTASTS_ERR_MAX];
   int rc;
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (!lua_isnoneornil(L, 3)) {
-    mark.key = check_key(L, 3, &mark.kn);
-    mark.value = luaL_checklstring(L, 4, &mark.vn);
-    luaL_argcheck(L, mark.key[0] == 'S' && mark.kn >= 2, 3, "a mark's key starts with S");
-    luaL_argcheck(L, mark.vn <= MTASTS_RESULTS_VALUE_MAX, 4, "value too long");
-    mp = &mark;
-  }
+  mp = opt_mark(L, 3, &mark);
   /* raw reads only: a value from an __index metamethod would not be anchored by the table */
   n = (lua_Integer)lua_rawlen(L, 2);
   luaL_argcheck(L, n % 3 == 0, 2, "expected key, a, b triples");
@@ -361,18 +366,12 @@ static int results_add(lua_State *L) {
  * dropped from the batch and the rest kept for the next commit. */
 static int results_commit(lua_State *L) {
   lresults *u = results_check(L, 1);
-  mtasts_mark mark, *mp = NULL;
+  mtasts_mark mark, *mp;
   mtasts_delta *d;
   size_t n = u->batch.n, done;
   char err[MTASTS_ERR_MAX];
   int rc;
-  if (!lua_isnoneornil(L, 2)) {
-    mark.key = check_key(L, 2, &mark.kn);
-    mark.value = luaL_checklstring(L, 3, &mark.vn);
-    luaL_argcheck(L, mark.key[0] == 'S' && mark.kn >= 2, 2, "a mark's key starts with S");
-    luaL_argcheck(L, mark.vn <= MTASTS_RESULTS_VALUE_MAX, 3, "value too long");
-    mp = &mark;
-  }
+  mp = opt_mark(L, 2, &mark);
   if (n == 0 && !mp) { lua_pushboolean(L, 1); return 1; }
   if (n > SIZE_MAX / sizeof *d || mtasts_buf_reserve(&u->kidx, n * sizeof *d) != 0)
     return luaL_error(L, "not enough memory");
