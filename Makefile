@@ -37,7 +37,7 @@ CHECK_LUA_DEPS ?=
 # expanded when a recipe runs, after its deps-* prerequisite.
 LUA_CFLAGS = $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null))
 DEP_CFLAGS = $(shell $(PKG_CONFIG) --cflags libidn2 libcurl openssl 2>/dev/null)
-DEP_LIBS   = -l$(BDB_LIB) -lidn2 -lunbound -lz $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
+DEP_LIBS   = -l$(BDB_LIB) -lidn2 -lunbound -lhiredis -lz $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) -lpthread
 XCFLAGS    := -std=c99 -D_DEFAULT_SOURCE -fvisibility=hidden -MMD \
               -Wall -Wextra -Wmissing-prototypes -Wstrict-prototypes -Wshadow
 SAN_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -47,7 +47,7 @@ OBJS := $(patsubst module/%.c,build/obj/%.o,$(SRCS))
 ASAN_OBJS := $(patsubst module/%.c,build/asan/obj/%.o,$(SRCS))
 # the pure C parts (no Lua header): what the fuzz harnesses link
 PURE := module/parse.c module/domain.c module/row.c module/rdata.c module/codec.c module/dane.c \
-        module/dgram.c
+        module/dgram.c module/redis.c
 HDRS := $(wildcard module/*.h)
 HARNESSES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
 
