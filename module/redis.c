@@ -188,7 +188,7 @@ static int check_waiting(mtasts_redis_reader *rd, char *err) {
   if (r->rstack[r->ridx].type == REDIS_REPLY_STRING) {
     unsigned long long len = 0;
     const char *q = p;
-    while (q < nl && *q >= '0' && *q <= '9' && len <= MTASTS_REDIS_REPLY_MAX)
+    while (q < nl && *q >= '0' && *q <= '9' && len < 100000000000000000ULL)   /* 1e17 */
       len = len * 10 + (unsigned)(*q++ - '0');
     if (len > MTASTS_REDIS_REPLY_MAX - rd->bytes) {
       snprintf(err, MTASTS_ERR_MAX, "protocol: a bulk string of %s%llu bytes, over the limit "
@@ -235,12 +235,12 @@ struct mtasts_redis {
   size_t pending;
 };
 
-/* A failure that kills the connection: its socket is closed, later calls fail at once. */
+/* A failure that kills the connection: later calls fail at once. The socket stays open until
+ * mtasts_redis_free, so that the descriptor a host's loop may still watch keeps its number
+ * until the owner has told the loop (cqueues.cancel) and closes it. */
 static int die(mtasts_redis *c, char *err, int rc, const char *fmt, const char *what) {
   snprintf(err, MTASTS_ERR_MAX, fmt, what);
   c->state = C_DEAD;
-  if (c->fd >= 0) close(c->fd);
-  c->fd = -1;
   return rc;
 }
 
