@@ -100,3 +100,13 @@ do
   for i, s in ipairs(seeds) do write(dir, i, s) end
   print(string.format("lua: %d seeds", #seeds))
 end
+
+-- Redis replies (fuzz/fuzz_redis.c): first byte the size of the pieces, then RESP2 replies
+do
+  local dir = out .. "/redis"
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local seeds = { "\3+OK\r\n:42\r\n$3\r\na\0b\r\n$-1\r\n*-1\r\n-ERR x\r\n",
+    "\0*2\r\n$1\r\nx\r\n*1\r\n:-7\r\n", "\1*3\r\n$-1\r\n*0\r\n+\r\n", "\5$0\r\n\r\n" }
+  for i, s in ipairs(seeds) do write(dir, i, s) end
+  print(string.format("redis: %d seeds", #seeds))
+end
