@@ -22,7 +22,7 @@ local MT = { __index = Redis, __name = "mtasts.redis" }
 
 local OPTIONS = { url = true, sentinels = true, master = true, username = true,
   password = true, password_file = true, sentinel_password = true, cafile = true, capath = true,
-  server_name = true, timeout = true, retry = true, wait = true, log = true }
+  server_name = true, timeout = true, retry = true, wait = true, cancel = true, log = true }
 
 local STRINGS = { "url", "master", "username", "password", "password_file",
   "sentinel_password", "cafile", "capath", "server_name" }
@@ -40,7 +40,7 @@ local function check_types(opts)
   for _, k in ipairs({ "timeout", "retry" }) do
     if opts[k] ~= nil and type(opts[k]) ~= "number" then bad(k .. " must be a number") end
   end
-  for _, k in ipairs({ "wait", "log" }) do
+  for _, k in ipairs({ "wait", "cancel", "log" }) do
     if opts[k] ~= nil and type(opts[k]) ~= "function" then bad(k .. " must be a function") end
   end
   if opts.sentinels ~= nil then
@@ -199,7 +199,8 @@ end
 --- Make a client; nothing is connected until the first call. opts: url, or sentinels and
 -- master; username, password, password_file, sentinel_password, cafile, capath,
 -- server_name, timeout (seconds per call, default 0.5), retry (seconds after a failed
--- connect, doubling up to 30; default 1), wait, log. A setting that cannot work returns nil,
+-- connect, doubling up to 30; default 1), wait, cancel (called with a descriptor given to
+-- wait before it is closed: cqueues.cancel under cqueues), log. A setting that cannot work returns nil,
 -- message, "config", option; misuse raises.
 function _M.new(opts)
   check_types(opts)
@@ -208,6 +209,7 @@ function _M.new(opts)
   c.timeout = opts.timeout or _M.DEFAULT_TIMEOUT
   c.retry = opts.retry or _M.DEFAULT_RETRY
   c.wait = opts.wait or core.poll
+  c.cancel = opts.cancel
   c.log = opts.log
   c.url_safe = url_safe(c)
   c.open = true
@@ -229,6 +231,12 @@ end
 local function show(s)
   s = tostring(s)
   return (s:sub(1, 200):gsub("[^\32-\126]", function(ch) return ("\\x%02x"):format(ch:byte()) end))
+end
+
+-- Close a connection; a host whose loop remembers descriptors (cqueues) is told first.
+local function close_conn(self, c)
+  if self.cancel then pcall(self.cancel, c:fd()) end
+  c:close()
 end
 
 -- Wait through the host's wait; a raise (a cancelled coroutine) passes after cleanup.
@@ -260,7 +268,7 @@ local function exchange(self, c, addr, cmds, deadline)
         "redis-unavailable"
     end
     if self.connecting then self.connecting.fd = c:fd() end
-    wait(self, c:fd(), c:want(), left, function() c:close() end)
+    wait(self, c:fd(), c:want(), left, function() close_conn(self, c) end)
   end
 end
 
@@ -287,7 +295,7 @@ local function discover(self, deadline)
       cmds[#cmds + 1] = { "SENTINEL", "get-master-addr-by-name", self.master }
       local r
       r, err = exchange(self, c, addr, cmds, core.monotonic() + share)
-      c:close()
+      close_conn(self, c)
       if r then
         local a = r[#r]
         if #r > 1 and type(r[1]) == "table" and r[1].err then
@@ -355,7 +363,7 @@ local function connect(self, deadline)
   local r
   r, err, code = exchange(self, c, addr, cmds, deadline)
   if not r then
-    c:close()
+    close_conn(self, c)
     return nil, err, code
   end
   for i, v in ipairs(r) do
@@ -366,7 +374,7 @@ local function connect(self, deadline)
       why = ("not a master (ROLE says %s)"):format(type(v) == "table" and show(v[1]) or "?")
     end
     if why then
-      c:close()
+      close_conn(self, c)
       return nil, ("redis %s: %s"):format(addr, why), "redis-unavailable"
     end
   end
@@ -377,12 +385,12 @@ end
 local function drop(self, conn, msg, code)
   if not conn.dead then conn.dead = { msg, code } end
   if self.conn == conn then self.conn = nil end
-  if conn.users == 0 then conn.c:close() end
+  if conn.users == 0 then close_conn(self, conn.c) end
 end
 
-local function leave(conn)
+local function leave(self, conn)
   conn.users = conn.users - 1
-  if conn.dead and conn.users == 0 then conn.c:close() end
+  if conn.dead and conn.users == 0 then close_conn(self, conn.c) end
 end
 
 -- The connection to use, connecting when there is none: conn, or fail.
@@ -466,7 +474,7 @@ local function run(self, cmds)
       else
         if conn.users > 1 then left = min(left, _M.SHARED_WAIT) end
         wait(self, conn.c:fd(), conn.c:want(), left, function()
-          leave(conn)
+          leave(self, conn)
           drop(self, conn, ("redis %s: the caller's wait raised"):format(conn.addr),
             "redis-unavailable")
         end)
@@ -474,10 +482,10 @@ local function run(self, cmds)
     end
   end
   if not last.done then
-    leave(conn)
+    leave(self, conn)
     return nil, conn.dead[1], conn.dead[2]
   end
-  leave(conn)
+  leave(self, conn)
   local out = { n = #slots }
   for i, s in ipairs(slots) do
     local v = s.reply
