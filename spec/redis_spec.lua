@@ -235,7 +235,9 @@ describe("mtasts.redis #fixture", function()
 
   it("many coroutines in a cqueues loop share one client and get their own replies", function()
     local r <close> = assert(redis.new{ url = url(), cancel = cqueues.cancel,
-      wait = function(fd, events, timeout) cqueues.poll({ pollfd = fd, events = events }, timeout) end })
+      wait = function(fd, events, timeout)
+        cqueues.poll({ pollfd = fd, events = events }, timeout)
+      end })
     assert(r:call("DEL", "c"))
     local loop, got = cqueues.new(), {}
     for i = 1, 50 do

@@ -200,8 +200,8 @@ end
 -- master; username, password, password_file, sentinel_password, cafile, capath,
 -- server_name, timeout (seconds per call, default 0.5), retry (seconds after a failed
 -- connect, doubling up to 30; default 1), wait, cancel (called with a descriptor given to
--- wait before it is closed: cqueues.cancel under cqueues), log. A setting that cannot work returns nil,
--- message, "config", option; misuse raises.
+-- wait before it is closed: cqueues.cancel under cqueues), log. A setting that cannot work
+-- returns nil, message, "config", option; misuse raises.
 function _M.new(opts)
   check_types(opts)
   local c, err, code, key = check_values(opts)

@@ -1,8 +1,9 @@
 -- Private Redis servers and sentinels for the specs, on loopback ports, never as a service:
 --
 --   local sredis = require("support.redis")
---   local s = sredis.start(dir, { port =, requirepass = "pw", users = { "alice on >pw ~* &* +@all" },
---     tls = { cert =, key =, ca = }, replicaof = port, save = false })
+--   local s = sredis.start(dir, { port =, requirepass = "pw",
+--     users = { "alice on >pw ~* &* +@all" }, tls = { cert =, key =, ca = }, replicaof = port,
+--     save = false })
 --   s.port, s.tls_port, s.pid; s:cmd("SET", "k", "v") (a blocking raw client, AUTH done);
 --   s:kill("KILL"); s:restart(); s:stop()
 --   local t = sredis.sentinel(dir, master_port, { password =, auth_pass = })
