@@ -215,7 +215,7 @@ function _M.new(opts)
   c.open = true
   c.scripts = {}      -- script text -> sha1 (learned with SCRIPT LOAD)
   c.conn = nil        -- the connection in use: { c =, addr =, users =, fifo =, dead = }
-  c.connecting = nil  -- { fd = } while one caller connects; the others wait for it
+  c.connecting = nil  -- { fd =, later = } while one caller connects; the others wait for it
   c.down_until = nil  -- after a failed connect: monotonic time before which calls fail
   c.backoff = nil
   return setmetatable(c, MT)
@@ -234,7 +234,14 @@ local function show(s)
 end
 
 -- Close a connection; a host whose loop remembers descriptors (cqueues) is told first.
+-- While a caller connects, the others wait on the descriptor it waits on: what it closes
+-- then is closed once it is done, so that no waiter is left on a closed descriptor.
 local function close_conn(self, c)
+  if self.connecting then
+    local later = self.connecting.later
+    later[#later + 1] = c
+    return
+  end
   if self.cancel then pcall(self.cancel, c:fd()) end
   c:close()
 end
@@ -409,9 +416,11 @@ local function get_conn(self, deadline)
     return nil, ("%s (not retrying for %.1f s)"):format(self.down_why,
       self.down_until - now), "redis-unavailable"
   end
-  self.connecting = {}
+  self.connecting = { later = {} }
   local ok, conn, err, code = pcall(connect, self, deadline)
+  local later = self.connecting.later
   self.connecting = nil
+  for _, c in ipairs(later) do close_conn(self, c) end
   if not ok then error(conn, 0) end
   if not conn then
     self.backoff = self.backoff and min(self.backoff * 2, _M.MAX_RETRY) or self.retry
@@ -601,8 +610,8 @@ function Redis:close()
   return true
 end
 
+-- No __gc: the connection's own userdata lets go of its socket when it is collected.
 MT.__close = function(self) self:close() end
-MT.__gc = MT.__close
 MT.__tostring = function(self)
   return "mtasts.redis (" .. (self.open and self.url_safe or "closed") .. ")"
 end
