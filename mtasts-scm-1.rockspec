@@ -28,6 +28,7 @@ external_dependencies = {
   UNBOUND = { header = "unbound.h", library = "unbound" },
   IDN2 = { header = "idn2.h", library = "idn2" },
   ZLIB = { header = "zlib.h", library = "z" },
+  HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
 }
 build = {
   type = "make",
