@@ -381,6 +381,9 @@ describe("mtasts.redis #fixture", function()
         "attempt to use a closed mtasts.redis")
       assert.has_error(function() r:eval("return 1") end, "attempt to use a closed mtasts.redis")
       do local _ <close> = assert(new{ url = url() }) end
+      local g = assert(new{ url = url() })
+      assert.equal("PONG", g:call("PING"))   -- connected, then dropped: __gc closes it
+      g = nil   -- luacheck: ignore
       collectgarbage()
       collectgarbage()
     end)

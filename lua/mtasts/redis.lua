@@ -610,8 +610,13 @@ function Redis:close()
   return true
 end
 
--- No __gc: the connection's own userdata lets go of its socket when it is collected.
 MT.__close = function(self) self:close() end
+-- The finalizer closes the socket without calling the host's cancel: no user code runs inside
+-- the collector, and no coroutine waits on a client nobody refers to.
+MT.__gc = function(self)
+  self.open = false
+  if self.conn then self.conn.c:close() end
+end
 MT.__tostring = function(self)
   return "mtasts.redis (" .. (self.open and self.url_safe or "closed") .. ")"
 end
