@@ -429,6 +429,10 @@ local function get_conn(self, deadline)
     log(self, "warning", ("%s; next try in %s s"):format(err, self.backoff))
     return nil, err, code
   end
+  if not self.open then   -- closed by another coroutine meanwhile
+    close_conn(self, conn.c)
+    return nil, ("redis %s: client closed"):format(conn.addr), "redis-unavailable"
+  end
   if self.backoff then log(self, "notice", ("redis %s: connected again"):format(conn.addr)) end
   self.backoff, self.down_until, self.down_why = nil, nil, nil
   self.conn = conn
