@@ -9,6 +9,7 @@ local resolver = require("mtasts.resolver")
 local fetch = require("mtasts.fetch")
 local settings = require("mtasts.settings")
 local metrics = require("mtasts.metrics")
+local fleet = require("mtasts.fleet")
 
 local type, pairs, ipairs, error, setmetatable, pcall = type, pairs, ipairs, error, setmetatable,
   pcall
@@ -23,7 +24,7 @@ local OPTIONS = { path = true, resolver = true, fetcher = true, clock = true, wa
   recheck = true, timeouts = true, cafile = true, capath = true, proxy = true,
   connect_to = true, nameserver = true, trust_anchor = true, log = true,
   allow_private_addresses = true, mode = true, policy = true, policy_budget = true,
-  policy_exec = true }
+  policy_exec = true, redis = true }
 
 local function argerror(msg) error("bad argument #1 to 'open' (" .. msg .. ")", 3) end
 
@@ -132,6 +133,14 @@ function _M.open(opts)
     if not f then self:close() return nil, err, code, key end
     self.fetcher, self.owned.fetcher = f, true
   end
+  if opts.redis ~= nil then
+    -- the fleet's shared tier (docs/fleet.md): consulted before a fetch, never for a hit
+    local fl
+    fl, err, code, key = fleet.new(opts.redis, { wait = wait, log = self.log,
+      clock = self.clock, registry = self.registry })
+    if not fl then self:close() return nil, err, code, key end
+    self.fleet = fl
+  end
   local cache
   cache, err, code = core.cache_open(opts.path, mode)
   if not cache then
@@ -201,10 +210,14 @@ local function record_reason(code, reason)
   return code
 end
 
-function Client:_upsert(ascii, record_id, text, now)
+function Client:_upsert(ascii, record_id, text, now, info)
   local cache = cache_of(self)
   if not cache then return end
-  local ok, err = cache:upsert(ascii, record_id, text, now)
+  local shared = info and info.shared
+  -- a policy from the fleet's Redis is stored as fetched when it was fetched (its expiry is
+  -- that fetch's), and as checked now
+  local ok, err = cache:upsert(ascii, record_id, text, shared or now)
+  if ok and shared and shared < now then ok, err = cache:mark_checked(ascii, now) end
   if not ok then self.log("err", "cache: " .. tostring(err)) end
 end
 
@@ -272,6 +285,35 @@ function Client:_policy(ascii)
   return policy, text, info, reason
 end
 
+-- The policy for a record this host has no current policy for: from the fleet's Redis when
+-- it has one for this record id, fetched no earlier than `since` (the row this host has),
+-- else fetched here and written to Redis. While another host of the fleet holds the lease
+-- on fetching it, wait a little for its policy (docs/fleet.md). Returns what _policy does;
+-- info.shared is the fetch time of a policy from Redis.
+function Client:_obtain(ascii, record, row, now)
+  local fl = self.fleet
+  if not fl then return self:_policy(ascii) end
+  local since = row and not row.backoff and row.last_update or nil
+  local policy, text, fetched = fl:policy(ascii, record.id, since, now)
+  if policy then return policy, text, { content_type_ok = true, shared = fetched } end
+  local leased
+  if text ~= "error" then leased = fl:lease(ascii) end
+  if leased == false then
+    local deadline = core.monotonic() + fleet.LEASE_WAIT
+    while core.monotonic() < deadline do
+      self.wait(-1, "r", 0.1)
+      policy, text, fetched = fl:policy(ascii, record.id, since, now)
+      if policy then return policy, text, { content_type_ok = true, shared = fetched } end
+      if text == "error" or text == "rejected" then break end
+    end
+  end
+  local info, reason
+  policy, text, info, reason = self:_policy(ascii)
+  if policy then fl:put(ascii, record.id, text, now, policy.max_age) end
+  if leased then fl:release(ascii) end
+  return policy, text, info, reason
+end
+
 --- The registry of the client's metric families: a host adds its own and exposes them all
 -- (mtasts.postfix does).
 function Client:metrics()
@@ -301,7 +343,7 @@ function Client:_first(ascii, now)
     if rcode == "dns" then return nil, result, false, rerr, "dns" end
     return nil, result, true   -- multiple records, record syntax: nothing stored
   end
-  local policy, text, info, reason = self:_policy(ascii)
+  local policy, text, info, reason = self:_obtain(ascii, record, nil, now)
   if not policy then
     local code = info
     if code == "local" then return nil, nil, false, text, "local" end
@@ -309,7 +351,7 @@ function Client:_first(ascii, now)
     return nil, sts_failure(ascii, fetch.result_type(code, reason), reason),
       true
   end
-  self:_upsert(ascii, record.id, text, now)
+  self:_upsert(ascii, record.id, text, now, info)
   return policy, policy_result(ascii, policy, text, info), true
 end
 
@@ -354,7 +396,7 @@ function Client:_get(ascii, force)
     if ok == nil then self.log("err", "cache: " .. tostring(err)) end
     return cached, tlsrpt.sts_result(ascii, row.policy_text, cached), true
   end
-  local policy, text, info, reason = self:_policy(ascii)
+  local policy, text, info, reason = self:_obtain(ascii, record, row, now)
   if not policy then
     local result = tlsrpt.sts_result(ascii, row.policy_text, cached)
     if info == "local" then
@@ -365,7 +407,7 @@ function Client:_get(ascii, force)
     end
     return cached, result, false
   end
-  self:_upsert(ascii, record.id, text, now)
+  self:_upsert(ascii, record.id, text, now, info)
   return policy, policy_result(ascii, policy, text, info), true
 end
 
@@ -553,9 +595,9 @@ function Client:_refresh_one(ascii, now)
     self.cache:mark_checked(ascii, now, true)
     return "extended"
   end
-  local policy, text, fcode, freason = self:_policy(ascii)
-  if not policy then return "failed", text, fcode, freason end
-  self:_upsert(ascii, record.id, text, now)
+  local policy, text, info, freason = self:_obtain(ascii, record, row, now)
+  if not policy then return "failed", text, info, freason end
+  self:_upsert(ascii, record.id, text, now, info)
   return "updated"
 end
 
@@ -732,7 +774,8 @@ function Client:close()
   if self.owned.fetcher and self.fetcher then step(self.fetcher) end
   if self.owned.resolver and self.resolver then step(self.resolver) end
   if self.cache then step(self.cache) end
-  self.cache, self.resolver, self.fetcher = nil, nil, nil
+  if self.fleet then self.fleet:close() end
+  self.cache, self.resolver, self.fetcher, self.fleet = nil, nil, nil, nil
   if not ok then return nil, err, code end
   return true
 end

@@ -49,7 +49,7 @@ local OPTIONS = { path = true, organization = true, contact = true, submitter = 
   batch_interval = true, max_attempts = true, backoff = true, skip_without_failures = true,
   nameserver = true, trust_anchor = true, cafile = true, capath = true, connect_to = true,
   timeouts = true, log = true, wait = true, allow_private_addresses = true, max_rua = true,
-  mode = true }
+  mode = true, redis = true }
 
 local function argerror(fn, msg) error("bad argument #1 to '" .. fn .. "' (" .. msg .. ")", 3) end
 
@@ -109,9 +109,20 @@ function _M.open(opts)
       connect_to = opts.connect_to }
   end
   if not ok then return nil, err, code, key end
+  local fl
+  if opts.redis ~= nil then
+    -- a fleet (docs/fleet.md): send ships this host's counters to Redis, and the host
+    -- elected for a day sends the fleet's reports, from a store of their own (path/fleet)
+    fl, err, code, key = require("mtasts.fleet").new(opts.redis, { log = opts.log,
+      clock = opts.clock, wait = opts.wait })
+    if not fl then return nil, err, code, key end
+  end
   local db
   db, err, code = core.results_open(opts.path, mode)
-  if not db then return nil, err, code end
+  if not db then
+    if fl then fl:close() end
+    return nil, err, code
+  end
   local submitter = opts.submitter or "localhost"
   local self = setmetatable({
     db = db, path = opts.path, clock = opts.clock or os.time, log = opts.log or function() end,
@@ -133,8 +144,14 @@ function _M.open(opts)
       wait = opts.wait, allow_private_addresses = opts.allow_private_addresses },
     max_rua = opts.max_rua or _M.MAX_RUA,
     npending = 0, since = nil,
-    is_open = true,
+    is_open = true, fleet = fl,
   }, store_mt)
+  if fl then
+    local fo = {}
+    for k, v in pairs(opts) do fo[k] = v end
+    fo.redis, fo.path = nil, opts.path .. "/fleet"
+    self.fleet_opts = fo
+  end
   return self
 end
 
@@ -332,6 +349,50 @@ function Store:domains(day)
   local out = {}
   for i, k in ipairs(list) do out[i] = { domain = k:sub(2), host = k:sub(1, 1) == "h" } end
   return out
+end
+
+--- In a fleet (opened with `redis`): ship this host's counters to Redis now (send does
+-- too). Returns { days =, keys = }, or nil, message, code.
+function Store:ship()
+  check(self, "ship")
+  if not self.fleet then return nil, "this store has no fleet (no redis option)", "config" end
+  return self.fleet:ship(self)
+end
+
+--- A day's counters as stored: { field, value, field, value, ... }, each field the counter's
+-- key after "R" DAY NUL, each value its 16 bytes; what a fleet member ships (docs/fleet.md).
+function Store:counters(day)
+  check(self, "counters")
+  check_day(day, "counters", 1)
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  local prefix = "R" .. day .. "\0"
+  local recs
+  recs, err, code = self.db:scan(prefix)
+  if not recs then return nil, err, code end
+  local out = {}
+  for i = 1, #recs, 2 do
+    local v = recs[i + 1]
+    if #v == 8 then v = v .. ("\0"):rep(8) end
+    out[#out + 1] = recs[i]:sub(#prefix + 1)
+    out[#out + 1] = v
+  end
+  return out
+end
+
+--- Replace a day's counters with `flat` ({ key, a, b, ... }, whole keys): the fleet's
+-- totals, in the store the elected host builds the fleet's reports from. Returns true or
+-- nil, message, code.
+function Store:replace_day(day, flat)
+  check(self, "replace_day")
+  check_day(day, "replace_day", 1)
+  local ok, err, code = self:flush()
+  if not ok then return nil, err, code end
+  local n
+  n, err, code = self.db:delete_range("R" .. day .. "\0", "R" .. day .. "\1")
+  if not n then return nil, err, code end
+  if #flat == 0 then return true end
+  return self.db:apply(flat)
 end
 
 -- The stored records of one report: policies merged by policy blob.
@@ -540,6 +601,10 @@ function Store:prune(retention)
   retention = retention or self.retention
   local ok, err, code = self:flush()
   if not ok then return nil, err, code end
+  if self.fleet_store then
+    ok, err, code = self.fleet_store:prune(retention)
+    if not ok then return nil, err, code end
+  end
   local today = tlsrpt.day_start(tlsrpt.day_of(self.clock()))
   local cutoff = tlsrpt.day_of(today - (retention - 1) * 86400)
   local total = 0
@@ -555,6 +620,8 @@ end
 -- code.
 local function close_handles(self)
   self.is_open = false
+  if self.fleet then self.fleet:close() end
+  if self.fleet_store then self.fleet_store:close() end
   local ok, err, code = self.db:close()
   if self.owned.resolver and self.resolver.close then self.resolver:close() end
   if self.owned.fetcher and self.fetcher.close then self.fetcher:close() end
@@ -832,7 +899,9 @@ end
 local function send_one(self, day, domain, host, now, summary)
   local qbase = "Q" .. day .. "\0" .. (host and "h" or "d") .. domain .. "\0"
   local st, raw = get_state(self, qbase)
-  if st.status == "done" or st.status == "dropped" then
+  local rkey = (host and "h" or "d") .. domain
+  local shared = self.shared    -- a fleet's record of what any host sent (docs/fleet.md)
+  if st.status == "done" or st.status == "dropped" or (shared and shared.is_sent(rkey)) then
     summary.done = summary.done + 1
     return
   end
@@ -842,6 +911,7 @@ local function send_one(self, day, domain, host, now, summary)
   local function drop(why)
     local new = { status = "dropped", reason = why, at = now }
     if set_state(self, qbase, raw, new) then
+      if shared then shared.mark(rkey) end
       summary.dropped = summary.dropped + 1
       self.log("notice", ("report %s %s%s not sent: %s"):format(day, domain,
         host and " (mx)" or "", why))
@@ -973,7 +1043,10 @@ local function send_one(self, day, domain, host, now, summary)
     if not wrote then failed_write = failed_write or werr end
   end
   if failed_write then error(failed_write, 0) end
-  if open_left == 0 then set_state(self, qbase, raw, { status = "done", at = self.clock() }) end
+  if open_left == 0 then
+    set_state(self, qbase, raw, { status = "done", at = self.clock() })
+    if shared then shared.mark(rkey) end
+  end
 end
 
 --- Deliver the reports of `day` (default: every day with results that has ended) that are
@@ -986,6 +1059,21 @@ function Store:send(day)
   if day ~= nil then check_day(day, "send", 1) end
   local ok, err, code = self:flush()
   if not ok then return nil, err, code end
+  if self.fleet then
+    local fs = self.fleet_store
+    if not fs then
+      fs, err, code = _M.open(self.fleet_opts)
+      if not fs then return nil, "the fleet's report store: " .. tostring(err), code end
+      self.fleet_store = fs
+    end
+    if day then
+      local _, finish = day_range(day)
+      if self.clock() <= finish then
+        return nil, "day " .. day .. " has not ended yet (UTC)", "day-not-over"
+      end
+    end
+    return self.fleet:send(self, fs, day)
+  end
   local now = self.clock()
   local days
   if day then
