@@ -208,6 +208,38 @@ describe("a fleet on Redis #fixture", function()
     end)
   end)
 
+  describe("settings", function()
+    -- a mistake is the operator's, named at start (exit 78), never a fleet quietly missing
+    local function cli(conf, rest)
+      local path = dir .. "/mistake.conf"
+      util.write(path, conf)
+      util.run("rm -rf " .. dir .. "/never")
+      local out, status = util.run(util.lua_cmd() .. " bin/mtasts --config " .. path ..
+        " --db " .. dir .. "/never " .. rest .. " 2>&1")
+      return out, status
+    end
+    it("names the setting and makes nothing", function()
+      for _, case in ipairs({
+        { "", "--redis ftp://127.0.0.1 lookup enforce.example", "^mtasts: %-%-redis: scheme" },
+        { 'redis = { url = "redis://mail.example.net" }', "lookup enforce.example",
+          "redis%.url: host 'mail%.example%.net' is not an IP address" },
+        { 'redis = { url = "redis://127.0.0.1", host = "two words" }', "lookup a.example",
+          "redis%.host: a host name" },
+        { 'redis = { url = "redis://127.0.0.1", password_file = "' .. dir .. '/none" }',
+          "report send --submitter mx.example.net", "redis%.password_file: cannot read it" },
+        { 'redis = { url = "redis://127.0.0.1", ship_window = -1 }',
+          "report send --submitter mx.example.net", "redis%.ship_window" },
+        { 'redis = { url = "redis://127.0.0.1", pasword_file = "x" }', "lookup a.example",
+          "redis%.pasword_file: unknown setting" },
+      }) do
+        local out, status = cli(case[1], case[2])
+        assert.equal(78, status, out)
+        assert.truthy(out:find(case[3]), out)
+        assert.is_nil(io.open(dir .. "/never"), "a cache directory was made: " .. out)
+      end
+    end)
+  end)
+
   describe("TLSRPT", function()
     -- yesterday (UTC): a day that has ended, for the CLI's report send
     local DAY = os.date("!%Y-%m-%d", os.time() - 86400)

@@ -64,6 +64,10 @@ local SCHEMA = {
     from = string_kind, sendmail = string_kind, window = number_kind,
     skip_without_failures = boolean_kind },
   refresh = { window = number_kind, concurrency = integer_kind },
+  redis = { url = string_kind, sentinels = strings_kind, master = string_kind,
+    username = string_kind, password_file = string_kind, sentinel_password_file = string_kind,
+    cafile = string_kind, capath = string_kind, timeout = number_kind, prefix = string_kind,
+    host = string_kind, ship_window = number_kind },
 }
 
 --- The names the schema knows, dotted ("postfix.listen"), sorted: for docs and `config check`.

@@ -90,7 +90,13 @@ function _M.new(spec, opts)
   local redis = opts.redis_module or require("mtasts.redis")
   local r, err, code, key = redis.new(ropts)
   if not r then
-    if key and not key:match("^redis") then key = "redis." .. key end
+    if key and not key:match("^redis") then
+      -- the setting as the configuration file names it
+      if type(err) == "string" and err:sub(1, #key + 1) == key .. ":" then
+        err = "redis." .. err
+      end
+      key = "redis." .. key
+    end
     return nil, err, code, key
   end
   local self = setmetatable({ r = r, prefix = prefix, host = host, ship_window = window,
