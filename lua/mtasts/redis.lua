@@ -243,7 +243,23 @@ local function close_conn(self, c)
     return
   end
   if self.cancel then pcall(self.cancel, c:fd()) end
+  if self.poller then self.poller:unwatch(c:fd()) end
   c:close()
+end
+
+-- The one descriptor every wait of this client is on (core.redis_poller): connections come
+-- and go, and a host's loop that remembers descriptors (cqueues) must never be handed one
+-- that another coroutine closes meanwhile. Watches c for what it wants; returns the
+-- poller's descriptor, or fail (this host failed).
+local function watch(self, c)
+  if not self.poller then
+    local p, err, code = core.redis_poller()
+    if not p then return nil, err, code end
+    self.poller = p
+  end
+  local ok, err, code = self.poller:watch(c:fd(), c:want())
+  if not ok then return nil, err, code end
+  return self.poller:fd()
 end
 
 -- Wait through the host's wait; a raise (a cancelled coroutine) passes after cleanup.
@@ -274,8 +290,10 @@ local function exchange(self, c, addr, cmds, deadline)
       return nil, ("redis %s: timed out after %s s"):format(addr, self.timeout),
         "redis-unavailable"
     end
-    if self.connecting then self.connecting.fd = c:fd() end
-    wait(self, c:fd(), c:want(), left, function() close_conn(self, c) end)
+    local pfd, perr, pcode = watch(self, c)
+    if not pfd then return nil, ("redis %s: %s"):format(addr, perr), pcode end
+    if self.connecting then self.connecting.fd = pfd end
+    wait(self, pfd, "r", left, function() close_conn(self, c) end)
   end
 end
 
@@ -486,7 +504,12 @@ local function run(self, cmds)
           "redis-unavailable")
       else
         if conn.users > 1 then left = min(left, _M.SHARED_WAIT) end
-        wait(self, conn.c:fd(), conn.c:want(), left, function()
+        local pfd, perr, pcode = watch(self, conn.c)
+        if not pfd then
+          pfd = -1    -- this host failed: wait out the slice, then the deadline drops it
+          log(self, "err", ("redis %s: %s (%s)"):format(conn.addr, perr, pcode))
+        end
+        wait(self, pfd, "r", left, function()
           leave(self, conn)
           drop(self, conn, ("redis %s: the caller's wait raised"):format(conn.addr),
             "redis-unavailable")
@@ -611,6 +634,13 @@ function Redis:close()
   local conn = self.conn
   if conn then drop(self, conn, ("redis %s: client closed"):format(conn.addr),
     "redis-unavailable") end
+  -- the poller's descriptor goes now unless a call may still wait on it (then with the
+  -- collector)
+  if self.poller and not self.connecting and not (conn and conn.users > 0) then
+    if self.cancel then pcall(self.cancel, self.poller:fd()) end
+    self.poller:close()
+    self.poller = nil
+  end
   return true
 end
 
