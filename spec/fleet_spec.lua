@@ -208,6 +208,54 @@ describe("a fleet on Redis #fixture", function()
     end)
   end)
 
+  it("follows a Sentinel failover: a policy written before it is read from the new master " ..
+    "#slow", function()
+    local sdir = dir .. "/sentinel"
+    util.run("rm -rf " .. sdir .. " && mkdir -p " .. sdir)
+    local m = redis_support.start(sdir)
+    local rep = redis_support.start(sdir, { replicaof = m.port })
+    local t
+    local ok, err = pcall(function()
+      assert(proc.poll(function()
+        return (rep:cmd("INFO", "replication") or ""):find("master_link_status:up", 1, true)
+      end, util.within(10)))
+      t = redis_support.sentinel(sdir, m.port)
+      assert(proc.poll(function()
+        local reps = t:cmd("SENTINEL", "replicas", redis_support.MASTER)
+        return type(reps) == "table" and reps.n == 1
+      end, util.within(15)), "the sentinel never saw the replica")
+      local spec = { sentinels = { "127.0.0.1:" .. t.port }, master = redis_support.MASTER,
+        timeout = 1 }
+      local o1 = open_opts(6)
+      o1.redis = spec
+      spec.host = "h6"
+      local res = run_hosts({ { lookup = DOMAINS, open = o1 } })
+      assert.equal(3, res[1].fetches)
+      -- replicated, then the sentinel makes the replica the master
+      assert(proc.poll(function()
+        return rep:cmd("HGET", "mtasts:policy:enforce.example", "id") == "enforce1"
+      end, util.within(10)))
+      assert(proc.poll(function()
+        return t:cmd("SENTINEL", "failover", redis_support.MASTER) == "OK"
+      end, util.within(15)), "the sentinel would not fail over")
+      assert(proc.poll(function()
+        local a = t:cmd("SENTINEL", "get-master-addr-by-name", redis_support.MASTER)
+        local role = rep:cmd("ROLE")
+        return type(a) == "table" and a[2] == tostring(rep.port) and type(role) == "table" and
+          role[1] == "master"
+      end, util.within(15)), "no failover")
+      local o2 = open_opts(7)
+      o2.redis = { sentinels = spec.sentinels, master = spec.master, timeout = 1, host = "h7" }
+      res = run_hosts({ { lookup = DOMAINS, open = o2 } })
+      assert.equal(0, res[1].fetches)
+      assert.equal(3, res[1].shared)
+    end)
+    if t then t:stop() end
+    m:stop()
+    rep:stop()
+    if not ok then error(err, 0) end
+  end)
+
   describe("settings", function()
     -- a mistake is the operator's, named at start (exit 78), never a fleet quietly missing
     local function cli(conf, rest)
