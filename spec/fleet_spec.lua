@@ -128,9 +128,15 @@ describe("a fleet on Redis #fixture", function()
         ["none.example"] = "none" }, res[1].answers)
       assert.equal(3, res[1].fetches)
       assert.equal(3, res[1].rejected)
-      -- the host's own fetches replaced the hashes it could (a string key stays as it was)
+      -- the host's own fetches replaced them, the string key too
       assert.equal("enforce1", redis:cmd("HGET", "mtasts:policy:enforce.example", "id"))
       assert.equal("testing1", redis:cmd("HGET", "mtasts:policy:testing.example", "id"))
+      -- the one from the future is replaced by the host's fetch, not kept for ever
+      local fetched = tonumber(redis:cmd("HGET", "mtasts:policy:testing.example", "fetched"))
+      assert.is_true(fetched <= os.time(), tostring(fetched))
+      assert.equal("enforce", redis:cmd("HGET", "mtasts:policy:enforce.example", "text")
+        :match("mode: (%a+)"))
+      assert.equal("none1", redis:cmd("HGET", "mtasts:policy:none.example", "id"))
     end)
 
     it("never takes a policy older than what the host has", function()

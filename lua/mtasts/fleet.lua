@@ -136,11 +136,15 @@ end
 
 -- --- the policy tier ---
 
--- Writes a policy unless Redis has one fetched at the same time or later, and sets its
--- expiry: one step on the server, so two hosts writing at once leave the newer.
+-- Writes a policy unless Redis has a valid one fetched at the same time or later, and sets
+-- its expiry: one step on the server, so two hosts writing at once leave the newer. A value
+-- of another format or from the future (a poisoned one) is replaced.
 local PUT = [[
-local f = tonumber(redis.call('HGET', KEYS[1], 'fetched'))
-if f and f >= tonumber(ARGV[2]) then return 0 end
+if redis.call('TYPE', KEYS[1]).ok == 'hash' and
+    redis.call('HGET', KEYS[1], 'v') == ARGV[5] then
+  local f = tonumber(redis.call('HGET', KEYS[1], 'fetched'))
+  if f and f >= tonumber(ARGV[2]) and f <= tonumber(ARGV[2]) + 300 then return 0 end
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[5], 'id', ARGV[1], 'fetched', ARGV[2], 'text', ARGV[3])
 redis.call('EXPIREAT', KEYS[1], ARGV[4])
