@@ -179,6 +179,7 @@ bench: deps-test deps-bench all $(SUPPORT) build/bench/smclient build/bench/smce
 	$(LUA) bench/fetch.lua
 	$(LUA) bench/client.lua
 	$(LUA) bench/results.lua
+	$(LUA) bench/fleet.lua
 	$(LUA) bench/collector.lua
 	$(LUA) bench/socketmap.lua
 
