@@ -262,6 +262,35 @@ describe("a fleet on Redis #fixture", function()
     if not ok then error(err, 0) end
   end)
 
+  it("serves Postfix from a policy another server fetched (serve postfix --redis)", function()
+    flush()
+    local function serve(i, flags)
+      local port = proc.free_port()
+      util.run("rm -rf " .. dir .. "/sm" .. i)
+      local pid = proc.spawn("serve " .. i, util.lua_cmd() .. " bin/mtasts " ..
+        flags:gsub("%-%-db %S+", "--db " .. dir .. "/sm" .. i) .. " --redis " .. url ..
+        " serve postfix --listen inet:127.0.0.1:" .. port, dir .. "/serve" .. i .. ".log")
+      assert(proc.poll(function() return proc.tcp_open(port) end, util.within(10)),
+        util.run("tail -5 " .. dir .. "/serve" .. i .. ".log"))
+      return port, pid
+    end
+    local function postmap(port, domain)
+      util.write(dir .. "/main.cf", "")
+      local out = util.run("postmap -c " .. dir .. " -q " .. domain ..
+        " socketmap:inet:127.0.0.1:" .. port .. ":postfix")
+      return (out:gsub("%s+$", ""))
+    end
+    local p1, pid1 = serve(1, world.flags)
+    local want = "secure match=mx1.enforce.example servername=hostname"
+    assert.equal(want, postmap(p1, "enforce.example"))
+    proc.stop(pid1)
+    -- the second server cannot reach any policy host: its answer can only come from Redis
+    local p2, pid2 = serve(2, world.flags:gsub("%-%-connect%-to %S+", "--connect-to :443:" ..
+      "127.0.0.1:" .. proc.free_port()))
+    assert.equal(want, postmap(p2, "enforce.example"))
+    proc.stop(pid2)
+  end)
+
   describe("settings", function()
     -- a mistake is the operator's, named at start (exit 78), never a fleet quietly missing
     local function cli(conf, rest)
