@@ -159,6 +159,50 @@ describe("a fleet on Redis #fixture", function()
       fl:close()
     end)
 
+    it("takes a changed policy another host fetched, never one older than its own", function()
+      local now, id = 1800000000, "1"
+      local texts = { ["1"] = "mode: testing", ["2"] = "mode: enforce", ["3"] = "mode: none" }
+      local lag = {}   -- a host whose resolver still has the old record
+      local function host(i)
+        local resolver = { txt = function()
+          return { "v=STSv1; id=" .. (lag[i] or id) .. ";" }
+        end }
+        local f = { n = 0 }
+        function f.fetch()
+          f.n = f.n + 1
+          return "version: STSv1\n" .. texts[id] .. "\nmx: mx.a.example\nmax_age: 86400\n"
+        end
+        local sts = assert(mtasts.open{ path = dir .. "/unit" .. i, resolver = resolver,
+          fetcher = f, clock = function() return now end, recheck = 60,
+          redis = { url = url, host = "u" .. i } })
+        return sts, f
+      end
+      util.run("rm -rf " .. dir .. "/unit1 " .. dir .. "/unit2")
+      local a, fa = host(1)
+      local b, fb = host(2)
+      assert.equal("testing", a:get("a.example").mode)
+      assert.equal("testing", b:get("a.example").mode)
+      assert.same({ 1, 0 }, { fa.n, fb.n })
+      -- the domain publishes a new policy; host 1 sees it first, host 2's resolver still
+      -- answers the old record a while (its recheck finds it unchanged)
+      now, id, lag[2] = now + 1000, "2", "1"
+      assert.equal("enforce", a:get("a.example").mode)
+      now = now + 70
+      assert.equal("testing", b:get("a.example").mode)
+      now, lag[2] = now + 100, nil
+      assert.equal("enforce", b:get("a.example").mode)
+      assert.same({ 2, 0 }, { fa.n, fb.n })
+      -- Redis holds a policy for the next id, but fetched before host 2's own: not taken
+      id = "3"
+      assert(poke("HSET", "mtasts:policy:a.example", "v", "1", "id", "3", "fetched",
+        tostring(now - 500), "text", "version: STSv1\nmode: none\nmax_age: 86400\n"))
+      now = now + 100
+      assert.equal("none", b:get("a.example").mode)
+      assert.same({ 2, 1 }, { fa.n, fb.n })
+      a:close()
+      b:close()
+    end)
+
     it("goes on without Redis when it is down, without waiting for it", function()
       local dead = "redis://127.0.0.1:" .. proc.free_port()
       local t0 = core.monotonic()

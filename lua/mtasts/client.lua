@@ -286,14 +286,16 @@ function Client:_policy(ascii)
 end
 
 -- The policy for a record this host has no current policy for: from the fleet's Redis when
--- it has one for this record id, fetched no earlier than `since` (the row this host has),
+-- it has one for this record id, fetched no earlier than this host's row was,
 -- else fetched here and written to Redis. While another host of the fleet holds the lease
 -- on fetching it, wait a little for its policy (docs/fleet.md). Returns what _policy does;
 -- info.shared is the fetch time of a policy from Redis.
 function Client:_obtain(ascii, record, row, now)
   local fl = self.fleet
   if not fl then return self:_policy(ascii) end
-  local since = row and not row.backoff and row.last_update or nil
+  -- what the host has: when its policy was fetched, or last found current by a refresh
+  -- (valid_end - max_age; a recheck within `recheck` does not move it)
+  local since = row and not row.backoff and row.valid_end - row.policy.max_age or nil
   local policy, text, fetched = fl:policy(ascii, record.id, since, now)
   if policy then return policy, text, { content_type_ok = true, shared = fetched } end
   local leased
