@@ -1,5 +1,6 @@
 -- The one lifecycle of the C userdata classes of mtasts.core (module/lua_util.h,
--- docs/style.md §4): mtasts.cache, mtasts.results, mtasts.fetcher and mtasts.resolver.
+-- docs/style.md §4): mtasts.cache, mtasts.results, mtasts.fetcher, mtasts.resolver and the
+-- Redis connection and poller.
 -- No servers: the resolver is made with a forwarder it never asks.
 local core = require("mtasts.core")
 local util = require("support.util")
@@ -25,6 +26,12 @@ local classes = {
       return assert(core.resolver_new{ nameserver = "127.0.0.1@9", trust_anchor = false })
     end,
     methods = { "query", "fd", "timeout", "step", "done", "cancel", "pending" } },
+  { name = "mtasts.redis_conn",   -- a non-blocking connect to loopback, never finished
+    make = function() return assert(core.redis_connect{ host = "127.0.0.1", port = 9 }) end,
+    methods = { "fd", "want", "send", "step", "pending" } },
+  { name = "mtasts.redis_poller",
+    make = function() return assert(core.redis_poller()) end,
+    methods = { "fd", "watch", "unwatch" } },
 }
 
 local function raised(fn, ...)
