@@ -365,6 +365,19 @@ describe("a fleet on Redis #fixture", function()
         assert.is_nil(io.open(dir .. "/never"), "a cache directory was made: " .. out)
       end
     end)
+
+    it("config check shows the fleet's settings without the password", function()
+      local out, status = cli('redis = { url = "redis://mtasts:s3cret@127.0.0.1:6390/2", ' ..
+        'host = "mx1", ship_window = 600 }', "config check")
+      assert.equal(0, status, out)
+      assert.truthy(out:find("redis.url = redis://mtasts@127.0.0.1:6390/2", 1, true), out)
+      assert.truthy(out:find("redis.host = mx1", 1, true), out)
+      assert.truthy(out:find("redis.ship_window = 600", 1, true), out)
+      assert.is_nil(out:find("s3cret", 1, true), out)
+      out, status = cli('redis = { url = "redis://127.0.0.1", host = "a b" }', "config check")
+      assert.equal(78, status, out)
+      assert.truthy(out:find("redis.host", 1, true), out)
+    end)
   end)
 
   describe("TLSRPT", function()
