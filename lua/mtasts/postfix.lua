@@ -280,9 +280,38 @@ local function scripted(self, name, domain, policy, result, source, answer, f, m
   return "OK " .. v
 end
 
--- Answer one request (map name, domain) with the client.
+-- The row version of a domain as the client's cache gives it now (a lock-free read), or nil:
+-- no cache, a cache shared with a release without row versions, or a failure.
+local function row_version(self, domain)
+  local cache = self.client.cache
+  if not cache then return nil end
+  local ok, v = pcall(cache.version, cache, domain)
+  if ok and math.type(v) == "integer" then return v end
+  return nil
+end
+
+-- What lets an answer from the cache be kept past memo_seconds (see memo_put): the domain,
+-- the row's version read before the lookup, and the client's time until which the answer
+-- stands: the row's valid_end, its next last_use touch, last_update + recheck (the client
+-- looks at DNS again then), and with DANE consulted, recheck from now (the client's DANE
+-- answers are remembered that long). nil when the row changed since v0 (or is not there).
+local function keep_of(self, domain, v0, dane)
+  local client = self.client
+  local recheck, clock = client.recheck, self.clock
+  if type(recheck) ~= "number" or not clock then return nil end
+  local ok, row = pcall(client.cached, client, domain)
+  if not (ok and type(row) == "table" and row.version == v0) then return nil end
+  local until_ = math.min(row.valid_end, row.last_use + core.touch_seconds,
+    row.last_update + recheck)
+  if dane then until_ = math.min(until_, clock() + recheck) end
+  return { domain, v0, until_ }
+end
+
+-- Answer one request (map name, domain) with the client: answer, source ("cache" or
+-- "fetched"), and what lets the answer be remembered longer (keep_of), if anything.
 local function lookup(self, name, domain)
   local zone = zone_of(self, name)
+  local v0 = self.memo_rows and row_version(self, domain)
   local ok, policy, result, fresh, msg, code = pcall(self.client.get, self.client, domain)
   if not ok then
     self.log("err", "lookup " .. domain .. ": " .. tostring(policy))
@@ -325,7 +354,8 @@ local function lookup(self, name, domain)
     require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
     failure = failure, failure_level = zone.failure_level })
   local source = (fresh or msg) and "fetched" or "cache"
-  if zone.dane ~= false and self.client.dane then
+  local dane = zone.dane ~= false and self.client.dane
+  if dane then
     answer = dane_answer(self, domain, answer)
   end
   if self.script then
@@ -336,30 +366,67 @@ local function lookup(self, name, domain)
       result_type = f and f.result_type, reason = f and f.failure_reason_code,
       message = msg and tostring(msg):gsub("%c", " ") or nil })
   end
-  return answer, source
+  -- only what the row alone decides: not a TEMP (a bogus DANE answer, a failure), nor an
+  -- answer the policy script may change
+  local keep
+  if v0 and source == "cache" and sub(answer, 1, 5) ~= "TEMP " and
+      not (self.script and self.script:has("answer")) then
+    keep = keep_of(self, domain, v0, dane)
+  end
+  return answer, source, keep
 end
 
--- Recent answers by request ("name key"), kept MEMO_SECONDS, as the netstrings to write: a
--- burst of requests for one domain costs one client lookup, and an answer can be written
--- without a coroutine. `now` is the loop's time when the request's bytes were read. Two
--- generations: the current one is retired after MEMO_SECONDS, or once it holds memo_bytes,
--- and the one before it is dropped then; so the memo never holds more than twice memo_bytes,
--- and answers older than two MEMO_SECONDS are gone.
+-- Answers by request ("name key"), as the netstrings to write: a burst of requests for one
+-- domain costs one client lookup, and an answer can be written without a coroutine. An
+-- answer is kept memo_seconds; one the cache gave (keep_of) is kept while the domain's row
+-- keeps the version it had before the lookup (cache:version, one atomic load) and the
+-- client's clock is before the time the client itself would look again: a row another
+-- process writes, a recheck due, an expiry end it at once, as they end the client's own
+-- memo of hits. `now` is the loop's time when the request's bytes were read. Two
+-- generations: the current one is retired after MEMO_GENERATION seconds (memo_seconds when
+-- no answer can be kept longer), or once it holds memo_bytes, and the one before it is
+-- dropped then, so the memo never holds more than twice memo_bytes; an answer found in the
+-- retired generation moves to the current one.
+local MEMO_GENERATION = 60
+
 local function memo_get(self, request, now)
-  local m = self.memo[request] or self.memo_old[request]
-  if m and m[2] > now then return m[1], m[3] end
+  local m = self.memo[request]
+  if not m then
+    m = self.memo_old[request]
+    if not m then return nil end
+    if m[2] > now then        -- still good: into the current generation
+      self.memo_old[request] = nil
+      self.memo_old_used = self.memo_old_used - m[7]
+      self.memo[request] = m
+      self.memo_used = self.memo_used + m[7]
+    end
+  end
+  if m[2] <= now then return nil end
+  local domain = m[4]
+  if domain then
+    local cache = self.client.cache
+    if not cache or cache:version(domain) ~= m[5] or self.clock() >= m[6] then return nil end
+  end
+  return m[1], m[3]
 end
 
-local function memo_put(self, request, reply, series)
+local function memo_put(self, request, reply, series, keep)
   if self.memo_seconds <= 0 then return end
   local t = monotime()
   if t >= self.memo_retire or self.memo_used >= self.memo_bytes then
     self.memo_old, self.memo = self.memo, {}
     self.memo_old_used, self.memo_used = self.memo_used, 0
-    self.memo_retire = t + self.memo_seconds
+    self.memo_retire = t + (self.memo_rows and math.max(MEMO_GENERATION, self.memo_seconds) or
+      self.memo_seconds)
   end
-  if not self.memo[request] then self.memo_used = self.memo_used + #request + #reply + 96 end
-  self.memo[request] = { reply, t + self.memo_seconds, series }
+  local size = #request + #reply + (keep and 160 or 96)
+  local old = self.memo[request]
+  self.memo_used = self.memo_used + size - (old and old[7] or 0)
+  if keep then
+    self.memo[request] = { reply, math.huge, series, keep[1], keep[2], keep[3], size }
+  else
+    self.memo[request] = { reply, t + self.memo_seconds, series, nil, nil, nil, size }
+  end
 end
 
 local BUSY = _M.netstring("TEMP busy: too many lookups in flight")
@@ -375,7 +442,7 @@ end
 
 -- The netstring to write for a lookup's outcome (pcall's of lookup), counted in the lookups
 -- metric and kept in the memo under the request `value`.
-local function reply_of(self, value, looked, answer, source)
+local function reply_of(self, value, looked, answer, source, keep)
   if not looked then
     self.log("err", "lookup: " .. tostring(answer))
     return INTERNAL_ERROR
@@ -384,7 +451,7 @@ local function reply_of(self, value, looked, answer, source)
   local kind = answer_kind(answer)
   if source == "fetched" then self.trim_due = true end
   self.m_lookups:labels(kind, source or "none"):inc()
-  memo_put(self, value, reply, self.m_lookups:labels(kind, "memo"))
+  memo_put(self, value, reply, self.m_lookups:labels(kind, "memo"), keep)
   return reply
 end
 
@@ -565,7 +632,7 @@ local function serve_connection(self, con)
           local r = pack(coroutine.resume(co, self, name, domain))
           if coroutine.status(co) == "dead" then
             self.lookups = self.lookups - 1
-            if r[1] then known = reply_of(self, value, r[2], r[3], r[4])
+            if r[1] then known = reply_of(self, value, r[2], r[3], r[4], r[5])
             else known = reply_of(self, value, false, r[2]) end
           else
             local slot, request = next_slot, value
@@ -656,8 +723,8 @@ function families(self)
   end
   self.m_lookups = reg:counter("mtasts_lookups_total", "Socketmap requests answered, by " ..
     "answer (the security level of an OK, else notfound, temp, perm) and source (memo: " ..
-    "the same request's answer of the last second; cache; fetched: DNS or HTTPS now; none: " ..
-    "no lookup needed; busy: over the lookup limit).", { "answer", "source" },
+    "the same request's answer given before, still good; cache; fetched: DNS or HTTPS " ..
+    "now; none: no lookup needed; busy: over the lookup limit).", { "answer", "source" },
     { series = series })
   reg:counter("mtasts_connections_total", "Connections by outcome: accepted, refused (over " ..
     "the limit), accept errors.", { "outcome" }, { collect = function(f)
@@ -754,7 +821,8 @@ end
 -- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
 -- require_sni =, tlsrpt =, failure_level = } }, "*" for any other name), log
 -- (function(level, message)), max_request, idle_timeout, on_lookup, memo_seconds (how long
--- an answer is reused for the same request: default 1; 0 turns it off), memo_bytes (what
+-- an answer is reused for the same request: default 1, and one the cache gave while its row
+-- is unchanged, see memo_get; 0 turns the memo off), memo_bytes (what
 -- the memo may hold, default 8 MiB), max_connections (default 1024: a connection over it is
 -- closed at once, so Postfix defers), max_lookups (lookups in flight, default 256: a request
 -- over it is answered TEMP, unless the cache answers it at once). Both caps are lowered to
@@ -963,6 +1031,12 @@ function _M.new(opts)
     if not client then return nil, err, code, key end
     self.client, self.owns_client = client, true
   end
+  -- answers the cache gave are kept while their row is unchanged (memo_get) when the client
+  -- has a cache with row versions and says how long its hits stand (recheck, its clock)
+  local client = self.client
+  self.clock = type(client.clock) == "function" and client.clock or os.time
+  self.memo_rows = self.memo_seconds > 0 and type(client.recheck) == "number" and
+    type(client.cached) == "function"
   if opts.policy then
     local sc, serr, scode, skey = script_mod.load(opts.policy, { log = self.log,
       budget = opts.policy_budget, allow_exec = opts.policy_exec })
