@@ -22,7 +22,7 @@ local script_mod = require("mtasts.script")
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
 local concat, format, pack, unpack = table.concat, string.format, table.pack, table.unpack
-local find, sub, byte = string.find, string.sub, string.byte
+local find, sub, byte, smatch = string.find, string.sub, string.byte, string.match
 local monotime = cqueues.monotime
 
 local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1,
@@ -290,21 +290,22 @@ local function row_version(self, domain)
   return nil
 end
 
--- What lets an answer from the cache be kept past memo_seconds (see memo_put): the domain,
--- the row's version read before the lookup, and the client's time until which the answer
--- stands: the row's valid_end, its next last_use touch, last_update + recheck (the client
--- looks at DNS again then), and with DANE consulted, recheck from now (the client's DANE
--- answers are remembered that long). nil when the row changed since v0 (or is not there).
+-- What lets an answer from the cache be kept past memo_seconds (see memo_get): the domain,
+-- the row's version read before the lookup, the client's time until which the client would
+-- answer the same without a write or a query (the row's next last_use touch, last_update +
+-- recheck when it looks at DNS again, and with DANE consulted, recheck from now: the client
+-- remembers its DANE answers that long), and the row's valid_end, past which the policy is
+-- never used. nil when the row changed since v0 (or is not there).
 local function keep_of(self, domain, v0, dane)
   local client = self.client
   local recheck, clock = client.recheck, self.clock
   if type(recheck) ~= "number" or not clock then return nil end
   local ok, row = pcall(client.cached, client, domain)
   if not (ok and type(row) == "table" and row.version == v0) then return nil end
-  local until_ = math.min(row.valid_end, row.last_use + core.touch_seconds,
+  local soft = math.min(row.valid_end, row.last_use + core.touch_seconds,
     row.last_update + recheck)
-  if dane then until_ = math.min(until_, clock() + recheck) end
-  return { domain, v0, until_ }
+  if dane then soft = math.min(soft, clock() + recheck) end
+  return { domain, v0, soft, row.valid_end }
 end
 
 -- Answer one request (map name, domain) with the client: answer, source ("cache" or
@@ -379,15 +380,20 @@ end
 -- Answers by request ("name key"), as the netstrings to write: a burst of requests for one
 -- domain costs one client lookup, and an answer can be written without a coroutine. An
 -- answer is kept memo_seconds; one the cache gave (keep_of) is kept while the domain's row
--- keeps the version it had before the lookup (cache:version, one atomic load) and the
--- client's clock is before the time the client itself would look again: a row another
--- process writes, a recheck due, an expiry end it at once, as they end the client's own
--- memo of hits. `now` is the loop's time when the request's bytes were read. Two
--- generations: the current one is retired after MEMO_GENERATION seconds (memo_seconds when
--- no answer can be kept longer), or once it holds memo_bytes, and the one before it is
--- dropped then, so the memo never holds more than twice memo_bytes; an answer found in the
--- retired generation moves to the current one.
+-- keeps the version it had before the lookup (cache:version, one atomic load): a row another
+-- process writes ends it at once, as it ends the client's own memo of hits. Once the client
+-- would do something for it (touch the row, look at the _mta-sts record or DANE again), the
+-- answer is still given while one lookup in a thread of the loop does that (refresh_entry),
+-- until that lookup's answer replaces it, and never past the row's valid_end: a request
+-- for a cached policy never waits on DNS. `now` is the loop's time when the request's bytes
+-- were read. Two generations: the current one is retired after MEMO_GENERATION seconds
+-- (memo_seconds when no answer can be kept longer), or once it holds memo_bytes, and the one
+-- before it is dropped then, so the memo never holds more than twice memo_bytes; an answer
+-- found in the retired generation moves to the current one.
+-- An entry: { reply, monotonic end, lookups series, domain, version, soft end, size,
+-- valid_end, refreshing } (the client's clock for the soft end and valid_end).
 local MEMO_GENERATION = 60
+local refresh_entry
 
 local function memo_get(self, request, now)
   local m = self.memo[request]
@@ -404,10 +410,23 @@ local function memo_get(self, request, now)
   if m[2] <= now then return nil end
   local domain = m[4]
   if domain then
-    local cache = self.client.cache
-    if not cache or cache:version(domain) ~= m[5] or self.clock() >= m[6] then return nil end
+    local t = self.clock()
+    if t >= m[8] then return nil end
+    if not m[9] then         -- (while a refresh runs, its own writes move the version)
+      local cache = self.client.cache
+      if not cache or cache:version(domain) ~= m[5] then return nil end
+      if t >= m[6] and not refresh_entry(self, request, m) then return nil end
+    end
   end
   return m[1], m[3]
+end
+
+-- The answer the cache gave for a request before, whatever its row's version and soft end,
+-- while its policy's valid_end holds (reply, series); nil otherwise. For a lookup of the
+-- request that has to wait: this answer is given meanwhile.
+local function memo_stale(self, request)
+  local m = self.memo[request] or self.memo_old[request]
+  if m and m[8] and self.clock() < m[8] then return m[1], m[3] end
 end
 
 local function memo_put(self, request, reply, series, keep)
@@ -423,9 +442,13 @@ local function memo_put(self, request, reply, series, keep)
   local old = self.memo[request]
   self.memo_used = self.memo_used + size - (old and old[7] or 0)
   if keep then
-    self.memo[request] = { reply, math.huge, series, keep[1], keep[2], keep[3], size }
+    self.memo[request] = { reply, math.huge, series, keep[1], keep[2], keep[3], size, keep[4] }
   else
-    self.memo[request] = { reply, t + self.memo_seconds, series, nil, nil, nil, size }
+    -- the same answer as a kept one before it (a lookup that wrote the row, a recheck): its
+    -- valid_end still bounds memo_stale
+    old = old or self.memo_old[request]
+    local hard = old and old[8] and old[1] == reply and old[8] or nil
+    self.memo[request] = { reply, t + self.memo_seconds, series, nil, nil, nil, size, hard }
   end
 end
 
@@ -453,6 +476,26 @@ local function reply_of(self, value, looked, answer, source, keep)
   self.m_lookups:labels(kind, source or "none"):inc()
   memo_put(self, value, reply, self.m_lookups:labels(kind, "memo"), keep)
   return reply
+end
+
+-- Look up again, in a thread of the loop, the request of a memo entry whose soft end has
+-- passed (memo_get): the entry is given meanwhile, and the lookup's answer replaces it.
+-- At most REFRESHES such lookups run at once (each ends with a write to the cache that
+-- holds the loop for a moment: hundreds at once held it for a second); past that the entry
+-- is given without one, and a later request starts it. false (the entry is not given) when
+-- the lookup cap is reached or the server stops.
+local REFRESHES = 4
+function refresh_entry(self, request, m)
+  if self.stopping or self.lookups >= self.max_lookups then return false end
+  if self.refreshes >= REFRESHES then return true end
+  m[9] = true
+  self.lookups, self.refreshes = self.lookups + 1, self.refreshes + 1
+  self.loop:wrap(function()
+    reply_of(self, request, pcall(lookup, self, smatch(request, "^(%S+) "), m[4]))
+    self.lookups, self.refreshes = self.lookups - 1, self.refreshes - 1
+    m[9] = nil
+  end)
+  return true
 end
 
 -- A lookup as the body of a coroutine: looked, answer, source (pcall's).
@@ -630,10 +673,25 @@ local function serve_connection(self, con)
           self.lookups = self.lookups + 1
           local co = coroutine.create(lookup_job)
           local r = pack(coroutine.resume(co, self, name, domain))
+          local stale, sseries
+          if coroutine.status(co) ~= "dead" and self.refreshes < REFRESHES then
+            stale, sseries = memo_stale(self, value)
+          end
           if coroutine.status(co) == "dead" then
             self.lookups = self.lookups - 1
             if r[1] then known = reply_of(self, value, r[2], r[3], r[4], r[5])
             else known = reply_of(self, value, false, r[2]) end
+          elseif stale then
+            -- it waits (DNS, HTTPS), and the answer the cache gave before is still within
+            -- its policy's valid_end: that answer now, and the lookup's replaces it
+            known = stale
+            sseries:inc()
+            self.refreshes = self.refreshes + 1
+            local request = value
+            self.loop:wrap(function()
+              reply_of(self, request, settle(co, unpack(r, 1, r.n)))
+              self.lookups, self.refreshes = self.lookups - 1, self.refreshes - 1
+            end)
           else
             local slot, request = next_slot, value
             next_slot, handed = next_slot + 1, true
@@ -1009,7 +1067,7 @@ function _M.new(opts)
     idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
     on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_old = {}, memo_used = 0,
     memo_retire = 0, memo_seconds = opts.memo_seconds or _M.MEMO_SECONDS,
-    memo_bytes = opts.memo_bytes or _M.MEMO_BYTES, nconnections = 0, lookups = 0,
+    memo_bytes = opts.memo_bytes or _M.MEMO_BYTES, nconnections = 0, lookups = 0, refreshes = 0,
     max_connections = opts.max_connections or _M.MAX_CONNECTIONS,
     max_lookups = opts.max_lookups or _M.MAX_LOOKUPS, noted = {},
     write_timeout = opts.write_timeout or _M.WRITE_TIMEOUT,
