@@ -454,6 +454,99 @@ describe("mtasts.postfix server, in process", function()
   end)
 end)
 
+describe("mtasts.postfix answer memo", function()
+  -- a real client on a cache of its own, its clock in the test's hands; the records it asks
+  -- for once recheck is due say the policy is unchanged
+  local mtasts = require("mtasts")
+  local function text(mx)
+    return "version: STSv1\nmode: enforce\nmx: " .. mx .. "\nmax_age: 86400\n"
+  end
+
+  it("keeps an answer the cache gave while the row is unchanged, and rechecks behind it",
+    function()
+    local dir = util.tmpdir()
+    local now = 1700000000
+    local txt_asked = 0
+    local client = assert(mtasts.open{ path = dir .. "/cache", fetcher = {}, recheck = 60,
+      resolver = { txt = function()
+        txt_asked = txt_asked + 1
+        return { "v=STSv1; id=2;" }
+      end }, clock = function() return now end })
+    -- another handle on the cache: what another process writes
+    local other = assert(core.cache_open(dir .. "/cache"))
+    assert(other:upsert("keep.example", "1", text("mx1.keep.example"), now))
+    local gets = 0
+    local get = client.get
+    client.get = function(...) gets = gets + 1 return get(...) end
+    local srv = assert(postfix.new{ client = client, listen = { "inet:127.0.0.1:0" },
+      memo_seconds = 0.05, zones = { ["*"] = { dane = false } } })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    local got = {}
+    srv.loop:wrap(function()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      local function ask(step)
+        con:write(postfix.netstring("postfix keep.example"))
+        con:flush()
+        got[#got + 1] = { postfix.netstring_decode(con:xread(-4096, "b", 5)), gets, step }
+      end
+      ask("first")                   -- looked up
+      cqueues.sleep(0.2)             -- past memo_seconds
+      ask("kept")                    -- the memo, the row unchanged
+      assert(other:upsert("keep.example", "2", text("mx2.keep.example"), now))
+      ask("written")                 -- the row's version moved: looked up
+      ask("kept again")
+      now = now + 61                 -- past recheck: the client looks at DNS again, behind
+      ask("recheck")                 -- the answer kept, given meanwhile
+      cqueues.sleep(0.2)
+      got[#got + 1] = { txt_asked, gets, "rechecked" }
+      ask("after the recheck")       -- the recheck wrote the row: looked up
+      ask("kept after the recheck")
+      now = now + 86400              -- past valid_end: never given again
+      ask("expired")
+      con:close()
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    srv:close()
+    other:close()
+    client:close()
+    local A1 = "OK secure match=mx1.keep.example servername=hostname"
+    local A2 = "OK secure match=mx2.keep.example servername=hostname"
+    assert.same({ { A1, 1, "first" }, { A1, 1, "kept" }, { A2, 2, "written" },
+      { A2, 2, "kept again" }, { A2, 2, "recheck" }, { 1, 3, "rechecked" },
+      { A2, 4, "after the recheck" }, { A2, 4, "kept after the recheck" } },
+      { got[1], got[2], got[3], got[4], got[5], got[6], got[7], got[8] })
+    assert.equal(5, got[9][2], "looked up once past valid_end")
+  end)
+
+  it("keeps nothing past memo_seconds for a client without a cache", function()
+    local gets = 0
+    local fake = { close = function() end, get = function()
+      gets = gets + 1
+      return { mode = "enforce", mx = { "mx.fake.example" } }, {}, false
+    end }
+    local srv = assert(postfix.new{ client = fake, listen = { "inet:127.0.0.1:0" },
+      memo_seconds = 0.05 })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    srv.loop:wrap(function()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      for _ = 1, 3 do
+        con:write(postfix.netstring("postfix fake.example"))
+        con:flush()
+        assert(con:xread(-4096, "b", 5))
+        cqueues.sleep(0.1)
+      end
+      con:close()
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    srv:close()
+    assert.equal(3, gets)
+  end)
+end)
+
 describe("mtasts.postfix logging", function()
   local ENFORCE = { mode = "enforce", mx = { "mx1.enforce.example" } }
   local function sts(domain, rtype, reason)

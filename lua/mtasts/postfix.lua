@@ -22,7 +22,7 @@ local script_mod = require("mtasts.script")
 local type, pairs, ipairs, error, tostring, tonumber, setmetatable, pcall = type, pairs, ipairs,
   error, tostring, tonumber, setmetatable, pcall
 local concat, format, pack, unpack = table.concat, string.format, table.pack, table.unpack
-local find, sub, byte = string.find, string.sub, string.byte
+local find, sub, byte, smatch = string.find, string.sub, string.byte, string.match
 local monotime = cqueues.monotime
 
 local _M = { MAX_REQUEST = 2048, IDLE_TIMEOUT = 600, SHUTDOWN_GRACE = 10, MEMO_SECONDS = 1,
@@ -280,9 +280,39 @@ local function scripted(self, name, domain, policy, result, source, answer, f, m
   return "OK " .. v
 end
 
--- Answer one request (map name, domain) with the client.
+-- The row version of a domain as the client's cache gives it now (a lock-free read), or nil:
+-- no cache, a cache shared with a release without row versions, or a failure.
+local function row_version(self, domain)
+  local cache = self.client.cache
+  if not cache then return nil end
+  local ok, v = pcall(cache.version, cache, domain)
+  if ok and math.type(v) == "integer" then return v end
+  return nil
+end
+
+-- What lets an answer from the cache be kept past memo_seconds (see memo_get): the domain,
+-- the row's version read before the lookup, the client's time until which the client would
+-- answer the same without a write or a query (the row's next last_use touch, last_update +
+-- recheck when it looks at DNS again, and with DANE consulted, recheck from now: the client
+-- remembers its DANE answers that long), and the row's valid_end, past which the policy is
+-- never used. nil when the row changed since v0 (or is not there).
+local function keep_of(self, domain, v0, dane)
+  local client = self.client
+  local recheck, clock = client.recheck, self.clock
+  if type(recheck) ~= "number" or not clock then return nil end
+  local ok, row = pcall(client.cached, client, domain)
+  if not (ok and type(row) == "table" and row.version == v0) then return nil end
+  local soft = math.min(row.valid_end, row.last_use + core.touch_seconds,
+    row.last_update + recheck)
+  if dane then soft = math.min(soft, clock() + recheck) end
+  return { domain, v0, soft, row.valid_end }
+end
+
+-- Answer one request (map name, domain) with the client: answer, source ("cache" or
+-- "fetched"), and what lets the answer be remembered longer (keep_of), if anything.
 local function lookup(self, name, domain)
   local zone = zone_of(self, name)
+  local v0 = self.memo_rows and row_version(self, domain)
   local ok, policy, result, fresh, msg, code = pcall(self.client.get, self.client, domain)
   if not ok then
     self.log("err", "lookup " .. domain .. ": " .. tostring(policy))
@@ -325,7 +355,8 @@ local function lookup(self, name, domain)
     require_sni = zone.require_sni, tlsrpt = zone.tlsrpt, text = text, domain = domain,
     failure = failure, failure_level = zone.failure_level })
   local source = (fresh or msg) and "fetched" or "cache"
-  if zone.dane ~= false and self.client.dane then
+  local dane = zone.dane ~= false and self.client.dane
+  if dane then
     answer = dane_answer(self, domain, answer)
   end
   if self.script then
@@ -336,30 +367,89 @@ local function lookup(self, name, domain)
       result_type = f and f.result_type, reason = f and f.failure_reason_code,
       message = msg and tostring(msg):gsub("%c", " ") or nil })
   end
-  return answer, source
+  -- only what the row alone decides: not a TEMP (a bogus DANE answer, a failure), nor an
+  -- answer the policy script may change
+  local keep
+  if v0 and source == "cache" and sub(answer, 1, 5) ~= "TEMP " and
+      not (self.script and self.script:has("answer")) then
+    keep = keep_of(self, domain, v0, dane)
+  end
+  return answer, source, keep
 end
 
--- Recent answers by request ("name key"), kept MEMO_SECONDS, as the netstrings to write: a
--- burst of requests for one domain costs one client lookup, and an answer can be written
--- without a coroutine. `now` is the loop's time when the request's bytes were read. Two
--- generations: the current one is retired after MEMO_SECONDS, or once it holds memo_bytes,
--- and the one before it is dropped then; so the memo never holds more than twice memo_bytes,
--- and answers older than two MEMO_SECONDS are gone.
+-- Answers by request ("name key"), as the netstrings to write: a burst of requests for one
+-- domain costs one client lookup, and an answer can be written without a coroutine. An
+-- answer is kept memo_seconds; one the cache gave (keep_of) is kept while the domain's row
+-- keeps the version it had before the lookup (cache:version, one atomic load): a row another
+-- process writes ends it at once, as it ends the client's own memo of hits. Once the client
+-- would do something for it (touch the row, look at the _mta-sts record or DANE again), the
+-- answer is still given while one lookup in a thread of the loop does that (refresh_entry),
+-- until that lookup's answer replaces it, and never past the row's valid_end: a request
+-- for a cached policy never waits on DNS. `now` is the loop's time when the request's bytes
+-- were read. Two generations: the current one is retired after MEMO_GENERATION seconds
+-- (memo_seconds when no answer can be kept longer), or once it holds memo_bytes, and the one
+-- before it is dropped then, so the memo never holds more than twice memo_bytes; an answer
+-- found in the retired generation moves to the current one.
+-- An entry: { reply, monotonic end, lookups series, domain, version, soft end, size,
+-- valid_end, refreshing } (the client's clock for the soft end and valid_end).
+local MEMO_GENERATION = 60
+local refresh_entry
+
 local function memo_get(self, request, now)
-  local m = self.memo[request] or self.memo_old[request]
-  if m and m[2] > now then return m[1], m[3] end
+  local m = self.memo[request]
+  if not m then
+    m = self.memo_old[request]
+    if not m then return nil end
+    if m[2] > now then        -- still good: into the current generation
+      self.memo_old[request] = nil
+      self.memo_old_used = self.memo_old_used - m[7]
+      self.memo[request] = m
+      self.memo_used = self.memo_used + m[7]
+    end
+  end
+  if m[2] <= now then return nil end
+  local domain = m[4]
+  if domain then
+    local t = self.clock()
+    if t >= m[8] then return nil end
+    if not m[9] then         -- (while a refresh runs, its own writes move the version)
+      local cache = self.client.cache
+      if not cache or cache:version(domain) ~= m[5] then return nil end
+      if t >= m[6] and not refresh_entry(self, request, m) then return nil end
+    end
+  end
+  return m[1], m[3]
 end
 
-local function memo_put(self, request, reply, series)
+-- The answer the cache gave for a request before, whatever its row's version and soft end,
+-- while its policy's valid_end holds (reply, series); nil otherwise. For a lookup of the
+-- request that has to wait: this answer is given meanwhile.
+local function memo_stale(self, request)
+  local m = self.memo[request] or self.memo_old[request]
+  if m and m[8] and self.clock() < m[8] then return m[1], m[3] end
+end
+
+local function memo_put(self, request, reply, series, keep)
   if self.memo_seconds <= 0 then return end
   local t = monotime()
   if t >= self.memo_retire or self.memo_used >= self.memo_bytes then
     self.memo_old, self.memo = self.memo, {}
     self.memo_old_used, self.memo_used = self.memo_used, 0
-    self.memo_retire = t + self.memo_seconds
+    self.memo_retire = t + (self.memo_rows and math.max(MEMO_GENERATION, self.memo_seconds) or
+      self.memo_seconds)
   end
-  if not self.memo[request] then self.memo_used = self.memo_used + #request + #reply + 96 end
-  self.memo[request] = { reply, t + self.memo_seconds, series }
+  local size = #request + #reply + (keep and 160 or 96)
+  local old = self.memo[request]
+  self.memo_used = self.memo_used + size - (old and old[7] or 0)
+  if keep then
+    self.memo[request] = { reply, math.huge, series, keep[1], keep[2], keep[3], size, keep[4] }
+  else
+    -- the same answer as a kept one before it (a lookup that wrote the row, a recheck): its
+    -- valid_end still bounds memo_stale
+    old = old or self.memo_old[request]
+    local hard = old and old[8] and old[1] == reply and old[8] or nil
+    self.memo[request] = { reply, t + self.memo_seconds, series, nil, nil, nil, size, hard }
+  end
 end
 
 local BUSY = _M.netstring("TEMP busy: too many lookups in flight")
@@ -375,7 +465,7 @@ end
 
 -- The netstring to write for a lookup's outcome (pcall's of lookup), counted in the lookups
 -- metric and kept in the memo under the request `value`.
-local function reply_of(self, value, looked, answer, source)
+local function reply_of(self, value, looked, answer, source, keep)
   if not looked then
     self.log("err", "lookup: " .. tostring(answer))
     return INTERNAL_ERROR
@@ -384,8 +474,28 @@ local function reply_of(self, value, looked, answer, source)
   local kind = answer_kind(answer)
   if source == "fetched" then self.trim_due = true end
   self.m_lookups:labels(kind, source or "none"):inc()
-  memo_put(self, value, reply, self.m_lookups:labels(kind, "memo"))
+  memo_put(self, value, reply, self.m_lookups:labels(kind, "memo"), keep)
   return reply
+end
+
+-- Look up again, in a thread of the loop, the request of a memo entry whose soft end has
+-- passed (memo_get): the entry is given meanwhile, and the lookup's answer replaces it.
+-- At most REFRESHES such lookups run at once (each ends with a write to the cache that
+-- holds the loop for a moment: hundreds at once held it for a second); past that the entry
+-- is given without one, and a later request starts it. false (the entry is not given) when
+-- the lookup cap is reached or the server stops.
+local REFRESHES = 4
+function refresh_entry(self, request, m)
+  if self.stopping or self.lookups >= self.max_lookups then return false end
+  if self.refreshes >= REFRESHES then return true end
+  m[9] = true
+  self.lookups, self.refreshes = self.lookups + 1, self.refreshes + 1
+  self.loop:wrap(function()
+    reply_of(self, request, pcall(lookup, self, smatch(request, "^(%S+) "), m[4]))
+    self.lookups, self.refreshes = self.lookups - 1, self.refreshes - 1
+    m[9] = nil
+  end)
+  return true
 end
 
 -- A lookup as the body of a coroutine: looked, answer, source (pcall's).
@@ -563,10 +673,25 @@ local function serve_connection(self, con)
           self.lookups = self.lookups + 1
           local co = coroutine.create(lookup_job)
           local r = pack(coroutine.resume(co, self, name, domain))
+          local stale, sseries
+          if coroutine.status(co) ~= "dead" and self.refreshes < REFRESHES then
+            stale, sseries = memo_stale(self, value)
+          end
           if coroutine.status(co) == "dead" then
             self.lookups = self.lookups - 1
-            if r[1] then known = reply_of(self, value, r[2], r[3], r[4])
+            if r[1] then known = reply_of(self, value, r[2], r[3], r[4], r[5])
             else known = reply_of(self, value, false, r[2]) end
+          elseif stale then
+            -- it waits (DNS, HTTPS), and the answer the cache gave before is still within
+            -- its policy's valid_end: that answer now, and the lookup's replaces it
+            known = stale
+            sseries:inc()
+            self.refreshes = self.refreshes + 1
+            local request = value
+            self.loop:wrap(function()
+              reply_of(self, request, settle(co, unpack(r, 1, r.n)))
+              self.lookups, self.refreshes = self.lookups - 1, self.refreshes - 1
+            end)
           else
             local slot, request = next_slot, value
             next_slot, handed = next_slot + 1, true
@@ -656,8 +781,8 @@ function families(self)
   end
   self.m_lookups = reg:counter("mtasts_lookups_total", "Socketmap requests answered, by " ..
     "answer (the security level of an OK, else notfound, temp, perm) and source (memo: " ..
-    "the same request's answer of the last second; cache; fetched: DNS or HTTPS now; none: " ..
-    "no lookup needed; busy: over the lookup limit).", { "answer", "source" },
+    "the same request's answer given before, still good; cache; fetched: DNS or HTTPS " ..
+    "now; none: no lookup needed; busy: over the lookup limit).", { "answer", "source" },
     { series = series })
   reg:counter("mtasts_connections_total", "Connections by outcome: accepted, refused (over " ..
     "the limit), accept errors.", { "outcome" }, { collect = function(f)
@@ -754,7 +879,8 @@ end
 -- socket_mode (e.g. "0660" for unix sockets), zones ({ [mapname] = { strict_testing =,
 -- require_sni =, tlsrpt =, failure_level = } }, "*" for any other name), log
 -- (function(level, message)), max_request, idle_timeout, on_lookup, memo_seconds (how long
--- an answer is reused for the same request: default 1; 0 turns it off), memo_bytes (what
+-- an answer is reused for the same request: default 1, and one the cache gave while its row
+-- is unchanged, see memo_get; 0 turns the memo off), memo_bytes (what
 -- the memo may hold, default 8 MiB), max_connections (default 1024: a connection over it is
 -- closed at once, so Postfix defers), max_lookups (lookups in flight, default 256: a request
 -- over it is answered TEMP, unless the cache answers it at once). Both caps are lowered to
@@ -941,7 +1067,7 @@ function _M.new(opts)
     idle_timeout = opts.idle_timeout or _M.IDLE_TIMEOUT, listeners = {}, connections = {},
     on_lookup = opts.on_lookup, stopping = false, memo = {}, memo_old = {}, memo_used = 0,
     memo_retire = 0, memo_seconds = opts.memo_seconds or _M.MEMO_SECONDS,
-    memo_bytes = opts.memo_bytes or _M.MEMO_BYTES, nconnections = 0, lookups = 0,
+    memo_bytes = opts.memo_bytes or _M.MEMO_BYTES, nconnections = 0, lookups = 0, refreshes = 0,
     max_connections = opts.max_connections or _M.MAX_CONNECTIONS,
     max_lookups = opts.max_lookups or _M.MAX_LOOKUPS, noted = {},
     write_timeout = opts.write_timeout or _M.WRITE_TIMEOUT,
@@ -963,6 +1089,12 @@ function _M.new(opts)
     if not client then return nil, err, code, key end
     self.client, self.owns_client = client, true
   end
+  -- answers the cache gave are kept while their row is unchanged (memo_get) when the client
+  -- has a cache with row versions and says how long its hits stand (recheck, its clock)
+  local client = self.client
+  self.clock = type(client.clock) == "function" and client.clock or os.time
+  self.memo_rows = self.memo_seconds > 0 and type(client.recheck) == "number" and
+    type(client.cached) == "function"
   if opts.policy then
     local sc, serr, scode, skey = script_mod.load(opts.policy, { log = self.log,
       budget = opts.policy_budget, allow_exec = opts.policy_exec })
