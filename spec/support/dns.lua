@@ -45,7 +45,7 @@ function _M.start(zones, port)
       '  pidfile: "' .. dir .. '/nsd.pid"', '  xfrdfile: "' .. dir .. '/xfrd.state"',
       '  zonelistfile: "' .. dir .. '/zone.list"', '  database: ""',
       "  verbosity: 1", "  server-count: 1", "  do-ip6: no", "  hide-version: yes",
-      "  tcp-count: 20", "remote-control:", "  control-enable: no" }
+      "  tcp-count: 20", "  rrl-ratelimit: 0", "remote-control:", "  control-enable: no" }
     for i, name in ipairs(names) do
       local file = "zone" .. i .. ".zone"
       local z = zones[name]
