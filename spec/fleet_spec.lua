@@ -471,6 +471,12 @@ describe("a fleet on Redis #fixture", function()
         assert.equal(0, s.sent)
       end
       assert.equal(2, #reports())
+      -- what report stats says of the fleet's side of the day
+      local out, status = util.run(util.lua_cmd() .. " bin/mtasts --config " .. dir ..
+        "/h2.conf --db " .. dir .. "/rs2 report stats 2>&1")
+      assert.equal(0, status, out)
+      assert.truthy(out:find("fleet: shipped by h1, h2, h3 (final: h1, h2, h3); sender h1; " ..
+        "2 report(s) sent; done", 1, true), out)
     end)
 
     it("loses nothing and counts nothing twice when Redis is killed mid-day", function()

@@ -455,15 +455,25 @@ function Fleet:ready(day, hosts, final)
   return self.clock() > day_end(day) + self.ship_window, missing
 end
 
---- What the fleet's Redis side holds for `day` (for `mtasts report stats` and specs).
+--- What the fleet's Redis side holds for `day` (`mtasts report stats`): { hosts = {...},
+-- final = {...}, sender = host | nil, sent = n, done = true | false }, or nil, message, code.
 function Fleet:day_state(day)
   local base = self.prefix .. "rpt:" .. day .. ":"
-  local out = self.r:pipeline({ { "SMEMBERS", base .. "hosts" },
+  local out, err, code = self.r:pipeline({ { "SMEMBERS", base .. "hosts" },
     { "SMEMBERS", base .. "final" }, { "GET", base .. "sender" }, { "HLEN", base .. "sent" },
-    { "GET", base .. "done" } })
-  if not out then return nil end
-  return { hosts = out[1], final = out[2], sender = out[3] or nil, sent = out[4],
-    done = out[5] or nil }
+    { "EXISTS", base .. "done" } })
+  if not out then return nil, err, code end
+  local function list(v)
+    local t = {}
+    if type(v) == "table" and not v.err then
+      for _, h in ipairs(v) do t[#t + 1] = h end
+    end
+    sort(t)
+    return t
+  end
+  return { hosts = list(out[1]), final = list(out[2]),
+    sender = type(out[3]) == "string" and out[3] or nil,
+    sent = math.type(out[4]) == "integer" and out[4] or 0, done = out[5] == 1 }
 end
 
 local SUMS = { "sent", "failed", "retry", "dropped", "waiting", "done" }
