@@ -21,25 +21,12 @@ end
 
 local dir = util.tmpdir()
 local ok, err = pcall(function()
-  local ca = require("support.ca").new(dir .. "/ca")
-  local records, names = {}, {}
-  for i = 1, N do
-    records[#records + 1] = ('_mta-sts.d%d IN TXT "v=STSv1; id=%d;"'):format(i, i)
-    records[#records + 1] = ("mta-sts.d%d IN A 127.0.0.1"):format(i)
-    if i > 1 then names[#names + 1] = ("mta-sts.d%d.example"):format(i) end
-  end
-  local server = require("support.dns").start({ ["example."] = records })
-  local web = require("support.https").start(ca, { {
-    host = "mta-sts.d1.example", names = names,
-    server_name = [[~^mta-sts\.(?<d>[^.]+)\.example$]],
-    nginx = [[default_type text/plain; ]] ..
-      [[return 200 "version: STSv1\nmode: testing\nmx: mx.$d.example\nmax_age: 86400\n";]],
-  } })
+  local world = require("support.world").bulk(dir, N)
   local function wait(fd, events, timeout) coroutine.yield(fd, events, timeout) end
-  local r = assert(resolver.new{ nameserver = server.nameserver, trust_anchor = false,
+  local r = assert(resolver.new{ nameserver = world.dns.nameserver, trust_anchor = false,
     timeout = 10, wait = wait })
-  local f = assert(fetch.new{ resolver = r, cafile = ca.cafile,
-    connect_to = { ":443:127.0.0.1:" .. web.port },   -- curl: an empty host maps every host
+  local f = assert(fetch.new{ resolver = r, cafile = world.ca.cafile,
+    connect_to = world.connect_to,
     timeout = 30, wait = wait, allow_private_addresses = true })
   local before = rss_kib("VmRSS")
   local next_domain, done, failures = 1, 0, 0
@@ -79,8 +66,7 @@ local ok, err = pcall(function()
   print(("%-40s %12d KiB"):format("resident memory before the run", before))
   r:close()
   f:close()
-  web.stop()
-  server.stop()
+  world.stop()
 end)
 proc.stop_all()
 util.run("rm -rf '" .. dir .. "'")

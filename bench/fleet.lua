@@ -62,23 +62,10 @@ local ok, err = pcall(function()
     "(%.2f)\n"):format(rates[false], rates[true], rates[true] / rates[false]))
 
   -- 2. misses: from Redis, or fetched over HTTPS (the fixture world on loopback)
-  local ca = require("support.ca").new(dir .. "/ca")
-  local records, names = {}, {}
-  for i = 1, N do
-    records[#records + 1] = ('_mta-sts.d%d IN TXT "v=STSv1; id=%d;"'):format(i, i)
-    records[#records + 1] = ("mta-sts.d%d IN A 127.0.0.1"):format(i)
-    if i > 1 then names[#names + 1] = ("mta-sts.d%d.example"):format(i) end
-  end
-  local dns = require("support.dns").start({ ["example."] = records })
-  local web = require("support.https").start(ca, { {
-    host = "mta-sts.d1.example", names = names,
-    server_name = [[~^mta-sts\.(?<d>[^.]+)\.example$]],
-    nginx = [[default_type text/plain; ]] ..
-      [[return 200 "version: STSv1\nmode: testing\nmx: mx.$d.example\nmax_age: 86400\n";]],
-  } })
+  local world = require("support.world").bulk(dir, N)
   local function open(i, with)
-    return assert(mtasts.open{ path = dir .. "/miss" .. i, nameserver = dns.nameserver,
-      trust_anchor = false, cafile = ca.cafile, connect_to = { ":443:127.0.0.1:" .. web.port },
+    return assert(mtasts.open{ path = dir .. "/miss" .. i, nameserver = world.dns.nameserver,
+      trust_anchor = false, cafile = world.ca.cafile, connect_to = world.connect_to,
       allow_private_addresses = true, timeouts = { dns = 5, fetch = 5 },
       redis = with and { url = url, host = "h" .. i } or nil })
   end
@@ -122,8 +109,7 @@ local ok, err = pcall(function()
   io.write(("a local cache miss (%d domains, DNS on loopback): fetched over HTTPS %.2f ms " ..
     "(median), %.0f/s; answered by Redis %.2f ms, %.0f/s (%d of %d from Redis)\n"):format(N,
     fetched_med * 1e3, N / fetched_total, shared_med * 1e3, N / shared_total, hits, N))
-  web.stop()
-  dns.stop()
+  world.stop()
 
   -- 3. shipping a day's counters
   local tlsrpt = require("mtasts.tlsrpt")

@@ -19,12 +19,13 @@
 --                                totals, as its local store holds them
 --   PREFIX rpt:DAY:sender        the host that sends DAY's reports (a lock with an expiry)
 --   PREFIX rpt:DAY:sent          hash report -> time it was sent or dropped, by any host
---   PREFIX rpt:DAY:done          set when every report of DAY is done
+--   PREFIX rpt:DAY:done          present once every report of DAY is done
 local core = require("mtasts.core")
+local tlsrpt = require("mtasts.tlsrpt.format")
 
 local type, pairs, ipairs, tostring, tonumber, error, setmetatable = type, pairs, ipairs,
   tostring, tonumber, error, setmetatable
-local sort, spack, sunpack = table.sort, string.pack, string.unpack
+local sort, sunpack = table.sort, string.unpack
 
 local _M = { PREFIX = "mtasts:", SHIP_WINDOW = 7200, LEASE = 10, LEASE_WAIT = 3,
   SENDER_LEASE = 3 * 3600, HOST_ALIVE = 2 * 86400, KEEP_DAYS = 12, CHUNK = 500,
@@ -239,16 +240,12 @@ end
 
 -- --- TLSRPT: shipping ---
 
+-- The last second of a UTC day "YYYY-MM-DD", or nil when it is not one (a day read from
+-- Redis is checked so).
 local function day_end(day)
-  local y, m, d = day:match("^(%d%d%d%d)-(%d%d)-(%d%d)$")
-  local t = os.time({ year = tonumber(y), month = tonumber(m), day = tonumber(d), hour = 12 })
-  -- os.time reads local time: correct to UTC with the offset of that moment
-  local u = os.date("!*t", t)
-  u.isdst = false
-  local offset = os.time(u) - t
-  return t - offset - 12 * 3600 + 86400 - 1
+  local t = tlsrpt.day_start(day)
+  return t and t + 86399
 end
-_M.day_end = day_end
 
 -- A counter key as a fleet member may ship it: kind, a domain, the recipient domain, a flag
 -- and a type, within bounds (what store.lua writes and reads back).
@@ -256,7 +253,6 @@ local function field_ok(f, v)
   return #f <= _M.MAX_FIELD and #v == 16 and
     f:match("^[dh][%w%.%-_]+%z[^%z]*%z[012][SDP]") ~= nil
 end
-_M.field_ok = field_ok
 
 --- Ship `store`'s counters of every day it holds that the fleet has not finished: each
 -- day's totals overwrite what this host shipped before (a retry or a repeat counts once),
@@ -275,7 +271,7 @@ function Fleet:ship(store)
     if not seen[d] then seen[d], all[#all + 1] = true, d end
   end
   for _, d in ipairs(fleet_days) do
-    if type(d) == "string" and d:match("^%d%d%d%d%-%d%d%-%d%d$") and not seen[d] then
+    if day_end(d) and not seen[d] then
       seen[d], all[#all + 1] = true, d
     end
   end
@@ -330,8 +326,7 @@ function Fleet:ship(store)
   end
   -- days whose keys all expired leave the set
   for _, d in ipairs(fleet_days) do
-    if type(d) ~= "string" or not d:match("^%d%d%d%d%-%d%d%-%d%d$") or
-        now > day_end(d) + keep then
+    if not day_end(d) or now > day_end(d) + keep then
       self.r:call("SREM", p .. "days", d)
     end
   end
@@ -498,18 +493,15 @@ function Fleet:send(local_store, fleet_store, day)
   for _, k in ipairs(SUMS) do summary[k] = 0 end
   local now = self.clock()
   for _, d in ipairs(days) do
-    if type(d) == "string" and d:match("^%d%d%d%d%-%d%d%-%d%d$") and now > day_end(d) then
-      local done
+    local done = 1    -- 1: every report of the day went out, or the day has not ended
+    if day_end(d) and now > day_end(d) then
       done, err, code = self.r:call("EXISTS", self.prefix .. "rpt:" .. d .. ":done")
       if done == nil then return nil, err, code end
-      local mine, other
-      if done == 0 then
-        mine, other = self:elect(d)
-        if mine == nil then return nil, other, "redis-unavailable" end
-      end
-      if done ~= 0 then    -- luacheck: ignore 542
-        -- every report of the day went out
-      elseif not mine then
+    end
+    if done == 0 then
+      local mine, other, ecode = self:elect(d)
+      if mine == nil then return nil, other, ecode end
+      if not mine then
         summary.elsewhere = summary.elsewhere + 1
         self.log("info", ("report %s: host %s sends the fleet's reports"):format(d,
           tostring(other)))
@@ -557,6 +549,5 @@ function Fleet:send(local_store, fleet_store, day)
   return summary
 end
 
-_M.encode_counter = function(a, b) return spack(">I8I8", a, b) end
 
 return _M

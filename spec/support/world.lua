@@ -37,6 +37,39 @@ function _M.mx_hosts(d)
   return mx
 end
 
+--- A world of n domains d1.example ... dn.example for the benchmarks, in dir: each with an
+-- `_mta-sts` record (id = its number) and a testing policy (mx.dN.example) served by one
+-- nginx site for every policy host. Returns { ca =, dns =, web =, connect_to = { ... },
+-- stop = }; connect_to maps every host's port 443 to the site.
+function _M.bulk(dir, n)
+  local ca = require("support.ca").new(dir .. "/ca")
+  local records, names = {}, {}
+  for i = 1, n do
+    records[#records + 1] = ('_mta-sts.d%d IN TXT "v=STSv1; id=%d;"'):format(i, i)
+    records[#records + 1] = ("mta-sts.d%d IN A 127.0.0.1"):format(i)
+    if i > 1 then names[#names + 1] = ("mta-sts.d%d.example"):format(i) end
+  end
+  local w = { ca = ca, dns = require("support.dns").start({ ["example."] = records }) }
+  local ok, err = pcall(function()
+    w.web = require("support.https").start(ca, { {
+      host = "mta-sts.d1.example", names = names,
+      server_name = [[~^mta-sts\.(?<d>[^.]+)\.example$]],
+      nginx = [[default_type text/plain; ]] ..
+        [[return 200 "version: STSv1\nmode: testing\nmx: mx.$d.example\nmax_age: 86400\n";]],
+    } })
+  end)
+  if not ok then
+    w.dns.stop()
+    error(err, 0)
+  end
+  w.connect_to = { ":443:127.0.0.1:" .. w.web.port }   -- curl: an empty host maps every host
+  function w.stop()
+    w.web.stop()
+    w.dns.stop()
+  end
+  return w
+end
+
 --- Start the world in dir; returns { dns =, web =, ca =, flags =, db =, stop = }.
 function _M.start(dir)
   local ca = require("support.ca").new(dir .. "/ca")

@@ -370,14 +370,8 @@ function Store:counters(day)
   local recs
   recs, err, code = self.db:scan(prefix)
   if not recs then return nil, err, code end
-  local out = {}
-  for i = 1, #recs, 2 do
-    local v = recs[i + 1]
-    if #v == 8 then v = v .. ("\0"):rep(8) end
-    out[#out + 1] = recs[i]:sub(#prefix + 1)
-    out[#out + 1] = v
-  end
-  return out
+  for i = 1, #recs, 2 do recs[i] = recs[i]:sub(#prefix + 1) end   -- values: 16 bytes each
+  return recs
 end
 
 --- Replace a day's counters with `flat` ({ key, a, b, ... }, whole keys): the fleet's
