@@ -300,6 +300,14 @@ function Client:_obtain(ascii, record, row, now)
   if policy then return policy, text, { content_type_ok = true, shared = fetched } end
   local leased
   if text ~= "error" then leased = fl:lease(ascii) end
+  if leased and text == "miss" then
+    -- another host may have written it and let go of the lease since the read above
+    policy, text, fetched = fl:policy(ascii, record.id, since, now)
+    if policy then
+      fl:release(ascii)
+      return policy, text, { content_type_ok = true, shared = fetched }
+    end
+  end
   if leased == false then
     local deadline = core.monotonic() + fleet.LEASE_WAIT
     while core.monotonic() < deadline do
