@@ -179,5 +179,6 @@ MTASTS_EXPORT int luaopen_mtasts_core(lua_State *L) {
   mtasts_open_collector(L);
   mtasts_open_dane(L);
   mtasts_open_redis(L);
+  mtasts_open_net(L);
   return 1;
 }

@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <unistd.h>
 
 #define REDIS_MT "mtasts.redis_conn"
@@ -158,80 +157,7 @@ static int redis_pending(lua_State *L) {
   return 1;
 }
 
-/* --- mtasts.redis_poller: one descriptor that stays, for the connections that come and go ---
- * A host's loop may remember the descriptors it was asked to wait on (cqueues does): a
- * connection closed while another coroutine waits on it, or a new one given the same
- * number, confuses it. So mtasts.redis waits on an epoll descriptor of its own, made once,
- * with the connection of the moment in it; closing a connection takes it out of the set. */
-#define POLLER_MT "mtasts.redis_poller"
-
-typedef struct { void *self; int ep; } lpoller;   /* self: the userdata, NULL once closed */
-
-static int poller_release(void *p, char *err) {
-  lpoller *u = p;
-  (void)err;
-  if (u->self && u->ep >= 0) close(u->ep);
-  u->self = NULL;
-  u->ep = -1;
-  return 0;
-}
-
-static const mtasts_lua_class poller_class = { POLLER_MT, poller_release, NULL };
-
-/* redis_poller() -> poller | fail (local) */
-static int redis_poller(lua_State *L) {
-  lpoller *u = mtasts_lua_class_new(L, &poller_class, sizeof *u);
-  char msg[128];
-  u->ep = epoll_create1(EPOLL_CLOEXEC);
-  if (u->ep < 0) {
-    snprintf(msg, sizeof msg, "epoll_create1: %s", strerror(errno));
-    return mtasts_lua_fail(L, msg, "local");
-  }
-  u->self = u;
-  return 1;
-}
-
-/* poller:fd() -> the descriptor to wait on for reading */
-static int poller_fd(lua_State *L) {
-  lua_pushinteger(L, ((lpoller *)mtasts_lua_class_check(L, 1, &poller_class))->ep);
-  return 1;
-}
-
-/* poller:watch(fd, events) -> true | fail: the poller is readable while fd is ready for
- * events ("r", "w", "rw"); a descriptor watched before is changed, a new one added */
-static int poller_watch(lua_State *L) {
-  lpoller *u = mtasts_lua_class_check(L, 1, &poller_class);
-  int fd = (int)luaL_checkinteger(L, 2);
-  const char *ev = luaL_checkstring(L, 3);
-  struct epoll_event e;
-  char msg[128];
-  memset(&e, 0, sizeof e);
-  e.events = (strchr(ev, 'r') ? EPOLLIN : 0) | (strchr(ev, 'w') ? EPOLLOUT : 0);
-  e.data.fd = fd;
-  if (epoll_ctl(u->ep, EPOLL_CTL_MOD, fd, &e) != 0 &&
-      (errno != ENOENT || epoll_ctl(u->ep, EPOLL_CTL_ADD, fd, &e) != 0)) {
-    snprintf(msg, sizeof msg, "epoll_ctl(%d): %s", fd, strerror(errno));
-    return mtasts_lua_fail(L, msg, "local");
-  }
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* poller:unwatch(fd) -> true: before a watched descriptor is closed (closing also does it) */
-static int poller_unwatch(lua_State *L) {
-  lpoller *u = mtasts_lua_class_check(L, 1, &poller_class);
-  (void)epoll_ctl(u->ep, EPOLL_CTL_DEL, (int)luaL_checkinteger(L, 2), NULL);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 void mtasts_open_redis(lua_State *L) {
-  static const luaL_Reg pmethods[] = {
-    { "fd", poller_fd },
-    { "watch", poller_watch },
-    { "unwatch", poller_unwatch },
-    { NULL, NULL }
-  };
   static const luaL_Reg methods[] = {
     { "fd", redis_fd },
     { "want", redis_want },
@@ -242,10 +168,6 @@ void mtasts_open_redis(lua_State *L) {
   };
   mtasts_lua_class_register(L, &redis_class, methods);
   lua_pop(L, 1);
-  mtasts_lua_class_register(L, &poller_class, pmethods);
-  lua_pop(L, 1);
   lua_pushcfunction(L, redis_connect);
   lua_setfield(L, -2, "redis_connect");
-  lua_pushcfunction(L, redis_poller);
-  lua_setfield(L, -2, "redis_poller");
 }

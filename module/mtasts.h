@@ -129,5 +129,6 @@ void mtasts_open_fetch(struct lua_State *L);    /* adds fetcher_new and mtasts.f
 void mtasts_open_results(struct lua_State *L);  /* adds results_open, mtasts.results, codecs */
 void mtasts_open_collector(struct lua_State *L);  /* adds collector_open, dgram_parse */
 void mtasts_open_redis(struct lua_State *L);     /* adds redis_connect, mtasts.redis_conn */
+void mtasts_open_net(struct lua_State *L);       /* adds poller (mtasts.poller), recv, send */
 
 #endif

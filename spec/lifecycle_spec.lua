@@ -29,9 +29,9 @@ local classes = {
   { name = "mtasts.redis_conn",   -- a non-blocking connect to loopback, never finished
     make = function() return assert(core.redis_connect{ host = "127.0.0.1", port = 9 }) end,
     methods = { "fd", "want", "send", "step", "pending" } },
-  { name = "mtasts.redis_poller",
-    make = function() return assert(core.redis_poller()) end,
-    methods = { "fd", "watch", "unwatch" } },
+  { name = "mtasts.poller",
+    make = function() return assert(core.poller()) end,
+    methods = { "fd", "watch", "unwatch", "wait" } },
 }
 
 local function raised(fn, ...)

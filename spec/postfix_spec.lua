@@ -452,6 +452,75 @@ describe("mtasts.postfix server, in process", function()
     assert.equal(7, calls)
     assert.equal(0, stats.lookups)
   end)
+
+  it("answers a parked connection from the memo in the loop, in order with what waits", function()
+    local calls = {}
+    local fake = { close = function() end, get = function(_, domain)
+      calls[domain] = (calls[domain] or 0) + 1
+      if domain == "wait.example" then cqueues.sleep(0.2) end
+      return { mode = "enforce", mx = { "mx." .. domain } }, {}, false
+    end }
+    local srv = assert(postfix.new{ client = fake, listen = { "inet:127.0.0.1:0" },
+      memo_seconds = 60 })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    local got, parked_before, closed_left = {}, nil, nil
+    local function answer(d) return "OK secure match=mx." .. d .. " servername=hostname" end
+    srv.loop:wrap(function()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      local buf = ""
+      local function read(n)
+        while #got < n do
+          local chunk = con:xread(-4096, "b", 5)
+          if not chunk then return end
+          buf = buf .. chunk
+          repeat
+            local v, rest = postfix.netstring_decode(buf)
+            if v then got[#got + 1], buf = v, rest end
+          until not v
+        end
+      end
+      -- the first asks the client; the reader parks once it has answered
+      con:write(postfix.netstring("postfix a.example"))
+      con:flush()
+      read(1)
+      cqueues.sleep(0.1)
+      parked_before = srv:stats().parked_answers
+      -- one write: the memo's, one that waits, the memo's behind it, a new one, and a
+      -- netstring cut in two writes
+      con:write(postfix.netstring("postfix a.example") .. postfix.netstring(
+        "postfix wait.example") .. postfix.netstring("postfix a.example") ..
+        postfix.netstring("postfix b.example") .. "17:postfix a.exa")
+      con:flush()
+      cqueues.sleep(0.3)
+      con:write("mple,")
+      con:flush()
+      read(6)
+      -- one at a time again, as Postfix asks: the loop answers each
+      for _ = 1, 3 do
+        cqueues.sleep(0.05)
+        con:write(postfix.netstring("postfix b.example"))
+        con:flush()
+        read(#got + 1)
+      end
+      con:close()
+      -- the parked connection's end is noticed, and its slot given back
+      assert(proc.poll(function() return srv:stats().connections == 0 end, 5, cqueues.sleep))
+      closed_left = srv:stats().connections
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    local stats = srv:stats()
+    srv:close()
+    assert.same({ answer("a.example"), answer("a.example"), answer("wait.example"),
+      answer("a.example"), answer("b.example"), answer("a.example"), answer("b.example"),
+      answer("b.example"), answer("b.example") }, got)
+    assert.same({ ["a.example"] = 1, ["wait.example"] = 1, ["b.example"] = 1 }, calls)
+    assert.equal(0, parked_before)
+    -- the second request came while parked, and the last three: the loop answered them
+    assert.is_true(stats.parked_answers >= 4, "parked answers: " .. stats.parked_answers)
+    assert.equal(0, closed_left)
+  end)
 end)
 
 describe("mtasts.postfix answer memo", function()

@@ -32,6 +32,7 @@ local errno = require("cqueues.errno")
 local EAGAIN, ETIMEDOUT = errno.EAGAIN, errno.ETIMEDOUT
 local poll = cqueues.poll
 local core = require("mtasts.core")
+local recv, send = core.recv, core.send
 
 -- Descriptors a lookup in flight may hold (the resolver's sockets for its queries, the
 -- fetcher's connection), and those kept free beyond what is open when the server starts.
@@ -148,6 +149,7 @@ local Server = {}
 local server_mt = { __index = Server, __name = "mtasts.postfix.server" }
 local serve_http   -- the metrics' HTTP answer (below): the socketmap port takes scrapes too
 local families     -- the metric families (below)
+local drive        -- one step of the server's own loop (below)
 local collect_loop -- the libtlsrpt collector's commits (below)
 local dane_answer  -- DANE first (below)
 local START_TIME = os.time()   -- when the module was loaded: the process's start
@@ -628,8 +630,52 @@ local function serve_connection(self, con)
     self.nconnections = self.nconnections - 1
     con:close()
   end)
+  -- The input is read with one recv of the socket (core.recv), not through cqueues' buffer,
+  -- so the server's loop can read it too while this reader is parked (below).
+  local fd = con:pollfd()
+  local readable = { pollfd = fd, events = "r" }
+  local buf, pos, idle, now = "", 1, 0, monotime()
+  local parked, park_wake, unsent, unsent_at = false, condition.new(), nil, 1
+  local counts = self.counts
+  local function unpark()
+    parked = false
+    self.parked[fd] = nil
+    if self.poller then self.poller:unwatch(fd) end
+  end
+  -- While the reader is parked, the server's loop calls this when the socket is readable: it
+  -- reads, and answers from the memo the requests it can, in order, as the reader would.
+  -- true: parked still; false: unparked, and the reader is woken for what is left (a request
+  -- the memo does not know, a netstring error, an answer not wholly sent, a closed socket).
+  local function serve_parked()
+    local chunk = recv(fd, 4096)
+    if chunk then
+      if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
+      pos, idle, now = 1, 0, monotime()
+      while true do
+        local value, nextpos, terr = take(buf, pos, max, maxdigits)
+        if not value then
+          if not terr then return true end
+          break
+        end
+        local known, series = memo_get(self, value, now)
+        if not known then break end
+        pos = nextpos
+        series:inc()
+        counts.parked = counts.parked + 1
+        local n = send(fd, known) or 0
+        if n < #known then
+          unsent, unsent_at = known, n + 1
+          break
+        end
+      end
+    elseif chunk == false then
+      return true
+    end
+    unpark()
+    park_wake:signal()
+    return false
+  end
   local ok, err = pcall(function()
-    local buf, pos, idle, now = "", 1, 0, monotime()
     while reading and not closed do
       -- back-pressure: Postfix asks one request at a time; a peer that pipelines without
       -- reading its answers is not read from until they are written
@@ -736,26 +782,39 @@ local function serve_connection(self, con)
           end
         end
       else
+        if unsent then                -- what the server's loop could not send for it
+          local s, i = unsent, unsent_at
+          unsent = nil
+          if not send_all(self, con, s, i) then closed = true break end
+        end
         if not flush(self, con) then closed = true break end
         -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
         if self.stopping and next_write == next_slot then break end
-        -- cqueues' xread inlined: recv, and on EAGAIN wait for the socket (a second at
-        -- most). (Waiting first would save the EAGAIN when requests come one at a time, but
-        -- a cqueues socket polls for what its last call needed: before an EAGAIN, that is
-        -- not input.)
-        local chunk, rerr = con:recv(-4096)
-        if not chunk and rerr == EAGAIN then
-          poll(con, 1)
-          chunk, rerr = con:recv(-4096)
+        local chunk = recv(fd, 4096)
+        if chunk == false then
+          if self.driven and next_write == next_slot then
+            -- nothing in flight: park. The server's loop waits on the socket with everything
+            -- else, and answers from the memo without waking this reader (serve_parked):
+            -- no hop through cqueues per request. Woken for anything else, or after a second.
+            parked = true
+            self.parked[fd] = serve_parked
+            if self.poller and self.poller:watch(fd, "r") then park_wake:wait(1) end
+            if parked then unpark() end
+          else
+            poll(readable, 1)
+          end
+          if pos > #buf then chunk = recv(fd, 4096) end
         end
         if chunk then
           if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
           pos, idle, now = 1, 0, monotime()
-        elseif rerr == EAGAIN then
-          if monotime() - now >= idle + 1 then idle = idle + 1 end
-          if idle >= self.idle_timeout then break end
+        elseif chunk == false then
+          if pos > #buf then    -- (else: the server's loop read requests for this reader)
+            if monotime() - now >= idle + 1 then idle = idle + 1 end
+            if idle >= self.idle_timeout then break end
+          end
         else
-          break                      -- closed by Postfix (nil), or an error
+          break                      -- closed by Postfix, or an error
         end
       end
     end
@@ -1071,8 +1130,10 @@ function _M.new(opts)
     max_connections = opts.max_connections or _M.MAX_CONNECTIONS,
     max_lookups = opts.max_lookups or _M.MAX_LOOKUPS, noted = {},
     write_timeout = opts.write_timeout or _M.WRITE_TIMEOUT,
-    max_pending = opts.max_pending or _M.MAX_PENDING, memo_old_used = 0,
-    counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0 }, is_open = true },
+    max_pending = opts.max_pending or _M.MAX_PENDING, memo_old_used = 0, parked = {},
+    ready = {}, driven = false,
+    counts = { accepted = 0, refused = 0, busy = 0, accept_errors = 0, parked = 0 },
+    is_open = true },
     server_mt)
   -- the levels are asked once: a line is built only when its level is written
   self.info_on = logging.enabled(self.log, "info")
@@ -1187,7 +1248,7 @@ function Server:stats()
   return { connections = self.nconnections, lookups = self.lookups,
     max_connections = self.max_connections, max_lookups = self.max_lookups,
     accepted = self.counts.accepted, refused = self.counts.refused, busy = self.counts.busy,
-    accept_errors = self.counts.accept_errors,
+    accept_errors = self.counts.accept_errors, parked_answers = self.counts.parked,
     memo_bytes = self.memo_used + self.memo_old_used }
 end
 
@@ -1380,6 +1441,61 @@ function Server:stop()
   for _, l in ipairs(self.listeners) do if l.srv then pcall(l.srv.close, l.srv) end end
 end
 
+-- One step of the server's own loop: one wait on an epoll set (core.poller) holding the
+-- cqueues loop's descriptor and the sockets of parked connections (serve_connection), the
+-- parked ones served, and the cqueues loop stepped when it has something to do (a thread
+-- woken, a timer due). Inside another cqueues thread (a host's loop), or when the poller
+-- cannot be made, the cqueues loop alone, as before: connections are then not parked.
+function drive(self, timeout)
+  local loop = self.loop
+  local P = self.poller
+  if not P and not self.no_poller and not cqueues.running() then
+    local perr
+    P, perr = core.poller()
+    if P and not P:watch(loop:pollfd(), "r") then P = nil end
+    if not P then
+      self.no_poller = true
+      self.log("warning", "socketmap: no poller of its own (" .. tostring(perr) ..
+        "): every request goes through the cqueues loop")
+    end
+    self.poller, self.loop_fd = P, loop:pollfd()
+  end
+  if not P or cqueues.running() then
+    self.driven = false
+    return loop:step(timeout)
+  end
+  self.driven = true
+  local t = loop:timeout()
+  if t == nil or (timeout and t > timeout) then t = timeout end
+  local ready = self.ready
+  local n = P:wait(t or 60, ready)
+  if not n then
+    self.driven = false
+    return loop:step(0)
+  end
+  local step = n == 0
+  for i = 1, n do
+    local fd = ready[i]
+    local f = self.parked[fd]
+    if f then
+      local ok, err = pcall(f)
+      if not ok then
+        self.parked[fd] = nil
+        P:unwatch(fd)
+        self.log("err", "socketmap connection: " .. tostring(err))
+      end
+    elseif fd == self.loop_fd then
+      step = true
+    end
+  end
+  if not step then
+    local lt = loop:timeout()
+    step = lt ~= nil and lt <= 0
+  end
+  if step then return loop:step(0) end
+  return true
+end
+
 --- Run the loop until stop() and every connection has closed; SIGTERM and SIGINT stop.
 function Server:run(opts)
   live(self, "run")
@@ -1412,7 +1528,7 @@ function Server:run(opts)
     self.loop:wrap(function() trim_loop(self) end)
   end
   while not self.loop:empty() do
-    local ok, err = self.loop:step(1)
+    local ok, err = drive(self, 1)
     if not ok then self.log("err", "loop: " .. tostring(err)) end
     if self.stopping and (next(self.connections) == nil or cqueues.monotime() > self.stop_by)
     then
@@ -1422,10 +1538,12 @@ function Server:run(opts)
   return true
 end
 
---- Step the loop once (for hosts and specs that drive it): see cqueues step.
+--- Step the server once, waiting at most `timeout` seconds (for hosts that drive it): true,
+-- or false, message as cqueues' step. Called from inside a cqueues thread, it steps the
+-- server's loop as a nested cqueues controller (and connections are not parked).
 function Server:step(timeout)
   live(self, "step")
-  return self.loop:step(timeout)
+  return drive(self, timeout)
 end
 
 --- Close the listeners and connections, and the client the server made. Returns true, or
@@ -1442,6 +1560,8 @@ function Server:close()
     self.collector = nil
   end
   for con in pairs(self.connections) do pcall(con.close, con) end
+  if self.poller then self.poller:close() end
+  self.poller, self.no_poller = nil, true
   local ok, err, code = true, nil, nil
   if self.metrics_store then pcall(self.metrics_store.release, self.metrics_store) end
   self.metrics_store = nil

@@ -247,13 +247,13 @@ local function close_conn(self, c)
   c:close()
 end
 
--- The one descriptor every wait of this client is on (core.redis_poller): connections come
+-- The one descriptor every wait of this client is on (core.poller): connections come
 -- and go, and a host's loop that remembers descriptors (cqueues) must never be handed one
 -- that another coroutine closes meanwhile. Watches c for what it wants; returns the
 -- poller's descriptor, or fail (this host failed).
 local function watch(self, c)
   if not self.poller then
-    local p, err, code = core.redis_poller()
+    local p, err, code = core.poller()
     if not p then return nil, err, code end
     self.poller = p
   end
