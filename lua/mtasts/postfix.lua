@@ -643,34 +643,45 @@ local function serve_connection(self, con)
     if self.poller then self.poller:unwatch(fd) end
   end
   -- While the reader is parked, the server's loop calls this when the socket is readable: it
-  -- reads, and answers from the memo the requests it can, in order, as the reader would.
-  -- true: parked still; false: unparked, and the reader is woken for what is left (a request
-  -- the memo does not know, a netstring error, an answer not wholly sent, a closed socket).
+  -- reads, and answers from the memo the requests it can, in order, as the reader would,
+  -- with one send for all of them. true: parked still; false: unparked, and the reader is
+  -- woken for what is left (a request the memo does not know, a netstring error, answers the
+  -- socket did not wholly take, a closed socket).
+  local replies = {}
   local function serve_parked()
     local chunk = recv(fd, 4096)
+    if chunk == false then return true end
+    local stay, n = chunk and true or false, 0
     if chunk then
       if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
       pos, idle, now = 1, 0, monotime()
       while true do
         local value, nextpos, terr = take(buf, pos, max, maxdigits)
         if not value then
-          if not terr then return true end
+          stay = not terr
           break
         end
         local known, series = memo_get(self, value, now)
-        if not known then break end
-        pos = nextpos
-        series:inc()
-        counts.parked = counts.parked + 1
-        local n = send(fd, known) or 0
-        if n < #known then
-          unsent, unsent_at = known, n + 1
+        if not known then
+          stay = false
           break
         end
+        pos = nextpos
+        series:inc()
+        n = n + 1
+        replies[n] = known
       end
-    elseif chunk == false then
-      return true
     end
+    if n > 0 then
+      counts.parked = counts.parked + n
+      local out = n == 1 and replies[1] or concat(replies, "", 1, n)
+      for i = 1, n do replies[i] = nil end
+      local sent = send(fd, out) or 0
+      if sent < #out then
+        unsent, unsent_at, stay = out, sent + 1, false
+      end
+    end
+    if stay then return true end
     unpark()
     park_wake:signal()
     return false
