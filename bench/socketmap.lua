@@ -274,6 +274,12 @@ local ok, err = pcall(function()
       r[shape[1]] = { rps = median(t.rps), p50 = median(t.p50), p99 = median(t.p99) }
     end
   end
+  -- each run of mtasts against the ceiling's run of the same round (seconds apart, so the
+  -- same state of the machine): the median of those ratios, beside the ratio of the medians
+  local paired = {}
+  for run = 1, RUNS do paired[run] = samples["1c1d1"].rps[run] / samples["3c1d1"].rps[run] end
+  results[1].c1d1.paired = median(paired)
+  results[1].c1d1.pairs = paired
 
   for _, s in ipairs(servers) do proc.stop(s.pid) end
   proc.stop(nginx)
@@ -322,6 +328,9 @@ io.write(("%-34s %14s %14s\n"):format("  Berkeley DB regions, RSS / PSS (MiB)",
   mib(m.mem.db_rss) .. " / " .. mib(m.mem.db_pss), "-"))
 io.write(("%-34s %14d %14d %14d\n"):format("  processes", m.mem.processes, p.mem.processes,
   c.mem.processes))
+local pairs_text = {}
+for i, v in ipairs(m.c1d1.pairs) do pairs_text[i] = ("%.2f"):format(v) end
 io.write(("aims: memory at most a quarter of the peer's: RSS %s, PSS %s; one request at a " ..
-  "time at least 0.85 of the ceiling: %s\n"):format(ratio(m.mem.rss, p.mem.rss),
-  ratio(m.mem.pss, p.mem.pss), ratio(m.c1d1.rps, c.c1d1.rps)))
+  "time at least 0.85 of the ceiling: %s (run by run: median %.2f of %s)\n"):format(
+  ratio(m.mem.rss, p.mem.rss), ratio(m.mem.pss, p.mem.pss), ratio(m.c1d1.rps, c.c1d1.rps),
+  m.c1d1.paired, table.concat(pairs_text, " ")))
