@@ -637,10 +637,13 @@ local function serve_connection(self, con)
   local buf, pos, idle, now = "", 1, 0, monotime()
   local parked, park_wake, unsent, unsent_at = false, condition.new(), nil, 1
   local counts = self.counts
+  local serve_parked
   local function unpark()
     parked = false
-    self.parked[fd] = nil
-    if self.poller then self.poller:unwatch(fd) end
+    if self.parked[fd] == serve_parked then     -- (not another connection's, on a new fd)
+      self.parked[fd] = nil
+      if self.poller then self.poller:unwatch(fd) end
+    end
   end
   -- While the reader is parked, the server's loop calls this when the socket is readable: it
   -- reads, and answers from the memo the requests it can, in order, as the reader would,
@@ -648,7 +651,7 @@ local function serve_connection(self, con)
   -- woken for what is left (a request the memo does not know, a netstring error, answers the
   -- socket did not wholly take, a closed socket).
   local replies = {}
-  local function serve_parked()
+  function serve_parked()
     local chunk = recv(fd, 4096)
     if chunk == false then return true end
     local stay, n = chunk and true or false, 0
