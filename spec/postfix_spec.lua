@@ -521,6 +521,38 @@ describe("mtasts.postfix server, in process", function()
     assert.is_true(stats.parked_answers >= 4, "parked answers: " .. stats.parked_answers)
     assert.equal(0, closed_left)
   end)
+
+  it("serves through the cqueues loop alone when stepped from a host's cqueues thread", function()
+    local fake = { close = function() end, get = function(_, domain)
+      return { mode = "enforce", mx = { "mx." .. domain } }, {}, false
+    end }
+    local srv = assert(postfix.new{ client = fake, listen = { "inet:127.0.0.1:0" },
+      memo_seconds = 60 })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    local host, got, done = cqueues.new(), {}, false
+    host:wrap(function()          -- the host's loop steps the server
+      while not done do assert(srv:step(0.05)) end
+    end)
+    host:wrap(function()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      for _ = 1, 3 do
+        con:write(postfix.netstring("postfix a.example"))
+        con:flush()
+        got[#got + 1] = postfix.netstring_decode(con:xread(-4096, "b", 5) or "")
+        cqueues.sleep(0.05)
+      end
+      con:close()
+      done = true
+    end)
+    local deadline = cqueues.monotime() + 10
+    while not host:empty() and cqueues.monotime() < deadline do assert(host:step(0.1)) end
+    local stats = srv:stats()
+    srv:close()
+    local a = "OK secure match=mx.a.example servername=hostname"
+    assert.same({ a, a, a }, got)
+    assert.equal(0, stats.parked_answers)
+  end)
 end)
 
 describe("mtasts.postfix answer memo", function()
