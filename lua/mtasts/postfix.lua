@@ -806,10 +806,11 @@ local function serve_connection(self, con)
         if self.stopping and next_write == next_slot then break end
         local chunk = recv(fd, 4096)
         if chunk == false then
-          if self.driven and next_write == next_slot then
+          if self.driven and next_write == next_slot and self.memo_seconds > 0 then
             -- nothing in flight: park. The server's loop waits on the socket with everything
             -- else, and answers from the memo without waking this reader (serve_parked):
             -- no hop through cqueues per request. Woken for anything else, or after a second.
+            -- (Without a memo, every request would wake it: no parking then.)
             parked = true
             self.parked[fd] = serve_parked
             if self.poller and self.poller:watch(fd, "r") then park_wake:wait(1) end
