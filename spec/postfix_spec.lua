@@ -375,6 +375,31 @@ describe("mtasts.postfix server, in process", function()
     assert.is_true(busy_answers >= 4, "busy connection answered " .. tostring(busy_answers))
   end)
 
+  it("closes a connection idle for idle_timeout seconds after half a request", function()
+    local fake = { get = function() return nil end, close = function() end }
+    local srv = assert(postfix.new{ client = fake, listen = { "inet:127.0.0.1:0" },
+      idle_timeout = 2 })
+    local port = tonumber(srv:addresses()[1]:match(":(%d+)$"))
+    local closed_at
+    srv.loop:wrap(function()
+      local t0 = cqueues.monotime()
+      local con = assert(socket.connect("127.0.0.1", port))
+      con:setmode("b", "b")
+      con:write(postfix.netstring("postfix [1.2.3.4]"))    -- answered; the reader parks
+      con:flush()
+      assert(con:xread(-100, "b", 5))
+      con:write("20:postfix d")                               -- and then nothing more
+      con:flush()
+      assert.is_nil(con:xread(-100, "b", 10))
+      closed_at = cqueues.monotime() - t0
+      con:close()
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    srv:close()
+    assert.is_true(closed_at >= 1.9 and closed_at < 5, "closed after " .. tostring(closed_at))
+  end)
+
   it("core.trim gives free memory inside the C heap back to the system", function()
     -- scattered free memory: every tenth string stays, the rest are freed
     local keep, all = {}, {}
@@ -520,6 +545,66 @@ describe("mtasts.postfix server, in process", function()
     -- the second request came while parked, and the last three: the loop answered them
     assert.is_true(stats.parked_answers >= 4, "parked answers: " .. stats.parked_answers)
     assert.equal(0, closed_left)
+  end)
+
+  it("keeps the order of answers a parked connection's socket did not take at once", function()
+    -- a peer that pipelines far more than the socket buffers hold before it reads: the
+    -- loop's sends come up short: what they left is sent by the reader before anything
+    -- else, and every answer arrives whole and in order, the one the memo did not know too
+    local fake = { close = function() end, get = function(_, domain)
+      return { mode = "enforce", mx = { "mx." .. domain } }, {}, false
+    end }
+    -- (a Unix socket: its buffers do not grow as loopback TCP's do)
+    local path = util.tmpdir() .. "/socketmap"
+    local srv = assert(postfix.new{ client = fake, listen = { "unix:" .. path },
+      memo_seconds = 60 })
+    local function answer(d)
+      return postfix.netstring("OK secure match=mx." .. d .. " servername=hostname")
+    end
+    local K, N = 50, 60000
+    local names, reqs, answers = {}, {}, {}
+    for i = 1, N do
+      names[i] = ("d%d.example"):format(i % K)
+      reqs[i] = postfix.netstring("postfix " .. names[i])
+      answers[i] = answer(names[i])
+    end
+    local expected = table.concat(answers) .. answer("new.example") ..
+      table.concat(answers, "", 1, 100)
+    local got, done = {}, false
+    srv.loop:wrap(function()
+      local con = assert(socket.connect{ path = path })
+      con:setmode("b", "b")
+      for i = 1, K do           -- each into the memo, one at a time
+        con:write(reqs[i])
+        con:flush()
+        assert.equal(answers[i], con:xread(#answers[i], "b", 5))
+      end
+      cqueues.sleep(0.1)                   -- parked now
+      srv.loop:wrap(function()             -- the reading half, late
+        cqueues.sleep(0.5)
+        local n = 0
+        while n < #expected do
+          local chunk = con:xread(-65536, "b", 10)
+          if not chunk then break end
+          got[#got + 1] = chunk
+          n = n + #chunk
+        end
+        done = true
+      end)
+      con:write(table.concat(reqs) .. postfix.netstring("postfix new.example") ..
+        table.concat(reqs, "", 1, 100))
+      con:flush()
+      assert(proc.poll(function() return done end, 30, cqueues.sleep))
+      con:close()
+      srv:stop()
+    end)
+    srv:run{ signals = false }
+    local stats = srv:stats()
+    srv:close()
+    local text = table.concat(got)
+    assert.equal(#expected, #text)
+    assert.is_true(text == expected, "answers out of order")
+    assert.is_true(stats.parked_answers > 0)
   end)
 
   it("serves through the cqueues loop alone when stepped from a host's cqueues thread", function()

@@ -603,7 +603,9 @@ local function serve_connection(self, con)
   self.connections[con] = true
   local answers, next_write, next_slot = {}, 1, 1
   local writer_wake, reader_wake = condition.new(), condition.new()
-  local reading, closed = true, false
+  -- writing: the writer is inside a write (its send may wait for the socket with part of an
+  -- answer still to go); nothing else may write to the socket then
+  local reading, closed, writing = true, false, false
   local max = self.max_request
   local maxdigits = #tostring(max)
   self.loop:wrap(function()     -- the writer: answers in request order
@@ -614,7 +616,9 @@ local function serve_connection(self, con)
           answers[next_write] = nil
           next_write = next_write + 1
           if not closed then
+            writing = true
             if not (send_all(self, con, a) and flush(self, con)) then closed = true end
+            writing = false
           end
           reader_wake:signal()
         end
@@ -651,7 +655,7 @@ local function serve_connection(self, con)
   -- woken for what is left (a request the memo does not know, a netstring error, answers the
   -- socket did not wholly take, a closed socket).
   local replies = {}
-  function serve_parked()
+  local function parked_read()
     local chunk = recv(fd, 4096)
     if chunk == false then return true end
     local stay, n = chunk and true or false, 0
@@ -684,13 +688,24 @@ local function serve_connection(self, con)
         unsent, unsent_at, stay = out, sent + 1, false
       end
     end
-    if stay then return true end
+    return stay
+  end
+  function serve_parked()
+    local ok, stay = pcall(parked_read)
+    if ok and stay then return true end
+    if not ok then
+      -- requests were taken whose answers were not sent: the connection cannot go on in
+      -- order, so it ends (Postfix asks again on a new one)
+      self.log("err", "socketmap connection: " .. tostring(stay))
+      for i = #replies, 1, -1 do replies[i] = nil end
+      closed = true
+    end
     unpark()
     park_wake:signal()
     return false
   end
   local ok, err = pcall(function()
-    while reading and not closed do
+    while reading and not closed and self.is_open do
       -- back-pressure: Postfix asks one request at a time; a peer that pipelines without
       -- reading its answers is not read from until they are written
       while next_slot - next_write >= self.max_pending and not closed do
@@ -698,6 +713,11 @@ local function serve_connection(self, con)
         reader_wake:wait(1)
       end
       if closed then break end
+      if unsent then              -- what the server's loop could not send for it: first
+        local s, i = unsent, unsent_at
+        unsent = nil
+        if not send_all(self, con, s, i) then closed = true break end
+      end
       local value, nextpos, terr = take(buf, pos, max, maxdigits)
       if terr and self.metrics_on_socketmap and next_slot == 1 and sub(buf, pos, pos + 3) ==
           "GET " then
@@ -763,7 +783,7 @@ local function serve_connection(self, con)
             end)
           end
         end
-        if known and next_write == next_slot then
+        if known and next_write == next_slot and not writing then
           -- nothing waits before it: answer now, no coroutine (into the socket's buffer:
           -- the raw send, as cqueues' write adds two layers of Lua per call)
           local n = con:send(known, 1, #known, "f") or 0
@@ -796,35 +816,36 @@ local function serve_connection(self, con)
           end
         end
       else
-        if unsent then                -- what the server's loop could not send for it
-          local s, i = unsent, unsent_at
-          unsent = nil
-          if not send_all(self, con, s, i) then closed = true break end
-        end
         if not flush(self, con) then closed = true break end
         -- a second at a time, so a stop is noticed: Postfix keeps idle connections open
         if self.stopping and next_write == next_slot then break end
         local chunk = recv(fd, 4096)
+        local arrived = false       -- bytes the server's loop read for this reader meanwhile
         if chunk == false then
-          if self.driven and next_write == next_slot and self.memo_seconds > 0 then
+          local P = self.poller
+          if self.driven and P and next_write == next_slot and not writing and
+              self.memo_seconds > 0 and P:watch(fd, "r") then
             -- nothing in flight: park. The server's loop waits on the socket with everything
             -- else, and answers from the memo without waking this reader (serve_parked):
             -- no hop through cqueues per request. Woken for anything else, or after a second.
             -- (Without a memo, every request would wake it: no parking then.)
+            local t0 = now
             parked = true
             self.parked[fd] = serve_parked
-            if self.poller and self.poller:watch(fd, "r") then park_wake:wait(1) end
+            park_wake:wait(1)
             if parked then unpark() end
+            arrived = now ~= t0
           else
             poll(readable, 1)
           end
-          if pos > #buf then chunk = recv(fd, 4096) end
+          if closed then break end
+          if not arrived then chunk = recv(fd, 4096) end
         end
         if chunk then
           if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
           pos, idle, now = 1, 0, monotime()
         elseif chunk == false then
-          if pos > #buf then    -- (else: the server's loop read requests for this reader)
+          if not arrived then
             if monotime() - now >= idle + 1 then idle = idle + 1 end
             if idle >= self.idle_timeout then break end
           end
@@ -1486,9 +1507,13 @@ function drive(self, timeout)
   local due = t ~= nil and t <= 0
   if t == nil or (timeout and t > timeout) then t = timeout end
   local ready = self.ready
-  local n = P:wait(t or 60, ready)
+  local n, werr = P:wait(t or 60, ready)
   if not n then
-    self.driven = false
+    -- (parked readers wake within a second and wait through the cqueues loop from then on)
+    self.log("warning", "socketmap: " .. tostring(werr) .. ": every request goes through " ..
+      "the cqueues loop from now on")
+    P:close()
+    self.poller, self.no_poller, self.driven = nil, true, false
     return loop:step(0)
   end
   local step = due or n == 0
