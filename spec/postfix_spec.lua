@@ -375,6 +375,40 @@ describe("mtasts.postfix server, in process", function()
     assert.is_true(busy_answers >= 4, "busy connection answered " .. tostring(busy_answers))
   end)
 
+  it("core.recv and core.send: data, nothing yet, a closed peer, a bad descriptor", function()
+    local a, b = assert(socket.pair())
+    local fa, fb = a:pollfd(), b:pollfd()
+    assert.is_false(core.recv(fa, 100))                      -- nothing to read yet
+    assert.equal(5, core.send(fb, "hello"))
+    assert.equal(3, core.send(fb, "hello", 3))               -- from position 3: "llo"
+    assert.equal(0, core.send(fb, "x", 2))                   -- nothing left to send
+    assert.equal("hello", core.recv(fa, 5))
+    assert.equal("llo", core.recv(fa, 100))
+    b:close()
+    local v, msg, code = core.recv(fa, 100)
+    assert.is_nil(v)
+    assert.equal("closed", code, msg)
+    a:close()
+    v, msg, code = core.recv(fa, 100)                        -- closed descriptor: this host
+    assert.is_nil(v)
+    assert.equal("local", code)
+    assert.matches("^recv: ", msg)
+    v, msg, code = core.send(fa, "x")
+    assert.is_nil(v)
+    assert.equal("local", code)
+    assert.matches("^send: ", msg)
+    assert.has_error(function() core.recv(0, 0) end)         -- misuse raises
+    assert.has_error(function() core.recv(0, 16385) end)
+    assert.has_error(function() core.send(0, "x", 3) end)
+    local p = assert(core.poller())
+    local out = {}
+    assert.equal(0, p:wait(0, out))
+    local v2, msg2, code2 = p:watch(-1, "r")
+    assert.is_nil(v2)
+    assert.equal("local", code2, msg2)
+    p:close()
+  end)
+
   it("closes a connection idle for idle_timeout seconds after half a request", function()
     local fake = { get = function() return nil end, close = function() end }
     local srv = assert(postfix.new{ client = fake, listen = { "inet:127.0.0.1:0" },

@@ -641,6 +641,10 @@ local function serve_connection(self, con)
   local buf, pos, idle, now = "", 1, 0, monotime()
   local parked, park_wake, unsent, unsent_at = false, condition.new(), nil, 1
   local counts = self.counts
+  local function append(chunk)   -- input read, by the reader or by the loop for it
+    if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
+    pos, idle, now = 1, 0, monotime()
+  end
   local serve_parked
   local function unpark()
     parked = false
@@ -660,8 +664,7 @@ local function serve_connection(self, con)
     if chunk == false then return true end
     local stay, n = chunk and true or false, 0
     if chunk then
-      if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
-      pos, idle, now = 1, 0, monotime()
+      append(chunk)
       while true do
         local value, nextpos, terr = take(buf, pos, max, maxdigits)
         if not value then
@@ -842,8 +845,7 @@ local function serve_connection(self, con)
           if not arrived then chunk = recv(fd, 4096) end
         end
         if chunk then
-          if pos > #buf then buf = chunk else buf = sub(buf, pos) .. chunk end
-          pos, idle, now = 1, 0, monotime()
+          append(chunk)
         elseif chunk == false then
           if not arrived then
             if monotime() - now >= idle + 1 then idle = idle + 1 end
@@ -1488,7 +1490,10 @@ function drive(self, timeout)
   if not P and not self.no_poller and not cqueues.running() then
     local perr
     P, perr = core.poller()
-    if P and not P:watch(loop:pollfd(), "r") then P = nil end
+    if P then
+      local ok, werr = P:watch(loop:pollfd(), "r")
+      if not ok then P:close() P, perr = nil, werr end
+    end
     if not P then
       self.no_poller = true
       self.log("warning", "socketmap: no poller of its own (" .. tostring(perr) ..
@@ -1521,12 +1526,7 @@ function drive(self, timeout)
     local fd = ready[i]
     local f = self.parked[fd]
     if f then
-      local ok, err = pcall(f)
-      if not ok then
-        self.parked[fd] = nil
-        P:unwatch(fd)
-        self.log("err", "socketmap connection: " .. tostring(err))
-      end
+      f()                        -- (serve_parked: errors are its own, it never raises)
     elseif fd == self.loop_fd then
       step = true
     end
